@@ -1,0 +1,618 @@
+/* server/api.c -- the HTTP API (see api.h, docs/api.md).
+ * Each request: the body is gathered (capped at max_body), then one route
+ * handler answers with JSON; errors are {"error":{"code","message"}}. */
+#define _GNU_SOURCE
+#include "api.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "log.h"
+#include "metrics.h"
+
+#define API_DEFAULT_LIMIT 100
+#define API_MAX_LIMIT 1000
+#define API_MAX_NAME 128
+#define API_MAX_GROUP 64
+
+struct api {
+	api_options opt;
+	store *st;
+	registry *reg;
+	device_loop *dev;
+	struct MHD_Daemon *mhd;
+	int fd;
+	int port;
+};
+
+/* One request in flight. */
+struct req {
+	struct MHD_Connection *conn;
+	api *a;
+	const char *method, *url;
+	char *body;
+	size_t body_len;
+	int too_large;
+};
+
+/* --- responses -------------------------------------------------------------- */
+
+static enum MHD_Result api__send(struct req *r, unsigned status, const char *type, char *text,
+				 size_t len)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	if (status == MHD_HTTP_UNAUTHORIZED)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"tender\"");
+	enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
+	MHD_destroy_response(resp);
+	metrics_inc(M_HTTP_REQUESTS);
+	return ret;
+}
+
+/* Steals obj. */
+static enum MHD_Result api__json(struct req *r, unsigned status, json_t *obj)
+{
+	char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	json_decref(obj);
+	if (!text)
+		return MHD_NO;
+	size_t len = strlen(text);
+	text[len] = '\0';
+	return api__send(r, status, "application/json", text, len);
+}
+
+static const struct {
+	unsigned status;
+	const char *code;
+	metrics_error_kind kind;
+} api__errors[] = {
+	{ 400, "bad_request", ERR_HTTP_BAD_REQUEST },
+	{ 401, "unauthorized", ERR_HTTP_UNAUTHORIZED },
+	{ 404, "not_found", ERR_HTTP_NOT_FOUND },
+	{ 405, "method_not_allowed", ERR_HTTP_METHOD },
+	{ 409, "conflict", ERR_HTTP_BAD_REQUEST },
+	{ 413, "payload_too_large", ERR_HTTP_TOO_LARGE },
+	{ 415, "unsupported_media_type", ERR_HTTP_MEDIA_TYPE },
+	{ 500, "internal", ERR_STORE },
+	{ 503, "unavailable", ERR_STORE },
+};
+
+static enum MHD_Result api__error(struct req *r, unsigned status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static enum MHD_Result api__error(struct req *r, unsigned status, const char *fmt, ...)
+{
+	char msg[512];
+	const char *code = "error";
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	for (size_t i = 0; i < TN_ARRAY_LEN(api__errors); i++)
+		if (api__errors[i].status == status) {
+			code = api__errors[i].code;
+			metrics_error(api__errors[i].kind);
+		}
+	return api__json(r, status, json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg));
+}
+
+static enum MHD_Result api__method_not_allowed(struct req *r, const char *allow)
+{
+	char msg[128];
+	snprintf(msg, sizeof msg, "%s is not allowed here; allowed: %s", r->method, allow);
+	metrics_error(ERR_HTTP_METHOD);
+	char *text = NULL;
+	json_t *obj = json_pack("{s:{s:s, s:s}}", "error", "code", "method_not_allowed", "message", msg);
+	text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	json_decref(obj);
+	if (!text)
+		return MHD_NO;
+	struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(text), text,
+								    MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(text);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+	enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+	MHD_destroy_response(resp);
+	metrics_inc(M_HTTP_REQUESTS);
+	return ret;
+}
+
+static enum MHD_Result api__store_error(struct req *r, const tn_error *err)
+{
+	switch (err->code) {
+	case TN_ENOTFOUND: return api__error(r, 404, "%s", err->msg);
+	case TN_EEXIST: return api__error(r, 409, "%s", err->msg);
+	case TN_EINVAL: return api__error(r, 400, "%s", err->msg);
+	case TN_ESTATE: return api__error(r, 503, "%s", err->msg);
+	default:
+		log_err("api: %s %s: %s", r->method, r->url, err->msg);
+		return api__error(r, 500, "the store failed: %s", err->msg);
+	}
+}
+
+/* --- request helpers -------------------------------------------------------- */
+
+static const char *api__arg(struct req *r, const char *key)
+{
+	return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+/* Parses ?key= as an integer in [min, max]; absent leaves *out.  -1 on error (answered). */
+static int api__int_arg(struct req *r, const char *key, long long min, long long max,
+			long long *out, enum MHD_Result *ret)
+{
+	const char *v = api__arg(r, key);
+	char *end;
+	if (!v)
+		return 0;
+	errno = 0;
+	long long n = strtoll(v, &end, 10);
+	if (!*v || *end || errno || n < min || n > max) {
+		*ret = api__error(r, 400, "'%s' must be an integer from %lld to %lld, not '%s'", key, min,
+				  max, v);
+		return -1;
+	}
+	*out = n;
+	return 0;
+}
+
+/* The body as a JSON object.  NULL when answered with an error. */
+static json_t *api__json_body(struct req *r, enum MHD_Result *ret)
+{
+	const char *type = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+						       MHD_HTTP_HEADER_CONTENT_TYPE);
+	json_error_t jerr;
+
+	if (!type || strncasecmp(type, "application/json", 16) != 0 ||
+	    (type[16] != '\0' && type[16] != ';' && type[16] != ' ')) {
+		*ret = api__error(r, 415, "the body must be JSON (Content-Type: application/json), not '%s'",
+				  type ? type : "none");
+		return NULL;
+	}
+	json_t *obj = json_loadb(r->body ? r->body : "", r->body_len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!obj) {
+		*ret = api__error(r, 400, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
+				  jerr.text);
+		return NULL;
+	}
+	if (!json_is_object(obj)) {
+		json_decref(obj);
+		*ret = api__error(r, 400, "the body must be a JSON object");
+		return NULL;
+	}
+	return obj;
+}
+
+/* Refuses keys other than `allowed` (NULL-terminated).  0 ok, -1 answered. */
+static int api__only_keys(struct req *r, json_t *obj, const char *const *allowed, enum MHD_Result *ret)
+{
+	const char *key;
+	json_t *v;
+	json_object_foreach(obj, key, v) {
+		int ok = 0;
+		for (const char *const *k = allowed; *k; k++)
+			ok |= strcmp(key, *k) == 0;
+		if (!ok) {
+			*ret = api__error(r, 400, "unknown member '%s'", key);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* An optional string member (or null when `nullable`), at most max bytes of
+ * printable characters.  0 ok, -1 answered. */
+static int api__opt_string(struct req *r, json_t *obj, const char *key, size_t max, int nullable,
+			   json_t **out, enum MHD_Result *ret)
+{
+	json_t *v = json_object_get(obj, key);
+	*out = v;
+	if (!v)
+		return 0;
+	if (json_is_null(v) && nullable)
+		return 0;
+	if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > max) {
+		*ret = api__error(r, 400, "'%s' must be a string of 1 to %zu bytes%s", key, max,
+				  nullable ? " or null" : "");
+		return -1;
+	}
+	const char *s = json_string_value(v);
+	for (size_t i = 0; s[i]; i++)
+		if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) {
+			*ret = api__error(r, 400, "'%s' must not contain control characters", key);
+			return -1;
+		}
+	if (strlen(s) != json_string_length(v)) {
+		*ret = api__error(r, 400, "'%s' must not contain NUL", key);
+		return -1;
+	}
+	return 0;
+}
+
+/* --- /v1/devices ------------------------------------------------------------ */
+
+static enum MHD_Result api__devices_list(struct req *r)
+{
+	store_device_filter f = { .online = -1, .limit = API_DEFAULT_LIMIT };
+	enum MHD_Result ret = MHD_NO;
+	long long limit = API_DEFAULT_LIMIT;
+	const char *online = api__arg(r, "online"), *after = api__arg(r, "after");
+	tn_error err = { 0 };
+
+	if (api__int_arg(r, "limit", 1, API_MAX_LIMIT, &limit, &ret))
+		return ret;
+	f.limit = (int)limit;
+	if (online) {
+		if (strcmp(online, "true") == 0 || strcmp(online, "1") == 0)
+			f.online = 1;
+		else if (strcmp(online, "false") == 0 || strcmp(online, "0") == 0)
+			f.online = 0;
+		else
+			return api__error(r, 400, "'online' must be true or false, not '%s'", online);
+	}
+	if (after) {
+		if (tn_device_id_parse(after, &f.after))
+			return api__error(r, 400, "'after' must be a device id (16 hex digits), not '%s'", after);
+		f.has_after = 1;
+	}
+	f.hw = api__arg(r, "hw");
+	f.group = api__arg(r, "group");
+	json_t *out = store_device_list(r->a->st, &f, &err);
+	if (!out)
+		return api__store_error(r, &err);
+	return api__json(r, 200, out);
+}
+
+static enum MHD_Result api__devices_create(struct req *r)
+{
+	static const char *const keys[] = { "id", "name", "group", NULL };
+	enum MHD_Result ret = MHD_NO;
+	json_t *body = api__json_body(r, &ret), *name, *group;
+	char secret[64], hash[AUTH_HASH_HEX];
+	tn_error err = { 0 };
+	uint64_t id;
+
+	if (!body)
+		return ret;
+	json_t *jid = json_object_get(body, "id");
+	if (api__only_keys(r, body, keys, &ret) ||
+	    api__opt_string(r, body, "name", API_MAX_NAME, 1, &name, &ret) ||
+	    api__opt_string(r, body, "group", API_MAX_GROUP, 1, &group, &ret))
+		goto done;
+	if (!json_is_string(jid) || tn_device_id_parse(json_string_value(jid), &id)) {
+		ret = api__error(r, 400, "'id' is required: 16 hex digits, like \"30000c2a690c77c5\"");
+		goto done;
+	}
+	if (auth_random_secret("tds_", secret)) {
+		ret = api__error(r, 500, "no randomness available for a secret");
+		goto done;
+	}
+	auth_hash_hex(secret, strlen(secret), hash);
+	int rc = store_device_create(r->a->st, id, hash, json_string_value(name),
+				     json_string_value(group), &err);
+	if (rc) {
+		ret = api__store_error(r, &err);
+		goto done;
+	}
+	registry_set(r->a->reg, id, hash);
+	json_t *dev = store_device_get(r->a->st, id);
+	if (!dev) {
+		ret = api__error(r, 500, "the device was registered but cannot be read back");
+		goto done;
+	}
+	json_object_set_new(dev, "secret", json_string(secret));
+	ret = api__json(r, 201, dev);
+done:
+	json_decref(body);
+	return ret;
+}
+
+static enum MHD_Result api__device_patch(struct req *r, uint64_t id)
+{
+	static const char *const keys[] = { "name", "group", NULL };
+	enum MHD_Result ret = MHD_NO;
+	json_t *body = api__json_body(r, &ret), *name, *group;
+	tn_error err = { 0 };
+
+	if (!body)
+		return ret;
+	if (api__only_keys(r, body, keys, &ret) ||
+	    api__opt_string(r, body, "name", API_MAX_NAME, 1, &name, &ret) ||
+	    api__opt_string(r, body, "group", API_MAX_GROUP, 1, &group, &ret))
+		goto done;
+	if (store_device_update(r->a->st, id, name, group, &err)) {
+		ret = api__store_error(r, &err);
+		goto done;
+	}
+	json_t *dev = store_device_get(r->a->st, id);
+	ret = dev ? api__json(r, 200, dev) : api__error(r, 404, "no such device");
+done:
+	json_decref(body);
+	return ret;
+}
+
+static enum MHD_Result api__device_delete(struct req *r, uint64_t id)
+{
+	tn_error err = { 0 };
+	if (store_device_delete(r->a->st, id, &err))
+		return api__store_error(r, &err);
+	registry_remove(r->a->reg, id);
+	device_loop_kick(r->a->dev, id, 4002, "device deleted", 1);
+	return api__send(r, 204, "application/json", strdup(""), 0);
+}
+
+static enum MHD_Result api__device_logs(struct req *r, uint64_t id)
+{
+	store_event_query q = { .device = id };
+	long long limit = API_DEFAULT_LIMIT, before = 0, after = 0;
+	enum MHD_Result ret = MHD_NO;
+	tn_error err = { 0 };
+
+	if (api__int_arg(r, "limit", 1, API_MAX_LIMIT, &limit, &ret) ||
+	    api__int_arg(r, "before", 1, INT64_MAX, &before, &ret) ||
+	    api__int_arg(r, "after", 0, INT64_MAX, &after, &ret))
+		return ret;
+	json_t *dev = store_device_get(r->a->st, id);
+	if (!dev)
+		return api__error(r, 404, "no such device");
+	json_decref(dev);
+	q.limit = (int)limit;
+	q.before = before;
+	q.after = after;
+	json_t *out = store_events_list(r->a->st, &q, &err);
+	return out ? api__json(r, 200, out) : api__store_error(r, &err);
+}
+
+/* /v1/devices/{id}[/logs] */
+static enum MHD_Result api__device_route(struct req *r, const char *rest)
+{
+	char idtext[32];
+	const char *slash = strchr(rest, '/');
+	size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+	uint64_t id;
+
+	if (n >= sizeof idtext)
+		return api__error(r, 404, "no such device: device ids are 16 hex digits");
+	memcpy(idtext, rest, n);
+	idtext[n] = '\0';
+	if (tn_device_id_parse(idtext, &id))
+		return api__error(r, 404, "no such device '%s': device ids are 16 hex digits", idtext);
+	if (!slash) {
+		if (strcmp(r->method, "GET") == 0) {
+			json_t *dev = store_device_get(r->a->st, id);
+			return dev ? api__json(r, 200, dev) : api__error(r, 404, "no such device %s", idtext);
+		}
+		if (strcmp(r->method, "PATCH") == 0)
+			return api__device_patch(r, id);
+		if (strcmp(r->method, "DELETE") == 0)
+			return api__device_delete(r, id);
+		return api__method_not_allowed(r, "GET, PATCH, DELETE");
+	}
+	if (strcmp(slash, "/logs") == 0) {
+		if (strcmp(r->method, "GET") != 0)
+			return api__method_not_allowed(r, "GET");
+		return api__device_logs(r, id);
+	}
+	return api__error(r, 404, "no such resource: %s", r->url);
+}
+
+/* --- routing ---------------------------------------------------------------- */
+
+static int api__authorized(struct req *r)
+{
+	const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+						    MHD_HTTP_HEADER_AUTHORIZATION);
+	char hash[AUTH_HASH_HEX], role[32];
+
+	if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+		return 0;
+	h += 7;
+	while (*h == ' ')
+		h++;
+	if (!*h || strlen(h) > 256)
+		return 0;
+	/* The lookup is by hash: timing reveals nothing about a valid token. */
+	auth_hash_hex(h, strlen(h), hash);
+	return store_token_lookup(r->a->st, hash, role) == 0 && strcmp(role, "admin") == 0;
+}
+
+static enum MHD_Result api__route(struct req *r)
+{
+	const char *url = r->url;
+
+	if (strcmp(url, "/healthz") == 0) {
+		if (strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0)
+			return api__method_not_allowed(r, "GET, HEAD");
+		return api__json(r, 200, json_pack("{ss ss}", "status", "ok", "version", TN_VERSION));
+	}
+	if (strcmp(url, "/metrics") == 0) {
+		if (strcmp(r->method, "GET") != 0)
+			return api__method_not_allowed(r, "GET");
+		char *text = metrics_render();
+		if (!text)
+			return MHD_NO;
+		return api__send(r, 200, "text/plain; version=0.0.4", text, strlen(text));
+	}
+	if (strncmp(url, "/v1/", 4) != 0)
+		return api__error(r, 404, "no such resource: %s", url);
+	if (!api__authorized(r))
+		return api__error(r, 401, "a valid token is required: Authorization: Bearer TOKEN");
+	if (r->too_large)
+		return api__error(r, 413, "the body is larger than %d bytes", r->a->opt.max_body);
+	if (strcmp(url, "/v1/devices") == 0) {
+		if (strcmp(r->method, "GET") == 0)
+			return api__devices_list(r);
+		if (strcmp(r->method, "POST") == 0)
+			return api__devices_create(r);
+		return api__method_not_allowed(r, "GET, POST");
+	}
+	if (strncmp(url, "/v1/devices/", 12) == 0)
+		return api__device_route(r, url + 12);
+	return api__error(r, 404, "no such resource: %s", url);
+}
+
+static enum MHD_Result api__handler(void *cls, struct MHD_Connection *conn, const char *url,
+				    const char *method, const char *version, const char *upload_data,
+				    size_t *upload_data_size, void **con_cls)
+{
+	api *a = cls;
+	struct req *r = *con_cls;
+
+	if (!r) {
+		r = calloc(1, sizeof *r);
+		if (!r)
+			return MHD_NO;
+		r->conn = conn;
+		r->a = a;
+		r->method = method;
+		r->url = url;
+		*con_cls = r;
+		/* Refuse a declared oversize body before reading any of it. */
+		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+							     MHD_HTTP_HEADER_CONTENT_LENGTH);
+		if (cl && strtoull(cl, NULL, 10) > (unsigned long long)a->opt.max_body) {
+			r->too_large = 1;
+			return api__error(r, 413, "the body is larger than %d bytes", a->opt.max_body);
+		}
+		return MHD_YES;
+	}
+	if (*upload_data_size > 0) {
+		size_t n = *upload_data_size;
+		*upload_data_size = 0;
+		if (r->too_large || r->body_len + n > (size_t)a->opt.max_body) {
+			r->too_large = 1;
+			free(r->body);
+			r->body = NULL;
+			r->body_len = 0;
+			return MHD_YES;
+		}
+		char *grown = realloc(r->body, r->body_len + n + 1);
+		if (!grown)
+			return MHD_NO;
+		r->body = grown;
+		memcpy(r->body + r->body_len, upload_data, n);
+		r->body_len += n;
+		r->body[r->body_len] = '\0';
+		return MHD_YES;
+	}
+	return api__route(r);
+}
+
+static void api__completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			   enum MHD_RequestTerminationCode toe)
+{
+	struct req *r = *con_cls;
+	if (r) {
+		free(r->body);
+		free(r);
+		*con_cls = NULL;
+	}
+}
+
+static void api__mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	if (log_level >= LOG_WARN)
+		log_vemit(LOG_WARN, fmt, ap);
+}
+
+/* Binds and listens ourselves, so that port 0 works and the chosen port is known. */
+static int api__listen(api *a, tn_error *err)
+{
+	struct addrinfo hints = { .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV,
+				  .ai_socktype = SOCK_STREAM }, *res = NULL;
+	char port[16];
+	int one = 1;
+
+	snprintf(port, sizeof port, "%d", a->opt.port);
+	int rc = getaddrinfo(a->opt.bind, port, &hints, &res);
+	if (rc)
+		return tn_err(err, TN_EINVAL, "--bind %s: %s", a->opt.bind, gai_strerror(rc));
+	a->fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
+	if (a->fd < 0 || setsockopt(a->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
+	    bind(a->fd, res->ai_addr, res->ai_addrlen) || listen(a->fd, 128)) {
+		rc = tn_err(err, TN_EIO, "cannot listen on %s port %d for the HTTP API: %s", a->opt.bind,
+			    a->opt.port, strerror(errno));
+		freeaddrinfo(res);
+		return rc;
+	}
+	freeaddrinfo(res);
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof ss;
+	getsockname(a->fd, (struct sockaddr *)&ss, &len);
+	a->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+						 : ((struct sockaddr_in *)&ss)->sin_port);
+	return 0;
+}
+
+int api_start(api **out, const api_options *opt, store *st, registry *reg, device_loop *dev,
+	      tn_error *err)
+{
+	api *a = calloc(1, sizeof *a);
+	int rc;
+
+	if (!a)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	a->opt = *opt;
+	a->st = st;
+	a->reg = reg;
+	a->dev = dev;
+	a->fd = -1;
+	if ((rc = api__listen(a, err)))
+		goto fail;
+	a->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+				  MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
+				  0, NULL, NULL, api__handler, a,
+				  /* first, so that MHD reports even option errors through it */
+				  MHD_OPTION_EXTERNAL_LOGGER, api__mhd_log, a,
+				  MHD_OPTION_LISTEN_SOCKET, a->fd,
+				  MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opt->threads,
+				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)opt->max_conns,
+				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opt->conn_timeout,
+				  MHD_OPTION_NOTIFY_COMPLETED, api__completed, a,
+				  MHD_OPTION_END);
+	if (!a->mhd) {
+		rc = tn_err(err, TN_EIO, "cannot start the HTTP server (libmicrohttpd)");
+		goto fail;
+	}
+	a->fd = -1; /* MHD_stop_daemon closes it now */
+	*out = a;
+	return 0;
+fail:
+	api_stop(a);
+	return rc;
+}
+
+int api_port(const api *a)
+{
+	return a->port;
+}
+
+void api_stop(api *a)
+{
+	if (!a)
+		return;
+	if (a->mhd)
+		MHD_stop_daemon(a->mhd);
+	if (a->fd >= 0)
+		close(a->fd);
+	free(a);
+}

@@ -1,0 +1,31 @@
+/* server/api.h -- the HTTP API (libmicrohttpd), see docs/api.md.
+ * Owns: the MHD daemon, its listening socket, per-request bodies.
+ * Threads: api_start/api_stop on the main thread; handlers run on MHD's
+ * thread pool and reach the rest only through thread-safe calls (store reads
+ * on pooled connections, store_sync writes, registry, device_loop_kick). */
+#ifndef TN_API_H
+#define TN_API_H
+
+#include "device.h"
+#include "registry.h"
+#include "store.h"
+#include "tn.h"
+
+typedef struct api api;
+
+typedef struct api_options {
+	const char *bind;
+	int port;          /* 0: pick a free one */
+	int threads;
+	int max_conns;
+	int conn_timeout;  /* seconds */
+	int max_body;      /* bytes */
+} api_options;
+
+/* Borrows st, reg and dev until api_stop. */
+int api_start(api **out, const api_options *opt, store *st, registry *reg, device_loop *dev,
+	      tn_error *err);
+int api_port(const api *a);
+void api_stop(api *a);
+
+#endif

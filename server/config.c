@@ -1,0 +1,285 @@
+/* server/config.c -- tenderd's settings: one table drives the command line,
+ * the config file and --help, so the three cannot drift apart. */
+#define _GNU_SOURCE
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+enum opt_kind { OPT_STR, OPT_INT, OPT_BOOL, OPT_LEVEL };
+
+struct opt {
+	const char *name;
+	enum opt_kind kind;
+	size_t offset;
+	long min, max;
+	const char *arg, *help;
+};
+
+#define OFF(f) offsetof(tn_config, f)
+static const struct opt config__opts[] = {
+	{ "data-dir", OPT_STR, OFF(data_dir), 0, 0, "DIR",
+	  "database, tokens and firmware files (default ./tender-data; created if missing)" },
+	{ "bind", OPT_STR, OFF(bind), 0, 0, "ADDR", "address both ports listen on (default 127.0.0.1)" },
+	{ "device-port", OPT_INT, OFF(device_port), 0, 65535, "N",
+	  "WebSocket device endpoint (default 8600; 0 picks a free port)" },
+	{ "http-port", OPT_INT, OFF(http_port), 0, 65535, "N",
+	  "HTTP API and dashboard (default 8601; 0 picks a free port)" },
+	{ "admin-token-file", OPT_STR, OFF(admin_token_file), 0, 0, "FILE",
+	  "admin token file (default DATA_DIR/admin.token); an existing file's token is accepted" },
+	{ "ping-interval", OPT_INT, OFF(ping_interval), 0, 3600, "S",
+	  "seconds of device silence before a ping (default 0: half the idle timeout, at most 20)" },
+	{ "idle-timeout", OPT_INT, OFF(idle_timeout), 2, 7200, "S",
+	  "seconds without valid device traffic before it is dropped and marked offline (default 45)" },
+	{ "hello-timeout", OPT_INT, OFF(hello_timeout), 1, 600, "S",
+	  "seconds a new device connection has to send hello (default 10)" },
+	{ "max-frame", OPT_INT, OFF(max_frame), 256, 16 << 20, "BYTES",
+	  "largest device frame after reassembly (default 65536)" },
+	{ "max-body", OPT_INT, OFF(max_body), 1024, 256 << 20, "BYTES",
+	  "largest HTTP request body (default 1048576)" },
+	{ "http-threads", OPT_INT, OFF(http_threads), 1, 256, "N", "HTTP worker threads (default 4)" },
+	{ "http-max-conns", OPT_INT, OFF(http_max_conns), 1, 100000, "N",
+	  "concurrent HTTP connections (default 1024)" },
+	{ "http-timeout", OPT_INT, OFF(http_timeout), 1, 3600, "S",
+	  "seconds an idle HTTP connection is kept (default 30)" },
+	{ "batch-max", OPT_INT, OFF(batch_max), 1, 100000, "N",
+	  "events committed per store transaction, at most (default 1024)" },
+	{ "sync-full", OPT_BOOL, OFF(sync_full), 0, 1, NULL,
+	  "PRAGMA synchronous=FULL: survive power loss, not only crashes (slower)" },
+	{ "log-level", OPT_LEVEL, OFF(log_level), 0, 0, "LEVEL", "error, warn, info (default) or debug" },
+};
+
+void config_defaults(tn_config *cfg)
+{
+	memset(cfg, 0, sizeof *cfg);
+	cfg->data_dir = strdup("./tender-data");
+	cfg->bind = strdup("127.0.0.1");
+	cfg->device_port = 8600;
+	cfg->http_port = 8601;
+	cfg->idle_timeout = 45;
+	cfg->hello_timeout = 10;
+	cfg->max_frame = 65536;
+	cfg->max_body = 1 << 20;
+	cfg->http_threads = 4;
+	cfg->http_max_conns = 1024;
+	cfg->http_timeout = 30;
+	cfg->batch_max = 1024;
+	cfg->log_level = LOG_INFO;
+}
+
+void config_free(tn_config *cfg)
+{
+	if (!cfg)
+		return;
+	free(cfg->data_dir);
+	free(cfg->bind);
+	free(cfg->admin_token_file);
+	memset(cfg, 0, sizeof *cfg);
+}
+
+static const struct opt *config__find(const char *name)
+{
+	for (size_t i = 0; i < TN_ARRAY_LEN(config__opts); i++)
+		if (strcmp(config__opts[i].name, name) == 0)
+			return &config__opts[i];
+	return NULL;
+}
+
+static int config__set(tn_config *cfg, const struct opt *o, const char *val,
+		       const char *origin, tn_error *err)
+{
+	char *field = (char *)cfg + o->offset;
+
+	switch (o->kind) {
+	case OPT_STR: {
+		if (!val || !*val)
+			return tn_err(err, TN_EINVAL, "%s: %s needs a value", origin, o->name);
+		char *copy = strdup(val);
+		if (!copy)
+			return tn_err(err, TN_ENOMEM, "out of memory");
+		free(*(char **)field);
+		*(char **)field = copy;
+		return 0;
+	}
+	case OPT_INT: {
+		char *end;
+		errno = 0;
+		long v = val ? strtol(val, &end, 10) : 0;
+		if (!val || !*val || *end || errno || v < o->min || v > o->max)
+			return tn_err(err, TN_EINVAL, "%s: %s must be an integer from %ld to %ld, not '%s'",
+				      origin, o->name, o->min, o->max, val ? val : "");
+		*(int *)field = (int)v;
+		return 0;
+	}
+	case OPT_BOOL:
+		if (!val || strcmp(val, "true") == 0 || strcmp(val, "1") == 0 || strcmp(val, "yes") == 0)
+			*(int *)field = 1;
+		else if (strcmp(val, "false") == 0 || strcmp(val, "0") == 0 || strcmp(val, "no") == 0)
+			*(int *)field = 0;
+		else
+			return tn_err(err, TN_EINVAL, "%s: %s must be true or false, not '%s'",
+				      origin, o->name, val);
+		return 0;
+	case OPT_LEVEL: {
+		int lvl = val ? log_level_parse(val) : -1;
+		if (lvl < 0)
+			return tn_err(err, TN_EINVAL, "%s: %s must be error, warn, info or debug, not '%s'",
+				      origin, o->name, val ? val : "");
+		*(int *)field = lvl;
+		return 0;
+	}
+	}
+	return TN_EINVAL;
+}
+
+static char *config__trim(char *s)
+{
+	while (*s == ' ' || *s == '\t')
+		s++;
+	size_t n = strlen(s);
+	while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+		s[--n] = '\0';
+	return s;
+}
+
+int config_parse_text(tn_config *cfg, const char *text, const char *origin, tn_error *err)
+{
+	char *copy = strdup(text), where[300];
+	int lineno = 0, rc = 0;
+
+	if (!copy)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	/* strtok_r would skip empty lines and miscount; split by hand. */
+	for (char *line = copy, *next; line && rc == 0; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		lineno++;
+		char *s = config__trim(line);
+		if (*s == '\0' || *s == '#')
+			continue;
+		snprintf(where, sizeof where, "%s:%d", origin, lineno);
+		char *eq = strchr(s, '=');
+		char *key = s, *val = NULL;
+		if (eq) {
+			*eq = '\0';
+			key = config__trim(s);
+			val = config__trim(eq + 1);
+		}
+		const struct opt *o = config__find(key);
+		if (!o)
+			rc = tn_err(err, TN_EINVAL, "%s: unknown setting '%s'", where, key);
+		else if (!val && o->kind != OPT_BOOL)
+			rc = tn_err(err, TN_EINVAL, "%s: '%s' needs '= value'", where, key);
+		else
+			rc = config__set(cfg, o, val, where, err);
+	}
+	free(copy);
+	return rc;
+}
+
+static int config__load_file(tn_config *cfg, const char *path, tn_error *err)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return tn_err(err, TN_EINVAL, "--config: cannot open %s: %s", path, strerror(errno));
+	char *buf = NULL;
+	size_t cap = 0;
+	ssize_t n = getdelim(&buf, &cap, '\0', f);
+	fclose(f);
+	if (n < 0) {
+		free(buf);
+		buf = strdup("");
+	}
+	int rc = config_parse_text(cfg, buf ? buf : "", path, err);
+	free(buf);
+	return rc;
+}
+
+void config_usage(FILE *out)
+{
+	fprintf(out,
+		"Usage: tenderd [OPTION]...\n"
+		"Tender fleet server: holds device WebSockets, runs their agents, answers the HTTP API.\n"
+		"Runs in the foreground, logs to stderr, stops cleanly on SIGTERM or SIGINT.\n\n"
+		"  --config FILE            read settings from FILE ('name = value' lines, names as below);\n"
+		"                           the command line overrides it\n");
+	for (size_t i = 0; i < TN_ARRAY_LEN(config__opts); i++) {
+		const struct opt *o = &config__opts[i];
+		char left[64];
+		snprintf(left, sizeof left, "--%s%s%s", o->name, o->arg ? " " : "", o->arg ? o->arg : "");
+		fprintf(out, "  %-24s %s\n", left, o->help);
+	}
+	fprintf(out, "  --help                   this text\n"
+		     "  --version                print the version\n\n"
+		     "The chosen ports are printed on stderr as 'device endpoint listening on PORT'\n"
+		     "and 'http api listening on PORT'.\n");
+}
+
+int config_parse_args(tn_config *cfg, int argc, char **argv, tn_error *err)
+{
+	int rc;
+
+	/* A config file first, so that the command line overrides it. */
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--config") == 0) {
+			if (i + 1 >= argc)
+				return tn_err(err, TN_EINVAL, "--config needs a FILE");
+			if ((rc = config__load_file(cfg, argv[i + 1], err)))
+				return rc;
+		} else if (strncmp(argv[i], "--config=", 9) == 0) {
+			if ((rc = config__load_file(cfg, argv[i] + 9, err)))
+				return rc;
+		}
+	}
+	for (int i = 1; i < argc; i++) {
+		char *arg = argv[i];
+		if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+			config_usage(stdout);
+			return 1;
+		}
+		if (strcmp(arg, "--version") == 0) {
+			printf("tenderd %s\n", TN_VERSION);
+			return 1;
+		}
+		if (strncmp(arg, "--", 2) != 0)
+			return tn_err(err, TN_EINVAL, "unexpected argument '%s' (see --help)", arg);
+		char name[64];
+		const char *val = NULL;
+		const char *eq = strchr(arg + 2, '=');
+		size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+		if (len >= sizeof name)
+			return tn_err(err, TN_EINVAL, "unknown option '%s' (see --help)", arg);
+		memcpy(name, arg + 2, len);
+		name[len] = '\0';
+		if (strcmp(name, "config") == 0) {
+			if (!eq)
+				i++;
+			continue;
+		}
+		const struct opt *o = config__find(name);
+		if (!o)
+			return tn_err(err, TN_EINVAL, "unknown option '--%s' (see --help)", name);
+		if (eq)
+			val = eq + 1;
+		else if (o->kind != OPT_BOOL) {
+			if (i + 1 >= argc)
+				return tn_err(err, TN_EINVAL, "--%s needs a value", name);
+			val = argv[++i];
+		}
+		char origin[80];
+		snprintf(origin, sizeof origin, "option --%s", name);
+		if ((rc = config__set(cfg, o, val, origin, err)))
+			return rc;
+	}
+	if (cfg->ping_interval == 0)
+		cfg->ping_interval = cfg->idle_timeout / 2 > 20 ? 20 : cfg->idle_timeout / 2;
+	if (cfg->ping_interval >= cfg->idle_timeout)
+		return tn_err(err, TN_EINVAL, "--ping-interval (%d) must be less than --idle-timeout (%d)",
+			      cfg->ping_interval, cfg->idle_timeout);
+	return 0;
+}

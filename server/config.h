@@ -1,0 +1,47 @@
+/* server/config.h -- tenderd's settings: defaults, command line, config file.
+ * Owns: struct tn_config (filled once at start, read-only afterwards).
+ * Threads: parsed on the main thread before any other starts. */
+#ifndef TN_CONFIG_H
+#define TN_CONFIG_H
+
+#include <stdio.h>
+
+#include "tn.h"
+
+typedef struct tn_config {
+	char *data_dir;          /* owned */
+	char *bind;              /* owned */
+	char *admin_token_file;  /* owned; NULL means DATA_DIR/admin.token */
+	int device_port;
+	int http_port;
+	int ping_interval;       /* seconds of silence before the server pings */
+	int idle_timeout;        /* seconds without valid traffic before a drop */
+	int hello_timeout;       /* seconds a new connection has to say hello */
+	int max_frame;           /* bytes per device frame after reassembly */
+	int max_body;            /* bytes per HTTP request body */
+	int http_threads;
+	int http_max_conns;
+	int http_timeout;        /* seconds an idle HTTP connection is kept */
+	int batch_max;           /* events per store transaction, at most */
+	int sync_full;           /* PRAGMA synchronous=FULL instead of NORMAL */
+	int log_level;
+} tn_config;
+
+/* Fills cfg with the defaults. */
+void config_defaults(tn_config *cfg);
+
+/* Parses argv (and a --config FILE among them, whose settings the command line
+ * overrides).  Returns 0, 1 when --help or --version was printed (exit 0), or
+ * TN_EINVAL with err naming the bad option or line. */
+int config_parse_args(tn_config *cfg, int argc, char **argv, tn_error *err);
+
+/* Parses "key = value" lines (keys are the long option names).  `origin`
+ * names the source in errors.  Returns 0 or TN_EINVAL. */
+int config_parse_text(tn_config *cfg, const char *text, const char *origin, tn_error *err);
+
+void config_free(tn_config *cfg);
+
+/* The --help text. */
+void config_usage(FILE *out);
+
+#endif

@@ -1,0 +1,174 @@
+/* server/daemon.c -- start and stop tenderd's parts in order (see daemon.h). */
+#define _GNU_SOURCE
+#include "daemon.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "auth.h"
+#include "device.h"
+#include "log.h"
+#include "registry.h"
+#include "store.h"
+
+struct tenderd {
+	store *st;
+	registry *reg;
+	device_loop *dev;
+	api *http;
+};
+
+static int daemon__mkdirs(const char *dir, tn_error *err)
+{
+	char *copy = strdup(dir);
+	if (!copy)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	for (char *p = copy + 1; ; p++) {
+		if (*p == '/' || *p == '\0') {
+			char saved = *p;
+			*p = '\0';
+			if (mkdir(copy, 0700) != 0 && errno != EEXIST) {
+				int e = errno;
+				free(copy);
+				return tn_err(err, TN_EIO, "cannot create the data dir %s: %s", dir, strerror(e));
+			}
+			*p = saved;
+			if (!saved)
+				break;
+		}
+	}
+	free(copy);
+	return 0;
+}
+
+static int daemon__read_token(const char *path, char *buf, size_t cap)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	size_t n = fread(buf, 1, cap - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+		buf[--n] = '\0';
+	return n > 0 ? 0 : -1;
+}
+
+int daemon_admin_token(store *st, const char *path, int *created, tn_error *err)
+{
+	char token[300], hash[AUTH_HASH_HEX];
+	int rc;
+
+	*created = 0;
+	if (daemon__read_token(path, token, sizeof token) == 0) {
+		auth_hash_hex(token, strlen(token), hash);
+		return store_token_add(st, hash, "admin", "admin token file", err);
+	}
+	if (access(path, F_OK) == 0)
+		return tn_err(err, TN_EINVAL, "the admin token file %s is empty or unreadable", path);
+	int count = store_token_count(st);
+	if (count < 0)
+		return tn_err(err, TN_EIO, "cannot read the tokens");
+	if (count > 0) {
+		log_warn("the admin token file %s is missing; the tokens already stored still work "
+			 "(write a new token into that file and restart to add it)", path);
+		return 0;
+	}
+	if ((rc = auth_random_secret("tdt_", token)))
+		return tn_err(err, rc, "no randomness available for a token");
+	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return tn_err(err, TN_EIO, "cannot write the admin token to %s: %s", path, strerror(errno));
+	size_t len = strlen(token);
+	token[len] = '\n';
+	ssize_t w = write(fd, token, len + 1);
+	token[len] = '\0';
+	if (w != (ssize_t)len + 1 || fsync(fd) != 0) {
+		close(fd);
+		unlink(path);
+		return tn_err(err, TN_EIO, "cannot write the admin token to %s", path);
+	}
+	close(fd);
+	auth_hash_hex(token, len, hash);
+	if ((rc = store_token_add(st, hash, "admin", "generated admin token", err))) {
+		unlink(path);
+		return rc;
+	}
+	*created = 1;
+	return 0;
+}
+
+int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
+{
+	tenderd *t = calloc(1, sizeof *t);
+	char *token_path = NULL;
+	int rc, created = 0;
+
+	if (!t)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	store_options so = { .batch_max = cfg->batch_max, .sync_full = cfg->sync_full };
+	if ((rc = daemon__mkdirs(cfg->data_dir, err)) || (rc = store_open(&t->st, cfg->data_dir, &so, err)))
+		goto fail;
+	if (cfg->admin_token_file)
+		token_path = strdup(cfg->admin_token_file);
+	else if (asprintf(&token_path, "%s/admin.token", cfg->data_dir) < 0)
+		token_path = NULL;
+	if (!token_path) {
+		rc = tn_err(err, TN_ENOMEM, "out of memory");
+		goto fail;
+	}
+	if ((rc = daemon_admin_token(t->st, token_path, &created, err)))
+		goto fail;
+	if (created)
+		log_info("admin token written to %s", token_path);
+	else
+		log_info("admin token file: %s", token_path);
+	if ((rc = registry_open(&t->reg, t->st, err)))
+		goto fail;
+
+	device_loop_options dopt = {
+		.bind = cfg->bind, .port = cfg->device_port, .ping_interval = cfg->ping_interval,
+		.idle_timeout = cfg->idle_timeout, .hello_timeout = cfg->hello_timeout,
+		.max_frame = cfg->max_frame,
+	};
+	if ((rc = device_loop_start(&t->dev, &dopt, t->st, t->reg, err)))
+		goto fail;
+	api_options aopt = {
+		.bind = cfg->bind, .port = cfg->http_port, .threads = cfg->http_threads,
+		.max_conns = cfg->http_max_conns, .conn_timeout = cfg->http_timeout,
+		.max_body = cfg->max_body,
+	};
+	if ((rc = api_start(&t->http, &aopt, t->st, t->reg, t->dev, err)))
+		goto fail;
+
+	/* Tests and scripts read these two lines to find the ports. */
+	log_info("data dir %s (schema version %d)", cfg->data_dir, store_schema_version(t->st));
+	log_info("device endpoint listening on %d", device_loop_port(t->dev));
+	log_info("http api listening on %d", api_port(t->http));
+	log_info("devices connect to ws://%s:%d/v1/device; the API is at http://%s:%d/v1/",
+		 cfg->bind, device_loop_port(t->dev), cfg->bind, api_port(t->http));
+	free(token_path);
+	*out = t;
+	return 0;
+fail:
+	free(token_path);
+	daemon_stop(t);
+	return rc;
+}
+
+void daemon_stop(tenderd *t)
+{
+	if (!t)
+		return;
+	api_stop(t->http);
+	device_loop_stop(t->dev);
+	registry_free(t->reg);
+	store_close(t->st);
+	free(t);
+}

@@ -1,0 +1,639 @@
+/* server/device.c -- the device endpoint (see device.h, docs/protocol.md).
+ *
+ * A connection's life:
+ *
+ *   handshake --(path /v1/device)--> AWAIT_HELLO --(valid hello, secret ok)--> ONLINE
+ *       |                                 |                                      |
+ *       +-- other path: 404               +-- bad first frame, bad secret,       +-- close, idle
+ *                                         |   hello timeout: close 1008          |   timeout, kick,
+ *                                         v                                      v   replaced
+ *                                       CLOSED (nothing logged)              CLOSED (offline,
+ *                                                                            "Device disconnected"
+ *                                                                            unless replaced/forgotten)
+ *
+ * Invariants: a device id maps to at most one ONLINE connection (`online`);
+ * only that connection's close marks the device offline.  Connections are
+ * closed from their own WRITEABLE callback (mark `closing`, ask for
+ * writable), never freed from another's callback.
+ *
+ * ONLY the service thread reads or writes a struct conn or the map. */
+#define _GNU_SOURCE
+#include "device.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <jansson.h>
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "events.h"
+#include "frame.h"
+#include "idmap.h"
+#include "log.h"
+#include "metrics.h"
+
+#define DEVICE_MAX_BAD_STREAK 20
+#define DEVICE_MAX_OUT_BYTES (256 * 1024)
+#define DEVICE_CRON_US (1000 * LWS_US_PER_MS)
+#define DEVICE_SHUTDOWN_MS 2000
+
+struct outmsg {
+	struct outmsg *next;
+	size_t len;
+	unsigned char buf[]; /* LWS_PRE headroom, then the payload */
+};
+
+enum conn_state { AWAIT_HELLO, ONLINE };
+
+struct conn {
+	struct lws *wsi;
+	struct conn *prev, *next;      /* every connection, for shutdown */
+	enum conn_state state;
+	uint64_t id;
+	int replaced, forgotten;       /* closing without an offline event */
+	int closing, close_code;
+	char close_reason[100];
+	int bad_streak;
+	char *rx;                      /* fragments of a frame so far, or NULL */
+	size_t rx_len;
+	int rx_binary;
+	struct outmsg *out_head, *out_tail;
+	size_t out_bytes;
+	lws_sorted_usec_list_t hello_timer;
+	device_loop *loop;
+};
+
+enum cmd_kind { CMD_KICK, CMD_STOP };
+
+struct cmd {
+	struct cmd *next;
+	enum cmd_kind kind;
+	uint64_t id;
+	int code, forget;
+	char reason[100];
+};
+
+struct device_loop {
+	device_loop_options opt;
+	store *st;
+	registry *reg;
+	struct lws_context *ctx;
+	struct lws_vhost *vhost;
+	lws_retry_bo_t retry;
+	int port;
+	pthread_t thread;
+
+	/* service thread only */
+	idmap online;            /* device id -> struct conn in ONLINE */
+	struct conn *conns;      /* all connections */
+	int nconns;
+	int stopping;
+	int64_t stop_deadline;
+	lws_sorted_usec_list_t cron;
+
+	/* any thread, under lock */
+	pthread_mutex_t lock;
+	struct cmd *cmds;
+	int stop_requested;
+};
+
+/* --- sending ---------------------------------------------------------------- */
+
+static void device__queue(struct conn *c, const char *text, size_t len)
+{
+	if (c->closing)
+		return;
+	if (c->out_bytes + len > DEVICE_MAX_OUT_BYTES) {
+		/* A device that does not read cannot hold the server's memory. */
+		metrics_error(ERR_DEVICE_QUEUE_FULL);
+		c->closing = 1;
+		c->close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
+		snprintf(c->close_reason, sizeof c->close_reason, "send queue full");
+		lws_callback_on_writable(c->wsi);
+		return;
+	}
+	struct outmsg *m = malloc(sizeof *m + LWS_PRE + len);
+	if (!m)
+		return;
+	m->next = NULL;
+	m->len = len;
+	memcpy(m->buf + LWS_PRE, text, len);
+	if (c->out_tail)
+		c->out_tail->next = m;
+	else
+		c->out_head = m;
+	c->out_tail = m;
+	c->out_bytes += len;
+	lws_callback_on_writable(c->wsi);
+}
+
+static void device__send_json(struct conn *c, json_t *obj)
+{
+	char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+	if (text)
+		device__queue(c, text, strlen(text));
+	free(text);
+	json_decref(obj);
+}
+
+static void device__send_error(struct conn *c, const char *code, const char *message)
+{
+	device__send_json(c, json_pack("{ss ss ss}", "type", "error", "code", code, "message", message));
+}
+
+/* Closes c from its next WRITEABLE callback (or now, if `now` and we are in
+ * c's own callback: the caller then returns -1). */
+static void device__close(struct conn *c, int code, const char *reason)
+{
+	if (c->closing && c->close_code)
+		return;
+	c->closing = 1;
+	c->close_code = code;
+	snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
+	lws_callback_on_writable(c->wsi);
+	/* Backstop: a peer that never lets us write still goes. */
+	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_REASON_BASE + 1, 5);
+}
+
+static int device__close_now(struct lws *wsi, int code, const char *reason)
+{
+	size_t len = strlen(reason);
+	/* A close frame carries at most 123 bytes of reason. */
+	lws_close_reason(wsi, (enum lws_close_status)code, (unsigned char *)reason, len > 123 ? 123 : len);
+	return -1;
+}
+
+/* --- events ----------------------------------------------------------------- */
+
+static void device__status(device_loop *d, uint64_t id, const char *msg)
+{
+	if (store_event_append(d->st, id, EV_STATUS, msg) < 0)
+		log_warn("device %016llx: event not stored (shutting down): %s", (unsigned long long)id, msg);
+}
+
+/* --- receiving -------------------------------------------------------------- */
+
+static void device__hello_timeout(lws_sorted_usec_list_t *sul)
+{
+	struct conn *c = lws_container_of(sul, struct conn, hello_timer);
+	if (c->state != AWAIT_HELLO)
+		return;
+	metrics_error(ERR_HELLO_TIMEOUT);
+	device__close(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, "hello timeout");
+}
+
+/* Returns -1 when the connection must close now (close reason set). */
+static int device__on_hello(struct conn *c, const frame *f)
+{
+	device_loop *d = c->loop;
+	char peer[64] = "", idhex[17];
+
+	tn_device_id_format(f->u.hello.id, idhex);
+	lws_get_peer_simple(c->wsi, peer, sizeof peer);
+	int rc = registry_check(d->reg, f->u.hello.id, f->u.hello.secret);
+	if (rc) {
+		metrics_error(ERR_AUTH_FAILED);
+		log_info("device %s from %s: authentication failed (%s)", idhex, peer,
+			 rc == TN_ENOTFOUND ? "unknown device" : "wrong secret");
+		return device__close_now(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, "authentication failed");
+	}
+	lws_sul_cancel(&c->hello_timer);
+	c->state = ONLINE;
+	c->id = f->u.hello.id;
+	int oom = 0;
+	struct conn *old = idmap_put(&d->online, c->id, c, &oom);
+	if (oom) {
+		c->state = AWAIT_HELLO;
+		return device__close_now(c->wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+	}
+	if (old) {
+		old->replaced = 1;
+		device__close(old, 4001, "replaced by a new connection");
+		log_info("device %s: a new connection from %s replaces the old one", idhex, peer);
+		device__status(d, c->id, "Device connection replaced: a new connection took over");
+	} else {
+		metrics_add(M_DEVICES_CONNECTED, 1);
+	}
+	store_hello h = {
+		.hw = f->u.hello.hw, .fw = f->u.hello.fw, .sfdp = f->u.hello.sfdp,
+		.has_jedec = f->u.hello.has_jedec, .jedec = f->u.hello.jedec,
+		.flash_size = f->u.hello.flash_size,
+	};
+	store_device_online(d->st, c->id, &h, tn_now_ms());
+	device__status(d, c->id, "Device connected");
+	log_debug("device %s connected from %s", idhex, peer);
+	device__send_json(c, json_pack("{ss ss ss si si}", "type", "welcome", "id", idhex,
+				       "server", "tender/" TN_VERSION, "ping_interval", d->opt.ping_interval,
+				       "idle_timeout", d->opt.idle_timeout));
+	return 0;
+}
+
+static void device__refuse(struct conn *c, metrics_error_kind kind, const char *message)
+{
+	metrics_error(kind);
+	device__send_error(c, metrics_error_name(kind), message);
+	if (++c->bad_streak >= DEVICE_MAX_BAD_STREAK) {
+		metrics_error(ERR_TOO_MANY_BAD_FRAMES);
+		device__close(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, "too many bad frames");
+	}
+}
+
+static void device__on_frame_online(struct conn *c, const frame *f)
+{
+	device_loop *d = c->loop;
+
+	switch (f->type) {
+	case FRAME_HELLO:
+		device__refuse(c, ERR_BAD_FRAME, "already connected: hello is only the first frame");
+		return;
+	case FRAME_LOG:
+		if (f->u.log.is_error) {
+			char *line = NULL;
+			if (asprintf(&line, "ERROR: %s", f->u.log.msg) >= 0) {
+				store_event_append(d->st, c->id, EV_DEVICE, line);
+				free(line);
+			}
+		} else {
+			store_event_append(d->st, c->id, EV_DEVICE, f->u.log.msg);
+		}
+		break;
+	case FRAME_MSG:
+		/* Accepted; agents (which will receive these) arrive with the supervisor. */
+		break;
+	case FRAME_UPDATE_STATUS:
+	case FRAME_FETCH:
+		device__refuse(c, ERR_BAD_FRAME, "no firmware update is in progress for this device");
+		return;
+	}
+	c->bad_streak = 0;
+}
+
+/* One whole text frame.  Returns -1 to close now. */
+static int device__on_text(struct conn *c, const char *buf, size_t len)
+{
+	frame f;
+	metrics_error_kind kind;
+	tn_error err = { 0 };
+
+	metrics_inc(M_FRAMES_IN);
+	metrics_add(M_BYTES_IN, (int64_t)len);
+	int rc = frame_parse(buf, len, &f, &kind, &err);
+	if (c->state == AWAIT_HELLO) {
+		char reason[sizeof err.msg + 32];
+		if (rc == 0 && f.type == FRAME_HELLO) {
+			rc = device__on_hello(c, &f);
+			frame_release(&f);
+			return rc;
+		}
+		metrics_error(ERR_HELLO_REQUIRED);
+		snprintf(reason, sizeof reason, "hello required: %s",
+			 rc ? err.msg : "the first frame must be a hello");
+		frame_release(&f);
+		return device__close_now(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, reason);
+	}
+	if (rc) {
+		device__refuse(c, kind, err.msg);
+		return 0;
+	}
+	device__on_frame_online(c, &f);
+	frame_release(&f);
+	return 0;
+}
+
+static int device__on_receive(struct conn *c, struct lws *wsi, const char *in, size_t len)
+{
+	int first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi) &&
+					     lws_remaining_packet_payload(wsi) == 0;
+
+	if (c->closing)
+		return 0;
+	lws_validity_confirmed(wsi);
+	if (first && !c->rx) {
+		c->rx_binary = lws_frame_is_binary(wsi);
+		c->rx_len = 0;
+	}
+	if (first && final && !c->rx) {
+		/* The common case: a whole frame in one piece, parsed in place. */
+		if (c->rx_binary)
+			goto binary;
+		return device__on_text(c, in, len);
+	}
+	if (c->rx_len + len > (size_t)c->loop->opt.max_frame) {
+		metrics_error(ERR_FRAME_TOO_LARGE);
+		free(c->rx);
+		c->rx = NULL;
+		return device__close_now(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "frame too large");
+	}
+	char *grown = realloc(c->rx, c->rx_len + len + 1);
+	if (!grown)
+		return device__close_now(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+	c->rx = grown;
+	memcpy(c->rx + c->rx_len, in, len);
+	c->rx_len += len;
+	if (!final)
+		return 0;
+	char *whole = c->rx;
+	size_t whole_len = c->rx_len;
+	c->rx = NULL;
+	c->rx_len = 0;
+	int rc = 0;
+	if (!c->rx_binary)
+		rc = device__on_text(c, whole, whole_len);
+	free(whole);
+	if (!c->rx_binary)
+		return rc;
+binary:
+	metrics_inc(M_FRAMES_IN);
+	if (c->state == AWAIT_HELLO) {
+		metrics_error(ERR_HELLO_REQUIRED);
+		return device__close_now(wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION,
+					 "hello required: the first frame must be a text hello");
+	}
+	device__refuse(c, ERR_BINARY_FRAME, "devices send text frames only");
+	return 0;
+}
+
+/* --- connection lifecycle --------------------------------------------------- */
+
+static void device__on_established(device_loop *d, struct conn *c, struct lws *wsi)
+{
+	memset(c, 0, sizeof *c);
+	c->wsi = wsi;
+	c->loop = d;
+	c->state = AWAIT_HELLO;
+	c->next = d->conns;
+	if (d->conns)
+		d->conns->prev = c;
+	d->conns = c;
+	d->nconns++;
+	metrics_inc(M_CONNECTIONS_TOTAL);
+	lws_sul_schedule(d->ctx, 0, &c->hello_timer, device__hello_timeout,
+			 (lws_usec_t)d->opt.hello_timeout * LWS_US_PER_SEC);
+	if (d->stopping)
+		device__close(c, LWS_CLOSE_STATUS_GOINGAWAY, "server shutting down");
+}
+
+static void device__on_closed(device_loop *d, struct conn *c)
+{
+	lws_sul_cancel(&c->hello_timer);
+	if (c->state == ONLINE && idmap_get(&d->online, c->id) == c) {
+		idmap_del(&d->online, c->id);
+		metrics_add(M_DEVICES_CONNECTED, -1);
+		if (!c->forgotten) {
+			store_device_offline(d->st, c->id, tn_now_ms());
+			device__status(d, c->id, "Device disconnected");
+		}
+	}
+	free(c->rx);
+	while (c->out_head) {
+		struct outmsg *m = c->out_head;
+		c->out_head = m->next;
+		free(m);
+	}
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		d->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	d->nconns--;
+	c->wsi = NULL;
+}
+
+static int device__on_writeable(struct conn *c, struct lws *wsi)
+{
+	if (c->closing && c->close_code)
+		return device__close_now(wsi, c->close_code, c->close_reason);
+	struct outmsg *m = c->out_head;
+	if (!m)
+		return 0;
+	int n = lws_write(wsi, m->buf + LWS_PRE, m->len, LWS_WRITE_TEXT);
+	if (n < (int)m->len)
+		return -1;
+	metrics_inc(M_FRAMES_OUT);
+	metrics_add(M_BYTES_OUT, (int64_t)m->len);
+	c->out_head = m->next;
+	if (!c->out_head)
+		c->out_tail = NULL;
+	c->out_bytes -= m->len;
+	free(m);
+	if (c->out_head)
+		lws_callback_on_writable(wsi);
+	return 0;
+}
+
+/* --- commands from other threads -------------------------------------------- */
+
+static void device__run_commands(device_loop *d)
+{
+	pthread_mutex_lock(&d->lock);
+	struct cmd *list = d->cmds;
+	d->cmds = NULL;
+	int stop = d->stop_requested;
+	pthread_mutex_unlock(&d->lock);
+
+	/* The list was pushed newest first: reverse it to run in order. */
+	struct cmd *ordered = NULL;
+	while (list) {
+		struct cmd *next = list->next;
+		list->next = ordered;
+		ordered = list;
+		list = next;
+	}
+	for (struct cmd *cmd = ordered, *next; cmd; cmd = next) {
+		next = cmd->next;
+		struct conn *c = idmap_get(&d->online, cmd->id);
+		if (cmd->kind == CMD_KICK && c) {
+			c->forgotten = cmd->forget;
+			device__close(c, cmd->code, cmd->reason);
+		}
+		free(cmd);
+	}
+	if (stop && !d->stopping) {
+		d->stopping = 1;
+		d->stop_deadline = tn_mono_ms() + DEVICE_SHUTDOWN_MS;
+		for (struct conn *c = d->conns; c; c = c->next)
+			device__close(c, LWS_CLOSE_STATUS_GOINGAWAY, "server shutting down");
+	}
+}
+
+static int device__callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
+			    void *in, size_t len)
+{
+	struct lws_vhost *vh = lws_get_vhost(wsi);
+	device_loop *d = vh ? lws_get_vhost_user(vh) : NULL;
+	struct conn *c = user;
+	char uri[64];
+
+	switch (reason) {
+	case LWS_CALLBACK_HTTP:
+		metrics_error(ERR_BAD_PATH);
+		lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND,
+				       "devices connect a WebSocket to /v1/device");
+		return -1;
+	case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+		if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 ||
+		    strcmp(uri, "/v1/device") != 0) {
+			metrics_error(ERR_BAD_PATH);
+			return 1;
+		}
+		return 0;
+	case LWS_CALLBACK_ESTABLISHED:
+		device__on_established(d, c, wsi);
+		return 0;
+	case LWS_CALLBACK_RECEIVE:
+		return device__on_receive(c, wsi, in, len);
+	case LWS_CALLBACK_SERVER_WRITEABLE:
+		return device__on_writeable(c, wsi);
+	case LWS_CALLBACK_CLOSED:
+		if (c && c->wsi == wsi)
+			device__on_closed(d, c);
+		return 0;
+	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+		if (d)
+			device__run_commands(d);
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+static const struct lws_protocols device__protocols[] = {
+	/* First, so that it serves clients that name no subprotocol. */
+	{ .name = "tender-device", .callback = device__callback,
+	  .per_session_data_size = sizeof(struct conn), .rx_buffer_size = 4096 },
+	{ 0 }
+};
+
+/* --- the service thread ----------------------------------------------------- */
+
+/* Periodic work of the loop, once a second (Redis' serverCron). */
+static void device__cron(lws_sorted_usec_list_t *sul)
+{
+	device_loop *d = lws_container_of(sul, device_loop, cron);
+	lws_sul_schedule(d->ctx, 0, &d->cron, device__cron,
+			 d->stopping ? 100 * LWS_US_PER_MS : DEVICE_CRON_US);
+}
+
+static void *device__thread(void *arg)
+{
+	device_loop *d = arg;
+
+	lws_sul_schedule(d->ctx, 0, &d->cron, device__cron, DEVICE_CRON_US);
+	for (;;) {
+		if (lws_service(d->ctx, 0) < 0)
+			break;
+		if (d->stopping && (d->nconns == 0 || tn_mono_ms() > d->stop_deadline))
+			break;
+	}
+	lws_sul_cancel(&d->cron);
+	return NULL;
+}
+
+int device_loop_start(device_loop **out, const device_loop_options *opt, store *st,
+		      registry *reg, tn_error *err)
+{
+	struct lws_context_creation_info info;
+	struct rlimit rl;
+	device_loop *d = calloc(1, sizeof *d);
+	int rc;
+
+	if (!d)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	d->opt = *opt;
+	d->st = st;
+	d->reg = reg;
+	pthread_mutex_init(&d->lock, NULL);
+	d->retry.secs_since_valid_ping = (uint16_t)opt->ping_interval;
+	d->retry.secs_since_valid_hangup = (uint16_t)opt->idle_timeout;
+
+	memset(&info, 0, sizeof info);
+	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+		info.fd_limit_per_thread = (unsigned int)(rl.rlim_cur > 100 ? rl.rlim_cur : 100);
+	d->ctx = lws_create_context(&info);
+	if (!d->ctx) {
+		rc = tn_err(err, TN_EIO, "cannot create the libwebsockets context");
+		goto fail;
+	}
+	memset(&info, 0, sizeof info);
+	info.port = opt->port ? opt->port : CONTEXT_PORT_NO_LISTEN_SERVER;
+	if (opt->port == 0)
+		info.port = 0; /* lws binds an ephemeral port for 0 */
+	info.iface = opt->bind;
+	info.protocols = device__protocols;
+	info.vhost_name = "devices";
+	info.user = d;
+	info.retry_and_idle_policy = &d->retry;
+	info.timeout_secs = 10; /* for the handshake */
+	if (!strchr(opt->bind, ':'))
+		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+	d->vhost = lws_create_vhost(d->ctx, &info);
+	if (!d->vhost) {
+		rc = tn_err(err, TN_EIO, "cannot listen on %s port %d for devices (in use, or a bad "
+			    "--bind address?)", opt->bind, opt->port);
+		goto fail;
+	}
+	d->port = lws_get_vhost_listen_port(d->vhost);
+	if (pthread_create(&d->thread, NULL, device__thread, d) != 0) {
+		rc = tn_err(err, TN_EIO, "cannot start the device loop thread");
+		goto fail;
+	}
+	*out = d;
+	return 0;
+fail:
+	if (d->ctx)
+		lws_context_destroy(d->ctx);
+	pthread_mutex_destroy(&d->lock);
+	free(d);
+	return rc;
+}
+
+int device_loop_port(const device_loop *d)
+{
+	return d->port;
+}
+
+int device_loop_kick(device_loop *d, uint64_t id, int code, const char *reason, int forget)
+{
+	struct cmd *cmd = calloc(1, sizeof *cmd);
+	if (!cmd)
+		return TN_ENOMEM;
+	cmd->kind = CMD_KICK;
+	cmd->id = id;
+	cmd->code = code;
+	cmd->forget = forget;
+	snprintf(cmd->reason, sizeof cmd->reason, "%s", reason);
+	pthread_mutex_lock(&d->lock);
+	cmd->next = d->cmds;
+	d->cmds = cmd;
+	pthread_mutex_unlock(&d->lock);
+	lws_cancel_service(d->ctx);
+	return 0;
+}
+
+void device_loop_stop(device_loop *d)
+{
+	if (!d)
+		return;
+	pthread_mutex_lock(&d->lock);
+	d->stop_requested = 1;
+	pthread_mutex_unlock(&d->lock);
+	lws_cancel_service(d->ctx);
+	pthread_join(d->thread, NULL);
+	/* Connections still open after the grace period close here; their
+	 * CLOSED callbacks still log "Device disconnected". */
+	lws_context_destroy(d->ctx);
+	struct cmd *cmd = d->cmds;
+	while (cmd) {
+		struct cmd *next = cmd->next;
+		free(cmd);
+		cmd = next;
+	}
+	idmap_free(&d->online);
+	pthread_mutex_destroy(&d->lock);
+	free(d);
+}

@@ -1,0 +1,38 @@
+/* server/metrics.h -- counters for GET /metrics (Prometheus text format).
+ * Threads: any; every counter is a relaxed atomic. */
+#ifndef TN_METRICS_H
+#define TN_METRICS_H
+
+#include <stdint.h>
+
+/* Kinds of error, each a label value of tender_errors_total{kind=...}. */
+typedef enum {
+	ERR_BAD_JSON, ERR_BAD_FRAME, ERR_UNKNOWN_TYPE, ERR_BINARY_FRAME,
+	ERR_HELLO_REQUIRED, ERR_AUTH_FAILED, ERR_HELLO_TIMEOUT, ERR_TOO_MANY_BAD_FRAMES,
+	ERR_FRAME_TOO_LARGE, ERR_BAD_PATH, ERR_DEVICE_QUEUE_FULL, ERR_STORE,
+	ERR_HTTP_UNAUTHORIZED, ERR_HTTP_BAD_REQUEST, ERR_HTTP_TOO_LARGE, ERR_HTTP_NOT_FOUND,
+	ERR_HTTP_METHOD, ERR_HTTP_MEDIA_TYPE, ERR_HTTP_CONN_LIMIT,
+	ERR__COUNT
+} metrics_error_kind;
+
+typedef enum {
+	M_DEVICES_CONNECTED,   /* gauge */
+	M_CONNECTIONS_TOTAL,   /* device WebSocket handshakes accepted */
+	M_FRAMES_IN, M_FRAMES_OUT, M_BYTES_IN, M_BYTES_OUT,
+	M_EVENTS_QUEUED, M_EVENTS_WRITTEN, M_STORE_COMMITS,
+	M_HTTP_REQUESTS,
+	M__COUNT
+} metrics_counter;
+
+void metrics_add(metrics_counter c, int64_t n);
+static inline void metrics_inc(metrics_counter c) { metrics_add(c, 1); }
+int64_t metrics_get(metrics_counter c);
+
+void metrics_error(metrics_error_kind kind);
+int64_t metrics_error_count(metrics_error_kind kind);
+const char *metrics_error_name(metrics_error_kind kind);
+
+/* The whole exposition, NUL-terminated.  owned: caller frees with free(). */
+char *metrics_render(void);
+
+#endif

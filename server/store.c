@@ -1,0 +1,949 @@
+/* server/store.c -- persistence in SQLite (WAL), see store.h.
+ *
+ * Writes: every producer appends an op to one queue (a mutex, a condition
+ * variable); the writer thread takes the whole queue, applies it in one
+ * BEGIN IMMEDIATE ... COMMIT of at most batch_max events, and only then wakes
+ * whoever waits for a sync op.  A failed commit is rolled back and retried,
+ * so an event the API has shown is an event on disk, and nothing queued is
+ * dropped while the disk is only briefly unhappy.
+ *
+ * Reads: a pool of read connections; WAL lets them run beside the writer. */
+#define _GNU_SOURCE
+#include "store.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "logfmt.h"
+#include "metrics.h"
+
+enum op_kind { OP_EVENT, OP_ONLINE, OP_OFFLINE, OP_SYNC };
+
+struct store_op {
+	struct store_op *next;
+	enum op_kind kind;
+	int64_t id, ts;
+	uint64_t device;
+	int type;
+	char *msg;                  /* event (owned) */
+	char *hw, *fw, *sfdp;       /* online (owned) */
+	int has_jedec;
+	uint32_t jedec;
+	int64_t flash_size;
+	store_sync_fn fn;           /* sync: the op lives on the waiter's stack */
+	void *arg;
+	tn_error *err;
+	int result, done;
+};
+
+#define STORE_READERS_MAX 64
+
+struct store {
+	char *path;
+	sqlite3 *wdb;
+	sqlite3_stmt *ins_event, *set_online, *set_offline;
+	store_options opt;
+	int schema_version;
+
+	pthread_t writer;
+	int writer_started;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;        /* the writer waits for work */
+	pthread_cond_t done;        /* sync callers wait for their commit */
+	struct store_op *head, *tail;
+	int64_t next_event_id;
+	int stopping;
+
+	pthread_mutex_t rlock;
+	sqlite3 *readers[STORE_READERS_MAX];
+	int nreaders;
+};
+
+/* --- opening ---------------------------------------------------------------- */
+
+static int store__exec(sqlite3 *db, const char *sql, tn_error *err)
+{
+	char *msg = NULL;
+	if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		tn_err(err, TN_EIO, "sqlite: %s", msg ? msg : sqlite3_errmsg(db));
+		sqlite3_free(msg);
+		return TN_EIO;
+	}
+	return 0;
+}
+
+static int store__open_conn(const char *path, sqlite3 **out, tn_error *err)
+{
+	sqlite3 *db = NULL;
+	int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+				 SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc != SQLITE_OK) {
+		tn_err(err, TN_EIO, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+		sqlite3_close(db);
+		return TN_EIO;
+	}
+	sqlite3_busy_timeout(db, 5000);
+	sqlite3_extended_result_codes(db, 1);
+	*out = db;
+	return 0;
+}
+
+static int store__query_int(sqlite3 *db, const char *sql, int64_t *out)
+{
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		return TN_EIO;
+	int rc = sqlite3_step(st);
+	*out = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	sqlite3_finalize(st);
+	return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : TN_EIO;
+}
+
+static int store__migrate(store *s, tn_error *err)
+{
+	int64_t version;
+	int expected = 1, latest = 0;
+
+	if (store__query_int(s->wdb, "PRAGMA user_version", &version))
+		return tn_err(err, TN_EIO, "cannot read the schema version: %s", sqlite3_errmsg(s->wdb));
+	for (const struct store_migration *m = store_migrations; m->version; m++, expected++) {
+		if (m->version != expected)
+			return tn_err(err, TN_EINVAL, "schema %s: migrations must be numbered 1, 2, 3...",
+				      m->name);
+		latest = m->version;
+	}
+	if (version > latest)
+		return tn_err(err, TN_EINVAL, "the database has schema version %lld, newer than this "
+			      "tenderd knows (%d): use a newer tenderd", (long long)version, latest);
+	for (const struct store_migration *m = store_migrations; m->version; m++) {
+		if (m->version <= version)
+			continue;
+		char pragma[64];
+		snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", m->version);
+		if (store__exec(s->wdb, "BEGIN IMMEDIATE", err))
+			return TN_EIO;
+		if (store__exec(s->wdb, m->sql, err) || store__exec(s->wdb, pragma, err)) {
+			char detail[sizeof err->msg];
+			snprintf(detail, sizeof detail, "%s", err ? err->msg : "");
+			store__exec(s->wdb, "ROLLBACK", NULL);
+			return tn_err(err, TN_EIO, "migration %s failed: %s", m->name, detail);
+		}
+		if (store__exec(s->wdb, "COMMIT", err))
+			return TN_EIO;
+		log_info("store: applied migration %s", m->name);
+	}
+	s->schema_version = latest;
+	return 0;
+}
+
+/* After a crash, devices still marked online were not seen to leave. */
+static int store__recover_online(store *s, tn_error *err)
+{
+	sqlite3_stmt *sel = NULL, *ins = NULL;
+	int n = 0, rc = TN_EIO;
+	int64_t now = tn_now_ms();
+
+	if (store__exec(s->wdb, "BEGIN IMMEDIATE", err))
+		return TN_EIO;
+	if (sqlite3_prepare_v2(s->wdb, "SELECT id FROM devices WHERE online = 1", -1, &sel, NULL) ||
+	    sqlite3_prepare_v2(s->wdb, "INSERT INTO events (device, ts, type, msg) VALUES (?, ?, 0, "
+			       "'Device disconnected')", -1, &ins, NULL))
+		goto out;
+	while (sqlite3_step(sel) == SQLITE_ROW) {
+		uint64_t id;
+		if (tn_device_id_parse((const char *)sqlite3_column_text(sel, 0), &id))
+			continue;
+		sqlite3_bind_int64(ins, 1, (int64_t)id);
+		sqlite3_bind_int64(ins, 2, now);
+		if (sqlite3_step(ins) != SQLITE_DONE)
+			goto out;
+		sqlite3_reset(ins);
+		n++;
+	}
+	if (store__exec(s->wdb, "UPDATE devices SET online = 0, last_seen = coalesce(last_seen, "
+			"connected_at) WHERE online = 1", err))
+		goto out;
+	rc = 0;
+out:
+	sqlite3_finalize(sel);
+	sqlite3_finalize(ins);
+	if (rc == 0 && store__exec(s->wdb, "COMMIT", err) == 0) {
+		if (n)
+			log_info("store: %d devices left online by the previous run marked offline", n);
+		return 0;
+	}
+	store__exec(s->wdb, "ROLLBACK", NULL);
+	return tn_err(err, TN_EIO, "cannot mark devices offline: %s", sqlite3_errmsg(s->wdb));
+}
+
+static void *store__writer_main(void *arg);
+
+int store_open(store **out, const char *dir, const store_options *opt, tn_error *err)
+{
+	store *s = calloc(1, sizeof *s);
+	int64_t maxid = 0, seq = 0;
+	int rc;
+
+	if (!s)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->rlock, NULL);
+	pthread_cond_init(&s->wake, NULL);
+	pthread_cond_init(&s->done, NULL);
+	s->opt = *opt;
+	if (s->opt.batch_max < 1)
+		s->opt.batch_max = 1024;
+	if (asprintf(&s->path, "%s/tender.db", dir) < 0) {
+		s->path = NULL;
+		rc = tn_err(err, TN_ENOMEM, "out of memory");
+		goto fail;
+	}
+	if ((rc = store__open_conn(s->path, &s->wdb, err)))
+		goto fail;
+	/* WAL: readers never block the writer; NORMAL loses nothing on a process
+	 * crash (only on power loss), FULL on neither. */
+	if ((rc = store__exec(s->wdb, "PRAGMA journal_mode = WAL", err)) ||
+	    (rc = store__exec(s->wdb, s->opt.sync_full ? "PRAGMA synchronous = FULL"
+						      : "PRAGMA synchronous = NORMAL", err)) ||
+	    (rc = store__exec(s->wdb, "PRAGMA foreign_keys = ON", err)) ||
+	    (rc = store__migrate(s, err)) || (rc = store__recover_online(s, err)))
+		goto fail;
+	if (store__query_int(s->wdb, "SELECT coalesce(max(id), 0) FROM events", &maxid) ||
+	    store__query_int(s->wdb, "SELECT coalesce(max(seq), 0) FROM sqlite_sequence "
+			     "WHERE name = 'events'", &seq)) {
+		rc = tn_err(err, TN_EIO, "cannot read the event sequence: %s", sqlite3_errmsg(s->wdb));
+		goto fail;
+	}
+	s->next_event_id = (maxid > seq ? maxid : seq) + 1;
+	if (sqlite3_prepare_v3(s->wdb, "INSERT INTO events (id, device, ts, type, msg) "
+			       "VALUES (?, ?, ?, ?, ?)", -1, SQLITE_PREPARE_PERSISTENT, &s->ins_event, NULL) ||
+	    sqlite3_prepare_v3(s->wdb, "UPDATE devices SET online = 1, hw = coalesce(?, hw), "
+			       "fw = coalesce(?, fw), flash_jedec = ?, flash_size = ?, flash_sfdp = ?, "
+			       "connected_at = ?, last_seen = ? WHERE id = ?", -1,
+			       SQLITE_PREPARE_PERSISTENT, &s->set_online, NULL) ||
+	    sqlite3_prepare_v3(s->wdb, "UPDATE devices SET online = 0, last_seen = ? WHERE id = ?",
+			       -1, SQLITE_PREPARE_PERSISTENT, &s->set_offline, NULL)) {
+		rc = tn_err(err, TN_EIO, "cannot prepare statements: %s", sqlite3_errmsg(s->wdb));
+		goto fail;
+	}
+	if (pthread_create(&s->writer, NULL, store__writer_main, s) != 0) {
+		rc = tn_err(err, TN_EIO, "cannot start the store writer thread");
+		goto fail;
+	}
+	s->writer_started = 1;
+	*out = s;
+	return 0;
+fail:
+	store_close(s);
+	return rc;
+}
+
+int store_schema_version(store *s)
+{
+	return s->schema_version;
+}
+
+/* --- the writer ------------------------------------------------------------- */
+
+static void store__op_free(struct store_op *op)
+{
+	if (op->kind == OP_SYNC)
+		return; /* on its waiter's stack */
+	free(op->msg);
+	free(op->hw);
+	free(op->fw);
+	free(op->sfdp);
+	free(op);
+}
+
+static void store__bind_text_or_null(sqlite3_stmt *st, int i, const char *v)
+{
+	if (v)
+		sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, i);
+}
+
+static int store__step_reset(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return rc == SQLITE_DONE ? 0 : TN_EIO;
+}
+
+static int store__apply(store *s, struct store_op *op)
+{
+	char id[17];
+
+	switch (op->kind) {
+	case OP_EVENT:
+		sqlite3_bind_int64(s->ins_event, 1, op->id);
+		sqlite3_bind_int64(s->ins_event, 2, (int64_t)op->device);
+		sqlite3_bind_int64(s->ins_event, 3, op->ts);
+		sqlite3_bind_int(s->ins_event, 4, op->type);
+		sqlite3_bind_text(s->ins_event, 5, op->msg, -1, SQLITE_STATIC);
+		return store__step_reset(s->ins_event);
+	case OP_ONLINE:
+		tn_device_id_format(op->device, id);
+		store__bind_text_or_null(s->set_online, 1, op->hw);
+		store__bind_text_or_null(s->set_online, 2, op->fw);
+		if (op->has_jedec)
+			sqlite3_bind_int64(s->set_online, 3, op->jedec);
+		if (op->flash_size > 0)
+			sqlite3_bind_int64(s->set_online, 4, op->flash_size);
+		store__bind_text_or_null(s->set_online, 5, op->sfdp);
+		sqlite3_bind_int64(s->set_online, 6, op->ts);
+		sqlite3_bind_int64(s->set_online, 7, op->ts);
+		sqlite3_bind_text(s->set_online, 8, id, -1, SQLITE_STATIC);
+		return store__step_reset(s->set_online);
+	case OP_OFFLINE:
+		tn_device_id_format(op->device, id);
+		sqlite3_bind_int64(s->set_offline, 1, op->ts);
+		sqlite3_bind_text(s->set_offline, 2, id, -1, SQLITE_STATIC);
+		return store__step_reset(s->set_offline);
+	case OP_SYNC:
+		if (!op->fn) {
+			op->result = 0;
+			return 0;
+		}
+		if (store__exec(s->wdb, "SAVEPOINT op", op->err))
+			return TN_EIO;
+		op->result = op->fn(s->wdb, op->arg, op->err);
+		if (op->result)
+			store__exec(s->wdb, "ROLLBACK TO op", NULL);
+		return store__exec(s->wdb, "RELEASE op", NULL);
+	}
+	return TN_EINVAL;
+}
+
+/* Applies ops [first, end) in one transaction.  Returns 0 once committed. */
+static int store__commit_chunk(store *s, struct store_op *first, struct store_op *end, int *nevents)
+{
+	tn_error err = { 0 };
+
+	*nevents = 0;
+	if (store__exec(s->wdb, "BEGIN IMMEDIATE", &err))
+		goto fail;
+	for (struct store_op *op = first; op != end; op = op->next) {
+		if (store__apply(s, op)) {
+			tn_err(&err, TN_EIO, "%s", sqlite3_errmsg(s->wdb));
+			goto fail;
+		}
+		*nevents += op->kind == OP_EVENT;
+	}
+	if (store__exec(s->wdb, "COMMIT", &err))
+		goto fail;
+	return 0;
+fail:
+	log_err("store: a write transaction failed and will be retried: %s", err.msg);
+	metrics_error(ERR_STORE);
+	if (!sqlite3_get_autocommit(s->wdb))
+		store__exec(s->wdb, "ROLLBACK", NULL);
+	return TN_EIO;
+}
+
+/* Commits a list taken off the queue, batch_max events at a time. */
+static void store__commit_list(store *s, struct store_op *list)
+{
+	while (list) {
+		struct store_op *end = list;
+		int n = 0, nevents = 0, tries = 0;
+		while (end && n < s->opt.batch_max) {
+			n += end->kind == OP_EVENT;
+			end = end->next;
+		}
+		/* Retry a failed commit (disk full, I/O error) rather than drop it.
+		 * While stopping, give up after a few seconds so shutdown ends. */
+		while (store__commit_chunk(s, list, end, &nevents) != 0) {
+			pthread_mutex_lock(&s->lock);
+			int stopping = s->stopping;
+			pthread_mutex_unlock(&s->lock);
+			if (stopping && ++tries > 30) {
+				log_err("store: giving up on %d queued writes at shutdown", n);
+				break;
+			}
+			usleep(100 * 1000);
+		}
+		metrics_add(M_EVENTS_WRITTEN, nevents);
+		metrics_inc(M_STORE_COMMITS);
+		/* Free what we own; a sync op belongs to its waiter, who may return
+		 * the moment it sees `done`: read its next pointer before that. */
+		struct store_op *syncs = NULL;
+		while (list != end) {
+			struct store_op *next = list->next;
+			if (list->kind == OP_SYNC) {
+				list->next = syncs;
+				syncs = list;
+			} else {
+				store__op_free(list);
+			}
+			list = next;
+		}
+		pthread_mutex_lock(&s->lock);
+		while (syncs) {
+			struct store_op *next = syncs->next;
+			if (tries > 30)
+				syncs->result = TN_EIO;
+			syncs->done = 1;
+			syncs = next;
+		}
+		pthread_cond_broadcast(&s->done);
+		pthread_mutex_unlock(&s->lock);
+	}
+}
+
+static void *store__writer_main(void *arg)
+{
+	store *s = arg;
+
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		while (!s->head && !s->stopping)
+			pthread_cond_wait(&s->wake, &s->lock);
+		if (!s->head)
+			break; /* stopping, and everything is written */
+		struct store_op *list = s->head;
+		s->head = s->tail = NULL;
+		pthread_mutex_unlock(&s->lock);
+		store__commit_list(s, list);
+		pthread_mutex_lock(&s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+/* Appends op (under the lock).  Returns TN_ESTATE once closing. */
+static int store__push_locked(store *s, struct store_op *op)
+{
+	if (s->stopping && op->kind != OP_SYNC)
+		return TN_ESTATE;
+	op->next = NULL;
+	if (s->tail)
+		s->tail->next = op;
+	else
+		s->head = op;
+	s->tail = op;
+	pthread_cond_signal(&s->wake);
+	return 0;
+}
+
+int64_t store_event_append(store *s, uint64_t device, event_type type, const char *msg)
+{
+	struct store_op *op = calloc(1, sizeof *op);
+	if (!op || !(op->msg = strdup(msg))) {
+		free(op);
+		return TN_ENOMEM;
+	}
+	op->kind = OP_EVENT;
+	op->device = device;
+	op->type = type;
+	op->ts = tn_now_ms();
+	pthread_mutex_lock(&s->lock);
+	/* The id is taken under the queue lock, so queue order is id order. */
+	op->id = s->next_event_id;
+	int rc = store__push_locked(s, op);
+	if (rc == 0)
+		s->next_event_id++;
+	pthread_mutex_unlock(&s->lock);
+	if (rc) {
+		store__op_free(op);
+		return rc;
+	}
+	metrics_inc(M_EVENTS_QUEUED);
+	return op->id;
+}
+
+static int store__push_state(store *s, struct store_op *op)
+{
+	pthread_mutex_lock(&s->lock);
+	int rc = store__push_locked(s, op);
+	pthread_mutex_unlock(&s->lock);
+	if (rc)
+		store__op_free(op);
+	return rc;
+}
+
+int store_device_online(store *s, uint64_t device, const store_hello *hello, int64_t ts_ms)
+{
+	struct store_op *op = calloc(1, sizeof *op);
+	if (!op)
+		return TN_ENOMEM;
+	op->kind = OP_ONLINE;
+	op->device = device;
+	op->ts = ts_ms;
+	if (hello) {
+		op->hw = hello->hw ? strdup(hello->hw) : NULL;
+		op->fw = hello->fw ? strdup(hello->fw) : NULL;
+		op->sfdp = hello->sfdp ? strdup(hello->sfdp) : NULL;
+		op->has_jedec = hello->has_jedec;
+		op->jedec = hello->jedec;
+		op->flash_size = hello->flash_size;
+	}
+	return store__push_state(s, op);
+}
+
+int store_device_offline(store *s, uint64_t device, int64_t ts_ms)
+{
+	struct store_op *op = calloc(1, sizeof *op);
+	if (!op)
+		return TN_ENOMEM;
+	op->kind = OP_OFFLINE;
+	op->device = device;
+	op->ts = ts_ms;
+	return store__push_state(s, op);
+}
+
+int store_sync(store *s, store_sync_fn fn, void *arg, tn_error *err)
+{
+	struct store_op op = { .kind = OP_SYNC, .fn = fn, .arg = arg, .err = err };
+
+	pthread_mutex_lock(&s->lock);
+	if (!s->writer_started) {
+		pthread_mutex_unlock(&s->lock);
+		return tn_err(err, TN_ESTATE, "the store is closed");
+	}
+	store__push_locked(s, &op);
+	while (!op.done)
+		pthread_cond_wait(&s->done, &s->lock);
+	pthread_mutex_unlock(&s->lock);
+	return op.result;
+}
+
+int store_flush(store *s)
+{
+	return store_sync(s, NULL, NULL, NULL);
+}
+
+void store_close(store *s)
+{
+	if (!s)
+		return;
+	if (s->writer_started) {
+		pthread_mutex_lock(&s->lock);
+		s->stopping = 1;
+		pthread_cond_signal(&s->wake);
+		pthread_mutex_unlock(&s->lock);
+		pthread_join(s->writer, NULL);
+		s->writer_started = 0;
+	}
+	for (int i = 0; i < s->nreaders; i++)
+		sqlite3_close(s->readers[i]);
+	sqlite3_finalize(s->ins_event);
+	sqlite3_finalize(s->set_online);
+	sqlite3_finalize(s->set_offline);
+	if (s->wdb && sqlite3_close(s->wdb) != SQLITE_OK)
+		log_err("store: closing the database: %s", sqlite3_errmsg(s->wdb));
+	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->rlock);
+	pthread_cond_destroy(&s->wake);
+	pthread_cond_destroy(&s->done);
+	free(s->path);
+	free(s);
+}
+
+/* --- readers ---------------------------------------------------------------- */
+
+sqlite3 *store_reader_get(store *s)
+{
+	sqlite3 *db = NULL;
+
+	pthread_mutex_lock(&s->rlock);
+	if (s->nreaders > 0)
+		db = s->readers[--s->nreaders];
+	pthread_mutex_unlock(&s->rlock);
+	if (db)
+		return db;
+	if (store__open_conn(s->path, &db, NULL))
+		return NULL;
+	sqlite3_exec(db, "PRAGMA query_only = 1", NULL, NULL, NULL);
+	return db;
+}
+
+void store_reader_put(store *s, sqlite3 *db)
+{
+	if (!db)
+		return;
+	pthread_mutex_lock(&s->rlock);
+	if (s->nreaders < STORE_READERS_MAX) {
+		s->readers[s->nreaders++] = db;
+		db = NULL;
+	}
+	pthread_mutex_unlock(&s->rlock);
+	sqlite3_close(db); /* the pool is full: this one is surplus */
+}
+
+/* --- devices ---------------------------------------------------------------- */
+
+static json_t *store__time_json(sqlite3_stmt *st, int col)
+{
+	char buf[32];
+	if (sqlite3_column_type(st, col) == SQLITE_NULL ||
+	    logfmt_iso8601(buf, sizeof buf, sqlite3_column_int64(st, col)) < 0)
+		return json_null();
+	return json_string(buf);
+}
+
+static json_t *store__text_json(sqlite3_stmt *st, int col)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+	return t ? json_string((const char *)t) : json_null();
+}
+
+#define STORE_DEVICE_COLS \
+	"id, name, grp, hw, fw, flash_jedec, flash_size, online, connected_at, last_seen, created"
+
+static json_t *store__device_row(sqlite3_stmt *st)
+{
+	json_t *flash = json_null();
+	if (sqlite3_column_type(st, 5) != SQLITE_NULL || sqlite3_column_type(st, 6) != SQLITE_NULL) {
+		char jedec[8];
+		snprintf(jedec, sizeof jedec, "%06llx",
+			 (unsigned long long)sqlite3_column_int64(st, 5) & 0xffffff);
+		flash = json_pack("{s:o, s:o}",
+				  "jedec", sqlite3_column_type(st, 5) == SQLITE_NULL ? json_null()
+										    : json_string(jedec),
+				  "size", sqlite3_column_type(st, 6) == SQLITE_NULL
+						  ? json_null() : json_integer(sqlite3_column_int64(st, 6)));
+	}
+	return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:b, s:o, s:o, s:o}",
+			 "id", store__text_json(st, 0), "name", store__text_json(st, 1),
+			 "group", store__text_json(st, 2), "hw", store__text_json(st, 3),
+			 "fw", store__text_json(st, 4), "flash", flash,
+			 "online", sqlite3_column_int(st, 7),
+			 "connected_at", store__time_json(st, 8), "last_seen", store__time_json(st, 9),
+			 "created", store__time_json(st, 10));
+}
+
+json_t *store_device_get(store *s, uint64_t id)
+{
+	sqlite3 *db = store_reader_get(s);
+	sqlite3_stmt *st = NULL;
+	json_t *out = NULL;
+	char hex[17];
+
+	if (!db)
+		return NULL;
+	tn_device_id_format(id, hex);
+	if (sqlite3_prepare_v2(db, "SELECT " STORE_DEVICE_COLS " FROM devices WHERE id = ?", -1,
+			       &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			out = store__device_row(st);
+	}
+	sqlite3_finalize(st);
+	store_reader_put(s, db);
+	return out;
+}
+
+json_t *store_device_list(store *s, const store_device_filter *f, tn_error *err)
+{
+	char sql[512], after[17];
+	sqlite3 *db = store_reader_get(s);
+	sqlite3_stmt *st = NULL;
+	json_t *list = json_array(), *out = NULL;
+	int n = 0, i = 1;
+
+	if (!db || !list) {
+		tn_err(err, TN_EIO, "no read connection");
+		goto done;
+	}
+	snprintf(sql, sizeof sql, "SELECT " STORE_DEVICE_COLS " FROM devices WHERE 1%s%s%s%s "
+		 "ORDER BY id LIMIT ?",
+		 f->online >= 0 ? " AND online = ?" : "", f->hw ? " AND hw = ?" : "",
+		 f->group ? " AND grp = ?" : "", f->has_after ? " AND id > ?" : "");
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+		goto done;
+	}
+	if (f->online >= 0)
+		sqlite3_bind_int(st, i++, f->online);
+	if (f->hw)
+		sqlite3_bind_text(st, i++, f->hw, -1, SQLITE_STATIC);
+	if (f->group)
+		sqlite3_bind_text(st, i++, f->group, -1, SQLITE_STATIC);
+	if (f->has_after) {
+		tn_device_id_format(f->after, after);
+		sqlite3_bind_text(st, i++, after, -1, SQLITE_STATIC);
+	}
+	/* One row more than asked tells whether there is a next page. */
+	sqlite3_bind_int(st, i, f->limit + 1);
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < f->limit) {
+		json_array_append_new(list, store__device_row(st));
+		n++;
+	}
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+		goto done;
+	}
+	json_t *next = json_null();
+	if (rc == SQLITE_ROW && n > 0)
+		next = json_incref(json_object_get(json_array_get(list, (size_t)n - 1), "id"));
+	out = json_pack("{s:O, s:o}", "devices", list, "next", next);
+done:
+	sqlite3_finalize(st);
+	store_reader_put(s, db);
+	json_decref(list);
+	return out;
+}
+
+int store_device_foreach_secret(store *s, void (*fn)(void *arg, uint64_t id, const char *hash),
+				void *arg, tn_error *err)
+{
+	sqlite3 *db = store_reader_get(s);
+	sqlite3_stmt *st = NULL;
+	int rc = TN_EIO;
+
+	if (!db)
+		return tn_err(err, TN_EIO, "no read connection");
+	if (sqlite3_prepare_v2(db, "SELECT id, secret_hash FROM devices", -1, &st, NULL) == SQLITE_OK) {
+		int step;
+		while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+			uint64_t id;
+			if (tn_device_id_parse((const char *)sqlite3_column_text(st, 0), &id) == 0)
+				fn(arg, id, (const char *)sqlite3_column_text(st, 1));
+		}
+		if (step == SQLITE_DONE)
+			rc = 0;
+	}
+	if (rc)
+		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	sqlite3_finalize(st);
+	store_reader_put(s, db);
+	return rc;
+}
+
+struct store__device_args {
+	uint64_t id;
+	const char *secret_hash, *name, *group;
+	json_t *jname, *jgroup;
+};
+
+static int store__device_create(sqlite3 *db, void *arg, tn_error *err)
+{
+	struct store__device_args *a = arg;
+	sqlite3_stmt *st;
+	char hex[17];
+
+	tn_device_id_format(a->id, hex);
+	if (sqlite3_prepare_v2(db, "INSERT INTO devices (id, secret_hash, name, grp, created) "
+			       "VALUES (?, ?, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK)
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, a->secret_hash, -1, SQLITE_STATIC);
+	store__bind_text_or_null(st, 3, a->name);
+	store__bind_text_or_null(st, 4, a->group);
+	sqlite3_bind_int64(st, 5, tn_now_ms());
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+		return tn_err(err, TN_EEXIST, "device %s is already registered", hex);
+	if (rc != SQLITE_DONE)
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	return 0;
+}
+
+int store_device_create(store *s, uint64_t id, const char *secret_hash, const char *name,
+			const char *group, tn_error *err)
+{
+	struct store__device_args a = { .id = id, .secret_hash = secret_hash, .name = name, .group = group };
+	return store_sync(s, store__device_create, &a, err);
+}
+
+static int store__bind_json_text(sqlite3_stmt *st, int i, json_t *v)
+{
+	if (json_is_string(v))
+		return sqlite3_bind_text(st, i, json_string_value(v), -1, SQLITE_STATIC);
+	return sqlite3_bind_null(st, i);
+}
+
+static int store__device_update(sqlite3 *db, void *arg, tn_error *err)
+{
+	struct store__device_args *a = arg;
+	sqlite3_stmt *st;
+	char hex[17];
+
+	tn_device_id_format(a->id, hex);
+	if (sqlite3_prepare_v2(db, "UPDATE devices SET name = CASE WHEN ?1 THEN ?2 ELSE name END, "
+			       "grp = CASE WHEN ?3 THEN ?4 ELSE grp END WHERE id = ?5", -1, &st, NULL))
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	sqlite3_bind_int(st, 1, a->jname != NULL);
+	store__bind_json_text(st, 2, a->jname);
+	sqlite3_bind_int(st, 3, a->jgroup != NULL);
+	store__bind_json_text(st, 4, a->jgroup);
+	sqlite3_bind_text(st, 5, hex, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE)
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	if (sqlite3_changes(db) == 0)
+		return tn_err(err, TN_ENOTFOUND, "no device %s", hex);
+	return 0;
+}
+
+int store_device_update(store *s, uint64_t id, json_t *name, json_t *group, tn_error *err)
+{
+	struct store__device_args a = { .id = id, .jname = name, .jgroup = group };
+	return store_sync(s, store__device_update, &a, err);
+}
+
+static int store__device_delete(sqlite3 *db, void *arg, tn_error *err)
+{
+	struct store__device_args *a = arg;
+	sqlite3_stmt *st;
+	char hex[17];
+	int rc, changed;
+
+	tn_device_id_format(a->id, hex);
+	if (sqlite3_prepare_v2(db, "DELETE FROM devices WHERE id = ?", -1, &st, NULL))
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	changed = sqlite3_changes(db);
+	if (rc != SQLITE_DONE)
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	if (changed == 0)
+		return tn_err(err, TN_ENOTFOUND, "no device %s", hex);
+	if (sqlite3_prepare_v2(db, "DELETE FROM events WHERE device = ?", -1, &st, NULL))
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	sqlite3_bind_int64(st, 1, (int64_t)a->id);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+}
+
+int store_device_delete(store *s, uint64_t id, tn_error *err)
+{
+	struct store__device_args a = { .id = id };
+	return store_sync(s, store__device_delete, &a, err);
+}
+
+/* --- events ----------------------------------------------------------------- */
+
+json_t *store_events_list(store *s, const store_event_query *q, tn_error *err)
+{
+	sqlite3 *db = store_reader_get(s);
+	sqlite3_stmt *st = NULL;
+	json_t *list = json_array(), *out = NULL;
+	int forward = q->after > 0, n = 0, rc;
+
+	if (!db || !list) {
+		tn_err(err, TN_EIO, "no read connection");
+		goto done;
+	}
+	const char *sql = forward
+		? "SELECT id, device, ts, type, msg FROM events WHERE device = ?1 AND id > ?2 "
+		  "AND (?3 = 0 OR id < ?3) ORDER BY id ASC LIMIT ?4"
+		: "SELECT id, device, ts, type, msg FROM events WHERE device = ?1 "
+		  "AND (?3 = 0 OR id < ?3) ORDER BY id DESC LIMIT ?4";
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+		goto done;
+	}
+	sqlite3_bind_int64(st, 1, (int64_t)q->device);
+	sqlite3_bind_int64(st, 2, q->after);
+	sqlite3_bind_int64(st, 3, q->before);
+	sqlite3_bind_int(st, 4, q->limit + 1);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < q->limit) {
+		tn_event ev = {
+			.id = sqlite3_column_int64(st, 0), .device = (uint64_t)sqlite3_column_int64(st, 1),
+			.ts_ms = sqlite3_column_int64(st, 2), .type = (event_type)sqlite3_column_int(st, 3),
+			.msg = (const char *)sqlite3_column_text(st, 4),
+		};
+		json_t *j = events_to_json(&ev);
+		if (forward)
+			json_array_append_new(list, j);
+		else
+			json_array_insert_new(list, 0, j);
+		n++;
+	}
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+		goto done;
+	}
+	int more = rc == SQLITE_ROW;
+	json_t *first = json_object_get(json_array_get(list, 0), "id");
+	json_t *last = json_object_get(json_array_get(list, json_array_size(list) - 1), "id");
+	if (forward)
+		out = json_pack("{s:O, s:o}", "events", list, "next_after",
+				more && last ? json_incref(last) : json_null());
+	else
+		out = json_pack("{s:O, s:o}", "events", list, "next_before",
+				more && first ? json_incref(first) : json_null());
+done:
+	sqlite3_finalize(st);
+	store_reader_put(s, db);
+	json_decref(list);
+	return out;
+}
+
+/* --- tokens ----------------------------------------------------------------- */
+
+int store_token_count(store *s)
+{
+	sqlite3 *db = store_reader_get(s);
+	int64_t n = -1;
+	if (!db)
+		return TN_EIO;
+	int rc = store__query_int(db, "SELECT count(*) FROM tokens", &n);
+	store_reader_put(s, db);
+	return rc ? TN_EIO : (int)n;
+}
+
+struct store__token_args {
+	const char *hash, *role, *name;
+};
+
+static int store__token_add(sqlite3 *db, void *arg, tn_error *err)
+{
+	struct store__token_args *a = arg;
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO tokens (hash, role, name, created) "
+			       "VALUES (?, ?, ?, ?)", -1, &st, NULL))
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	sqlite3_bind_text(st, 1, a->hash, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, a->role, -1, SQLITE_STATIC);
+	store__bind_text_or_null(st, 3, a->name);
+	sqlite3_bind_int64(st, 4, tn_now_ms());
+	int rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+}
+
+int store_token_add(store *s, const char *hash, const char *role, const char *name, tn_error *err)
+{
+	struct store__token_args a = { hash, role, name };
+	return store_sync(s, store__token_add, &a, err);
+}
+
+int store_token_lookup(store *s, const char *hash, char role[32])
+{
+	sqlite3 *db = store_reader_get(s);
+	sqlite3_stmt *st = NULL;
+	int rc = TN_ENOTFOUND;
+
+	if (!db)
+		return TN_EIO;
+	if (sqlite3_prepare_v2(db, "SELECT role FROM tokens WHERE hash = ? AND "
+			       "(expires IS NULL OR expires > ?)", -1, &st, NULL) != SQLITE_OK) {
+		store_reader_put(s, db);
+		return TN_EIO;
+	}
+	sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, tn_now_ms());
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		snprintf(role, 32, "%s", (const char *)sqlite3_column_text(st, 0));
+		rc = 0;
+	}
+	sqlite3_finalize(st);
+	store_reader_put(s, db);
+	return rc;
+}

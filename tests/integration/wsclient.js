@@ -1,0 +1,94 @@
+#!/usr/bin/env node
+// An independent device client for the integration tests: Debian's node-ws,
+// nothing shared with tenderd or tender-sim.  Each argument is one step:
+//   connect URL        open the WebSocket
+//   send JSON          send a text frame verbatim
+//   hello ID SECRET    send a hello (hw "node", fw "1.0")
+//   binary             send a binary frame
+//   big N              send a text frame of N bytes
+//   fragmented N       send a log frame of about N bytes in 3 fragments
+//   wait MS            wait
+//   expect TYPE        wait (up to 10 s) for a server frame of that type
+//   close              close normally (1000) and wait for the close
+//   hold               keep the connection until the server closes it
+// It prints one line per thing it sees: "frame <json>", "closed <code> <reason>".
+'use strict';
+let WebSocket;
+try { WebSocket = require('ws'); } catch (e) { WebSocket = require('/usr/share/nodejs/ws'); }
+
+const steps = process.argv.slice(2);
+let ws = null, frames = [], waiters = [], closed = null;
+
+function out(line) { process.stdout.write(line + '\n'); }
+
+function onFrame(data, isBinary) {
+  const text = isBinary ? '<binary>' : data.toString();
+  out('frame ' + text);
+  let type = null;
+  try { type = JSON.parse(text).type; } catch (e) { }
+  frames.push(type);
+  waiters = waiters.filter(w => !w(type));
+}
+
+function waitFor(pred, ms) {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('timeout')), ms);
+    const check = (type) => { if (pred(type)) { clearTimeout(t); resolve(); return true; } return false; };
+    waiters.push(check);
+  });
+}
+
+async function run() {
+  for (let i = 0; i < steps.length; i++) {
+    const s = steps[i];
+    if (s === 'connect') {
+      const url = steps[++i];
+      ws = new WebSocket(url, { perMessageDeflate: false });
+      ws.on('message', onFrame);
+      ws.on('close', (code, reason) => {
+        closed = code;
+        out('closed ' + code + ' ' + reason.toString());
+        waiters = waiters.filter(w => !w('__closed__'));
+      });
+      ws.on('error', (e) => out('error ' + e.message));
+      await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+      out('open');
+    } else if (s === 'send') {
+      ws.send(steps[++i]);
+    } else if (s === 'hello') {
+      const id = steps[++i], secret = steps[++i];
+      ws.send(JSON.stringify({ type: 'hello', id, secret, hw: 'node', fw: '1.0' }));
+    } else if (s === 'binary') {
+      ws.send(Buffer.from([1, 2, 3]), { binary: true });
+    } else if (s === 'big') {
+      const n = parseInt(steps[++i], 10);
+      ws.send(JSON.stringify({ type: 'log', msg: 'x'.repeat(Math.max(0, n - 30)) }));
+    } else if (s === 'fragmented') {
+      const n = parseInt(steps[++i], 10);
+      const text = JSON.stringify({ type: 'log', msg: 'f'.repeat(Math.max(0, n - 30)) });
+      const third = Math.ceil(text.length / 3);
+      ws.send(text.slice(0, third), { fin: false });
+      ws.send(text.slice(third, 2 * third), { fin: false });
+      ws.send(text.slice(2 * third), { fin: true });
+    } else if (s === 'wait') {
+      await new Promise(r => setTimeout(r, parseInt(steps[++i], 10)));
+    } else if (s === 'expect') {
+      const type = steps[++i];
+      if (!frames.includes(type))
+        await waitFor(t => t === type, 10000);
+      frames.splice(frames.indexOf(type), 1);
+    } else if (s === 'close') {
+      if (closed === null) {
+        ws.close(1000, 'bye');
+        await waitFor(t => t === '__closed__', 10000).catch(() => {});
+      }
+    } else if (s === 'hold') {
+      if (closed === null)
+        await waitFor(t => t === '__closed__', 600000);
+    } else {
+      throw new Error('unknown step ' + s);
+    }
+  }
+}
+
+run().then(() => process.exit(0), (e) => { out('fail ' + e.message); process.exit(1); });

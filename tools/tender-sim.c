@@ -1,0 +1,1652 @@
+/* tools/tender-sim.c -- simulated devices for tenderd: test driver and load generator.
+ * Owns: one lws client context, one struct sim_dev per simulated device (its
+ *       connection, out queue, reassembly buffer, pacing and reconnect state)
+ *       and the cron tick that paces frames, reconnects devices and decides
+ *       when to stop.
+ * Threads: one.  main() runs the lws service loop and everything here runs on
+ *       it; the signal handler only sets sim_signalled.
+ * Speaks the device side of docs/protocol.md.  Prints one line per event on
+ * stdout for the integration tests to parse (formats in --help) and a summary
+ * on stderr at exit. */
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <libwebsockets.h>
+
+#define SIM_DEFAULT_URL		"ws://127.0.0.1:8600/v1/device"
+#define SIM_MAX_RX		(1024 * 1024)	/* larger server frames are an error */
+#define SIM_QUEUE_MAX		32		/* paced frames queued per device */
+#define SIM_MAX_RAW_AFTER	16
+#define SIM_OVERSIZE_MIN	23		/* strlen("{\"type\":\"log\",\"msg\":\"\"}") */
+#define SIM_OVERSIZE_MAX	(64L * 1024 * 1024)
+#define SIM_RATE_MAX		1e6
+#define SIM_SECONDS_MAX		1e9
+#define SIM_DEVICES_MAX		1000000L
+#define SIM_FD_RESERVE		32		/* fds lws and stdio need besides devices */
+/* One cron walks every device when any of them has something due: per-device
+ * timers would cost a sorted insert into lws's timer list for every frame. */
+#define SIM_TICK_MIN_US		10000
+#define SIM_TICK_MAX_US		100000
+#define SIM_POKE_US		1000
+#define SIM_NEVER		INT64_MAX
+#define SIM_BACKOFF_MIN_US	500000
+#define SIM_BACKOFF_MAX_US	30000000
+#define SIM_CLOSE_GRACE_US	3000000		/* wait for close handshakes at exit */
+#define SIM_RX_BUFFER		4096		/* lws allocates this per connection */
+
+enum sim_kind { SIM_FRAME_HELLO, SIM_FRAME_EXTRA, SIM_FRAME_LOG, SIM_FRAME_MSG };
+
+/* One text frame waiting for WRITEABLE, with LWS_PRE bytes of headroom. */
+struct sim_frame {
+	struct sim_frame *next;
+	enum sim_kind kind;
+	size_t len;
+	unsigned char buf[];		/* LWS_PRE + len */
+};
+
+/* Pacing of one kind of frame (log or msg) for one device.  Sequence numbers
+ * go on across reconnects; frames dropped unsent with a connection are made
+ * again with the same numbers. */
+struct sim_pace {
+	uint64_t made;			/* sent + queued; the next sequence is made + 1 */
+	uint64_t sent;			/* handed to lws_write() */
+	uint64_t base;			/* made when pacing (re)started */
+	lws_usec_t start;		/* when pacing (re)started */
+};
+
+/*
+ * Device life cycle; every transition goes through sim__dev_set_state().
+ *
+ *   IDLE --cron: retry_at reached and fewer than --max-pending pending--> CONNECTING
+ *   CONNECTING --CLIENT_ESTABLISHED, hello queued--> OPEN
+ *   OPEN --welcome frame--> WELCOMED
+ *   CONNECTING, OPEN, WELCOMED --error, close or loss--> IDLE with --reconnect
+ *                                                        (retry_at = now + backoff),
+ *                                                        else DEAD
+ *   IDLE --stop--> DEAD
+ *
+ * Invariants: wsi is non-NULL only in CONNECTING, OPEN and WELCOMED (in
+ * CONNECTING it is NULL while lws_client_connect_via_info() runs); the out
+ * queue is empty in IDLE and DEAD; pace.made - pace.sent is the number of
+ * frames of that kind in the queue.
+ */
+enum sim_state { SIM_IDLE, SIM_CONNECTING, SIM_OPEN, SIM_WELCOMED, SIM_DEAD, SIM_NSTATES };
+
+/* One simulated device.  Only touched on the service thread. */
+struct sim_dev {
+	char id[17];
+	const char *secret, *hw, *fw, *jedec;	/* borrowed: argv, or line below */
+	long long flash_size;			/* -1: not sent */
+	char *line;				/* owned: --creds line the strings point into */
+
+	enum sim_state state;
+	struct lws *wsi;
+	bool want_close;			/* close at the next WRITEABLE, with: */
+	enum lws_close_status our_status;
+	const char *our_reason;			/* static */
+	bool we_closed;				/* our close: no closed line */
+	bool rx_discard;			/* drop the rest of an oversized frame */
+	bool rx_paused;				/* --no-pong: reads stopped */
+	bool ever_welcomed;
+	int close_code;				/* from the server's close frame; 0: none */
+	char close_reason[124];
+
+	struct sim_frame *q_head, *q_tail;	/* owned */
+	unsigned q_len;
+	unsigned char *rx;			/* owned: fragments of one server message */
+	size_t rx_len, rx_cap;
+
+	struct sim_pace log, msg;
+	lws_usec_t retry_at, backoff;
+};
+
+struct sim_opts {
+	const char *url;
+	char host[256], hostport[300], path[1024];
+	int port;
+	const char *id, *secret, *creds;
+	bool have_id_base;
+	uint64_t id_base;
+	long devices;				/* 0: not given */
+	const char *hw, *fw, *jedec, *sfdp;
+	long long flash_size;			/* -1: not given */
+	double log_rate, msg_rate;
+	long long log_count, msg_count;		/* -1: unlimited */
+	const char *log_text, *log_level, *msg_name;
+	double duration, stall_after;		/* < 0: not given */
+	bool exit_when_done, reconnect, no_pong, quiet, verbose;
+	const char *raw_first;
+	const char *raw_after[SIM_MAX_RAW_AFTER];
+	int n_raw_after;
+	long oversize;				/* 0: not given */
+	long max_pending;
+};
+
+enum sim_stop {
+	SIM_RUNNING,
+	SIM_STOP_SIGNAL,
+	SIM_STOP_DURATION,
+	SIM_STOP_DONE,
+	SIM_STOP_ALL_CLOSED,
+};
+
+/* The whole process.  Only touched on the service thread. */
+struct sim {
+	struct sim_opts o;
+	struct sim_dev *devs;			/* owned */
+	size_t n_devs;
+	uint64_t log_limit, msg_limit;		/* frames per device; UINT64_MAX: no limit */
+	struct lws_context *ctx;
+	lws_sorted_usec_list_t cron;
+	lws_usec_t deadline, stall_at, close_deadline;	/* 0: none */
+	enum sim_stop stop;
+	bool finished;				/* the service loop may end */
+	bool stall_now, stalled, destroying, all_finished;
+	bool in_cron, poked;			/* sim__cron_soon() during the cron */
+	lws_usec_t cron_at;			/* when the cron runs next */
+	size_t n_state[SIM_NSTATES];
+	uint64_t n_welcomed, n_log_sent, n_msg_sent, n_received;
+};
+
+static volatile sig_atomic_t sim_signalled;
+
+static void sim__cron(lws_sorted_usec_list_t *sul);
+
+/* ---- output ---------------------------------------------------------------- */
+
+__attribute__((format(printf, 1, 2)))
+static void sim__err(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("tender-sim: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+/* One event line on stdout.  Server-supplied text may hold newlines: they
+ * become spaces so that every event stays one line for the tests. */
+__attribute__((format(printf, 2, 3)))
+static void sim__event(const struct sim *sim, const char *fmt, ...)
+{
+	char small[1024], *line = small;
+	va_list ap;
+	int n;
+
+	if (sim->o.quiet)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(small, sizeof(small), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(small)) {
+		line = malloc((size_t)n + 1);
+		if (!line)
+			return;
+		va_start(ap, fmt);
+		vsnprintf(line, (size_t)n + 1, fmt, ap);
+		va_end(ap);
+	}
+	for (int i = 0; i < n; i++)
+		if (line[i] == '\n' || line[i] == '\r')
+			line[i] = ' ';
+	fwrite(line, 1, (size_t)n, stdout);
+	fputc('\n', stdout);
+	fflush(stdout);
+	if (line != small)
+		free(line);
+}
+
+static void sim__lws_log(int level, const char *line)
+{
+	fprintf(stderr, "tender-sim: lws: %s", line);
+}
+
+/* ---- command line ---------------------------------------------------------- */
+
+static void sim__usage(FILE *f)
+{
+	fputs(
+"Usage: tender-sim [OPTION]...\n"
+"Simulates tenderd devices: the device side of docs/protocol.md over WebSocket.\n"
+"\n"
+"Devices (one of):\n"
+"  --id HEX16 --secret S      one device\n"
+"  --creds FILE               one device per line: id secret [hw [fw [jedec [flash_size]]]]\n"
+"                             ('#' starts a comment, blank lines are skipped; fields given\n"
+"                             override --hw, --fw, --jedec and --flash-size, and '-' keeps\n"
+"                             the option's value)\n"
+"  --devices N --id-base HEX16 --secret S\n"
+"                             N devices with consecutive ids from id-base, one secret\n"
+"\n"
+"Connection:\n"
+"  --url URL                  server (default " SIM_DEFAULT_URL "; ws:// only)\n"
+"  --reconnect                reconnect after a close or a failed connect: backoff from\n"
+"                             0.5 s, doubling to 30 s, +-20% jitter, reset by a welcome.\n"
+"                             Without it a closed device stays closed, and the process\n"
+"                             exits once no device is connected or connecting: status 0\n"
+"                             if every device had been welcomed, else 1\n"
+"  --max-pending N            at most N connections between connect and welcome at once\n"
+"                             (default 256; spreads the handshakes of many devices)\n"
+"\n"
+"Hello:\n"
+"  --hw S                     hardware model (default sim; '' leaves hw out)\n"
+"  --fw S                     firmware version (default 1.0.0; '' leaves fw out)\n"
+"  --jedec HEX6               flash.jedec\n"
+"  --flash-size N             flash.size in bytes\n"
+"  --sfdp BASE64              flash.sfdp, sent as given\n"
+"                             (the flash object is sent only with a jedec or a size)\n"
+"\n"
+"Traffic after welcome, per device:\n"
+"  --log-rate R               log frames per second (default 0)\n"
+"  --log-count N              stop after N log frames (default unlimited)\n"
+"  --log-text S               log text; %n is the device's log sequence number from 1,\n"
+"                             %% is %  (default 'hello from sim %n')\n"
+"  --log-level info|error     log level (default info)\n"
+"  --msg-rate R               msg frames per second (default 0), each\n"
+"                             {\"type\":\"msg\",\"name\":NAME,\"data\":{\"seq\":n}}\n"
+"  --msg-count N              stop after N msg frames (default unlimited)\n"
+"  --msg-name S               msg name (default ping)\n"
+"                             A rate of 0 with a count sends the count as fast as the\n"
+"                             connection takes it; a rate of 0 without a count sends none.\n"
+"\n"
+"Misbehaving on purpose:\n"
+"  --raw-first TEXT           send TEXT verbatim as the first frame instead of hello\n"
+"  --raw-after TEXT           send TEXT verbatim right after welcome (repeatable, 16 at most)\n"
+"  --oversize N               after welcome send one log frame of exactly N bytes (N >= 23)\n"
+"  --no-pong                  after welcome stop reading the socket, so no ping is answered\n"
+"                             (lws answers pings by itself and cannot be told not to; with\n"
+"                             reads stopped it never sees them).  The device looks vanished.\n"
+"  --stall-after S            after S seconds stop servicing altogether: the process sleeps\n"
+"                             (no reads, writes or pongs) until --duration ends or a signal\n"
+"\n"
+"Running:\n"
+"  --duration S               close everything and exit 0 after S seconds (default: run\n"
+"                             until signalled)\n"
+"  --exit-when-done           once every device has sent its log and msg counts (each needs\n"
+"                             a count, or a rate of 0) and lws has written them, close all\n"
+"                             connections (1000), print done and exit 0\n"
+"  --quiet                    no event lines; errors and the summary still go to stderr\n"
+"  --verbose                  libwebsockets notices too\n"
+"  --help                     this text\n"
+"\n"
+"Event lines on stdout, one per event:\n"
+"  welcome <id>                       the welcome frame arrived\n"
+"  closed <id> <code> <reason>        the server closed (reason may be empty); 1006 and\n"
+"                                     'connection lost' when there was no close frame\n"
+"  connect-error <id> <message>       the connection or its handshake failed\n"
+"  error-frame <id> <code> <message>  an error frame\n"
+"  msg <id> <name> <data>             a msg frame; data as compact JSON\n"
+"  frame <id> <text>                  any other server frame, as received\n"
+"  done                               --exit-when-done completed\n"
+"Newlines in server text are printed as spaces.  SIGINT and SIGTERM close all\n"
+"connections and exit 0.  At exit a summary goes to stderr.\n"
+"Exit status: 0 success, 1 failure (see --reconnect), 2 bad command line.\n",
+	      f);
+}
+
+static int sim__parse_double(const char *opt, const char *s, double min, double max,
+			     double *out)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || end == s || *end || !(v >= min && v <= max)) {
+		sim__err("%s: '%s' is not a number from %.10g to %.10g", opt, s, min, max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static int sim__parse_ll(const char *opt, const char *s, long long min, long long max,
+			 long long *out)
+{
+	char *end;
+	long long v;
+
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || end == s || *end || v < min || v > max) {
+		sim__err("%s: '%s' is not an integer from %lld to %lld", opt, s, min, max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static bool sim__is_hex(const char *s, size_t digits)
+{
+	size_t i;
+
+	for (i = 0; s[i]; i++)
+		if (!isxdigit((unsigned char)s[i]))
+			return false;
+	return i == digits;
+}
+
+/* jansson refuses strings that are not UTF-8; say so once, naming the option. */
+static int sim__check_utf8(const char *opt, const char *s)
+{
+	json_t *j = json_string(s);
+
+	if (!j) {
+		sim__err("%s: not valid UTF-8", opt);
+		return -1;
+	}
+	json_decref(j);
+	return 0;
+}
+
+/* Splits ws://host[:port][/path] into o->host, o->port, o->path, o->hostport. */
+static int sim__parse_url(struct sim_opts *o)
+{
+	const char *h, *hend, *p;
+	long long port = 80;
+	char portbuf[8];
+	size_t hlen;
+
+	if (strncmp(o->url, "ws://", 5)) {
+		sim__err("--url: '%s': only ws:// URLs are supported", o->url);
+		return -1;
+	}
+	h = o->url + 5;
+	if (*h == '[') {
+		hend = strchr(h, ']');
+		if (!hend)
+			goto bad;
+		h++;
+		p = hend + 1;
+	} else {
+		hend = h + strcspn(h, ":/");
+		p = hend;
+	}
+	hlen = (size_t)(hend - h);
+	if (!hlen || hlen >= sizeof(o->host))
+		goto bad;
+	memcpy(o->host, h, hlen);
+	o->host[hlen] = '\0';
+	if (*p == ':') {
+		size_t plen = strcspn(p + 1, "/");
+
+		if (!plen || plen >= sizeof(portbuf))
+			goto bad;
+		memcpy(portbuf, p + 1, plen);
+		portbuf[plen] = '\0';
+		if (sim__parse_ll("--url port", portbuf, 1, 65535, &port))
+			return -1;
+		p += 1 + plen;
+	}
+	if (strlen(p) >= sizeof(o->path))
+		goto bad;
+	snprintf(o->path, sizeof(o->path), "%s", *p ? p : "/");
+	o->port = (int)port;
+	snprintf(o->hostport, sizeof(o->hostport), strchr(o->host, ':') ? "[%s]:%d" : "%s:%d",
+		 o->host, o->port);
+	return 0;
+bad:
+	sim__err("--url: '%s' is not ws://HOST[:PORT][/PATH]", o->url);
+	return -1;
+}
+
+enum {
+	OPT_URL = 256, OPT_ID, OPT_SECRET, OPT_CREDS, OPT_DEVICES, OPT_ID_BASE, OPT_HW,
+	OPT_FW, OPT_JEDEC, OPT_FLASH_SIZE, OPT_SFDP, OPT_LOG_RATE, OPT_LOG_COUNT,
+	OPT_LOG_TEXT, OPT_LOG_LEVEL, OPT_MSG_RATE, OPT_MSG_COUNT, OPT_MSG_NAME,
+	OPT_DURATION, OPT_EXIT_WHEN_DONE, OPT_RECONNECT, OPT_RAW_FIRST, OPT_RAW_AFTER,
+	OPT_OVERSIZE, OPT_NO_PONG, OPT_STALL_AFTER, OPT_QUIET, OPT_VERBOSE, OPT_HELP,
+	OPT_MAX_PENDING,
+};
+
+static const struct option sim_options[] = {
+	{ "url", required_argument, NULL, OPT_URL },
+	{ "id", required_argument, NULL, OPT_ID },
+	{ "secret", required_argument, NULL, OPT_SECRET },
+	{ "creds", required_argument, NULL, OPT_CREDS },
+	{ "devices", required_argument, NULL, OPT_DEVICES },
+	{ "id-base", required_argument, NULL, OPT_ID_BASE },
+	{ "hw", required_argument, NULL, OPT_HW },
+	{ "fw", required_argument, NULL, OPT_FW },
+	{ "jedec", required_argument, NULL, OPT_JEDEC },
+	{ "flash-size", required_argument, NULL, OPT_FLASH_SIZE },
+	{ "sfdp", required_argument, NULL, OPT_SFDP },
+	{ "log-rate", required_argument, NULL, OPT_LOG_RATE },
+	{ "log-count", required_argument, NULL, OPT_LOG_COUNT },
+	{ "log-text", required_argument, NULL, OPT_LOG_TEXT },
+	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+	{ "msg-rate", required_argument, NULL, OPT_MSG_RATE },
+	{ "msg-count", required_argument, NULL, OPT_MSG_COUNT },
+	{ "msg-name", required_argument, NULL, OPT_MSG_NAME },
+	{ "duration", required_argument, NULL, OPT_DURATION },
+	{ "exit-when-done", no_argument, NULL, OPT_EXIT_WHEN_DONE },
+	{ "reconnect", no_argument, NULL, OPT_RECONNECT },
+	{ "raw-first", required_argument, NULL, OPT_RAW_FIRST },
+	{ "raw-after", required_argument, NULL, OPT_RAW_AFTER },
+	{ "oversize", required_argument, NULL, OPT_OVERSIZE },
+	{ "no-pong", no_argument, NULL, OPT_NO_PONG },
+	{ "stall-after", required_argument, NULL, OPT_STALL_AFTER },
+	{ "max-pending", required_argument, NULL, OPT_MAX_PENDING },
+	{ "quiet", no_argument, NULL, OPT_QUIET },
+	{ "verbose", no_argument, NULL, OPT_VERBOSE },
+	{ "help", no_argument, NULL, OPT_HELP },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* Options that take a number; returns 1 when c was not one of them. */
+static int sim__parse_number_opt(struct sim_opts *o, int c, const char *arg)
+{
+	long long v;
+
+	switch (c) {
+	case OPT_DEVICES:
+		if (sim__parse_ll("--devices", arg, 1, SIM_DEVICES_MAX, &v))
+			return -1;
+		o->devices = (long)v;
+		return 0;
+	case OPT_FLASH_SIZE:
+		return sim__parse_ll("--flash-size", arg, 1, 1LL << 53, &o->flash_size);
+	case OPT_LOG_RATE:
+		return sim__parse_double("--log-rate", arg, 0, SIM_RATE_MAX, &o->log_rate);
+	case OPT_LOG_COUNT:
+		return sim__parse_ll("--log-count", arg, 0, LLONG_MAX, &o->log_count);
+	case OPT_MSG_RATE:
+		return sim__parse_double("--msg-rate", arg, 0, SIM_RATE_MAX, &o->msg_rate);
+	case OPT_MSG_COUNT:
+		return sim__parse_ll("--msg-count", arg, 0, LLONG_MAX, &o->msg_count);
+	case OPT_DURATION:
+		return sim__parse_double("--duration", arg, 0, SIM_SECONDS_MAX, &o->duration);
+	case OPT_STALL_AFTER:
+		return sim__parse_double("--stall-after", arg, 0, SIM_SECONDS_MAX,
+					 &o->stall_after);
+	case OPT_OVERSIZE:
+		if (sim__parse_ll("--oversize", arg, SIM_OVERSIZE_MIN, SIM_OVERSIZE_MAX, &v))
+			return -1;
+		o->oversize = (long)v;
+		return 0;
+	case OPT_MAX_PENDING:
+		if (sim__parse_ll("--max-pending", arg, 1, SIM_DEVICES_MAX, &v))
+			return -1;
+		o->max_pending = (long)v;
+		return 0;
+	}
+	return 1;
+}
+
+/* Options that take a string; returns 1 when c was not one of them. */
+static int sim__parse_string_opt(struct sim_opts *o, int c, const char *arg)
+{
+	switch (c) {
+	case OPT_URL: o->url = arg; return 0;
+	case OPT_ID: o->id = arg; return 0;
+	case OPT_SECRET: o->secret = arg; return 0;
+	case OPT_CREDS: o->creds = arg; return 0;
+	case OPT_ID_BASE:
+		if (!sim__is_hex(arg, 16)) {
+			sim__err("--id-base: '%s' is not 16 hex digits", arg);
+			return -1;
+		}
+		o->id_base = strtoull(arg, NULL, 16);
+		o->have_id_base = true;
+		return 0;
+	case OPT_HW: o->hw = arg; return 0;
+	case OPT_FW: o->fw = arg; return 0;
+	case OPT_JEDEC: o->jedec = arg; return 0;
+	case OPT_SFDP: o->sfdp = arg; return 0;
+	case OPT_LOG_TEXT: o->log_text = arg; return 0;
+	case OPT_LOG_LEVEL: o->log_level = arg; return 0;
+	case OPT_MSG_NAME: o->msg_name = arg; return 0;
+	case OPT_RAW_FIRST: o->raw_first = arg; return 0;
+	case OPT_RAW_AFTER:
+		if (o->n_raw_after == SIM_MAX_RAW_AFTER) {
+			sim__err("--raw-after: at most %d are allowed", SIM_MAX_RAW_AFTER);
+			return -1;
+		}
+		o->raw_after[o->n_raw_after++] = arg;
+		return 0;
+	}
+	return 1;
+}
+
+static int sim__parse_flag_opt(struct sim_opts *o, int c)
+{
+	switch (c) {
+	case OPT_EXIT_WHEN_DONE: o->exit_when_done = true; return 0;
+	case OPT_RECONNECT: o->reconnect = true; return 0;
+	case OPT_NO_PONG: o->no_pong = true; return 0;
+	case OPT_QUIET: o->quiet = true; return 0;
+	case OPT_VERBOSE: o->verbose = true; return 0;
+	}
+	return 1;
+}
+
+/* Which devices: exactly one of --id, --creds, --devices. */
+static int sim__check_device_opts(const struct sim_opts *o)
+{
+	int ways = !!o->id + !!o->creds + !!o->devices;
+
+	if (ways != 1) {
+		sim__err(ways ? "--id, --creds and --devices exclude each other"
+			      : "give --id and --secret, --creds, or --devices and --id-base");
+		return -1;
+	}
+	if (o->id && !sim__is_hex(o->id, 16)) {
+		sim__err("--id: '%s' is not 16 hex digits", o->id);
+		return -1;
+	}
+	if (o->devices && !o->have_id_base) {
+		sim__err("--devices needs --id-base");
+		return -1;
+	}
+	if (o->have_id_base && !o->devices) {
+		sim__err("--id-base needs --devices");
+		return -1;
+	}
+	if (o->devices && o->id_base + (uint64_t)(o->devices - 1) < o->id_base) {
+		sim__err("--devices: %ld ids from --id-base go past ffffffffffffffff", o->devices);
+		return -1;
+	}
+	if ((o->id || o->devices) && !o->secret) {
+		sim__err("%s needs --secret", o->id ? "--id" : "--devices");
+		return -1;
+	}
+	if (o->creds && o->secret) {
+		sim__err("--secret: --creds gives each device's secret");
+		return -1;
+	}
+	return 0;
+}
+
+/* Cross-option rules once everything is parsed. */
+static int sim__check_opts(struct sim_opts *o)
+{
+	if (sim__check_device_opts(o) || sim__parse_url(o))
+		return -1;
+	if (o->jedec && !sim__is_hex(o->jedec, 6)) {
+		sim__err("--jedec: '%s' is not 6 hex digits", o->jedec);
+		return -1;
+	}
+	if (strcmp(o->log_level, "info") && strcmp(o->log_level, "error")) {
+		sim__err("--log-level: '%s' is not info or error", o->log_level);
+		return -1;
+	}
+	if (o->exit_when_done && ((o->log_rate > 0 && o->log_count < 0) ||
+				  (o->msg_rate > 0 && o->msg_count < 0))) {
+		sim__err("--exit-when-done: a --log-rate or --msg-rate needs its --log-count "
+			 "or --msg-count");
+		return -1;
+	}
+	if ((o->secret && sim__check_utf8("--secret", o->secret)) ||
+	    sim__check_utf8("--hw", o->hw) || sim__check_utf8("--fw", o->fw) ||
+	    (o->sfdp && sim__check_utf8("--sfdp", o->sfdp)) ||
+	    sim__check_utf8("--log-text", o->log_text) ||
+	    sim__check_utf8("--msg-name", o->msg_name))
+		return -1;
+	return 0;
+}
+
+/* Returns 0 to run, 1 when --help was printed, -1 on a bad command line. */
+static int sim__parse_args(struct sim_opts *o, int argc, char **argv)
+{
+	int c, r;
+
+	*o = (struct sim_opts){
+		.url = SIM_DEFAULT_URL, .hw = "sim", .fw = "1.0.0", .flash_size = -1,
+		.log_count = -1, .msg_count = -1, .log_text = "hello from sim %n",
+		.log_level = "info", .msg_name = "ping", .duration = -1,
+		.stall_after = -1, .max_pending = 256,
+	};
+	while ((c = getopt_long(argc, argv, "", sim_options, NULL)) != -1) {
+		if (c == OPT_HELP) {
+			sim__usage(stdout);
+			return 1;
+		}
+		if (c == '?' || c == ':')
+			goto usage;	/* getopt_long has named the option */
+		r = sim__parse_number_opt(o, c, optarg);
+		if (r > 0)
+			r = sim__parse_string_opt(o, c, optarg);
+		if (r > 0)
+			r = sim__parse_flag_opt(o, c);
+		if (r)
+			return -1;
+	}
+	if (optind < argc) {
+		sim__err("unexpected argument '%s'", argv[optind]);
+		goto usage;
+	}
+	return sim__check_opts(o);
+usage:
+	fputs("Try 'tender-sim --help'.\n", stderr);
+	return -1;
+}
+
+/* ---- devices --------------------------------------------------------------- */
+
+static struct sim_dev *sim__dev_add(struct sim *sim, size_t *cap)
+{
+	struct sim_dev *d;
+
+	if (sim->n_devs == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 16;
+		struct sim_dev *n = realloc(sim->devs, ncap * sizeof(*n));
+
+		if (!n)
+			return NULL;
+		sim->devs = n;
+		*cap = ncap;
+	}
+	d = &sim->devs[sim->n_devs++];
+	*d = (struct sim_dev){
+		.secret = sim->o.secret, .hw = sim->o.hw, .fw = sim->o.fw,
+		.jedec = sim->o.jedec, .flash_size = sim->o.flash_size,
+		.backoff = SIM_BACKOFF_MIN_US,
+	};
+	return d;
+}
+
+/* Fills d from one --creds line (owned by d from here on); 1: nothing on it. */
+static int sim__creds_line(struct sim *sim, struct sim_dev *d, char *line, const char *where)
+{
+	char *f[7], *save = NULL, opt[PATH_MAX + 64];
+	int n = 0;
+	long long size;
+
+	d->line = line;
+	for (char *t = strtok_r(line, " \t\r\n", &save); t && *t != '#' && n < 7;
+	     t = strtok_r(NULL, " \t\r\n", &save))
+		f[n++] = t;
+	if (!n)
+		return 1;
+	if (n < 2 || n > 6) {
+		sim__err("--creds: %s: want id secret [hw [fw [jedec [flash_size]]]]", where);
+		return -1;
+	}
+	if (!sim__is_hex(f[0], 16)) {
+		sim__err("--creds: %s: id '%s' is not 16 hex digits", where, f[0]);
+		return -1;
+	}
+	snprintf(d->id, sizeof(d->id), "%s", f[0]);
+	d->secret = f[1];
+	if (n > 2 && strcmp(f[2], "-"))
+		d->hw = f[2];
+	if (n > 3 && strcmp(f[3], "-"))
+		d->fw = f[3];
+	if (n > 4 && strcmp(f[4], "-")) {
+		if (!sim__is_hex(f[4], 6)) {
+			sim__err("--creds: %s: jedec '%s' is not 6 hex digits", where, f[4]);
+			return -1;
+		}
+		d->jedec = f[4];
+	}
+	snprintf(opt, sizeof(opt), "--creds: %s: flash_size", where);
+	if (n > 5) {
+		if (sim__parse_ll(opt, f[5], 1, 1LL << 53, &size))
+			return -1;
+		d->flash_size = size;
+	}
+	snprintf(opt, sizeof(opt), "--creds: %s", where);
+	if (sim__check_utf8(opt, d->secret) || sim__check_utf8(opt, d->hw) ||
+	    sim__check_utf8(opt, d->fw))
+		return -1;
+	return 0;
+}
+
+/* Reads --creds: one device per line. */
+static int sim__load_creds(struct sim *sim, size_t *cap)
+{
+	FILE *f = fopen(sim->o.creds, "r");
+	char *buf = NULL, where[PATH_MAX + 32];
+	size_t bufcap = 0;
+	unsigned lineno = 0;
+	int rc = 0;
+
+	if (!f) {
+		sim__err("--creds: %s: %s", sim->o.creds, strerror(errno));
+		return -1;
+	}
+	while (!rc && getline(&buf, &bufcap, f) >= 0) {
+		struct sim_dev *d = sim__dev_add(sim, cap);
+		char *line = strdup(buf);
+
+		if (!d || !line) {
+			free(line);
+			sim__err("out of memory");
+			rc = -1;
+			break;
+		}
+		snprintf(where, sizeof(where), "%s:%u", sim->o.creds, ++lineno);
+		rc = sim__creds_line(sim, d, line, where);
+		if (rc) {		/* a blank line or an error: forget the slot */
+			free(line);
+			sim->n_devs--;
+			rc = rc > 0 ? 0 : -1;
+		}
+	}
+	free(buf);
+	fclose(f);
+	if (!rc && !sim->n_devs) {
+		sim__err("--creds: %s: no devices", sim->o.creds);
+		rc = -1;
+	}
+	return rc;
+}
+
+static int sim__make_devices(struct sim *sim)
+{
+	size_t cap = 0;
+	struct sim_dev *d;
+
+	if (sim->o.creds)
+		return sim__load_creds(sim, &cap);
+	if (sim->o.id) {
+		d = sim__dev_add(sim, &cap);
+		if (!d)
+			return -1;
+		snprintf(d->id, sizeof(d->id), "%s", sim->o.id);
+		return 0;
+	}
+	for (long i = 0; i < sim->o.devices; i++) {
+		d = sim__dev_add(sim, &cap);
+		if (!d) {
+			sim__err("out of memory");
+			return -1;
+		}
+		snprintf(d->id, sizeof(d->id), "%016" PRIx64, sim->o.id_base + (uint64_t)i);
+	}
+	return 0;
+}
+
+/* ---- frames ---------------------------------------------------------------- */
+
+/* Owned: caller frees (or pushes onto a queue). */
+static struct sim_frame *sim__frame_alloc(size_t len, enum sim_kind kind)
+{
+	struct sim_frame *f = malloc(sizeof(*f) + LWS_PRE + len);
+
+	if (!f)
+		return NULL;
+	f->next = NULL;
+	f->kind = kind;
+	f->len = len;
+	return f;
+}
+
+static struct sim_frame *sim__frame_text(const char *s, size_t len, enum sim_kind kind)
+{
+	struct sim_frame *f = sim__frame_alloc(len, kind);
+
+	if (f)
+		memcpy(f->buf + LWS_PRE, s, len);
+	return f;
+}
+
+/* Steals o, even on failure. */
+static struct sim_frame *sim__frame_json(json_t *o, enum sim_kind kind)
+{
+	char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	struct sim_frame *f = s ? sim__frame_text(s, strlen(s), kind) : NULL;
+
+	free(s);
+	json_decref(o);
+	return f;
+}
+
+static struct sim_frame *sim__build_hello(const struct sim *sim, const struct sim_dev *d)
+{
+	json_t *o = json_pack("{s:s, s:s, s:s}", "type", "hello", "id", d->id,
+			      "secret", d->secret);
+	json_t *flash;
+	int err = 0;
+
+	if (!o)
+		return NULL;
+	if (*d->hw)
+		err |= json_object_set_new(o, "hw", json_string(d->hw));
+	if (*d->fw)
+		err |= json_object_set_new(o, "fw", json_string(d->fw));
+	if (d->jedec || d->flash_size > 0) {
+		flash = json_object();
+		if (d->jedec)
+			err |= json_object_set_new(flash, "jedec", json_string(d->jedec));
+		if (d->flash_size > 0)
+			err |= json_object_set_new(flash, "size", json_integer(d->flash_size));
+		if (sim->o.sfdp)
+			err |= json_object_set_new(flash, "sfdp", json_string(sim->o.sfdp));
+		err |= json_object_set_new(o, "flash", flash);
+	}
+	if (err) {
+		json_decref(o);
+		return NULL;
+	}
+	return sim__frame_json(o, SIM_FRAME_HELLO);
+}
+
+/* The log text with %n replaced by seq and %% by %.  Owned: caller frees. */
+static char *sim__expand_text(const char *tmpl, uint64_t seq)
+{
+	size_t cap = strlen(tmpl) + 1;
+	const char *p;
+	char *out, *w;
+
+	for (p = tmpl; (p = strstr(p, "%n")); p += 2)
+		cap += 20;
+	out = malloc(cap);
+	if (!out)
+		return NULL;
+	for (p = tmpl, w = out; *p; p++) {
+		if (p[0] == '%' && p[1] == 'n') {
+			w += sprintf(w, "%" PRIu64, seq);
+			p++;
+		} else if (p[0] == '%' && p[1] == '%') {
+			*w++ = '%';
+			p++;
+		} else {
+			*w++ = *p;
+		}
+	}
+	*w = '\0';
+	return out;
+}
+
+static struct sim_frame *sim__build_log(const struct sim *sim, uint64_t seq)
+{
+	char *text = sim__expand_text(sim->o.log_text, seq);
+	json_t *o;
+
+	if (!text)
+		return NULL;
+	o = json_pack("{s:s, s:s, s:s}", "type", "log", "level", sim->o.log_level,
+		      "msg", text);
+	free(text);
+	return sim__frame_json(o, SIM_FRAME_LOG);
+}
+
+static struct sim_frame *sim__build_msg(const struct sim *sim, uint64_t seq)
+{
+	json_t *o = json_pack("{s:s, s:s, s:{s:I}}", "type", "msg", "name", sim->o.msg_name,
+			      "data", "seq", (json_int_t)seq);
+
+	return sim__frame_json(o, SIM_FRAME_MSG);
+}
+
+/* A valid log frame of exactly n bytes, padded out with its msg. */
+static struct sim_frame *sim__build_oversize(size_t n)
+{
+	static const char head[] = "{\"type\":\"log\",\"msg\":\"", tail[] = "\"}";
+	struct sim_frame *f = sim__frame_alloc(n, SIM_FRAME_EXTRA);
+	unsigned char *p;
+
+	if (!f)
+		return NULL;
+	p = f->buf + LWS_PRE;
+	memcpy(p, head, sizeof(head) - 1);
+	memset(p + sizeof(head) - 1, 'x', n - (sizeof(head) - 1) - (sizeof(tail) - 1));
+	memcpy(p + n - (sizeof(tail) - 1), tail, sizeof(tail) - 1);
+	return f;
+}
+
+static void sim__queue_push(struct sim_dev *d, struct sim_frame *f)
+{
+	if (d->q_tail)
+		d->q_tail->next = f;
+	else
+		d->q_head = f;
+	d->q_tail = f;
+	d->q_len++;
+}
+
+static struct sim_frame *sim__queue_pop(struct sim_dev *d)
+{
+	struct sim_frame *f = d->q_head;
+
+	if (f) {
+		d->q_head = f->next;
+		if (!d->q_head)
+			d->q_tail = NULL;
+		d->q_len--;
+	}
+	return f;
+}
+
+/* Frees what was never written; those frames are made again (same sequence
+ * numbers) on the next connection. */
+static void sim__queue_drop(struct sim_dev *d)
+{
+	struct sim_frame *f;
+
+	while ((f = sim__queue_pop(d)))
+		free(f);
+	d->log.made = d->log.sent;
+	d->msg.made = d->msg.sent;
+}
+
+/* ---- pacing ---------------------------------------------------------------- */
+
+/* Queues the frames of one kind due by now: at rate per second, or as fast as
+ * the queue drains when rate is 0.  Returns how many were queued, or -1. */
+static int sim__fill_kind(const struct sim *sim, struct sim_dev *d, struct sim_pace *p,
+			  double rate, uint64_t limit, enum sim_kind kind, lws_usec_t now)
+{
+	uint64_t due = limit, behind_max;
+	struct sim_frame *f;
+	int n = 0;
+
+	if (p->made >= limit)
+		return 0;
+	if (rate > 0) {
+		due = p->base + 1 + (uint64_t)((double)(now - p->start) * rate / 1e6);
+		/* Over a second's worth behind means the server is not reading:
+		 * restart the pacing rather than burst once it reads again. */
+		behind_max = rate > SIM_QUEUE_MAX ? (uint64_t)rate : SIM_QUEUE_MAX;
+		if (due > p->made + behind_max) {
+			p->start = now;
+			p->base = p->made;
+			due = p->made + 1;
+		}
+		if (due > limit)
+			due = limit;
+	}
+	while (p->made < due && d->q_len < SIM_QUEUE_MAX) {
+		f = kind == SIM_FRAME_LOG ? sim__build_log(sim, p->made + 1)
+					  : sim__build_msg(sim, p->made + 1);
+		if (!f)
+			return -1;
+		sim__queue_push(d, f);
+		p->made++;
+		n++;
+	}
+	return n;
+}
+
+/* Tops up d's queue with due log and msg frames and asks for WRITEABLE. */
+static int sim__dev_fill(const struct sim *sim, struct sim_dev *d, lws_usec_t now)
+{
+	int a, b;
+
+	if (d->state != SIM_WELCOMED || d->want_close)
+		return 0;
+	a = sim__fill_kind(sim, d, &d->log, sim->o.log_rate, sim->log_limit, SIM_FRAME_LOG, now);
+	b = sim__fill_kind(sim, d, &d->msg, sim->o.msg_rate, sim->msg_limit, SIM_FRAME_MSG, now);
+	if (a < 0 || b < 0) {
+		sim__err("%s: out of memory building a frame", d->id);
+		return -1;
+	}
+	if (a + b)
+		lws_callback_on_writable(d->wsi);
+	return 0;
+}
+
+/* ---- connection ------------------------------------------------------------ */
+
+static void sim__dev_set_state(struct sim *sim, struct sim_dev *d, enum sim_state s)
+{
+	sim->n_state[d->state]--;
+	sim->n_state[s]++;
+	d->state = s;
+}
+
+/* Have the cron run within a millisecond: a device changed in a way it acts
+ * on (a connect slot freed, a device finished, closed or failed). */
+static void sim__cron_soon(struct sim *sim)
+{
+	lws_usec_t soon;
+
+	if (sim->in_cron) {
+		sim->poked = true;
+		return;
+	}
+	if (sim->finished || sim->destroying)
+		return;
+	soon = lws_now_usecs() + SIM_POKE_US;
+	if (sim->cron_at > soon) {
+		sim->cron_at = soon;
+		lws_sul_schedule(sim->ctx, 0, &sim->cron, sim__cron, SIM_POKE_US);
+	}
+}
+
+static lws_usec_t sim__jitter(lws_usec_t us)
+{
+	return (lws_usec_t)((double)us * (0.8 + 0.4 * drand48()));
+}
+
+/* Closes d's connection from our side (at its next WRITEABLE: lws only closes
+ * cleanly from a callback's return, and returning an error from RECEIVE in
+ * lws 4.1.6 can write past its rx buffer), or abandons a connect in progress.
+ * The first reason given wins.  No closed line follows. */
+static void sim__dev_close(struct sim_dev *d, enum lws_close_status status, const char *why)
+{
+	assert(d->wsi);
+	d->we_closed = true;
+	if (d->state == SIM_CONNECTING) {
+		lws_set_timeout(d->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+		return;
+	}
+	if (d->want_close)
+		return;
+	d->want_close = true;
+	d->our_status = status;
+	d->our_reason = why;
+	if (d->rx_paused) {	/* the close handshake needs reads again */
+		lws_rx_flow_control(d->wsi, 1);
+		d->rx_paused = false;
+	}
+	lws_callback_on_writable(d->wsi);
+}
+
+/* d's connection is gone: failed, closed by either side, or lost.  Reports it
+ * unless we closed it, drops the queue and decides what d does next. */
+static void sim__dev_gone(struct sim *sim, struct sim_dev *d, const char *connect_error)
+{
+	if (d->state == SIM_IDLE || d->state == SIM_DEAD)
+		return;		/* already reported through another callback */
+	if (!d->we_closed && !sim->destroying) {
+		if (connect_error)
+			sim__event(sim, "connect-error %s %s", d->id, connect_error);
+		else if (d->close_code)
+			sim__event(sim, "closed %s %d %s", d->id, d->close_code, d->close_reason);
+		else
+			sim__event(sim, "closed %s 1006 connection lost", d->id);
+	}
+	sim__queue_drop(d);
+	d->wsi = NULL;
+	d->want_close = d->we_closed = d->rx_paused = d->rx_discard = false;
+	d->close_code = 0;
+	d->rx_len = 0;
+	if (sim->o.reconnect && sim->stop == SIM_RUNNING) {
+		d->retry_at = lws_now_usecs() + sim__jitter(d->backoff);
+		d->backoff = d->backoff * 2 > SIM_BACKOFF_MAX_US ? SIM_BACKOFF_MAX_US
+								: d->backoff * 2;
+		sim__dev_set_state(sim, d, SIM_IDLE);
+	} else {
+		sim__dev_set_state(sim, d, SIM_DEAD);
+	}
+	sim__cron_soon(sim);
+}
+
+static void sim__dev_connect(struct sim *sim, struct sim_dev *d)
+{
+	struct lws_client_connect_info ci;
+	struct lws *wsi;
+
+	memset(&ci, 0, sizeof(ci));
+	ci.context = sim->ctx;
+	ci.address = sim->o.host;
+	ci.port = sim->o.port;
+	ci.path = sim->o.path;
+	ci.host = sim->o.hostport;
+	ci.ietf_version_or_minus_one = -1;
+	ci.local_protocol_name = "tender-sim";	/* no Sec-WebSocket-Protocol sent */
+	ci.opaque_user_data = d;
+	sim__dev_set_state(sim, d, SIM_CONNECTING);
+	wsi = lws_client_connect_via_info(&ci);
+	/* A failure may have been reported from inside the call already. */
+	if (d->state != SIM_CONNECTING)
+		return;
+	if (!wsi)
+		sim__dev_gone(sim, d, "cannot start the connection");
+	else if (!d->wsi)
+		d->wsi = wsi;
+}
+
+static int sim__on_established(struct sim *sim, struct sim_dev *d, struct lws *wsi)
+{
+	struct sim_frame *f;
+
+	d->wsi = wsi;
+	sim__dev_set_state(sim, d, SIM_OPEN);
+	if (sim->stop != SIM_RUNNING) {
+		sim__dev_close(d, LWS_CLOSE_STATUS_NORMAL, "");
+		return 0;
+	}
+	f = sim->o.raw_first ? sim__frame_text(sim->o.raw_first, strlen(sim->o.raw_first),
+					       SIM_FRAME_HELLO)
+			     : sim__build_hello(sim, d);
+	if (!f) {
+		sim__err("%s: out of memory building hello", d->id);
+		sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+		return 0;
+	}
+	sim__queue_push(d, f);
+	lws_callback_on_writable(wsi);
+	return 0;
+}
+
+/* Welcome: queue --raw-after and --oversize, then start pacing. */
+static int sim__on_welcome(struct sim *sim, struct sim_dev *d)
+{
+	lws_usec_t now = lws_now_usecs();
+	struct sim_frame *f;
+
+	sim__dev_set_state(sim, d, SIM_WELCOMED);
+	if (!d->ever_welcomed) {
+		d->ever_welcomed = true;
+		sim->n_welcomed++;
+	}
+	d->backoff = SIM_BACKOFF_MIN_US;
+	d->log.start = d->msg.start = now;
+	d->log.base = d->log.made;
+	d->msg.base = d->msg.made;
+	for (int i = 0; i < sim->o.n_raw_after; i++) {
+		f = sim__frame_text(sim->o.raw_after[i], strlen(sim->o.raw_after[i]),
+				    SIM_FRAME_EXTRA);
+		if (!f)
+			return -1;
+		sim__queue_push(d, f);
+	}
+	if (sim->o.oversize) {
+		f = sim__build_oversize((size_t)sim->o.oversize);
+		if (!f)
+			return -1;
+		sim__queue_push(d, f);
+	}
+	if (sim__dev_fill(sim, d, now))
+		return -1;
+	if (d->q_head)
+		lws_callback_on_writable(d->wsi);
+	if (sim->o.no_pong) {
+		lws_rx_flow_control(d->wsi, 0);
+		d->rx_paused = true;
+	}
+	sim__cron_soon(sim);	/* a connect slot is free; maybe nothing to send */
+	return 0;
+}
+
+static void sim__print_msg(const struct sim *sim, const struct sim_dev *d, json_t *root)
+{
+	const char *name = json_string_value(json_object_get(root, "name"));
+	json_t *data = json_object_get(root, "data");
+	char *s = data ? json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+
+	sim__event(sim, "msg %s %s %s", d->id, name ? name : "", s ? s : "null");
+	free(s);
+}
+
+/* One whole server message. */
+static void sim__handle_frame(struct sim *sim, struct sim_dev *d, const char *buf, size_t len)
+{
+	json_t *root = json_loadb(buf, len, 0, NULL);
+	const char *type = json_string_value(json_object_get(root, "type"));
+
+	sim->n_received++;
+	if (type && !strcmp(type, "welcome")) {
+		sim__event(sim, "welcome %s", d->id);
+		if (d->state == SIM_OPEN && sim__on_welcome(sim, d)) {
+			sim__err("%s: out of memory after welcome", d->id);
+			sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+		}
+	} else if (type && !strcmp(type, "error")) {
+		const char *code = json_string_value(json_object_get(root, "code"));
+		const char *message = json_string_value(json_object_get(root, "message"));
+
+		sim__event(sim, "error-frame %s %s %s", d->id, code ? code : "",
+			   message ? message : "");
+	} else if (type && !strcmp(type, "msg")) {
+		sim__print_msg(sim, d, root);
+	} else {
+		sim__event(sim, "frame %s %.*s", d->id, (int)len, buf);
+	}
+	json_decref(root);
+}
+
+/* Appends one piece of a server message to d->rx; -1 if it cannot. */
+static int sim__rx_append(struct sim_dev *d, const void *in, size_t len)
+{
+	size_t cap = d->rx_cap ? d->rx_cap : 4096;
+	unsigned char *n;
+
+	if (len > SIM_MAX_RX - d->rx_len) {
+		sim__err("%s: server frame over %d bytes; closing", d->id, SIM_MAX_RX);
+		sim__dev_close(d, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "frame too large");
+		return -1;
+	}
+	if (d->rx_len + len > d->rx_cap) {
+		while (cap < d->rx_len + len)
+			cap *= 2;
+		n = realloc(d->rx, cap);
+		if (!n) {
+			sim__err("%s: out of memory receiving", d->id);
+			sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+			return -1;
+		}
+		d->rx = n;
+		d->rx_cap = cap;
+	}
+	memcpy(d->rx + d->rx_len, in, len);
+	d->rx_len += len;
+	return 0;
+}
+
+/* Reassembles fragments (lws hands a big frame over in pieces too).  Errors
+ * close the connection later and drop what is still coming of the frame:
+ * never return an error from here (see sim__dev_close). */
+static int sim__on_receive(struct sim *sim, struct sim_dev *d, struct lws *wsi,
+			   const void *in, size_t len)
+{
+	bool final = lws_is_final_fragment(wsi);
+
+	if (d->rx_discard)
+		return 0;
+	if (!d->rx_len && final) {	/* the common case: no copy */
+		sim__handle_frame(sim, d, in, len);
+		return 0;
+	}
+	if (sim__rx_append(d, in, len)) {
+		d->rx_discard = true;
+		d->rx_len = 0;
+		return 0;
+	}
+	if (!final)
+		return 0;
+	sim__handle_frame(sim, d, (const char *)d->rx, d->rx_len);
+	d->rx_len = 0;
+	if (d->rx_cap > 65536) {	/* do not hold big buffers for rare big frames */
+		free(d->rx);
+		d->rx = NULL;
+		d->rx_cap = 0;
+	}
+	return 0;
+}
+
+/* One lws_write per WRITEABLE, as lws requires. */
+static int sim__on_writeable(struct sim *sim, struct sim_dev *d, struct lws *wsi)
+{
+	struct sim_frame *f;
+	int n;
+
+	if (d->want_close) {
+		lws_close_reason(wsi, d->our_status, (unsigned char *)d->our_reason,
+				 strlen(d->our_reason));
+		return -1;
+	}
+	f = sim__queue_pop(d);
+	if (!f)
+		return 0;
+	n = lws_write(wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_TEXT);
+	if (n < (int)f->len) {
+		sim__err("%s: write failed", d->id);
+		free(f);
+		return -1;
+	}
+	if (f->kind == SIM_FRAME_LOG) {
+		d->log.sent++;
+		sim->n_log_sent++;
+	} else if (f->kind == SIM_FRAME_MSG) {
+		d->msg.sent++;
+		sim->n_msg_sent++;
+	}
+	free(f);
+	if (sim__dev_fill(sim, d, lws_now_usecs()))
+		sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+	if (d->q_head)
+		lws_callback_on_writable(wsi);
+	else if (sim->o.exit_when_done)
+		sim__cron_soon(sim);	/* d may have finished */
+	return 0;
+}
+
+/* The server's close frame: 2 bytes of code, then the reason. */
+static void sim__on_peer_close(struct sim_dev *d, const unsigned char *in, size_t len)
+{
+	size_t rlen;
+
+	if (len < 2) {
+		d->close_code = 1005;	/* RFC 6455: a close frame without a code */
+		d->close_reason[0] = '\0';
+		return;
+	}
+	d->close_code = (in[0] << 8) | in[1];
+	rlen = len - 2 < sizeof(d->close_reason) - 1 ? len - 2 : sizeof(d->close_reason) - 1;
+	memcpy(d->close_reason, in + 2, rlen);
+	d->close_reason[rlen] = '\0';
+}
+
+static int sim__callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
+			 void *in, size_t len)
+{
+	struct sim_dev *d = lws_get_opaque_user_data(wsi);
+	struct sim *sim;
+
+	if (!d)
+		return 0;	/* not a device connection */
+	sim = lws_context_user(lws_get_context(wsi));
+	switch (reason) {
+	case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
+		sim__dev_gone(sim, d, in ? (const char *)in : "unknown error");
+		return 0;
+	case LWS_CALLBACK_CLIENT_ESTABLISHED:
+		return sim__on_established(sim, d, wsi);
+	case LWS_CALLBACK_CLIENT_RECEIVE:
+		return sim__on_receive(sim, d, wsi, in, len);
+	case LWS_CALLBACK_CLIENT_WRITEABLE:
+		return sim__on_writeable(sim, d, wsi);
+	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		sim__on_peer_close(d, in, len);
+		return 0;
+	case LWS_CALLBACK_CLIENT_CLOSED:
+		sim__dev_gone(sim, d, NULL);
+		return 0;
+	case LWS_CALLBACK_WSI_DESTROY:
+		/* Safety net for a wsi that went without either callback above. */
+		if (d->wsi == wsi)
+			sim__dev_gone(sim, d, d->state == SIM_CONNECTING ? "connection destroyed"
+									  : NULL);
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+static const struct lws_protocols sim_protocols[] = {
+	{ "tender-sim", sim__callback, 0, SIM_RX_BUFFER, 0, NULL, 0 },
+	{ NULL, NULL, 0, 0, 0, NULL, 0 },
+};
+
+/* ---- cron and stopping ----------------------------------------------------- */
+
+static bool sim__dev_finished(const struct sim *sim, const struct sim_dev *d)
+{
+	return d->ever_welcomed && !d->q_head && d->log.sent >= sim->log_limit &&
+	       d->msg.sent >= sim->msg_limit;
+}
+
+static void sim__begin_stop(struct sim *sim, enum sim_stop why)
+{
+	if (sim->stop != SIM_RUNNING)
+		return;
+	sim->stop = why;
+	sim->close_deadline = lws_now_usecs() + SIM_CLOSE_GRACE_US;
+	for (size_t i = 0; i < sim->n_devs; i++) {
+		struct sim_dev *d = &sim->devs[i];
+
+		if (d->wsi)
+			sim__dev_close(d, LWS_CLOSE_STATUS_NORMAL, "");
+		else if (d->state == SIM_IDLE)
+			sim__dev_set_state(sim, d, SIM_DEAD);
+	}
+}
+
+static lws_usec_t sim__min(lws_usec_t a, lws_usec_t b)
+{
+	return a < b ? a : b;
+}
+
+/* When the next frame of this kind falls due (see sim__fill_kind). */
+static lws_usec_t sim__pace_next(const struct sim_pace *p, double rate, uint64_t limit)
+{
+	if (rate <= 0 || p->made >= limit)
+		return SIM_NEVER;
+	return p->start + (lws_usec_t)((double)(p->made - p->base) * 1e6 / rate) + 1;
+}
+
+/* Walks every device once: connects those due, paces traffic, and notes
+ * whether --exit-when-done is complete.  Returns when it has work next. */
+static lws_usec_t sim__walk(struct sim *sim, lws_usec_t now)
+{
+	bool all_done = true, all_finished = true;
+	size_t pending = sim->n_state[SIM_CONNECTING] + sim->n_state[SIM_OPEN];
+	bool paced = sim->o.log_rate > 0 || sim->o.msg_rate > 0;
+	lws_usec_t next = SIM_NEVER;
+
+	for (size_t i = 0; i < sim->n_devs; i++) {
+		struct sim_dev *d = &sim->devs[i];
+
+		if (d->state == SIM_IDLE && d->retry_at > now) {
+			next = sim__min(next, d->retry_at);
+		} else if (d->state == SIM_IDLE && pending < (size_t)sim->o.max_pending) {
+			sim__dev_connect(sim, d);
+			pending++;
+		} else if (d->state == SIM_WELCOMED && paced) {
+			if (sim__dev_fill(sim, d, now))
+				sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION,
+					       "out of memory");
+			else if (d->q_len < SIM_QUEUE_MAX)	/* else WRITEABLE refills */
+				next = sim__min(next, sim__min(
+					sim__pace_next(&d->log, sim->o.log_rate, sim->log_limit),
+					sim__pace_next(&d->msg, sim->o.msg_rate, sim->msg_limit)));
+		}
+		if (!sim__dev_finished(sim, d)) {
+			all_finished = false;
+			if (d->state != SIM_DEAD)
+				all_done = false;	/* it may still finish */
+		}
+	}
+	sim->all_finished = all_finished;
+	if (sim->o.exit_when_done && all_done)
+		sim__begin_stop(sim, SIM_STOP_DONE);
+	else if (!sim->o.reconnect && sim->n_state[SIM_DEAD] == sim->n_devs)
+		sim__begin_stop(sim, SIM_STOP_ALL_CLOSED);
+	return next;
+}
+
+/* While stopping: done once no connection is left, or the grace is over. */
+static lws_usec_t sim__stopping(struct sim *sim, lws_usec_t now)
+{
+	size_t live = sim->n_state[SIM_CONNECTING] + sim->n_state[SIM_OPEN] +
+		      sim->n_state[SIM_WELCOMED];
+
+	if (!live || now >= sim->close_deadline) {
+		sim->finished = true;
+		lws_cancel_service(sim->ctx);	/* leave lws_service() at once */
+	}
+	return sim->close_deadline;
+}
+
+/* The one periodic job of the service loop.  It sleeps until the next thing
+ * it has to do (at most SIM_TICK_MAX_US, at least SIM_TICK_MIN_US): every
+ * wake-up costs a poll() over every socket, which at 10,000 devices is
+ * milliseconds.  Callbacks that change what it would decide call
+ * sim__cron_soon(). */
+static void sim__cron(lws_sorted_usec_list_t *sul)
+{
+	struct sim *sim = lws_container_of(sul, struct sim, cron);
+	lws_usec_t now = lws_now_usecs(), next = SIM_NEVER, delay;
+
+	sim->in_cron = true;
+	sim->poked = false;
+	if (sim_signalled)
+		sim__begin_stop(sim, SIM_STOP_SIGNAL);
+	if (sim->deadline && now >= sim->deadline)
+		sim__begin_stop(sim, SIM_STOP_DURATION);
+	if (sim->stop == SIM_RUNNING) {
+		if (sim->stall_at && !sim->stalled && now >= sim->stall_at)
+			sim->stall_now = true;
+		next = sim__walk(sim, now);
+		if (sim->stall_at && !sim->stalled)
+			next = sim__min(next, sim->stall_at);
+	}
+	if (sim->deadline)
+		next = sim__min(next, sim->deadline);
+	if (sim->stop != SIM_RUNNING)
+		next = sim__min(next, sim__stopping(sim, now));
+	sim->in_cron = false;
+	if (sim->finished)
+		return;
+	delay = next - now;
+	if (delay > SIM_TICK_MAX_US)
+		delay = SIM_TICK_MAX_US;
+	if (delay < SIM_TICK_MIN_US)
+		delay = SIM_TICK_MIN_US;
+	if (sim->poked)
+		delay = SIM_POKE_US;
+	sim->cron_at = now + delay;
+	lws_sul_schedule(sim->ctx, 0, &sim->cron, sim__cron, delay);
+}
+
+/* --stall-after: the whole process freezes, so the server sees no reads, no
+ * writes and no pongs.  Wakes for a signal or the end of --duration. */
+static void sim__stall(struct sim *sim)
+{
+	const struct timespec nap = { 0, 50 * 1000 * 1000 };
+
+	sim->stall_now = false;
+	sim->stalled = true;
+	while (!sim_signalled && (!sim->deadline || lws_now_usecs() < sim->deadline))
+		nanosleep(&nap, NULL);
+}
+
+/* ---- main ------------------------------------------------------------------ */
+
+static void sim__on_signal(int sig)
+{
+	sim_signalled = 1;
+}
+
+static int sim__signals(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = sim__on_signal;	/* no SA_RESTART: poll() returns at once */
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGINT, &sa, NULL) || sigaction(SIGTERM, &sa, NULL))
+		return -errno;
+	sa.sa_handler = SIG_IGN;
+	if (sigaction(SIGPIPE, &sa, NULL))
+		return -errno;
+	return 0;
+}
+
+/* Every device is a socket: take all the open files the hard limit allows. */
+static unsigned sim__raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return 1024;
+	if (rl.rlim_cur < rl.rlim_max) {
+		struct rlimit want = { rl.rlim_max, rl.rlim_max };
+
+		if (!setrlimit(RLIMIT_NOFILE, &want))
+			rl = want;
+	}
+	return rl.rlim_cur > 1048576 ? 1048576 : (unsigned)rl.rlim_cur;
+}
+
+static int sim__start(struct sim *sim, unsigned fd_limit)
+{
+	struct lws_context_creation_info info;
+	lws_usec_t now = lws_now_usecs();
+	int levels = sim->o.quiet ? LLL_ERR : LLL_ERR | LLL_WARN;
+
+	if (sim->o.verbose)
+		levels |= LLL_NOTICE | LLL_INFO | LLL_CLIENT;
+	lws_set_log_level(levels, sim__lws_log);
+	memset(&info, 0, sizeof(info));
+	info.port = CONTEXT_PORT_NO_LISTEN;
+	info.protocols = sim_protocols;
+	info.fd_limit_per_thread = fd_limit;
+	info.gid = -1;
+	info.uid = -1;
+	info.user = sim;
+	/* no info.extensions: permessage-deflate stays off */
+	sim->ctx = lws_create_context(&info);
+	if (!sim->ctx) {
+		sim__err("cannot create the libwebsockets context");
+		return -1;
+	}
+	sim->n_state[SIM_IDLE] = sim->n_devs;
+	if (sim->o.duration >= 0)
+		sim->deadline = now + (lws_usec_t)(sim->o.duration * 1e6) + 1;
+	if (sim->o.stall_after >= 0)
+		sim->stall_at = now + (lws_usec_t)(sim->o.stall_after * 1e6) + 1;
+	sim->cron_at = now + 1;
+	lws_sul_schedule(sim->ctx, 0, &sim->cron, sim__cron, 1);
+	return 0;
+}
+
+static int sim__exit_status(const struct sim *sim)
+{
+	if (sim->stop == SIM_STOP_DONE && sim->all_finished)
+		return 0;
+	if (sim->stop != SIM_STOP_DONE && sim->stop != SIM_STOP_ALL_CLOSED)
+		return 0;	/* --duration or a signal */
+	/* Every device closed by itself (or died before finishing its counts). */
+	for (size_t i = 0; i < sim->n_devs; i++)
+		if (!sim->devs[i].ever_welcomed)
+			return 1;
+	return 0;
+}
+
+static void sim__free(struct sim *sim)
+{
+	for (size_t i = 0; i < sim->n_devs; i++) {
+		struct sim_dev *d = &sim->devs[i];
+
+		sim__queue_drop(d);
+		free(d->rx);
+		free(d->line);
+	}
+	free(sim->devs);
+}
+
+int main(int argc, char **argv)
+{
+	static struct sim sim;
+	unsigned fd_limit;
+	int rc;
+
+	rc = sim__parse_args(&sim.o, argc, argv);
+	if (rc)
+		return rc > 0 ? 0 : 2;
+	sim.log_limit = sim.o.log_count >= 0 ? (uint64_t)sim.o.log_count
+			: sim.o.log_rate > 0 ? UINT64_MAX : 0;
+	sim.msg_limit = sim.o.msg_count >= 0 ? (uint64_t)sim.o.msg_count
+			: sim.o.msg_rate > 0 ? UINT64_MAX : 0;
+	fd_limit = sim__raise_nofile();
+	if (sim__make_devices(&sim)) {
+		sim__free(&sim);
+		return 2;
+	}
+	if (sim.n_devs + SIM_FD_RESERVE > fd_limit) {
+		sim__err("%zu devices need more open files than the limit of %u allows",
+			 sim.n_devs, fd_limit);
+		sim__free(&sim);
+		return 2;
+	}
+	srand48((long)time(NULL) ^ (long)getpid());
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (sim__signals() || sim__start(&sim, fd_limit)) {
+		sim__free(&sim);
+		return 1;
+	}
+	while (!sim.finished) {
+		if (sim_signalled)
+			sim__cron_soon(&sim);
+		if (sim.stall_now)
+			sim__stall(&sim);
+		if (lws_service(sim.ctx, 0) < 0)
+			break;
+	}
+	sim.destroying = true;
+	lws_sul_cancel(&sim.cron);
+	lws_context_destroy(sim.ctx);
+	rc = sim__exit_status(&sim);
+	if (sim.stop == SIM_STOP_DONE && sim.all_finished)
+		sim__event(&sim, "done");
+	fprintf(stderr, "tender-sim: %zu devices, %" PRIu64 " welcomed, %" PRIu64
+		" log frames, %" PRIu64 " msg frames sent, %" PRIu64 " received\n",
+		sim.n_devs, sim.n_welcomed, sim.n_log_sent, sim.n_msg_sent, sim.n_received);
+	sim__free(&sim);
+	return rc;
+}
