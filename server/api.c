@@ -363,7 +363,7 @@ static enum MHD_Result api__device_delete(struct req *r, uint64_t id)
 static enum MHD_Result api__device_logs(struct req *r, uint64_t id)
 {
 	store_event_query q = { .device = id };
-	long long limit = API_DEFAULT_LIMIT, before = 0, after = 0;
+	long long limit = API_DEFAULT_LIMIT, before = 0, after = -1;
 	enum MHD_Result ret = MHD_NO;
 	tn_error err = { 0 };
 

@@ -833,7 +833,7 @@ json_t *store_events_list(store *s, const store_event_query *q, tn_error *err)
 	sqlite3 *db = store_reader_get(s);
 	sqlite3_stmt *st = NULL;
 	json_t *list = json_array(), *out = NULL;
-	int forward = q->after > 0, n = 0, rc;
+	int forward = q->after >= 0, n = 0, rc;
 
 	if (!db || !list) {
 		tn_err(err, TN_EIO, "no read connection");

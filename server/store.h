@@ -110,7 +110,7 @@ int store_device_foreach_secret(store *s, void (*fn)(void *arg, uint64_t id, con
 typedef struct store_event_query {
 	uint64_t device;
 	int64_t before;  /* 0: none; else ids < before */
-	int64_t after;   /* 0: none; else ids > after */
+	int64_t after;   /* -1: none; else ids > after (forward paging) */
 	int limit;
 } store_event_query;
 

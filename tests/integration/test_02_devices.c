@@ -1,0 +1,329 @@
+/* tests/integration/test_02_devices.c -- devices registered over the API
+ * connect (with tender-sim and with the independent node client), show
+ * online, log, go offline when they leave or vanish, are replaced by a second
+ * connection, and are listed, filtered, paged, patched and deleted. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define DEV1 "30000c2a690c77c5"
+#define DEV2 "30000c2a690c77c6"
+
+static pid_t sim_start(th_server *s, const char *id, const char *secret, const char *out,
+		       const char *extra1, const char *extra2)
+{
+	char *argv[20], *copies[2] = { NULL, NULL };
+	int n = 0;
+	argv[n++] = (char *)th_bin("tender-sim");
+	argv[n++] = "--url";
+	argv[n++] = s->ws_url;
+	argv[n++] = "--id";
+	argv[n++] = (char *)id;
+	argv[n++] = "--secret";
+	argv[n++] = (char *)secret;
+	argv[n++] = "--hw";
+	argv[n++] = "imp003";
+	argv[n++] = "--fw";
+	argv[n++] = "36.10";
+	argv[n++] = "--jedec";
+	argv[n++] = "012018";
+	argv[n++] = "--flash-size";
+	argv[n++] = "16777216";
+	if (extra1) {
+		/* "opt value" pairs split on the first space */
+		char *e = copies[0] = strdup(extra1), *sp = strchr(e, ' ');
+		argv[n++] = e;
+		if (sp) {
+			*sp = '\0';
+			argv[n++] = sp + 1;
+		}
+	}
+	if (extra2) {
+		char *e = copies[1] = strdup(extra2), *sp = strchr(e, ' ');
+		argv[n++] = e;
+		if (sp) {
+			*sp = '\0';
+			argv[n++] = sp + 1;
+		}
+	}
+	argv[n] = NULL;
+	pid_t pid = th_spawn(argv, out);
+	free(copies[0]);
+	free(copies[1]);
+	return pid;
+}
+
+START_TEST(tender_sim_connects_logs_and_disconnects)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *secret = th_register(&s, DEV1, "imps");
+	const char *out = th_tmp(&s, "sim.out");
+
+	pid_t sim = sim_start(&s, DEV1, secret, out, "--log-rate 20", "--log-count 3");
+	ck_assert_int_eq(th_wait_file(out, "welcome " DEV1, 10000), 0);
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 1, 5000), 0);
+
+	json_t *d = th_get_json(&s, "/v1/devices/" DEV1, 200);
+	ck_assert(json_is_true(json_object_get(d, "online")));
+	ck_assert_str_eq(json_string_value(json_object_get(d, "hw")), "imp003");
+	ck_assert_str_eq(json_string_value(json_object_get(d, "fw")), "36.10");
+	ck_assert_str_eq(json_string_value(json_object_get(d, "group")), "imps");
+	json_t *flash = json_object_get(d, "flash");
+	ck_assert_str_eq(json_string_value(json_object_get(flash, "jedec")), "012018");
+	ck_assert_int_eq(json_integer_value(json_object_get(flash, "size")), 16777216);
+	ck_assert_ptr_null(json_object_get(d, "secret")); /* shown once, at registration */
+	json_decref(d);
+
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Device connected", 5000), 1);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "device", "hello from sim 3", 5000), 1);
+	ck_assert_int_eq(th_metric(&s, "tender_devices_connected"), 1);
+
+	/* tenderctl prints the operator's text form. */
+	char *text = NULL, url[160];
+	snprintf(url, sizeof url, "--url=%s", s.http_url);
+	char *const ctl[] = { (char *)th_bin("tenderctl"), url, "--token", s.token, "logs", DEV1, NULL };
+	ck_assert_int_eq(th_run(ctl, &text, 20), 0);
+	ck_assert_msg(strstr(text, " [Status] Device connected\n") != NULL, "tenderctl logs: %s", text);
+	ck_assert_ptr_nonnull(strstr(text, " [Device] hello from sim 1\n"));
+	ck_assert_ptr_nonnull(strstr(text, " UTC"));
+	free(text);
+
+	/* Killing the client: offline, and the log says so. */
+	kill(sim, SIGKILL);
+	waitpid(sim, NULL, 0);
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 0, 10000), 0);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Device disconnected", 5000), 1);
+	ck_assert_int_eq(th_metric(&s, "tender_devices_connected"), 0);
+	d = th_get_json(&s, "/v1/devices/" DEV1, 200);
+	ck_assert(json_is_string(json_object_get(d, "last_seen")));
+	json_decref(d);
+	free(secret);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(node_client_connects_and_logs)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *secret = th_register(&s, DEV2, NULL), *out = NULL;
+	char *const argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"),
+			       "connect", s.ws_url, "hello", DEV2, secret, "expect", "welcome",
+			       "send", "{\"type\":\"log\",\"msg\":\"from node\"}",
+			       "send", "{\"type\":\"log\",\"level\":\"error\",\"msg\":\"it hurts\"}",
+			       "send", "{\"type\":\"msg\",\"name\":\"temp\",\"data\":{\"c\":21.5}}",
+			       "wait", "300", "close", NULL };
+	ck_assert_int_eq(th_run(argv, &out, 30), 0);
+	ck_assert_msg(strstr(out, "\"type\":\"welcome\"") != NULL, "node client: %s", out);
+	ck_assert_ptr_null(strstr(out, "\"type\":\"error\"")); /* msg frames are accepted */
+	free(out);
+	ck_assert_int_ge(th_wait_event(&s, DEV2, "device", "from node", 5000), 1);
+	ck_assert_int_ge(th_wait_event(&s, DEV2, "device", "ERROR: it hurts", 5000), 1);
+	ck_assert_int_ge(th_wait_event(&s, DEV2, "status", "Device disconnected", 5000), 1);
+	json_t *d = th_get_json(&s, "/v1/devices/" DEV2, 200);
+	ck_assert(json_is_false(json_object_get(d, "online")));
+	ck_assert_str_eq(json_string_value(json_object_get(d, "hw")), "node");
+	json_decref(d);
+	free(secret);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(vanished_device_goes_offline_within_idle_timeout)
+{
+	th_server s;
+	th_server_start(&s, "--idle-timeout 3");
+	char *secret = th_register(&s, DEV1, NULL);
+	const char *out = th_tmp(&s, "node.out");
+	char *const argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"),
+			       "connect", s.ws_url, "hello", DEV1, secret, "expect", "welcome",
+			       "hold", NULL };
+	pid_t pid = th_spawn(argv, out);
+	ck_assert_int_eq(th_wait_file(out, "welcome", 10000), 0);
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 1, 5000), 0);
+	/* Stopped, the client neither reads nor answers pings, but its socket
+	 * stays open: only the keepalive can notice. */
+	kill(pid, SIGSTOP);
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 0, 8000), 0);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Device disconnected", 2000), 1);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	free(secret);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(second_connection_replaces_the_first)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *secret = th_register(&s, DEV1, NULL);
+	const char *out1 = th_tmp(&s, "sim1.out"), *out2 = th_tmp(&s, "sim2.out");
+
+	pid_t a = sim_start(&s, DEV1, secret, out1, NULL, NULL);
+	ck_assert_int_eq(th_wait_file(out1, "welcome " DEV1, 10000), 0);
+	pid_t b = sim_start(&s, DEV1, secret, out2, NULL, NULL);
+	ck_assert_int_eq(th_wait_file(out2, "welcome " DEV1, 10000), 0);
+	ck_assert_int_eq(th_wait_file(out1, "closed " DEV1 " 4001 replaced by a new connection", 10000), 0);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status",
+				       "Device connection replaced: a new connection took over", 5000), 1);
+	/* Still online through the second connection; one connected device. */
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 1, 2000), 0);
+	ck_assert_int_eq(th_count_events(&s, DEV1, "Device disconnected"), 0);
+	ck_assert_int_eq(th_metric(&s, "tender_devices_connected"), 1);
+	kill(b, SIGTERM);
+	waitpid(b, NULL, 0);
+	th_wait_pid(a, 5000);
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 0, 5000), 0);
+	free(secret);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(list_filter_page_patch_delete)
+{
+	th_server s;
+	char id[17], path[200];
+	th_server_start(&s, NULL);
+	for (int i = 0; i < 25; i++) {
+		snprintf(id, sizeof id, "00000000000000%02x", (unsigned char)i);
+		free(th_register(&s, id, i % 2 ? "odd" : "even"));
+	}
+	/* Walk the pages: every device exactly once, in order. */
+	int seen = 0;
+	char after[17] = "";
+	for (;;) {
+		snprintf(path, sizeof path, "/v1/devices?limit=7%s%s", *after ? "&after=" : "", after);
+		json_t *page = th_get_json(&s, path, 200), *d;
+		size_t i;
+		json_array_foreach(json_object_get(page, "devices"), i, d) {
+			snprintf(id, sizeof id, "00000000000000%02x", (unsigned char)seen++);
+			ck_assert_str_eq(json_string_value(json_object_get(d, "id")), id);
+		}
+		json_t *next = json_object_get(page, "next");
+		int more = json_is_string(next);
+		if (more)
+			snprintf(after, sizeof after, "%s", json_string_value(next));
+		json_decref(page);
+		if (!more)
+			break;
+	}
+	ck_assert_int_eq(seen, 25);
+	json_t *odd = th_get_json(&s, "/v1/devices?group=odd&limit=100", 200);
+	ck_assert_int_eq(json_array_size(json_object_get(odd, "devices")), 12);
+	json_decref(odd);
+	json_t *online = th_get_json(&s, "/v1/devices?online=true", 200);
+	ck_assert_int_eq(json_array_size(json_object_get(online, "devices")), 0);
+	json_decref(online);
+
+	/* Connect one so the online and hw filters have something to find. */
+	char *secret = th_register(&s, DEV1, NULL);
+	pid_t sim = sim_start(&s, DEV1, secret, th_tmp(&s, "sim.out"), NULL, NULL);
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 1, 10000), 0);
+	online = th_get_json(&s, "/v1/devices?online=true", 200);
+	ck_assert_int_eq(json_array_size(json_object_get(online, "devices")), 1);
+	json_decref(online);
+	json_t *hw = th_get_json(&s, "/v1/devices?hw=imp003", 200);
+	ck_assert_int_eq(json_array_size(json_object_get(hw, "devices")), 1);
+	json_decref(hw);
+	json_t *offline = th_get_json(&s, "/v1/devices?online=false&limit=1000", 200);
+	ck_assert_int_eq(json_array_size(json_object_get(offline, "devices")), 25);
+	json_decref(offline);
+
+	th_resp r;
+	th_http(&s, "PATCH", "/v1/devices/" DEV1, NULL, "{\"group\":\"lab\",\"name\":\"bench imp\"}", NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(r.json, "group")), "lab");
+	ck_assert_str_eq(json_string_value(json_object_get(r.json, "name")), "bench imp");
+	th_resp_free(&r);
+	th_http(&s, "PATCH", "/v1/devices/" DEV1, NULL, "{\"name\":null}", NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert(json_is_null(json_object_get(r.json, "name")));
+	ck_assert_str_eq(json_string_value(json_object_get(r.json, "group")), "lab");
+	th_resp_free(&r);
+
+	/* Deleting a connected device closes its connection and forgets it. */
+	th_http(&s, "DELETE", "/v1/devices/" DEV1, NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 204);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_wait_file(th_tmp(&s, "sim.out"), "closed " DEV1 " 4002 device deleted", 10000), 0);
+	th_http(&s, "GET", "/v1/devices/" DEV1, NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 404);
+	th_resp_free(&r);
+	th_http(&s, "GET", "/v1/devices/" DEV1 "/logs", NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 404);
+	th_resp_free(&r);
+	kill(sim, SIGKILL);
+	waitpid(sim, NULL, 0);
+	free(secret);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(log_history_pages_newest_last)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *secret = th_register(&s, DEV1, NULL);
+	const char *out = th_tmp(&s, "sim.out");
+	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DEV1,
+			       "--secret", secret, "--log-rate", "500", "--log-count", "250",
+			       "--exit-when-done", NULL };
+	pid_t sim = th_spawn(argv, out);
+	ck_assert_int_eq(th_wait_pid(sim, 30000), 0);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "device", "hello from sim 250", 10000), 1);
+	/* Newest page first (ascending inside), then walk back with next_before. */
+	json_t *page = th_get_json(&s, "/v1/devices/" DEV1 "/logs?limit=100", 200);
+	json_t *events = json_object_get(page, "events");
+	ck_assert_int_eq(json_array_size(events), 100);
+	long long prev = 0;
+	size_t i;
+	json_t *ev;
+	json_array_foreach(events, i, ev) {
+		long long id = json_integer_value(json_object_get(ev, "id"));
+		ck_assert_int_gt(id, prev);
+		prev = id;
+		ck_assert_str_eq(json_string_value(json_object_get(ev, "device_id")), DEV1);
+		ck_assert(json_is_string(json_object_get(ev, "ts")));
+	}
+	ck_assert(json_is_integer(json_object_get(page, "next_before")));
+	json_decref(page);
+	/* status lines + 250 device lines, each exactly once */
+	ck_assert_int_eq(th_count_events(&s, DEV1, "hello from sim 1"), 1);
+	ck_assert_int_eq(th_count_events(&s, DEV1, "hello from sim 125"), 1);
+	ck_assert_int_eq(th_count_events(&s, DEV1, "Device connected"), 1);
+	json_t *fwd = th_get_json(&s, "/v1/devices/" DEV1 "/logs?after=0&limit=2", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(fwd, "events"), 0), "msg")),
+			 "Device connected");
+	json_decref(fwd);
+	free(secret);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *su = suite_create("02_devices");
+	TCase *tc = tcase_create("devices");
+	tcase_set_timeout(tc, 90);
+	tcase_add_test(tc, tender_sim_connects_logs_and_disconnects);
+	tcase_add_test(tc, node_client_connects_and_logs);
+	tcase_add_test(tc, vanished_device_goes_offline_within_idle_timeout);
+	tcase_add_test(tc, second_connection_replaces_the_first);
+	tcase_add_test(tc, list_filter_page_patch_delete);
+	tcase_add_test(tc, log_history_pages_newest_last);
+	suite_add_tcase(su, tc);
+	SRunner *sr = srunner_create(su);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

@@ -1,0 +1,455 @@
+/* tests/unit/test_frame.c -- the device frame parser (server/frame.c) against
+ * docs/protocol.md: every frame type with its fields, every refusal with its
+ * error kind, the nesting cap, and frame_release on what a failure leaves. */
+#define _GNU_SOURCE /* asprintf */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "frame.h"
+
+/* A sentinel that frame_parse never sets, so we see that it set *kind. */
+#define KIND_UNSET ERR__COUNT
+
+static int parse(const char *json, frame *f, metrics_error_kind *kind, tn_error *err)
+{
+	*kind = KIND_UNSET;
+	memset(err, 0, sizeof *err);
+	return frame_parse(json, strlen(json), f, kind, err);
+}
+
+/* A string of n copies of c (owned: caller frees). */
+static char *repeat(char c, size_t n)
+{
+	char *s = malloc(n + 1);
+	ck_assert_ptr_nonnull(s);
+	memset(s, c, n);
+	s[n] = '\0';
+	return s;
+}
+
+/* --- frames that parse ------------------------------------------------------ */
+
+START_TEST(hello_full)
+{
+	frame f;
+	metrics_error_kind kind;
+	tn_error err;
+	const char *js = "{\"type\":\"hello\",\"id\":\"30000C2A690C77C5\",\"secret\":\"tds_abc\","
+			 "\"hw\":\"imp003\",\"fw\":\"36.10\",\"flash\":{\"jedec\":\"01201f\","
+			 "\"size\":16777216,\"sfdp\":\"U0ZEUA==\"},\"extra\":[1]}";
+
+	ck_assert_int_eq(parse(js, &f, &kind, &err), 0);
+	ck_assert_int_eq(kind, KIND_UNSET);
+	ck_assert_int_eq(f.type, FRAME_HELLO);
+	ck_assert_ptr_nonnull(f.root);
+	/* Upper-case hex accepted (protocol: case-insensitive). */
+	ck_assert_uint_eq(f.u.hello.id, UINT64_C(0x30000c2a690c77c5));
+	ck_assert_str_eq(f.u.hello.secret, "tds_abc");
+	ck_assert_str_eq(f.u.hello.hw, "imp003");
+	ck_assert_str_eq(f.u.hello.fw, "36.10");
+	ck_assert_int_eq(f.u.hello.has_flash, 1);
+	ck_assert_int_eq(f.u.hello.has_jedec, 1);
+	ck_assert_uint_eq(f.u.hello.jedec, 0x01201f);
+	ck_assert_int_eq(f.u.hello.flash_size, 16777216);
+	ck_assert_str_eq(f.u.hello.sfdp, "U0ZEUA==");
+	frame_release(&f);
+	ck_assert_ptr_null(f.root);
+}
+END_TEST
+
+START_TEST(hello_minimal)
+{
+	frame f;
+	metrics_error_kind kind;
+	tn_error err;
+
+	ck_assert_int_eq(parse("{\"type\":\"hello\",\"id\":\"0000000000000001\",\"secret\":\"s\"}",
+			       &f, &kind, &err), 0);
+	ck_assert_uint_eq(f.u.hello.id, 1);
+	ck_assert_ptr_null(f.u.hello.hw);
+	ck_assert_ptr_null(f.u.hello.fw);
+	ck_assert_int_eq(f.u.hello.has_flash, 0);
+	ck_assert_int_eq(f.u.hello.has_jedec, 0);
+	ck_assert_int_eq(f.u.hello.flash_size, 0);
+	ck_assert_ptr_null(f.u.hello.sfdp);
+	frame_release(&f);
+
+	/* null members count as absent; an empty flash object is a flash without facts */
+	ck_assert_int_eq(parse("{\"type\":\"hello\",\"id\":\"ffffffffffffffff\",\"secret\":\"s\","
+			       "\"hw\":null,\"flash\":null}", &f, &kind, &err), 0);
+	ck_assert_uint_eq(f.u.hello.id, UINT64_MAX);
+	ck_assert_ptr_null(f.u.hello.hw);
+	ck_assert_int_eq(f.u.hello.has_flash, 0);
+	frame_release(&f);
+	ck_assert_int_eq(parse("{\"type\":\"hello\",\"id\":\"ffffffffffffffff\",\"secret\":\"s\","
+			       "\"flash\":{}}", &f, &kind, &err), 0);
+	ck_assert_int_eq(f.u.hello.has_flash, 1);
+	ck_assert_int_eq(f.u.hello.has_jedec, 0);
+	ck_assert_uint_eq(f.u.hello.jedec, 0);
+	frame_release(&f);
+}
+END_TEST
+
+START_TEST(log_frames)
+{
+	frame f;
+	metrics_error_kind kind;
+	tn_error err;
+
+	ck_assert_int_eq(parse("{\"type\":\"log\",\"msg\":\"hello\\nworld\"}", &f, &kind, &err), 0);
+	ck_assert_int_eq(f.type, FRAME_LOG);
+	ck_assert_int_eq(f.u.log.is_error, 0); /* level defaults to info */
+	ck_assert_str_eq(f.u.log.msg, "hello\nworld"); /* msg need not be printable */
+	frame_release(&f);
+
+	ck_assert_int_eq(parse("{\"type\":\"log\",\"level\":\"error\",\"msg\":\"boom\"}", &f, &kind, &err), 0);
+	ck_assert_int_eq(f.u.log.is_error, 1);
+	ck_assert_str_eq(f.u.log.msg, "boom");
+	frame_release(&f);
+
+	ck_assert_int_eq(parse("{\"type\":\"log\",\"level\":\"info\",\"msg\":\"\"}", &f, &kind, &err), 0);
+	ck_assert_int_eq(f.u.log.is_error, 0);
+	ck_assert_str_eq(f.u.log.msg, "");
+	frame_release(&f);
+
+	/* exactly FRAME_MAX_LOG_MSG bytes is allowed */
+	char *big = repeat('m', FRAME_MAX_LOG_MSG), *js = NULL;
+	ck_assert_int_ge(asprintf(&js, "{\"type\":\"log\",\"msg\":\"%s\"}", big), 0);
+	ck_assert_int_eq(parse(js, &f, &kind, &err), 0);
+	ck_assert_uint_eq(strlen(f.u.log.msg), FRAME_MAX_LOG_MSG);
+	frame_release(&f);
+	free(js);
+	free(big);
+}
+END_TEST
+
+START_TEST(msg_frames)
+{
+	frame f;
+	metrics_error_kind kind;
+	tn_error err;
+
+	ck_assert_int_eq(parse("{\"type\":\"msg\",\"name\":\"temp\",\"data\":{\"c\":21.5}}", &f, &kind, &err), 0);
+	ck_assert_int_eq(f.type, FRAME_MSG);
+	ck_assert_str_eq(f.u.msg.name, "temp");
+	ck_assert(json_is_object(f.u.msg.data));
+	ck_assert(json_real_value(json_object_get(f.u.msg.data, "c")) == 21.5);
+	frame_release(&f);
+
+	ck_assert_int_eq(parse("{\"type\":\"msg\",\"name\":\"ping\"}", &f, &kind, &err), 0);
+	ck_assert_ptr_null(f.u.msg.data);
+	frame_release(&f);
+
+	ck_assert_int_eq(parse("{\"type\":\"msg\",\"name\":\"n\",\"data\":[1,\"x\"]}", &f, &kind, &err), 0);
+	ck_assert_uint_eq(json_array_size(f.u.msg.data), 2);
+	frame_release(&f);
+}
+END_TEST
+
+START_TEST(update_status_frames)
+{
+	frame f;
+	metrics_error_kind kind;
+	tn_error err;
+
+	ck_assert_int_eq(parse("{\"type\":\"update_status\",\"id\":\"u1\",\"state\":\"downloading\"}",
+			       &f, &kind, &err), 0);
+	ck_assert_int_eq(f.type, FRAME_UPDATE_STATUS);
+	ck_assert_str_eq(f.u.update_status.id, "u1");
+	ck_assert_str_eq(f.u.update_status.state, "downloading");
+	ck_assert_ptr_null(f.u.update_status.error);
+	ck_assert_int_eq(f.u.update_status.offset, -1);
+	frame_release(&f);
+
+	ck_assert_int_eq(parse("{\"type\":\"update_status\",\"id\":\"u2\",\"state\":\"failed\","
+			       "\"offset\":4096,\"error\":\"sha256 mismatch\"}", &f, &kind, &err), 0);
+	ck_assert_str_eq(f.u.update_status.state, "failed");
+	ck_assert_str_eq(f.u.update_status.error, "sha256 mismatch");
+	ck_assert_int_eq(f.u.update_status.offset, 4096);
+	frame_release(&f);
+
+	const char *states[] = { "downloaded", "installing" };
+	for (size_t i = 0; i < 2; i++) {
+		char js[128];
+		snprintf(js, sizeof js, "{\"type\":\"update_status\",\"id\":\"u\",\"state\":\"%s\"}", states[i]);
+		ck_assert_int_eq(parse(js, &f, &kind, &err), 0);
+		ck_assert_str_eq(f.u.update_status.state, states[i]);
+		frame_release(&f);
+	}
+}
+END_TEST
+
+START_TEST(fetch_frames)
+{
+	frame f;
+	metrics_error_kind kind;
+	tn_error err;
+
+	ck_assert_int_eq(parse("{\"type\":\"fetch\",\"id\":\"u1\",\"offset\":0,\"length\":1048576}",
+			       &f, &kind, &err), 0);
+	ck_assert_int_eq(f.type, FRAME_FETCH);
+	ck_assert_str_eq(f.u.fetch.id, "u1");
+	ck_assert_int_eq(f.u.fetch.offset, 0);
+	ck_assert_int_eq(f.u.fetch.length, 1048576);
+	frame_release(&f);
+}
+END_TEST
+
+START_TEST(type_names)
+{
+	ck_assert_str_eq(frame_type_name(FRAME_HELLO), "hello");
+	ck_assert_str_eq(frame_type_name(FRAME_LOG), "log");
+	ck_assert_str_eq(frame_type_name(FRAME_MSG), "msg");
+	ck_assert_str_eq(frame_type_name(FRAME_UPDATE_STATUS), "update_status");
+	ck_assert_str_eq(frame_type_name(FRAME_FETCH), "fetch");
+}
+END_TEST
+
+/* --- refusals --------------------------------------------------------------- */
+
+#define HELLO "{\"type\":\"hello\",\"id\":\"30000c2a690c77c5\",\"secret\":\"s\""
+#define S64 "0123456789012345678901234567890123456789012345678901234567890123"
+
+static const struct bad {
+	const char *json;
+	metrics_error_kind kind;
+	const char *msg; /* a substring of err.msg */
+} bad_frames[] = {
+	{ "", ERR_BAD_JSON, "invalid JSON at line 1" },
+	{ "{\"type\":\"log\",", ERR_BAD_JSON, "invalid JSON at line 1" },
+	{ "{\"type\":\"log\"} x", ERR_BAD_JSON, "invalid JSON" },
+	{ "\"log\"", ERR_BAD_JSON, "invalid JSON" },
+	{ "[{\"type\":\"log\",\"msg\":\"x\"}]", ERR_BAD_JSON, "must be a JSON object" },
+	{ "{}", ERR_BAD_FRAME, "'type' is required" },
+	{ "{\"type\":7}", ERR_BAD_FRAME, "'type' must be a string" },
+	{ "{\"type\":\"welcome\"}", ERR_UNKNOWN_TYPE, "unknown frame type 'welcome'" },
+	{ "{\"type\":\"HELLO\"}", ERR_UNKNOWN_TYPE, "unknown frame type 'HELLO'" },
+	{ "{\"type\":\"log\",\"msg\":\"a\",\"msg\":\"b\"}", ERR_BAD_JSON, "duplicate" },
+	/* hello */
+	{ "{\"type\":\"hello\",\"secret\":\"s\"}", ERR_BAD_FRAME, "'id' is required" },
+	{ "{\"type\":\"hello\",\"id\":12,\"secret\":\"s\"}", ERR_BAD_FRAME, "'id' must be a string" },
+	{ "{\"type\":\"hello\",\"id\":\"30000c2a690c77c\",\"secret\":\"s\"}", ERR_BAD_FRAME,
+	  "'id' must be 16 hex digits" },
+	{ "{\"type\":\"hello\",\"id\":\"30000c2a690c77cg\",\"secret\":\"s\"}", ERR_BAD_FRAME,
+	  "'id' must be 16 hex digits" },
+	{ "{\"type\":\"hello\",\"id\":\"30000c2a690c77c5a\",\"secret\":\"s\"}", ERR_BAD_FRAME, "'id'" },
+	{ "{\"type\":\"hello\",\"id\":\"\",\"secret\":\"s\"}", ERR_BAD_FRAME, "'id' must be 16 hex digits" },
+	{ "{\"type\":\"hello\",\"id\":\"30000c2a690c77c5\"}", ERR_BAD_FRAME, "'secret' is required" },
+	{ "{\"type\":\"hello\",\"id\":\"30000c2a690c77c5\",\"secret\":[]}", ERR_BAD_FRAME,
+	  "'secret' must be a string" },
+	{ "{\"type\":\"hello\",\"id\":\"30000c2a690c77c5\",\"secret\":\"" S64 S64 "x\"}", ERR_BAD_FRAME,
+	  "'secret' is longer than 128 bytes" },
+	{ HELLO ",\"hw\":\"" S64 "x\"}", ERR_BAD_FRAME, "'hw' is longer than 64 bytes" },
+	{ HELLO ",\"fw\":\"" S64 "x\"}", ERR_BAD_FRAME, "'fw' is longer than 64 bytes" },
+	{ HELLO ",\"hw\":5}", ERR_BAD_FRAME, "'hw' must be a string" },
+	{ HELLO ",\"hw\":\"imp\\u0007\"}", ERR_BAD_FRAME, "'hw' must be printable ASCII" },
+	{ HELLO ",\"hw\":\"imp\\t3\"}", ERR_BAD_FRAME, "'hw' must be printable ASCII" },
+	{ HELLO ",\"fw\":\"caf\\u00e9\"}", ERR_BAD_FRAME, "'fw' must be printable ASCII" },
+	{ HELLO ",\"flash\":\"012018\"}", ERR_BAD_FRAME, "'flash' must be an object" },
+	{ HELLO ",\"flash\":[]}", ERR_BAD_FRAME, "'flash' must be an object" },
+	{ HELLO ",\"flash\":{\"jedec\":\"01201\"}}", ERR_BAD_FRAME, "'flash.jedec' must be 6 hex digits" },
+	{ HELLO ",\"flash\":{\"jedec\":\"01201g\"}}", ERR_BAD_FRAME, "'flash.jedec' must be 6 hex digits" },
+	{ HELLO ",\"flash\":{\"jedec\":\"0120180\"}}", ERR_BAD_FRAME, "jedec" },
+	{ HELLO ",\"flash\":{\"jedec\":73752}}", ERR_BAD_FRAME, "'jedec' must be a string" },
+	{ HELLO ",\"flash\":{\"size\":0}}", ERR_BAD_FRAME, "'size' must be an integer" },
+	{ HELLO ",\"flash\":{\"size\":-1}}", ERR_BAD_FRAME, "'size' must be an integer" },
+	{ HELLO ",\"flash\":{\"size\":\"16\"}}", ERR_BAD_FRAME, "'size' must be an integer" },
+	{ HELLO ",\"flash\":{\"size\":1.5}}", ERR_BAD_FRAME, "'size' must be an integer" },
+	{ HELLO ",\"flash\":{\"sfdp\":7}}", ERR_BAD_FRAME, "'sfdp' must be a string" },
+	/* log */
+	{ "{\"type\":\"log\"}", ERR_BAD_FRAME, "'msg' is required" },
+	{ "{\"type\":\"log\",\"msg\":1}", ERR_BAD_FRAME, "'msg' must be a string" },
+	{ "{\"type\":\"log\",\"level\":\"warn\",\"msg\":\"x\"}", ERR_BAD_FRAME, "'level' must be" },
+	{ "{\"type\":\"log\",\"level\":2,\"msg\":\"x\"}", ERR_BAD_FRAME, "'level' must be a string" },
+	/* a NUL inside a string is refused (jansson's own check, without JSON_ALLOW_NUL) */
+	{ "{\"type\":\"log\",\"msg\":\"a\\u0000b\"}", ERR_BAD_JSON, "invalid JSON" },
+	/* msg */
+	{ "{\"type\":\"msg\"}", ERR_BAD_FRAME, "'name' is required" },
+	{ "{\"type\":\"msg\",\"name\":\"\"}", ERR_BAD_FRAME, "'name' must not be empty" },
+	{ "{\"type\":\"msg\",\"name\":{}}", ERR_BAD_FRAME, "'name' must be a string" },
+	{ "{\"type\":\"msg\",\"name\":\"" S64 S64 "x\"}", ERR_BAD_FRAME, "'name' is longer than 128 bytes" },
+	/* update_status */
+	{ "{\"type\":\"update_status\",\"state\":\"failed\"}", ERR_BAD_FRAME, "'id' is required" },
+	{ "{\"type\":\"update_status\",\"id\":\"u\"}", ERR_BAD_FRAME, "'state' is required" },
+	{ "{\"type\":\"update_status\",\"id\":\"u\",\"state\":\"done\"}", ERR_BAD_FRAME,
+	  "'state' must be downloading, downloaded, installing or failed, not 'done'" },
+	{ "{\"type\":\"update_status\",\"id\":\"u\",\"state\":\"failed\",\"offset\":-1}", ERR_BAD_FRAME,
+	  "'offset' must be an integer" },
+	{ "{\"type\":\"update_status\",\"id\":\"u\",\"state\":\"failed\",\"error\":false}", ERR_BAD_FRAME,
+	  "'error' must be a string" },
+	/* fetch */
+	{ "{\"type\":\"fetch\",\"offset\":0,\"length\":1}", ERR_BAD_FRAME, "'id' is required" },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"length\":1}", ERR_BAD_FRAME, "'offset' is required" },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0}", ERR_BAD_FRAME, "'length' is required" },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0,\"length\":0}", ERR_BAD_FRAME, "'length' must be" },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0,\"length\":1048577}", ERR_BAD_FRAME, "'length' must be" },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":\"0\",\"length\":1}", ERR_BAD_FRAME, "'offset' must be" },
+};
+
+/* One loop iteration per row, so a failure names the row (_i). */
+START_TEST(refused)
+{
+	const struct bad *b = &bad_frames[_i];
+	frame f;
+	metrics_error_kind kind;
+	tn_error err;
+
+	ck_assert_msg(parse(b->json, &f, &kind, &err) == TN_EINVAL, "accepted: %s", b->json);
+	ck_assert_msg(kind == b->kind, "kind %d, want %d for %s (%s)", kind, b->kind, b->json, err.msg);
+	ck_assert_int_eq(err.code, TN_EINVAL);
+	ck_assert_msg(strstr(err.msg, b->msg), "message '%s' lacks '%s'", err.msg, b->msg);
+	ck_assert_ptr_null(f.root); /* left empty */
+	frame_release(&f);          /* and releasing it is still safe */
+}
+END_TEST
+
+START_TEST(bad_json_line_column)
+{
+	frame f;
+	metrics_error_kind kind;
+	tn_error err;
+
+	/* The x is on line 3, column 10. */
+	ck_assert_int_eq(parse("{\n  \"type\": \"log\",\n  \"msg\": x\n}", &f, &kind, &err), TN_EINVAL);
+	ck_assert_int_eq(kind, ERR_BAD_JSON);
+	ck_assert_msg(strstr(err.msg, "line 3, column 10"), "%s", err.msg);
+	frame_release(&f);
+}
+END_TEST
+
+START_TEST(raw_nul_byte)
+{
+	static const char js[] = "{\"type\":\"log\",\"msg\":\"a\0b\"}";
+	frame f;
+	metrics_error_kind kind = KIND_UNSET;
+	tn_error err = { 0 };
+
+	/* The length includes the NUL: the parser must not stop at it. */
+	ck_assert_int_eq(frame_parse(js, sizeof js - 1, &f, &kind, &err), TN_EINVAL);
+	ck_assert_int_eq(kind, ERR_BAD_JSON);
+	ck_assert_ptr_null(f.root);
+	frame_release(&f);
+}
+END_TEST
+
+/* {"type":"msg","name":"n","data": then `arrays` nested arrays */
+static char *nested(int arrays)
+{
+	char *s = NULL;
+	char *open = repeat('[', (size_t)arrays), *close = repeat(']', (size_t)arrays);
+	ck_assert_int_ge(asprintf(&s, "{\"type\":\"msg\",\"name\":\"n\",\"data\":%s%s}", open, close), 0);
+	free(open);
+	free(close);
+	return s;
+}
+
+START_TEST(nesting_limit)
+{
+	frame f;
+	metrics_error_kind kind;
+	tn_error err;
+
+	/* The frame object is level 1: 31 arrays inside make 32 levels. */
+	char *ok = nested(FRAME_MAX_DEPTH - 1), *deep = nested(FRAME_MAX_DEPTH);
+	ck_assert_int_eq(parse(ok, &f, &kind, &err), 0);
+	ck_assert_int_eq(f.type, FRAME_MSG);
+	frame_release(&f);
+	ck_assert_int_eq(parse(deep, &f, &kind, &err), TN_EINVAL);
+	ck_assert_int_eq(kind, ERR_BAD_JSON);
+	ck_assert_msg(strstr(err.msg, "nested deeper than 32"), "%s", err.msg);
+	ck_assert_ptr_null(f.root);
+	frame_release(&f);
+	free(ok);
+	free(deep);
+
+	/* Brackets inside strings, also after escaped quotes and backslashes, do not count. */
+	char *br = repeat('[', 100), *cu = repeat('{', 100), *js = NULL;
+	ck_assert_int_ge(asprintf(&js, "{\"type\":\"msg\",\"name\":\"\\\"%s\",\"data\":\"\\\\%s\"}",
+				  br, cu), 0);
+	ck_assert_int_eq(parse(js, &f, &kind, &err), 0);
+	ck_assert_uint_eq(strlen(f.u.msg.name), 101);
+	frame_release(&f);
+	free(js);
+	free(br);
+	free(cu);
+}
+END_TEST
+
+START_TEST(nesting_depth_function)
+{
+	const char *s;
+
+	s = "[]";
+	ck_assert_int_eq(frame_nesting_depth(s, strlen(s), 32), 1);
+	s = "{\"a\":[{}],\"b\":[[[]]]}";
+	ck_assert_int_eq(frame_nesting_depth(s, strlen(s), 32), 4);
+	s = "{\"a\":\"[[[{{{\"}";
+	ck_assert_int_eq(frame_nesting_depth(s, strlen(s), 32), 1);
+	s = "[\"\\\"[[\",\"\\\\\",[]]"; /* ["\"[[","\\",[]] */
+	ck_assert_int_eq(frame_nesting_depth(s, strlen(s), 32), 2);
+	s = "42";
+	ck_assert_int_eq(frame_nesting_depth(s, strlen(s), 32), 0);
+	/* Stops once over the limit: reports limit + 1, not the full depth. */
+	char *deep = repeat('[', 1000);
+	ck_assert_int_eq(frame_nesting_depth(deep, 1000, 5), 6);
+	/* Only len bytes are looked at. */
+	ck_assert_int_eq(frame_nesting_depth(deep, 3, 32), 3);
+	free(deep);
+}
+END_TEST
+
+START_TEST(release_safe)
+{
+	frame f;
+
+	memset(&f, 0, sizeof f);
+	frame_release(&f);
+	frame_release(NULL);
+	metrics_error_kind kind;
+	tn_error err;
+	ck_assert_int_eq(parse("{\"type\":\"log\",\"msg\":\"x\"}", &f, &kind, &err), 0);
+	frame_release(&f);
+	frame_release(&f); /* released frames are zeroed: a second release is a no-op */
+	ck_assert_ptr_null(f.root);
+}
+END_TEST
+
+static Suite *frame_suite(void)
+{
+	Suite *s = suite_create("frame");
+	TCase *tc;
+
+	tc = tcase_create("types");
+	tcase_add_test(tc, hello_full);
+	tcase_add_test(tc, hello_minimal);
+	tcase_add_test(tc, log_frames);
+	tcase_add_test(tc, msg_frames);
+	tcase_add_test(tc, update_status_frames);
+	tcase_add_test(tc, fetch_frames);
+	tcase_add_test(tc, type_names);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("errors");
+	tcase_add_loop_test(tc, refused, 0, (int)TN_ARRAY_LEN(bad_frames));
+	tcase_add_test(tc, bad_json_line_column);
+	tcase_add_test(tc, raw_nul_byte);
+	tcase_add_test(tc, release_safe);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("nesting");
+	tcase_add_test(tc, nesting_limit);
+	tcase_add_test(tc, nesting_depth_function);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(frame_suite());
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
