@@ -94,7 +94,7 @@ START_TEST(kill9_during_burst_loses_nothing_shown)
 	json_t *fresh = th_get_json(&s, "/v1/devices/" DEV "/logs?limit=3", 200);
 	json_t *evs = json_object_get(fresh, "events");
 	json_t *last = json_array_get(evs, json_array_size(evs) - 1);
-	ck_assert_int_gt(json_integer_value(json_object_get(last, "id")), max_before);
+	ck_assert_msg(json_integer_value(json_object_get(last, "id")) > max_before, "newest %s, before the restart %lld", json_dumps(fresh, 0), max_before);
 	json_decref(fresh);
 	json_decref(shown);
 	json_decref(after);
