@@ -1,0 +1,629 @@
+/* tests/unit/test_store.c -- the SQLite store (server/store.c) in a temporary
+ * data dir: migrations, event ids across restarts and concurrent writers,
+ * devices, their listing and paging, events paging, tokens, crash recovery. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <dirent.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "store.h"
+
+static char dir[64];
+static store *st;
+
+static void store_reopen(void)
+{
+	store_options opt = { 0 };
+	tn_error err = { 0 };
+
+	store_close(st);
+	st = NULL;
+	ck_assert_msg(store_open(&st, dir, &opt, &err) == 0, "store_open: %s", err.msg);
+}
+
+static void setup(void)
+{
+	snprintf(dir, sizeof dir, "/tmp/tender-test-store-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	st = NULL;
+	store_reopen();
+}
+
+static void teardown(void)
+{
+	store_close(st);
+	st = NULL;
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	char path[512];
+	while (d && (e = readdir(d))) {
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+			snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+			unlink(path);
+		}
+	}
+	if (d)
+		closedir(d);
+	rmdir(dir);
+}
+
+/* One integer from a read connection. */
+static int64_t query_int(const char *sql)
+{
+	sqlite3 *db = store_reader_get(st);
+	sqlite3_stmt *q;
+	int64_t v = -1;
+
+	ck_assert_ptr_nonnull(db);
+	ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
+	if (sqlite3_step(q) == SQLITE_ROW)
+		v = sqlite3_column_int64(q, 0);
+	sqlite3_finalize(q);
+	store_reader_put(st, db);
+	return v;
+}
+
+static void create(uint64_t id, const char *name, const char *group)
+{
+	tn_error err = { 0 };
+	ck_assert_msg(store_device_create(st, id, "hash", name, group, &err) == 0, "%s", err.msg);
+}
+
+static const char *str_member(json_t *o, const char *key)
+{
+	return json_string_value(json_object_get(o, key));
+}
+
+/* The events of one device, oldest first (owned: json_decref). */
+static json_t *events_of(uint64_t device, int64_t before, int64_t after, int limit)
+{
+	store_event_query q = { .device = device, .before = before, .after = after, .limit = limit };
+	tn_error err = { 0 };
+	json_t *out = store_events_list(st, &q, &err);
+	ck_assert_msg(out != NULL, "store_events_list: %s", err.msg);
+	return out;
+}
+
+static int64_t event_id(json_t *list, size_t i)
+{
+	return json_integer_value(json_object_get(json_array_get(json_object_get(list, "events"), i), "id"));
+}
+
+/* --- schema ----------------------------------------------------------------- */
+
+START_TEST(migrations_applied)
+{
+	ck_assert_int_eq(store_migrations[0].version, 1);
+	ck_assert_int_eq(store_schema_version(st), 1);
+	ck_assert_int_eq(query_int("PRAGMA user_version"), 1);
+	ck_assert_int_eq(query_int("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
+				   "name IN ('devices', 'events', 'tokens')"), 3);
+	/* WAL, as the store promises readers beside the writer */
+	ck_assert_int_eq(query_int("SELECT journal_mode = 'wal' FROM pragma_journal_mode"), 1);
+}
+END_TEST
+
+START_TEST(reopen_idempotent)
+{
+	create(0x10, "keep", NULL);
+	store_reopen();
+	store_reopen();
+	ck_assert_int_eq(store_schema_version(st), 1);
+	ck_assert_int_eq(query_int("PRAGMA user_version"), 1);
+	json_t *d = store_device_get(st, 0x10);
+	ck_assert_ptr_nonnull(d);
+	ck_assert_str_eq(str_member(d, "name"), "keep");
+	json_decref(d);
+}
+END_TEST
+
+START_TEST(newer_schema_refused)
+{
+	store_options opt = { 0 };
+	tn_error err = { 0 };
+	sqlite3 *db;
+	char path[128];
+
+	store_close(st);
+	st = NULL;
+	snprintf(path, sizeof path, "%s/tender.db", dir);
+	ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	ck_assert_int_eq(store_open(&st, dir, &opt, &err), TN_EINVAL);
+	ck_assert_ptr_null(st);
+	ck_assert_msg(strstr(err.msg, "99"), "%s", err.msg);
+}
+END_TEST
+
+/* --- event ids -------------------------------------------------------------- */
+
+START_TEST(event_ids_monotonic)
+{
+	int64_t last = 0, id;
+
+	for (int i = 0; i < 20; i++) {
+		id = store_event_append(st, (uint64_t)(i % 3), EV_DEVICE, "m");
+		ck_assert_int_gt(id, last);
+		last = id;
+	}
+	store_reopen(); /* commits the queue */
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events"), 20);
+	id = store_event_append(st, 1, EV_DEVICE, "after restart");
+	ck_assert_int_gt(id, last);
+
+	/* The device holding the newest ids goes, with its events: its ids stay used,
+	 * across a restart (AUTOINCREMENT's sqlite_sequence) and within a run. */
+	tn_error err = { 0 };
+	create(0x77, NULL, NULL);
+	for (int i = 0; i < 5; i++)
+		last = store_event_append(st, 0x77, EV_STATUS, "newest");
+	ck_assert_int_eq(store_device_delete(st, 0x77, &err), 0);
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events WHERE device = 119"), 0);
+	ck_assert_int_eq(query_int("SELECT max(id) FROM events"), last - 5);
+	store_reopen();
+	id = store_event_append(st, 1, EV_DEVICE, "next run");
+	ck_assert_int_gt(id, last);
+	last = id;
+	create(0x78, NULL, NULL);
+	for (int i = 0; i < 5; i++)
+		last = store_event_append(st, 0x78, EV_STATUS, "newest");
+	ck_assert_int_eq(store_device_delete(st, 0x78, &err), 0);
+	ck_assert_int_gt(store_event_append(st, 1, EV_DEVICE, "same run"), last);
+}
+END_TEST
+
+#define WRITERS 4
+#define PER_WRITER 500
+
+struct writer_arg {
+	uint64_t device;
+	int64_t ids[PER_WRITER];
+};
+
+static void *writer_main(void *p)
+{
+	struct writer_arg *a = p;
+	char msg[32];
+
+	for (int i = 0; i < PER_WRITER; i++) {
+		snprintf(msg, sizeof msg, "%llu-%d", (unsigned long long)a->device, i);
+		a->ids[i] = store_event_append(st, a->device, EV_AGENT, msg);
+	}
+	return NULL;
+}
+
+START_TEST(concurrent_append)
+{
+	static struct writer_arg args[WRITERS];
+	pthread_t th[WRITERS];
+
+	for (int t = 0; t < WRITERS; t++) {
+		args[t].device = 0x100 + (uint64_t)t;
+		ck_assert_int_eq(pthread_create(&th[t], NULL, writer_main, &args[t]), 0);
+	}
+	for (int t = 0; t < WRITERS; t++)
+		pthread_join(th[t], NULL);
+	ck_assert_int_eq(store_flush(st), 0);
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events"), WRITERS * PER_WRITER);
+	ck_assert_int_eq(query_int("SELECT count(DISTINCT id) FROM events"), WRITERS * PER_WRITER);
+
+	for (int t = 0; t < WRITERS; t++) {
+		json_t *out = events_of(args[t].device, 0, 0, PER_WRITER);
+		json_t *evs = json_object_get(out, "events");
+		ck_assert_uint_eq(json_array_size(evs), PER_WRITER);
+		ck_assert(json_is_null(json_object_get(out, "next_before")));
+		for (int i = 0; i < PER_WRITER; i++) {
+			char want[32];
+			json_t *ev = json_array_get(evs, (size_t)i);
+			snprintf(want, sizeof want, "%llu-%d", (unsigned long long)args[t].device, i);
+			ck_assert_int_eq(json_integer_value(json_object_get(ev, "id")), args[t].ids[i]);
+			ck_assert_str_eq(str_member(ev, "msg"), want);
+			if (i > 0)
+				ck_assert_int_gt(args[t].ids[i], args[t].ids[i - 1]);
+		}
+		json_decref(out);
+	}
+}
+END_TEST
+
+/* --- devices ---------------------------------------------------------------- */
+
+START_TEST(device_crud)
+{
+	tn_error err = { 0 };
+
+	ck_assert_int_eq(store_device_create(st, UINT64_C(0x30000C2A690C77C5), "h1", "lamp", "a", &err), 0);
+	ck_assert_int_eq(store_device_create(st, UINT64_C(0x30000c2a690c77c5), "h2", NULL, NULL, &err),
+			 TN_EEXIST);
+	ck_assert_int_eq(err.code, TN_EEXIST);
+
+	json_t *d = store_device_get(st, UINT64_C(0x30000c2a690c77c5));
+	ck_assert_ptr_nonnull(d);
+	ck_assert_str_eq(str_member(d, "id"), "30000c2a690c77c5");
+	ck_assert_str_eq(str_member(d, "name"), "lamp");
+	ck_assert_str_eq(str_member(d, "group"), "a");
+	ck_assert(json_is_null(json_object_get(d, "hw")));
+	ck_assert(json_is_null(json_object_get(d, "flash")));
+	ck_assert(json_is_false(json_object_get(d, "online")));
+	ck_assert(json_is_null(json_object_get(d, "last_seen")));
+	ck_assert_ptr_nonnull(str_member(d, "created"));
+	ck_assert_ptr_null(json_object_get(d, "secret_hash")); /* never shown */
+	json_decref(d);
+	ck_assert_ptr_null(store_device_get(st, 0x99));
+
+	/* NULL leaves a field, json null clears it. */
+	json_t *name = json_string("desk lamp"), *null = json_null();
+	ck_assert_int_eq(store_device_update(st, UINT64_C(0x30000c2a690c77c5), name, NULL, &err), 0);
+	d = store_device_get(st, UINT64_C(0x30000c2a690c77c5));
+	ck_assert_str_eq(str_member(d, "name"), "desk lamp");
+	ck_assert_str_eq(str_member(d, "group"), "a");
+	json_decref(d);
+	ck_assert_int_eq(store_device_update(st, UINT64_C(0x30000c2a690c77c5), NULL, null, &err), 0);
+	d = store_device_get(st, UINT64_C(0x30000c2a690c77c5));
+	ck_assert_str_eq(str_member(d, "name"), "desk lamp");
+	ck_assert(json_is_null(json_object_get(d, "group")));
+	json_decref(d);
+	ck_assert_int_eq(store_device_update(st, 0x99, name, NULL, &err), TN_ENOTFOUND);
+	json_decref(name);
+	json_decref(null);
+
+	store_event_append(st, UINT64_C(0x30000c2a690c77c5), EV_STATUS, "Device connected");
+	ck_assert_int_eq(store_device_delete(st, UINT64_C(0x30000c2a690c77c5), &err), 0);
+	ck_assert_ptr_null(store_device_get(st, UINT64_C(0x30000c2a690c77c5)));
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events"), 0);
+	ck_assert_int_eq(store_device_delete(st, UINT64_C(0x30000c2a690c77c5), &err), TN_ENOTFOUND);
+	ck_assert_int_eq(err.code, TN_ENOTFOUND);
+	/* the id is free again */
+	ck_assert_int_eq(store_device_create(st, UINT64_C(0x30000c2a690c77c5), "h3", NULL, NULL, &err), 0);
+}
+END_TEST
+
+static json_t *list(int online, const char *hw, const char *group, int limit)
+{
+	store_device_filter f = { .online = online, .hw = hw, .group = group, .limit = limit };
+	tn_error err = { 0 };
+	json_t *out = store_device_list(st, &f, &err);
+	ck_assert_msg(out != NULL, "store_device_list: %s", err.msg);
+	return out;
+}
+
+static size_t list_count(int online, const char *hw, const char *group)
+{
+	json_t *out = list(online, hw, group, 1000);
+	size_t n = json_array_size(json_object_get(out, "devices"));
+	json_decref(out);
+	return n;
+}
+
+/* 30 devices: group a for even ids, b for odd; hw imp003 for ids < 10,
+ * imp004 for 10..19, none above; online when id % 3 == 0. */
+static void make_fleet(void)
+{
+	for (uint64_t id = 0; id < 30; id++) {
+		create(0x1000 + id, NULL, id % 2 ? "b" : "a");
+		if (id < 20) {
+			store_hello h = { .hw = id < 10 ? "imp003" : "imp004" };
+			ck_assert_int_eq(store_device_online(st, 0x1000 + id, &h, 1000), 0);
+			if (id % 3)
+				ck_assert_int_eq(store_device_offline(st, 0x1000 + id, 2000), 0);
+		} else if (id % 3 == 0) {
+			ck_assert_int_eq(store_device_online(st, 0x1000 + id, NULL, 1000), 0);
+		}
+	}
+	ck_assert_int_eq(store_flush(st), 0);
+}
+
+START_TEST(device_list_filters)
+{
+	make_fleet();
+	ck_assert_uint_eq(list_count(-1, NULL, NULL), 30);
+	ck_assert_uint_eq(list_count(1, NULL, NULL), 10);
+	ck_assert_uint_eq(list_count(0, NULL, NULL), 20);
+	ck_assert_uint_eq(list_count(-1, "imp003", NULL), 10);
+	ck_assert_uint_eq(list_count(-1, "imp004", NULL), 10);
+	ck_assert_uint_eq(list_count(-1, "imp005", NULL), 0);
+	ck_assert_uint_eq(list_count(-1, NULL, "a"), 15);
+	ck_assert_uint_eq(list_count(-1, NULL, "c"), 0);
+	/* ids 0, 6 (imp003, even, online) */
+	ck_assert_uint_eq(list_count(1, "imp003", "a"), 2);
+
+	json_t *out = list(1, "imp004", "b", 10), *devs = json_object_get(out, "devices");
+	ck_assert_uint_eq(json_array_size(devs), 1); /* online imp004 are 12, 15, 18; odd: 15 */
+	ck_assert_str_eq(str_member(json_array_get(devs, 0), "id"), "000000000000100f");
+	json_decref(out);
+}
+END_TEST
+
+START_TEST(device_list_paging)
+{
+	make_fleet();
+	for (int limit = 1; limit <= 31; limit++) {
+		store_device_filter f = { .online = -1, .limit = limit };
+		int seen = 0, pages = 0;
+		for (;;) {
+			tn_error err = { 0 };
+			json_t *out = store_device_list(st, &f, &err);
+			ck_assert_ptr_nonnull(out);
+			json_t *devs = json_object_get(out, "devices"), *next = json_object_get(out, "next");
+			for (size_t i = 0; i < json_array_size(devs); i++) {
+				uint64_t id;
+				ck_assert_int_eq(tn_device_id_parse(str_member(json_array_get(devs, i), "id"), &id), 0);
+				ck_assert_uint_eq(id, 0x1000 + (uint64_t)seen); /* in order, none twice */
+				seen++;
+			}
+			pages++;
+			ck_assert_int_le((int)json_array_size(devs), limit);
+			if (json_is_null(next)) {
+				json_decref(out);
+				break;
+			}
+			ck_assert_uint_eq(json_array_size(devs), (size_t)limit); /* only full pages go on */
+			ck_assert_int_eq(tn_device_id_parse(json_string_value(next), &f.after), 0);
+			f.has_after = 1;
+			json_decref(out);
+		}
+		ck_assert_int_eq(seen, 30);
+		ck_assert_int_eq(pages, (30 + limit - 1) / limit); /* no empty last page */
+	}
+}
+END_TEST
+
+START_TEST(online_offline)
+{
+	store_hello h = { .hw = "imp003", .fw = "36.10", .sfdp = "U0ZEUA==", .has_jedec = 1,
+			  .jedec = 0x012018, .flash_size = 16777216 };
+	json_t *d;
+
+	create(0x42, NULL, NULL);
+	ck_assert_int_eq(store_device_online(st, 0x42, &h, INT64_C(1473347775000)), 0);
+	ck_assert_int_eq(store_flush(st), 0);
+	d = store_device_get(st, 0x42);
+	ck_assert(json_is_true(json_object_get(d, "online")));
+	ck_assert_str_eq(str_member(d, "hw"), "imp003");
+	ck_assert_str_eq(str_member(d, "fw"), "36.10");
+	ck_assert_str_eq(str_member(json_object_get(d, "flash"), "jedec"), "012018");
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(d, "flash"), "size")), 16777216);
+	ck_assert_str_eq(str_member(d, "connected_at"), "2016-09-08T15:16:15.000Z");
+	ck_assert_str_eq(str_member(d, "last_seen"), "2016-09-08T15:16:15.000Z");
+	json_decref(d);
+
+	ck_assert_int_eq(store_device_offline(st, 0x42, INT64_C(1473347815000)), 0);
+	ck_assert_int_eq(store_flush(st), 0);
+	d = store_device_get(st, 0x42);
+	ck_assert(json_is_false(json_object_get(d, "online")));
+	ck_assert_str_eq(str_member(d, "last_seen"), "2016-09-08T15:16:55.000Z");
+	json_decref(d);
+
+	/* A hello without hw/fw keeps the last known ones. */
+	store_hello bare = { 0 };
+	ck_assert_int_eq(store_device_online(st, 0x42, &bare, INT64_C(1473347900000)), 0);
+	ck_assert_int_eq(store_flush(st), 0);
+	d = store_device_get(st, 0x42);
+	ck_assert(json_is_true(json_object_get(d, "online")));
+	ck_assert_str_eq(str_member(d, "hw"), "imp003");
+	ck_assert_str_eq(str_member(d, "fw"), "36.10");
+	json_decref(d);
+}
+END_TEST
+
+START_TEST(recover_online)
+{
+	create(0x50, NULL, NULL);
+	create(0x51, NULL, NULL);
+	ck_assert_int_eq(store_device_online(st, 0x50, NULL, 5000), 0);
+	store_event_append(st, 0x50, EV_STATUS, "Device connected");
+	store_reopen(); /* as after a crash: 0x50 was never seen to leave */
+
+	json_t *d = store_device_get(st, 0x50);
+	ck_assert(json_is_false(json_object_get(d, "online")));
+	ck_assert_str_eq(str_member(d, "last_seen"), "1970-01-01T00:00:05.000Z");
+	json_decref(d);
+	json_t *out = events_of(0x50, 0, 0, 10), *evs = json_object_get(out, "events");
+	ck_assert_uint_eq(json_array_size(evs), 2);
+	ck_assert_str_eq(str_member(json_array_get(evs, 1), "msg"), "Device disconnected");
+	ck_assert_str_eq(str_member(json_array_get(evs, 1), "type"), "status");
+	ck_assert_int_gt(event_id(out, 1), event_id(out, 0));
+	json_decref(out);
+	/* the offline device got nothing */
+	out = events_of(0x51, 0, 0, 10);
+	ck_assert_uint_eq(json_array_size(json_object_get(out, "events")), 0);
+	json_decref(out);
+	/* and the recovery's event id is not handed out again */
+	int64_t recovered = query_int("SELECT max(id) FROM events");
+	ck_assert_int_gt(store_event_append(st, 0x50, EV_STATUS, "x"), recovered);
+	store_reopen(); /* a second open finds nothing to recover */
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events WHERE msg = 'Device disconnected'"), 1);
+}
+END_TEST
+
+/* --- events paging ---------------------------------------------------------- */
+
+START_TEST(events_paging)
+{
+	int64_t ids[10];
+	json_t *out;
+
+	for (int i = 0; i < 10; i++) {
+		ids[i] = store_event_append(st, 0xd, EV_DEVICE, "d");
+		store_event_append(st, 0xe, EV_DEVICE, "other device, interleaved");
+	}
+	ck_assert_int_eq(store_flush(st), 0);
+
+	/* Backwards from the end, 3 at a time, each page oldest first. */
+	static const int pages[4][3] = { { 7, 8, 9 }, { 4, 5, 6 }, { 1, 2, 3 }, { 0, -1, -1 } };
+	int64_t before = 0;
+	for (int p = 0; p < 4; p++) {
+		out = events_of(0xd, before, 0, 3);
+		size_t n = p < 3 ? 3 : 1;
+		ck_assert_uint_eq(json_array_size(json_object_get(out, "events")), n);
+		for (size_t i = 0; i < n; i++)
+			ck_assert_int_eq(event_id(out, i), ids[pages[p][i]]);
+		json_t *next = json_object_get(out, "next_before");
+		if (p < 3)
+			ck_assert_int_eq(json_integer_value(next), ids[pages[p][0]]);
+		else
+			ck_assert(json_is_null(next));
+		before = json_integer_value(next);
+		json_decref(out);
+	}
+
+	/* Forwards after an id, oldest first. */
+	out = events_of(0xd, 0, ids[2], 4);
+	ck_assert_uint_eq(json_array_size(json_object_get(out, "events")), 4);
+	for (size_t i = 0; i < 4; i++)
+		ck_assert_int_eq(event_id(out, i), ids[3 + i]);
+	ck_assert_int_eq(json_integer_value(json_object_get(out, "next_after")), ids[6]);
+	json_decref(out);
+	out = events_of(0xd, 0, ids[6], 4);
+	ck_assert_uint_eq(json_array_size(json_object_get(out, "events")), 3);
+	ck_assert_int_eq(event_id(out, 2), ids[9]);
+	ck_assert(json_is_null(json_object_get(out, "next_after")));
+	json_decref(out);
+	out = events_of(0xd, 0, ids[9], 4);
+	ck_assert_uint_eq(json_array_size(json_object_get(out, "events")), 0);
+	json_decref(out);
+	/* Both bounds: strictly between. */
+	out = events_of(0xd, ids[5], ids[2], 10);
+	ck_assert_uint_eq(json_array_size(json_object_get(out, "events")), 2);
+	ck_assert_int_eq(event_id(out, 0), ids[3]);
+	ck_assert_int_eq(event_id(out, 1), ids[4]);
+	json_decref(out);
+}
+END_TEST
+
+/* --- tokens and secrets ----------------------------------------------------- */
+
+START_TEST(tokens)
+{
+	tn_error err = { 0 };
+	char role[32];
+
+	ck_assert_int_eq(store_token_count(st), 0);
+	ck_assert_int_eq(store_token_lookup(st, "aaaa", role), TN_ENOTFOUND);
+	ck_assert_int_eq(store_token_add(st, "aaaa", "admin", "first", &err), 0);
+	ck_assert_int_eq(store_token_add(st, "bbbb", "reader", NULL, &err), 0);
+	ck_assert_int_eq(store_token_count(st), 2);
+	ck_assert_int_eq(store_token_lookup(st, "aaaa", role), 0);
+	ck_assert_str_eq(role, "admin");
+	ck_assert_int_eq(store_token_lookup(st, "bbbb", role), 0);
+	ck_assert_str_eq(role, "reader");
+	ck_assert_int_eq(store_token_lookup(st, "AAAA", role), TN_ENOTFOUND);
+	store_reopen();
+	ck_assert_int_eq(store_token_count(st), 2);
+}
+END_TEST
+
+struct seen_secrets {
+	int n;
+	uint64_t ids[8];
+	char hashes[8][16];
+};
+
+static void collect(void *arg, uint64_t id, const char *hash)
+{
+	struct seen_secrets *s = arg;
+	ck_assert_int_lt(s->n, 8);
+	s->ids[s->n] = id;
+	snprintf(s->hashes[s->n], sizeof s->hashes[0], "%s", hash);
+	s->n++;
+}
+
+START_TEST(foreach_secret)
+{
+	struct seen_secrets seen = { 0 };
+	tn_error err = { 0 };
+
+	ck_assert_int_eq(store_device_foreach_secret(st, collect, &seen, &err), 0);
+	ck_assert_int_eq(seen.n, 0);
+	ck_assert_int_eq(store_device_create(st, 3, "h3", NULL, NULL, &err), 0);
+	ck_assert_int_eq(store_device_create(st, UINT64_MAX, "hmax", NULL, NULL, &err), 0);
+	ck_assert_int_eq(store_device_create(st, 1, "h1", NULL, NULL, &err), 0);
+	ck_assert_int_eq(store_device_foreach_secret(st, collect, &seen, &err), 0);
+	ck_assert_int_eq(seen.n, 3);
+	int found = 0;
+	for (int i = 0; i < seen.n; i++) {
+		char want[16];
+		snprintf(want, sizeof want, "h%s", seen.ids[i] == UINT64_MAX ? "max"
+			 : seen.ids[i] == 3 ? "3" : seen.ids[i] == 1 ? "1" : "?");
+		ck_assert_str_eq(seen.hashes[i], want);
+		found |= seen.ids[i] == 1 ? 1 : seen.ids[i] == 3 ? 2 : 4;
+	}
+	ck_assert_int_eq(found, 7);
+}
+END_TEST
+
+/* Everything above at once, then SQLite's own consistency check. */
+START_TEST(integrity_after_workload)
+{
+	tn_error err = { 0 };
+
+	make_fleet();
+	for (int i = 0; i < 300; i++)
+		store_event_append(st, 0x1000 + (uint64_t)(i % 30), (event_type)(i % EV__COUNT), "w");
+	for (uint64_t id = 0; id < 30; id += 4)
+		ck_assert_int_eq(store_device_delete(st, 0x1000 + id, &err), 0);
+	ck_assert_int_eq(store_token_add(st, "cccc", "admin", NULL, &err), 0);
+	store_reopen();
+	sqlite3 *db = store_reader_get(st);
+	sqlite3_stmt *q;
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &q, NULL), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_step(q), SQLITE_ROW);
+	ck_assert_str_eq((const char *)sqlite3_column_text(q, 0), "ok");
+	sqlite3_finalize(q);
+	store_reader_put(st, db);
+	ck_assert_int_eq(query_int("SELECT count(*) FROM pragma_foreign_key_check"), 0);
+	ck_assert_int_eq(query_int("SELECT count(*) FROM devices"), 22);
+	/* 8 devices deleted with their 10 events each; the 7 left online got a
+	 * "Device disconnected" on reopen */
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events"), 300 - 8 * 10 + 7);
+}
+END_TEST
+
+static Suite *store_suite(void)
+{
+	Suite *s = suite_create("store");
+	TCase *tc;
+
+	tc = tcase_create("schema");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, migrations_applied);
+	tcase_add_test(tc, reopen_idempotent);
+	tcase_add_test(tc, newer_schema_refused);
+	tcase_add_test(tc, integrity_after_workload);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("events");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, event_ids_monotonic);
+	tcase_add_test(tc, concurrent_append);
+	tcase_add_test(tc, events_paging);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("devices");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, device_crud);
+	tcase_add_test(tc, device_list_filters);
+	tcase_add_test(tc, device_list_paging);
+	tcase_add_test(tc, online_offline);
+	tcase_add_test(tc, recover_online);
+	tcase_add_test(tc, foreach_secret);
+	tcase_add_test(tc, tokens);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	log_level = LOG_ERR; /* no "applied migration" chatter */
+	SRunner *sr = srunner_create(store_suite());
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
