@@ -19,7 +19,6 @@ static const char *const metrics__error_names[ERR__COUNT] = {
 	[ERR_HTTP_UNAUTHORIZED] = "http_unauthorized", [ERR_HTTP_BAD_REQUEST] = "http_bad_request",
 	[ERR_HTTP_TOO_LARGE] = "http_too_large", [ERR_HTTP_NOT_FOUND] = "http_not_found",
 	[ERR_HTTP_METHOD] = "http_method_not_allowed", [ERR_HTTP_MEDIA_TYPE] = "http_unsupported_media_type",
-	[ERR_HTTP_CONN_LIMIT] = "http_connection_limit",
 };
 
 static const struct {

@@ -1349,7 +1349,7 @@ static int sim__callback(struct lws *wsi, enum lws_callback_reasons reason, void
 	case LWS_CALLBACK_WSI_DESTROY:
 		/* Safety net for a wsi that went without either callback above. */
 		if (d->wsi == wsi)
-			sim__dev_gone(sim, d, d->state == SIM_CONNECTING ? "connection destroyed"
+			sim__dev_gone(sim, d, d->state == SIM_CONNECTING ? "connection closed during the handshake"
 									  : NULL);
 		return 0;
 	default:
