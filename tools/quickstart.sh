@@ -10,10 +10,12 @@ top=$(pwd)
 PKGS="build-essential autoconf automake pkg-config \
   libwebsockets-dev libmicrohttpd-dev libsqlite3-dev libjansson-dev liblua5.4-dev \
   libssl-dev libcurl4-openssl-dev check nodejs node-ws curl sqlite3"
+# only for `test`: the libFuzzer runs
+TEST_PKGS="clang libclang-rt-14-dev"
 
 install_packages() {
   missing=""
-  for p in $PKGS; do
+  for p in $PKGS "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
   done
   [ -z "$missing" ] && return 0
@@ -48,13 +50,15 @@ run)
   exec "$top/build/tenderd" --data-dir "$top/tender-data" "$@"
   ;;
 test)
-  install_packages
+  install_packages $TEST_PKGS
   status=0
   build build
   make -C "$top/build" -j"$(nproc)" check || status=1
   build build-asan --enable-sanitizers
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
     make -C "$top/build-asan" -j"$(nproc)" check || status=1
+  # Every parser's fuzzer, for a bounded time (FUZZ_SECONDS each, default 30).
+  sh "$top/tools/fuzz.sh" "${FUZZ_SECONDS:-30}" || status=1
   sh "$top/tools/test-summary.sh" "$top/build" "$top/build-asan" || status=1
   exit $status
   ;;

@@ -101,7 +101,7 @@ struct sim_dev {
 	enum lws_close_status our_status;
 	const char *our_reason;			/* static */
 	bool we_closed;				/* our close: no closed line */
-	bool rx_discard;			/* drop the rest of an oversized frame */
+	bool rx_discard;			/* closing after a bad frame: drop what comes */
 	bool rx_paused;				/* --no-pong: reads stopped */
 	bool ever_welcomed;
 	int close_code;				/* from the server's close frame; 0: none */
@@ -268,6 +268,7 @@ static void sim__usage(FILE *f)
 "  --msg-name S               msg name (default ping)\n"
 "                             A rate of 0 with a count sends the count as fast as the\n"
 "                             connection takes it; a rate of 0 without a count sends none.\n"
+"                             Counts and sequence numbers go on across reconnects.\n"
 "\n"
 "Misbehaving on purpose:\n"
 "  --raw-first TEXT           send TEXT verbatim as the first frame instead of hello\n"
@@ -275,7 +276,8 @@ static void sim__usage(FILE *f)
 "  --oversize N               after welcome send one log frame of exactly N bytes (N >= 23)\n"
 "  --no-pong                  after welcome stop reading the socket, so no ping is answered\n"
 "                             (lws answers pings by itself and cannot be told not to; with\n"
-"                             reads stopped it never sees them).  The device looks vanished.\n"
+"                             reads stopped it never sees them).  The device looks vanished,\n"
+"                             but frames from --log-rate/--msg-rate still go out.\n"
 "  --stall-after S            after S seconds stop servicing altogether: the process sleeps\n"
 "                             (no reads, writes or pongs) until --duration ends or a signal\n"
 "\n"
@@ -284,7 +286,8 @@ static void sim__usage(FILE *f)
 "                             until signalled)\n"
 "  --exit-when-done           once every device has sent its log and msg counts (each needs\n"
 "                             a count, or a rate of 0) and lws has written them, close all\n"
-"                             connections (1000), print done and exit 0\n"
+"                             connections (1000), print done and exit 0.  If a device\n"
+"                             closes for good first, exit as --reconnect says, no done\n"
 "  --quiet                    no event lines; errors and the summary still go to stderr\n"
 "  --verbose                  libwebsockets notices too\n"
 "  --help                     this text\n"
@@ -292,14 +295,16 @@ static void sim__usage(FILE *f)
 "Event lines on stdout, one per event:\n"
 "  welcome <id>                       the welcome frame arrived\n"
 "  closed <id> <code> <reason>        the server closed (reason may be empty); 1006 and\n"
-"                                     'connection lost' when there was no close frame\n"
+"                                     'connection lost' when there was no close frame,\n"
+"                                     1005 and '' for a close frame without a code\n"
 "  connect-error <id> <message>       the connection or its handshake failed\n"
 "  error-frame <id> <code> <message>  an error frame\n"
 "  msg <id> <name> <data>             a msg frame; data as compact JSON\n"
 "  frame <id> <text>                  any other server frame, as received\n"
 "  done                               --exit-when-done completed\n"
-"Newlines in server text are printed as spaces.  SIGINT and SIGTERM close all\n"
-"connections and exit 0.  At exit a summary goes to stderr.\n"
+"<id> is the device id as given; newlines in server text are printed as spaces.\n"
+"SIGINT and SIGTERM close all connections and exit 0.  At exit a summary goes\n"
+"to stderr.\n"
 "Exit status: 0 success, 1 failure (see --reconnect), 2 bad command line.\n",
 	      f);
 }
