@@ -656,8 +656,10 @@ static struct sim_dev *sim__dev_add(struct sim *sim, size_t *cap)
 		size_t ncap = *cap ? *cap * 2 : 16;
 		struct sim_dev *n = realloc(sim->devs, ncap * sizeof(*n));
 
-		if (!n)
+		if (!n) {
+			sim__err("out of memory for %zu devices", ncap);
 			return NULL;
+		}
 		sim->devs = n;
 		*cap = ncap;
 	}
@@ -671,7 +673,7 @@ static struct sim_dev *sim__dev_add(struct sim *sim, size_t *cap)
 }
 
 /* Fills d from one --creds line (owned by d from here on); 1: nothing on it. */
-static int sim__creds_line(struct sim *sim, struct sim_dev *d, char *line, const char *where)
+static int sim__creds_line(struct sim_dev *d, char *line, const char *where)
 {
 	char *f[7], *save = NULL, opt[PATH_MAX + 64];
 	int n = 0;
@@ -732,16 +734,17 @@ static int sim__load_creds(struct sim *sim, size_t *cap)
 	}
 	while (!rc && getline(&buf, &bufcap, f) >= 0) {
 		struct sim_dev *d = sim__dev_add(sim, cap);
-		char *line = strdup(buf);
+		char *line = d ? strdup(buf) : NULL;
 
-		if (!d || !line) {
-			free(line);
-			sim__err("out of memory");
+		if (!line) {
+			sim__err("--creds: out of memory");
+			if (d)
+				sim->n_devs--;
 			rc = -1;
 			break;
 		}
 		snprintf(where, sizeof(where), "%s:%u", sim->o.creds, ++lineno);
-		rc = sim__creds_line(sim, d, line, where);
+		rc = sim__creds_line(d, line, where);
 		if (rc) {		/* a blank line or an error: forget the slot */
 			free(line);
 			sim->n_devs--;
@@ -773,10 +776,8 @@ static int sim__make_devices(struct sim *sim)
 	}
 	for (long i = 0; i < sim->o.devices; i++) {
 		d = sim__dev_add(sim, &cap);
-		if (!d) {
-			sim__err("out of memory");
+		if (!d)
 			return -1;
-		}
 		snprintf(d->id, sizeof(d->id), "%016" PRIx64, sim->o.id_base + (uint64_t)i);
 	}
 	return 0;
@@ -1635,18 +1636,20 @@ int main(int argc, char **argv)
 		sim__free(&sim);
 		return 1;
 	}
-	while (!sim.finished) {
+	rc = 0;
+	while (!sim.finished && !rc) {
 		if (sim_signalled)
 			sim__cron_soon(&sim);
 		if (sim.stall_now)
 			sim__stall(&sim);
-		if (lws_service(sim.ctx, 0) < 0)
-			break;
+		rc = lws_service(sim.ctx, 0);
 	}
 	sim.destroying = true;
 	lws_sul_cancel(&sim.cron);
 	lws_context_destroy(sim.ctx);
-	rc = sim__exit_status(&sim);
+	if (rc)
+		sim__err("lws_service failed");
+	rc = rc ? 1 : sim__exit_status(&sim);
 	if (sim.stop == SIM_STOP_DONE && sim.all_finished)
 		sim__event(&sim, "done");
 	fprintf(stderr, "tender-sim: %zu devices, %" PRIu64 " welcomed, %" PRIu64
