@@ -37,15 +37,40 @@ int logfmt_iso8601(char *buf, size_t cap, int64_t ts_ms)
 	return (n < 0 || (size_t)n >= cap) ? -1 : n;
 }
 
+/* n digits at s, or -1. */
+static int logfmt__digits(const char *s, int n)
+{
+	int v = 0;
+	for (int i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (s[i] - '0');
+	}
+	return v;
+}
+
+static int logfmt__days_in_month(int year, int month)
+{
+	static const int days[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+	return days[month - 1] + (month == 2 && leap);
+}
+
 int logfmt_parse_iso8601(const char *s, int64_t *ts_ms)
 {
+	/* Fixed positions: YYYY-MM-DDTHH:MM:SS, then [.fff...][Z]. */
 	struct tm tm = { 0 };
-	int ms = 0, used = 0;
+	int ms = 0;
 
-	if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
-		   &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &used) != 6)
+	if (strlen(s) < 19 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
+	    s[16] != ':')
 		return -1;
-	s += used;
+	int year = logfmt__digits(s, 4), mon = logfmt__digits(s + 5, 2), day = logfmt__digits(s + 8, 2);
+	int hour = logfmt__digits(s + 11, 2), min = logfmt__digits(s + 14, 2), sec = logfmt__digits(s + 17, 2);
+	if (year < 0 || mon < 1 || mon > 12 || day < 1 || day > logfmt__days_in_month(year, mon) ||
+	    hour < 0 || hour > 23 || min < 0 || min > 59 || sec < 0 || sec > 60)
+		return -1;
+	s += 19;
 	if (*s == '.') {
 		int digits = 0;
 		for (s++; *s >= '0' && *s <= '9'; s++, digits++)
@@ -60,18 +85,20 @@ int logfmt_parse_iso8601(const char *s, int64_t *ts_ms)
 		s++;
 	if (*s != '\0')
 		return -1;
-	if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 ||
-	    tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 60)
-		return -1;
-	tm.tm_year -= 1900;
-	tm.tm_mon -= 1;
+	tm.tm_year = year - 1900;
+	tm.tm_mon = mon - 1;
+	tm.tm_mday = day;
+	tm.tm_hour = hour;
+	tm.tm_min = min;
+	tm.tm_sec = sec;
 	*ts_ms = (int64_t)timegm(&tm) * 1000 + ms;
 	return 0;
 }
 
 int logfmt_text(char *buf, size_t cap, int64_t ts_ms, const char *type, const char *msg)
 {
-	time_t secs = (time_t)(ts_ms / 1000);
+	/* Floor division: -1 ms is 23:59:59 of the day before the epoch. */
+	time_t secs = (time_t)(ts_ms / 1000 - (ts_ms % 1000 < 0));
 	struct tm tm;
 	char zone[32];
 
