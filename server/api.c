@@ -15,8 +15,14 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "flashparts.h"
+#include "flashtable.h"
+#include "fwstore.h"
 #include "log.h"
 #include "metrics.h"
+#include "multipart.h"
+#include "rollout.h"
+#include "scheduler.h"
 
 #define API_DEFAULT_LIMIT 100
 #define API_MAX_LIMIT 1000
@@ -28,6 +34,7 @@ struct api {
 	store *st;
 	registry *reg;
 	device_loop *dev;
+	scheduler *sched;
 	struct MHD_Daemon *mhd;
 	int fd;
 	int port;
@@ -40,6 +47,7 @@ struct req {
 	const char *method, *url;
 	char *body;
 	size_t body_len;
+	size_t max_body;     /* for this route */
 	int too_large;
 };
 
@@ -175,8 +183,22 @@ static int api__int_arg(struct req *r, const char *key, long long min, long long
 	return 0;
 }
 
+static json_t *api__json_any(struct req *r, enum MHD_Result *ret);
+
 /* The body as a JSON object.  NULL when answered with an error. */
 static json_t *api__json_body(struct req *r, enum MHD_Result *ret)
+{
+	json_t *obj = api__json_any(r, ret);
+	if (obj && !json_is_object(obj)) {
+		json_decref(obj);
+		*ret = api__error(r, 400, "the body must be a JSON object");
+		return NULL;
+	}
+	return obj;
+}
+
+/* The body as any JSON value.  NULL when answered with an error. */
+static json_t *api__json_any(struct req *r, enum MHD_Result *ret)
 {
 	const char *type = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
 						       MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -192,11 +214,6 @@ static json_t *api__json_body(struct req *r, enum MHD_Result *ret)
 	if (!obj) {
 		*ret = api__error(r, 400, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
 				  jerr.text);
-		return NULL;
-	}
-	if (!json_is_object(obj)) {
-		json_decref(obj);
-		*ret = api__error(r, 400, "the body must be a JSON object");
 		return NULL;
 	}
 	return obj;
@@ -415,6 +432,224 @@ static enum MHD_Result api__device_route(struct req *r, const char *rest)
 	return api__error(r, 404, "no such resource: %s", r->url);
 }
 
+/* --- /v1/flash-parts ------------------------------------------------------- */
+
+/* "ef4018", "EF4018" or "0xef4018" -> 0xef4018. */
+static int api__parse_jedec(const char *s, uint32_t *out)
+{
+	if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
+		s += 2;
+	if (strlen(s) != 6)
+		return -1;
+	char *end;
+	unsigned long v = strtoul(s, &end, 16);
+	if (*end)
+		return -1;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static enum MHD_Result api__flash_list(struct req *r)
+{
+	const char *j = api__arg(r, "jedec");
+	uint32_t jedec = 0;
+	tn_error err = { 0 };
+	if (j && api__parse_jedec(j, &jedec))
+		return api__error(r, 400, "'jedec' must be 6 hex digits, like ef4018");
+	json_t *out = flashtable_list(r->a->st, j ? (int64_t)jedec : -1, &err);
+	return out ? api__json(r, 200, out) : api__store_error(r, &err);
+}
+
+/* An import's row errors as a 400 with "errors": [...]. */
+static enum MHD_Result api__import_errors(struct req *r, const tn_error *err, json_t *errors)
+{
+	metrics_error(ERR_HTTP_BAD_REQUEST);
+	return api__json(r, 400, json_pack("{s:{s:s, s:s, s:O}}", "error", "code", "bad_request",
+					   "message", err->msg, "errors", errors ? errors : json_array()));
+}
+
+static enum MHD_Result api__flash_put(struct req *r, const char *idtext)
+{
+	enum MHD_Result ret = MHD_NO;
+	uint32_t jedec;
+	tn_error err = { 0 };
+
+	if (api__parse_jedec(idtext, &jedec))
+		return api__error(r, 404, "no such JEDEC id '%s': 6 hex digits, like ef4018", idtext);
+	json_t *body = api__json_any(r, &ret);
+	if (!body)
+		return ret;
+	json_t *list = json_is_array(body) ? json_incref(body) : json_pack("[O]", body);
+	size_t n = json_array_size(list), i;
+	flash_part *rows = calloc(n ? n : 1, sizeof *rows);
+	json_t *v;
+	if (!rows) {
+		ret = api__error(r, 500, "out of memory");
+		goto done;
+	}
+	if (n == 0 || n > 64) {
+		ret = api__error(r, 400, "give 1 to 64 parts for one JEDEC id");
+		goto done;
+	}
+	json_array_foreach(list, i, v) {
+		if (flashparts_from_json(v, &rows[i], &err)) {
+			ret = api__error(r, 400, "part %zu: %s", i + 1, err.msg);
+			goto done;
+		}
+		if (rows[i].jedec != jedec) {
+			ret = api__error(r, 400, "part %zu (%s) has JEDEC id %06x, not %06x", i + 1, rows[i].part,
+					 rows[i].jedec, jedec);
+			goto done;
+		}
+	}
+	if (flashtable_replace(r->a->st, jedec, rows, n, &err)) {
+		ret = api__store_error(r, &err);
+		goto done;
+	}
+	sched_kick(r->a->sched);
+	ret = api__json(r, 200, flashtable_list(r->a->st, jedec, &err));
+done:
+	free(rows);
+	json_decref(list);
+	json_decref(body);
+	return ret;
+}
+
+static enum MHD_Result api__flash_import(struct req *r)
+{
+	const char *type = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+	flashparts_import imp = { 0 };
+	tn_error err = { 0 };
+	int rc;
+
+	if (type && strncasecmp(type, "text/csv", 8) == 0)
+		rc = flashparts_parse_csv(r->body ? r->body : "", r->body_len, &imp, &err);
+	else if (type && strncasecmp(type, "application/json", 16) == 0)
+		rc = flashparts_parse_json(r->body ? r->body : "", r->body_len, &imp, &err);
+	else
+		return api__error(r, 415, "import text/csv or application/json, not '%s'", type ? type : "none");
+	enum MHD_Result ret;
+	if (rc)
+		ret = api__import_errors(r, &err, imp.errors);
+	else if (flashtable_upsert(r->a->st, imp.rows, imp.nrows, &err))
+		ret = api__store_error(r, &err);
+	else {
+		sched_kick(r->a->sched);
+		ret = api__json(r, 200, json_pack("{s:I}", "imported", (json_int_t)imp.nrows));
+	}
+	flashparts_import_free(&imp);
+	return ret;
+}
+
+/* --- /v1/firmware ----------------------------------------------------------- */
+
+static enum MHD_Result api__firmware_create(struct req *r)
+{
+	const char *type = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+	char boundary[80];
+	multipart_part parts[MULTIPART_MAX_PARTS];
+	int nparts = 0;
+	tn_error err = { 0 };
+	json_error_t jerr;
+
+	if (!type || strncasecmp(type, "multipart/form-data", 19) != 0)
+		return api__error(r, 415, "upload firmware as multipart/form-data with parts 'image' and "
+				  "'metadata', not '%s'", type ? type : "none");
+	if (multipart_boundary(type, boundary, sizeof boundary, &err) ||
+	    multipart_parse(r->body ? r->body : "", r->body_len, boundary, parts, &nparts, &err))
+		return api__error(r, 400, "%s", err.msg);
+	const multipart_part *image = multipart_find(parts, nparts, "image");
+	const multipart_part *meta = multipart_find(parts, nparts, "metadata");
+	if (!image || !meta)
+		return api__error(r, 400, "the upload needs a part 'image' (the file) and a part 'metadata' "
+				  "(JSON {\"version\", \"hw\", \"requirements\"})");
+	json_t *md = json_loadb(meta->data, meta->len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!md)
+		return api__error(r, 400, "metadata: invalid JSON at line %d, column %d: %s", jerr.line,
+				  jerr.column, jerr.text);
+	json_t *out = NULL;
+	int rc = fwstore_add(r->a->st, r->a->opt.firmware_dir, md, image->data, image->len, &out, &err);
+	json_decref(md);
+	if (rc)
+		return api__store_error(r, &err);
+	log_info("firmware %s stored (%zu bytes)", json_string_value(json_object_get(out, "version")),
+		 image->len);
+	return api__json(r, 201, out);
+}
+
+static enum MHD_Result api__firmware_route(struct req *r, const char *rest)
+{
+	if (!*rest) {
+		tn_error err = { 0 };
+		if (strcmp(r->method, "GET") == 0) {
+			json_t *out = fwstore_list(r->a->st, &err);
+			return out ? api__json(r, 200, out) : api__store_error(r, &err);
+		}
+		if (strcmp(r->method, "POST") == 0)
+			return api__firmware_create(r);
+		return api__method_not_allowed(r, "GET, POST");
+	}
+	char *end;
+	long long id = strtoll(rest + 1, &end, 10);
+	if (rest[0] != '/' || *end || id <= 0)
+		return api__error(r, 404, "no such resource: %s", r->url);
+	if (strcmp(r->method, "GET") != 0)
+		return api__method_not_allowed(r, "GET");
+	json_t *fw = fwstore_get(r->a->st, id);
+	return fw ? api__json(r, 200, fw) : api__error(r, 404, "no firmware %lld", id);
+}
+
+/* --- /v1/rollouts ----------------------------------------------------------- */
+
+static enum MHD_Result api__rollout_route(struct req *r, const char *rest)
+{
+	tn_error err = { 0 };
+	enum MHD_Result ret = MHD_NO;
+
+	if (!*rest) {
+		if (strcmp(r->method, "GET") == 0) {
+			json_t *out = rollout_list(r->a->st, &err);
+			return out ? api__json(r, 200, out) : api__store_error(r, &err);
+		}
+		if (strcmp(r->method, "POST") != 0)
+			return api__method_not_allowed(r, "GET, POST");
+		json_t *body = api__json_body(r, &ret), *out = NULL;
+		if (!body)
+			return ret;
+		int rc = rollout_create(r->a->st, r->a->opt.firmware_dir, body, &out, &err);
+		json_decref(body);
+		if (rc)
+			return api__store_error(r, &err);
+		sched_kick(r->a->sched);
+		return api__json(r, 201, out);
+	}
+	char *end;
+	long long id = rest[0] == '/' ? strtoll(rest + 1, &end, 10) : 0;
+	if (id <= 0)
+		return api__error(r, 404, "no such resource: %s", r->url);
+	if (!*end) {
+		if (strcmp(r->method, "GET") != 0)
+			return api__method_not_allowed(r, "GET");
+		json_t *out = rollout_get(r->a->st, id);
+		return out ? api__json(r, 200, out) : api__error(r, 404, "no rollout %lld", id);
+	}
+	if (strcmp(end, "/plan") == 0) {
+		if (strcmp(r->method, "GET") != 0)
+			return api__method_not_allowed(r, "GET");
+		json_t *out = rollout_plan(r->a->st, r->a->opt.firmware_dir, id, &err);
+		return out ? api__json(r, 200, out) : api__store_error(r, &err);
+	}
+	if (strcmp(end, "/pause") == 0 || strcmp(end, "/resume") == 0 || strcmp(end, "/abort") == 0) {
+		if (strcmp(r->method, "POST") != 0)
+			return api__method_not_allowed(r, "POST");
+		if (rollout_control(r->a->st, id, end + 1, &err))
+			return err.code == TN_ESTATE ? api__error(r, 409, "%s", err.msg) : api__store_error(r, &err);
+		sched_kick(r->a->sched);
+		return api__json(r, 200, rollout_get(r->a->st, id));
+	}
+	return api__error(r, 404, "no such resource: %s", r->url);
+}
+
 /* --- routing ---------------------------------------------------------------- */
 
 static int api__authorized(struct req *r)
@@ -457,7 +692,7 @@ static enum MHD_Result api__route(struct req *r)
 	if (!api__authorized(r))
 		return api__error(r, 401, "a valid token is required: Authorization: Bearer TOKEN");
 	if (r->too_large)
-		return api__error(r, 413, "the body is larger than %d bytes", r->a->opt.max_body);
+		return api__error(r, 413, "the body is larger than %zu bytes", r->max_body);
 	if (strcmp(url, "/v1/devices") == 0) {
 		if (strcmp(r->method, "GET") == 0)
 			return api__devices_list(r);
@@ -467,6 +702,37 @@ static enum MHD_Result api__route(struct req *r)
 	}
 	if (strncmp(url, "/v1/devices/", 12) == 0)
 		return api__device_route(r, url + 12);
+	if (strcmp(url, "/v1/flash-parts") == 0) {
+		if (strcmp(r->method, "GET") != 0)
+			return api__method_not_allowed(r, "GET");
+		return api__flash_list(r);
+	}
+	if (strcmp(url, "/v1/flash-parts/import") == 0) {
+		if (strcmp(r->method, "POST") != 0)
+			return api__method_not_allowed(r, "POST");
+		return api__flash_import(r);
+	}
+	if (strncmp(url, "/v1/flash-parts/", 16) == 0) {
+		if (strcmp(r->method, "PUT") != 0 && strcmp(r->method, "GET") != 0)
+			return api__method_not_allowed(r, "GET, PUT");
+		if (strcmp(r->method, "GET") == 0) {
+			uint32_t jedec;
+			tn_error err = { 0 };
+			if (api__parse_jedec(url + 16, &jedec))
+				return api__error(r, 404, "no such JEDEC id '%s'", url + 16);
+			json_t *out = flashtable_list(r->a->st, jedec, &err);
+			if (out && json_array_size(json_object_get(out, "parts")) == 0) {
+				json_decref(out);
+				return api__error(r, 404, "no part with JEDEC id %06x in the table", jedec);
+			}
+			return out ? api__json(r, 200, out) : api__store_error(r, &err);
+		}
+		return api__flash_put(r, url + 16);
+	}
+	if (strncmp(url, "/v1/firmware", 12) == 0 && (url[12] == '\0' || url[12] == '/'))
+		return api__firmware_route(r, url + 12);
+	if (strncmp(url, "/v1/rollouts", 12) == 0 && (url[12] == '\0' || url[12] == '/'))
+		return api__rollout_route(r, url + 12);
 	return api__error(r, 404, "no such resource: %s", url);
 }
 
@@ -485,20 +751,22 @@ static enum MHD_Result api__handler(void *cls, struct MHD_Connection *conn, cons
 		r->a = a;
 		r->method = method;
 		r->url = url;
+		r->max_body = strcmp(url, "/v1/firmware") == 0 ? (size_t)a->opt.max_firmware
+							      : (size_t)a->opt.max_body;
 		*con_cls = r;
 		/* Refuse a declared oversize body before reading any of it. */
 		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 							     MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && strtoull(cl, NULL, 10) > (unsigned long long)a->opt.max_body) {
+		if (cl && strtoull(cl, NULL, 10) > (unsigned long long)r->max_body) {
 			r->too_large = 1;
-			return api__error(r, 413, "the body is larger than %d bytes", a->opt.max_body);
+			return api__error(r, 413, "the body is larger than %zu bytes", r->max_body);
 		}
 		return MHD_YES;
 	}
 	if (*upload_data_size > 0) {
 		size_t n = *upload_data_size;
 		*upload_data_size = 0;
-		if (r->too_large || r->body_len + n > (size_t)a->opt.max_body) {
+		if (r->too_large || r->body_len + n > r->max_body) {
 			r->too_large = 1;
 			free(r->body);
 			r->body = NULL;
@@ -563,8 +831,7 @@ static int api__listen(api *a, tn_error *err)
 	return 0;
 }
 
-int api_start(api **out, const api_options *opt, store *st, registry *reg, device_loop *dev,
-	      tn_error *err)
+int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error *err)
 {
 	api *a = calloc(1, sizeof *a);
 	int rc;
@@ -572,9 +839,10 @@ int api_start(api **out, const api_options *opt, store *st, registry *reg, devic
 	if (!a)
 		return tn_err(err, TN_ENOMEM, "out of memory");
 	a->opt = *opt;
-	a->st = st;
-	a->reg = reg;
-	a->dev = dev;
+	a->st = deps->st;
+	a->reg = deps->reg;
+	a->dev = deps->dev;
+	a->sched = deps->sched;
 	a->fd = -1;
 	if ((rc = api__listen(a, err)))
 		goto fail;

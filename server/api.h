@@ -20,11 +20,19 @@ typedef struct api_options {
 	int max_conns;
 	int conn_timeout;  /* seconds */
 	int max_body;      /* bytes */
+	int max_firmware;  /* bytes of a firmware upload */
+	const char *firmware_dir;
 } api_options;
 
-/* Borrows st, reg and dev until api_stop. */
-int api_start(api **out, const api_options *opt, store *st, registry *reg, device_loop *dev,
-	      tn_error *err);
+/* The parts the API works with, borrowed until api_stop. */
+typedef struct api_deps {
+	store *st;
+	registry *reg;
+	device_loop *dev;
+	struct scheduler *sched;
+} api_deps;
+
+int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error *err);
 int api_port(const api *a);
 void api_stop(api *a);
 

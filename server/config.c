@@ -41,6 +41,8 @@ static const struct opt config__opts[] = {
 	  "largest device frame after reassembly (default 65536)" },
 	{ "max-body", OPT_INT, OFF(max_body), 1024, 256 << 20, "BYTES",
 	  "largest HTTP request body (default 1048576)" },
+	{ "max-firmware", OPT_INT, OFF(max_firmware), 1024, 1 << 30, "BYTES",
+	  "largest firmware image (default 67108864)" },
 	{ "http-threads", OPT_INT, OFF(http_threads), 1, 256, "N", "HTTP worker threads (default 4)" },
 	{ "http-max-conns", OPT_INT, OFF(http_max_conns), 1, 100000, "N",
 	  "concurrent HTTP connections (default 1024)" },
@@ -64,6 +66,7 @@ void config_defaults(tn_config *cfg)
 	cfg->hello_timeout = 10;
 	cfg->max_frame = 65536;
 	cfg->max_body = 1 << 20;
+	cfg->max_firmware = 64 << 20;
 	cfg->http_threads = 4;
 	cfg->http_max_conns = 1024;
 	cfg->http_timeout = 30;

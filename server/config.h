@@ -19,6 +19,7 @@ typedef struct tn_config {
 	int hello_timeout;       /* seconds a new connection has to say hello */
 	int max_frame;           /* bytes per device frame after reassembly */
 	int max_body;            /* bytes per HTTP request body */
+	int max_firmware;        /* bytes per firmware image */
 	int http_threads;
 	int http_max_conns;
 	int http_timeout;        /* seconds an idle HTTP connection is kept */

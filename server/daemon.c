@@ -14,14 +14,18 @@
 #include "auth.h"
 #include "device.h"
 #include "log.h"
+#include "flashtable.h"
 #include "registry.h"
+#include "scheduler.h"
 #include "store.h"
 
 struct tenderd {
 	store *st;
 	registry *reg;
+	scheduler *sched;
 	device_loop *dev;
 	api *http;
+	char *firmware_dir;
 };
 
 static int daemon__mkdirs(const char *dir, tn_error *err)
@@ -129,22 +133,33 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 		log_info("admin token written to %s", token_path);
 	else
 		log_info("admin token file: %s", token_path);
-	if ((rc = registry_open(&t->reg, t->st, err)))
+	if ((rc = registry_open(&t->reg, t->st, err)) || (rc = flashtable_seed(t->st, err)))
+		goto fail;
+	if (asprintf(&t->firmware_dir, "%s/firmware", cfg->data_dir) < 0) {
+		t->firmware_dir = NULL;
+		rc = tn_err(err, TN_ENOMEM, "out of memory");
+		goto fail;
+	}
+	sched_options sopt = { .firmware_dir = t->firmware_dir };
+	if ((rc = sched_start(&t->sched, &sopt, t->st, err)))
 		goto fail;
 
 	device_loop_options dopt = {
 		.bind = cfg->bind, .port = cfg->device_port, .ping_interval = cfg->ping_interval,
 		.idle_timeout = cfg->idle_timeout, .hello_timeout = cfg->hello_timeout,
-		.max_frame = cfg->max_frame,
+		.max_frame = cfg->max_frame, .sched = t->sched,
 	};
 	if ((rc = device_loop_start(&t->dev, &dopt, t->st, t->reg, err)))
 		goto fail;
+	sched_set_device_loop(t->sched, t->dev);
 	api_options aopt = {
 		.bind = cfg->bind, .port = cfg->http_port, .threads = cfg->http_threads,
 		.max_conns = cfg->http_max_conns, .conn_timeout = cfg->http_timeout,
-		.max_body = cfg->max_body,
+		.max_body = cfg->max_body, .max_firmware = cfg->max_firmware,
+		.firmware_dir = t->firmware_dir,
 	};
-	if ((rc = api_start(&t->http, &aopt, t->st, t->reg, t->dev, err)))
+	api_deps deps = { .st = t->st, .reg = t->reg, .dev = t->dev, .sched = t->sched };
+	if ((rc = api_start(&t->http, &aopt, &deps, err)))
 		goto fail;
 
 	/* Tests and scripts read these two lines to find the ports. */
@@ -167,8 +182,14 @@ void daemon_stop(tenderd *t)
 	if (!t)
 		return;
 	api_stop(t->http);
+	/* The scheduler stops first (it sends through the device loop); the
+	 * device loop's last closes are then dropped by it, not lost: the store
+	 * still records every "Device disconnected". */
+	sched_stop(t->sched);
 	device_loop_stop(t->dev);
+	sched_free(t->sched);
 	registry_free(t->reg);
 	store_close(t->st);
+	free(t->firmware_dir);
 	free(t);
 }

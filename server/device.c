@@ -34,6 +34,7 @@
 #include "idmap.h"
 #include "log.h"
 #include "metrics.h"
+#include "scheduler.h"
 
 #define DEVICE_MAX_BAD_STREAK 20
 #define DEVICE_MAX_OUT_BYTES (256 * 1024)
@@ -43,6 +44,7 @@
 struct outmsg {
 	struct outmsg *next;
 	size_t len;
+	int binary;
 	unsigned char buf[]; /* LWS_PRE headroom, then the payload */
 };
 
@@ -53,6 +55,7 @@ struct conn {
 	struct conn *prev, *next;      /* every connection, for shutdown */
 	enum conn_state state;
 	uint64_t id;
+	uint64_t serial;               /* this connection, once ONLINE (never reused) */
 	int replaced, forgotten;       /* closing without an offline event */
 	int closing, close_code;
 	char close_reason[100];
@@ -66,7 +69,7 @@ struct conn {
 	device_loop *loop;
 };
 
-enum cmd_kind { CMD_KICK, CMD_STOP };
+enum cmd_kind { CMD_KICK, CMD_SEND };
 
 struct cmd {
 	struct cmd *next;
@@ -74,6 +77,10 @@ struct cmd {
 	uint64_t id;
 	int code, forget;
 	char reason[100];
+	uint64_t serial;               /* CMD_SEND: only on this connection */
+	int binary;
+	size_t len;
+	unsigned char *data;           /* CMD_SEND: owned */
 };
 
 struct device_loop {
@@ -92,6 +99,7 @@ struct device_loop {
 	int nconns;
 	int stopping;
 	int64_t stop_deadline;
+	uint64_t next_serial;
 	lws_sorted_usec_list_t cron;
 
 	/* any thread, under lock */
@@ -102,7 +110,7 @@ struct device_loop {
 
 /* --- sending ---------------------------------------------------------------- */
 
-static void device__queue(struct conn *c, const char *text, size_t len)
+static void device__queue(struct conn *c, const void *data, size_t len, int binary)
 {
 	if (c->closing)
 		return;
@@ -120,7 +128,8 @@ static void device__queue(struct conn *c, const char *text, size_t len)
 		return;
 	m->next = NULL;
 	m->len = len;
-	memcpy(m->buf + LWS_PRE, text, len);
+	m->binary = binary;
+	memcpy(m->buf + LWS_PRE, data, len);
 	if (c->out_tail)
 		c->out_tail->next = m;
 	else
@@ -134,7 +143,7 @@ static void device__send_json(struct conn *c, json_t *obj)
 {
 	char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
 	if (text)
-		device__queue(c, text, strlen(text));
+		device__queue(c, text, strlen(text), 0);
 	free(text);
 	json_decref(obj);
 }
@@ -224,6 +233,15 @@ static int device__on_hello(struct conn *c, const frame *f)
 	};
 	store_device_online(d->st, c->id, &h, tn_now_ms());
 	device__status(d, c->id, "Device connected");
+	c->serial = ++d->next_serial;
+	if (d->opt.sched) {
+		sched_hello sh = {
+			.hw = f->u.hello.hw, .fw = f->u.hello.fw, .sfdp = f->u.hello.sfdp,
+			.has_jedec = f->u.hello.has_jedec, .jedec = f->u.hello.jedec,
+			.flash_size = f->u.hello.flash_size,
+		};
+		sched_device_online(d->opt.sched, c->id, c->serial, &sh);
+	}
 	log_debug("device %s connected from %s", idhex, peer);
 	device__send_json(c, json_pack("{ss ss ss si si}", "type", "welcome", "id", idhex,
 				       "server", "tender/" TN_VERSION, "ping_interval", d->opt.ping_interval,
@@ -264,9 +282,20 @@ static void device__on_frame_online(struct conn *c, const frame *f)
 		/* Accepted; agents (which will receive these) arrive with the supervisor. */
 		break;
 	case FRAME_UPDATE_STATUS:
+		if (!d->opt.sched) {
+			device__refuse(c, ERR_BAD_FRAME, "no firmware update is in progress for this device");
+			return;
+		}
+		sched_update_status(d->opt.sched, c->id, c->serial, f->u.update_status.id,
+				    f->u.update_status.state, f->u.update_status.offset, f->u.update_status.error);
+		break;
 	case FRAME_FETCH:
-		device__refuse(c, ERR_BAD_FRAME, "no firmware update is in progress for this device");
-		return;
+		if (!d->opt.sched) {
+			device__refuse(c, ERR_BAD_FRAME, "no firmware update is in progress for this device");
+			return;
+		}
+		sched_fetch(d->opt.sched, c->id, c->serial, f->u.fetch.id, f->u.fetch.offset, f->u.fetch.length);
+		break;
 	}
 	c->bad_streak = 0;
 }
@@ -386,6 +415,8 @@ static void device__on_closed(device_loop *d, struct conn *c)
 			store_device_offline(d->st, c->id, tn_now_ms());
 			device__status(d, c->id, "Device disconnected");
 		}
+		if (d->opt.sched)
+			sched_device_offline(d->opt.sched, c->id, c->serial);
 	}
 	free(c->rx);
 	while (c->out_head) {
@@ -410,7 +441,7 @@ static int device__on_writeable(struct conn *c, struct lws *wsi)
 	struct outmsg *m = c->out_head;
 	if (!m)
 		return 0;
-	int n = lws_write(wsi, m->buf + LWS_PRE, m->len, LWS_WRITE_TEXT);
+	int n = lws_write(wsi, m->buf + LWS_PRE, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
 	if (n < (int)m->len)
 		return -1;
 	metrics_inc(M_FRAMES_OUT);
@@ -449,7 +480,10 @@ static void device__run_commands(device_loop *d)
 		if (cmd->kind == CMD_KICK && c) {
 			c->forgotten = cmd->forget;
 			device__close(c, cmd->code, cmd->reason);
+		} else if (cmd->kind == CMD_SEND && c && c->serial == cmd->serial) {
+			device__queue(c, cmd->data, cmd->len, cmd->binary);
 		}
+		free(cmd->data);
 		free(cmd);
 	}
 	if (stop && !d->stopping) {
@@ -615,6 +649,27 @@ int device_loop_kick(device_loop *d, uint64_t id, int code, const char *reason, 
 	return 0;
 }
 
+int device_loop_send(device_loop *d, uint64_t id, uint64_t conn, const void *data, size_t len, int binary)
+{
+	struct cmd *cmd = calloc(1, sizeof *cmd);
+	if (!cmd || !(cmd->data = malloc(len ? len : 1))) {
+		free(cmd);
+		return TN_ENOMEM;
+	}
+	cmd->kind = CMD_SEND;
+	cmd->id = id;
+	cmd->serial = conn;
+	cmd->binary = binary;
+	cmd->len = len;
+	memcpy(cmd->data, data, len);
+	pthread_mutex_lock(&d->lock);
+	cmd->next = d->cmds;
+	d->cmds = cmd;
+	pthread_mutex_unlock(&d->lock);
+	lws_cancel_service(d->ctx);
+	return 0;
+}
+
 void device_loop_stop(device_loop *d)
 {
 	if (!d)
@@ -630,6 +685,7 @@ void device_loop_stop(device_loop *d)
 	struct cmd *cmd = d->cmds;
 	while (cmd) {
 		struct cmd *next = cmd->next;
+		free(cmd->data);
 		free(cmd);
 		cmd = next;
 	}

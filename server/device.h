@@ -7,6 +7,7 @@
 #ifndef TN_DEVICE_H
 #define TN_DEVICE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "registry.h"
@@ -22,6 +23,7 @@ typedef struct device_loop_options {
 	int idle_timeout;   /* seconds */
 	int hello_timeout;  /* seconds */
 	int max_frame;      /* bytes */
+	struct scheduler *sched; /* told of hellos, closes and update frames; may be NULL */
 } device_loop_options;
 
 /* Listens and starts the service thread.  Borrows st and reg until stopped. */
@@ -34,6 +36,11 @@ int device_loop_port(const device_loop *d);
 /* Closes the device's connection, if any, with a close code and reason; when
  * `forget` is set the device no longer exists and nothing is logged for it. */
 int device_loop_kick(device_loop *d, uint64_t id, int code, const char *reason, int forget);
+
+/* Sends one frame to the device, but only on connection `conn` (the serial
+ * the scheduler was given with the device's hello): if the device has
+ * reconnected since, the frame is dropped.  `data` is copied. */
+int device_loop_send(device_loop *d, uint64_t id, uint64_t conn, const void *data, size_t len, int binary);
 
 /* Closes every connection (1001, "server shutting down"), waits up to 2 s for
  * them to go, stops the thread and frees everything.  Accepts NULL. */

@@ -48,4 +48,57 @@ typedef struct flash_part {
 	char notes[256];
 } flash_part;
 
+/* --- the decision ------------------------------------------------------------ */
+
+#include <jansson.h>
+
+#include "sfdp.h"
+
+/* Ordered from best to worst: the verdict over several sources is the worst. */
+typedef enum { FLASH_COMPATIBLE = 0, FLASH_UNKNOWN = 1, FLASH_INCOMPATIBLE = 2 } flash_verdict;
+
+#define FLASH_MAX_UNIFORM 8
+
+/* A firmware's flash requirements: {"flash":{"uniform_erase":[4096,65536],"min_size":524288}}. */
+typedef struct flash_requirements {
+	int nuniform;
+	uint32_t uniform_erase[FLASH_MAX_UNIFORM]; /* erase sizes that must cover the whole chip */
+	uint64_t min_size;                         /* 0: none */
+} flash_requirements;
+
+/* Everything known about one device's part: the table rows that carry its
+ * JEDEC id (several when parts share one), its own SFDP, and the size its
+ * hello reported.  All borrowed. */
+typedef struct flash_facts {
+	int has_jedec;
+	uint32_t jedec;
+	const flash_part *rows;
+	size_t nrows;
+	const sfdp_info *sfdp;      /* NULL when the device sent none, or it was refused */
+	const char *sfdp_error;     /* why the device's SFDP was refused, or NULL */
+	uint64_t reported_size;     /* 0: not reported */
+} flash_facts;
+
+/* Parses a firmware's "requirements" object (NULL or {} means none).
+ * Returns 0 or TN_EINVAL naming the bad member. */
+int flash_requirements_parse(json_t *requirements, flash_requirements *out, tn_error *err);
+
+/* "4 KB and 64 KB erase across the whole chip, at least 512 KB". */
+void flash_requirements_describe(const flash_requirements *req, char *buf, size_t cap);
+
+/* The verdict for one device's part against one firmware's requirements, and
+ * a reason naming the part, its JEDEC id and the unmet requirement, e.g.
+ * "flash S25FL127S (JEDEC 01 20 18) has 4 KB erase in only 16 of 4096 4 KB
+ * blocks; firmware 36.10 needs 4 KB and 64 KB erase across the whole chip".
+ * Every source (each table row sharing the id, the part's SFDP) is checked;
+ * the verdict is the worst of them.  No source at all is FLASH_UNKNOWN.
+ * Pure: same input, same answer. */
+flash_verdict flash_check(const flash_facts *f, const flash_requirements *req,
+			  const char *fw_version, char *reason, size_t cap);
+
+const char *flash_verdict_name(flash_verdict v);
+
+/* "16 MB", "4 KB", "512 KB", "100 bytes". */
+void flash_size_text(uint64_t bytes, char *buf, size_t cap);
+
 #endif

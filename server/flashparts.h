@@ -7,19 +7,24 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "flash.h"
 
 #define FLASHPARTS_MAX_ROWS 10000
 #define FLASHPARTS_MAX_ERRORS 50
+#define FLASHPARTS_FIELD_MAX 1024            /* bytes in one CSV field or JSON string */
+#define FLASHPARTS_SIZE_MIN 4096             /* size_bytes bounds (inclusive) */
+#define FLASHPARTS_SIZE_MAX (UINT64_C(1) << 32)
 
 /* The columns, in CONTRACT order. */
 extern const char *const flashparts_columns[11];
 
-/* Parses an erase_layouts string (see docs/updates.md) into p->layouts and
- * p->nlayouts, keeping the text in p->layouts_text.  p->size must be set:
- * every command's regions must span exactly p->size.  Returns 0 or TN_EINVAL
- * with err naming the entry that is wrong. */
+/* Parses an erase_layouts string (grammar in docs/flash-parts.md) into
+ * p->layouts and p->nlayouts, keeping the text in p->layouts_text.  p->size
+ * must be set: every command's regions must span exactly p->size.  An empty
+ * (or blank) string means "no layouts known" (nlayouts 0).  Returns 0 or
+ * TN_EINVAL with err naming the entry that is wrong; p is untouched then. */
 int flashparts_layouts_parse(flash_part *p, const char *text, tn_error *err);
 
 /* Bytes of the chip erasable in blocks of exactly `size` by some command
@@ -37,7 +42,10 @@ typedef struct flashparts_import {
  * refused) or JSON (an array of objects with the same keys).  Every row is
  * validated; if any row is bad, `errors` lists up to FLASHPARTS_MAX_ERRORS of
  * them and no row is returned, so nothing is half-imported.  Returns 0 when
- * every row is good, TN_EINVAL otherwise (err summarises). */
+ * every row is good, TN_EINVAL otherwise (err summarises), TN_ENOMEM.
+ * In `errors`, CSV positions are physical lines (the header is line 1, a row
+ * is named by the line it starts on); JSON positions are rows (array index
+ * + 1), given as both "line" and "row".  out is always initialised. */
 int flashparts_parse_csv(const char *text, size_t len, flashparts_import *out, tn_error *err);
 int flashparts_parse_json(const char *text, size_t len, flashparts_import *out, tn_error *err);
 

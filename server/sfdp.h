@@ -20,11 +20,19 @@ typedef struct sfdp_erase_type {
 	uint8_t opcode;
 } sfdp_erase_type;
 
-/* One region of the chip's (most conservative) sector map. */
+/* One region of a sector map configuration, in address order. */
 typedef struct sfdp_region {
 	uint64_t size;               /* bytes */
 	uint8_t erase_mask;          /* bit i: erase type i+1 works in this region */
 } sfdp_region;
+
+/* One configuration of the Sector Map Parameter Table.  Which one is active
+ * depends on the chip's configuration registers, which the server cannot
+ * read, so every one is kept. */
+typedef struct sfdp_config {
+	uint8_t id;                  /* configuration ID (detection-command bits) */
+	uint8_t first, nregions;     /* its regions: regions[first .. first+nregions) */
+} sfdp_config;
 
 typedef struct sfdp_info {
 	uint8_t major, minor;        /* SFDP revision of the header */
@@ -35,8 +43,9 @@ typedef struct sfdp_info {
 	sfdp_erase_type erase[4];    /* BFPT DWORDs 8-9 erase types 1-4 */
 	int has_sector_map;
 	int nconfigs;                /* sector map configurations seen */
-	int nregions;                /* of the most conservative configuration */
+	int nregions;                /* over all configurations, at most SFDP_MAX_REGIONS */
 	sfdp_region regions[SFDP_MAX_REGIONS];
+	sfdp_config configs[SFDP_MAX_REGIONS]; /* each has a region, so no more */
 } sfdp_info;
 
 /* Decodes raw SFDP bytes.  Returns 0, or TN_EINVAL with err saying what is

@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include "store.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -458,6 +459,32 @@ int64_t store_event_append(store *s, uint64_t device, event_type type, const cha
 	}
 	metrics_inc(M_EVENTS_QUEUED);
 	return op->id;
+}
+
+int64_t store_event_insert_tx(store *s, sqlite3 *db, uint64_t device, event_type type, const char *msg)
+{
+	sqlite3_stmt *q;
+	int64_t id;
+
+	assert(db == s->wdb);
+	pthread_mutex_lock(&s->lock);
+	id = s->next_event_id++;
+	pthread_mutex_unlock(&s->lock);
+	if (sqlite3_prepare_v2(db, "INSERT INTO events (id, device, ts, type, msg) VALUES (?, ?, ?, ?, ?)",
+			       -1, &q, NULL) != SQLITE_OK)
+		return TN_EIO;
+	sqlite3_bind_int64(q, 1, id);
+	sqlite3_bind_int64(q, 2, (int64_t)device);
+	sqlite3_bind_int64(q, 3, tn_now_ms());
+	sqlite3_bind_int(q, 4, type);
+	sqlite3_bind_text(q, 5, msg, -1, SQLITE_STATIC);
+	int rc = sqlite3_step(q);
+	sqlite3_finalize(q);
+	if (rc != SQLITE_DONE)
+		return TN_EIO;
+	metrics_inc(M_EVENTS_QUEUED);
+	metrics_inc(M_EVENTS_WRITTEN);
+	return id;
 }
 
 static int store__push_state(store *s, struct store_op *op)

@@ -65,6 +65,11 @@ int store_device_offline(store *s, uint64_t device, int64_t ts_ms);
 typedef int (*store_sync_fn)(sqlite3 *db, void *arg, tn_error *err);
 int store_sync(store *s, store_sync_fn fn, void *arg, tn_error *err);
 
+/* Inside a store_sync fn (on the writer thread, within its transaction):
+ * writes one event with the next id, so that a state change and the log
+ * line that tells of it commit together or not at all.  Returns the id. */
+int64_t store_event_insert_tx(store *s, sqlite3 *db, uint64_t device, event_type type, const char *msg);
+
 /* Waits until everything queued so far is committed (for tests and shutdown). */
 int store_flush(store *s);
 

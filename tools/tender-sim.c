@@ -1,13 +1,15 @@
 /* tools/tender-sim.c -- simulated devices for tenderd: test driver and load generator.
  * Owns: one lws client context, one struct sim_dev per simulated device (its
- *       connection, out queue, reassembly buffer, pacing and reconnect state)
- *       and the cron tick that paces frames, reconnects devices and decides
- *       when to stop.
+ *       connection, out queue, reassembly buffer, pacing and reconnect state,
+ *       and its firmware update: the image downloaded so far, kept across
+ *       reconnects) and the cron tick that paces frames, fetches, installs,
+ *       reconnects devices and decides when to stop.
  * Threads: one.  main() runs the lws service loop and everything here runs on
  *       it; the signal handler only sets sim_signalled.
- * Speaks the device side of docs/protocol.md.  Prints one line per event on
- * stdout for the integration tests to parse (formats in --help) and a summary
- * on stderr at exit. */
+ * Speaks the device side of docs/protocol.md, firmware updates included
+ * (SHA-256 from OpenSSL's libcrypto).  Prints one line per event on stdout for
+ * the integration tests to parse (formats in --help) and a summary on stderr
+ * at exit. */
 
 #include <assert.h>
 #include <ctype.h>
@@ -28,6 +30,7 @@
 
 #include <jansson.h>
 #include <libwebsockets.h>
+#include <openssl/evp.h>
 
 #define SIM_DEFAULT_URL		"ws://127.0.0.1:8600/v1/device"
 #define SIM_MAX_RX		(1024 * 1024)	/* larger server frames are an error */
@@ -49,8 +52,14 @@
 #define SIM_BACKOFF_MAX_US	30000000
 #define SIM_CLOSE_GRACE_US	3000000		/* wait for close handshakes at exit */
 #define SIM_RX_BUFFER		4096		/* lws allocates this per connection */
+#define SIM_IMAGE_MAX		(64L * 1024 * 1024)	/* larger offers are refused */
+#define SIM_CHUNK_MAX		65536		/* fetch length limit (protocol) */
+#define SIM_CHUNK_HDR		8		/* big-endian offset before the bytes */
+#define SIM_UPD_STR		64		/* update id and version limit */
+#define SIM_MS_MAX		86400000LL	/* --update-delay, --install-time */
 
-enum sim_kind { SIM_FRAME_HELLO, SIM_FRAME_EXTRA, SIM_FRAME_LOG, SIM_FRAME_MSG };
+enum sim_kind { SIM_FRAME_HELLO, SIM_FRAME_EXTRA, SIM_FRAME_LOG, SIM_FRAME_MSG,
+		SIM_FRAME_UPDATE };
 
 /* One text frame waiting for WRITEABLE, with LWS_PRE bytes of headroom. */
 struct sim_frame {
@@ -79,6 +88,8 @@ struct sim_pace {
  *   CONNECTING, OPEN, WELCOMED --error, close or loss--> IDLE with --reconnect
  *                                                        (retry_at = now + backoff),
  *                                                        else DEAD
+ *   OPEN, WELCOMED --reboot or --update-drop-after--> IDLE even without
+ *                                                     --reconnect (once)
  *   IDLE --stop--> DEAD
  *
  * Invariants: wsi is non-NULL only in CONNECTING, OPEN and WELCOMED (in
@@ -88,10 +99,63 @@ struct sim_pace {
  */
 enum sim_state { SIM_IDLE, SIM_CONNECTING, SIM_OPEN, SIM_WELCOMED, SIM_DEAD, SIM_NSTATES };
 
+enum sim_upd_mode { SIM_UPD_ACCEPT, SIM_UPD_FAIL_DOWNLOAD, SIM_UPD_FAIL_INSTALL,
+		    SIM_UPD_IGNORE };
+
+/*
+ * Firmware update of one device, driven by server frames and the cron.
+ *
+ *   NONE, HELD --offer--> FETCH (fetch for offset `have` queued; `have` is kept
+ *                               when the offer repeats the id, size and sha256
+ *                               of the image held, else the image starts afresh)
+ *   FETCH --chunk, more to get--> FETCH (next fetch queued), or PAUSED with
+ *                                 --update-delay (at = now + delay)
+ *   PAUSED --cron: at reached--> FETCH
+ *   FETCH --last chunk, sha256 matches--> INSTALL (downloaded and installing
+ *                                         queued, at = now + --install-time)
+ *   INSTALL --cron: at reached, queue written--> REBOOT (close 1000 rebooting,
+ *                                                fw = the new version)
+ *   INSTALL --connection gone--> REBOOT (the install finishes offline)
+ *   REBOOT --welcome--> NONE (completed)
+ *   FETCH, PAUSED --connection gone--> HELD (image kept for a re-offer)
+ *   FETCH, PAUSED, INSTALL --failure, or a bad_update error frame--> NONE (failed)
+ *   any --connection gone while the process stops--> unchanged (nothing more
+ *                                                    is reported)
+ *
+ * Offers are taken only from a WELCOMED connection; offers in INSTALL and
+ * REBOOT, and repeats of the current offer in FETCH and PAUSED, change nothing.
+ * Invariants: img is non-NULL only in FETCH, PAUSED and HELD, and holds size
+ * bytes of which the first `have` are downloaded; asked > 0 only in FETCH,
+ * while a fetch for [have, have + asked) is queued or answered in part;
+ * have + asked <= size; FETCH, PAUSED and INSTALL have a WELCOMED connection
+ * (until the process stops).
+ */
+enum sim_upd_state { SIM_UPD_NONE, SIM_UPD_FETCH, SIM_UPD_PAUSED, SIM_UPD_HELD,
+		     SIM_UPD_INSTALL, SIM_UPD_REBOOT };
+
+/* Allocated at a device's first offer and kept to the end.  Only touched on
+ * the service thread. */
+struct sim_upd {
+	enum sim_upd_state state;
+	char id[SIM_UPD_STR + 1], version[SIM_UPD_STR + 1];
+	char running[SIM_UPD_STR + 1];		/* fw after the reboot; d->fw points here */
+	unsigned char sha256[32];
+	unsigned char *img;			/* owned: size bytes */
+	size_t size, have, asked;
+	size_t chunk_got;			/* bytes of the binary message so far */
+	unsigned char chunk_hdr[SIM_CHUNK_HDR];
+	unsigned quarter;			/* next 25% step to report */
+	bool reported;				/* progress sent on this connection */
+	bool dropped;				/* --update-drop-after has happened */
+	bool handled;				/* one update completed or failed */
+	lws_usec_t at;				/* PAUSED: next fetch; INSTALL: the end */
+};
+
 /* One simulated device.  Only touched on the service thread. */
 struct sim_dev {
 	char id[17];
-	const char *secret, *hw, *fw, *jedec;	/* borrowed: argv, or line below */
+	const char *secret, *hw, *fw, *jedec;	/* borrowed: argv, line below, or
+						   (fw after an update) upd->running */
 	long long flash_size;			/* -1: not sent */
 	char *line;				/* owned: --creds line the strings point into */
 
@@ -104,6 +168,10 @@ struct sim_dev {
 	bool rx_discard;			/* closing after a bad frame: drop what comes */
 	bool rx_paused;				/* --no-pong: reads stopped */
 	bool ever_welcomed;
+	bool rx_binary;				/* inside a binary message */
+	bool reconnect_once;			/* reconnect even without --reconnect, */
+	bool reconnect_now;			/* then at once rather than after backoff */
+	lws_usec_t wait_until;			/* --wait-update: first welcome + S */
 	int close_code;				/* from the server's close frame; 0: none */
 	char close_reason[124];
 
@@ -114,6 +182,7 @@ struct sim_dev {
 
 	struct sim_pace log, msg;
 	lws_usec_t retry_at, backoff;
+	struct sim_upd *upd;			/* owned; NULL until the first offer */
 };
 
 struct sim_opts {
@@ -136,6 +205,11 @@ struct sim_opts {
 	int n_raw_after;
 	long oversize;				/* 0: not given */
 	long max_pending;
+	enum sim_upd_mode update;
+	long update_chunk;
+	long long update_delay_ms, install_ms;
+	long long drop_after;			/* 0: not given */
+	double wait_update;			/* < 0: not given */
 };
 
 enum sim_stop {
@@ -162,6 +236,7 @@ struct sim {
 	lws_usec_t cron_at;			/* when the cron runs next */
 	size_t n_state[SIM_NSTATES];
 	uint64_t n_welcomed, n_log_sent, n_msg_sent, n_received;
+	uint64_t n_upd_done, n_upd_failed;
 };
 
 static volatile sig_atomic_t sim_signalled;
@@ -281,13 +356,43 @@ static void sim__usage(FILE *f)
 "  --stall-after S            after S seconds stop servicing altogether: the process sleeps\n"
 "                             (no reads, writes or pongs) until --duration ends or a signal\n"
 "\n"
+"Firmware updates (the server offers them; see docs/protocol.md):\n"
+"  --update MODE              what a device does with an offer (default accept):\n"
+"                             accept         fetch the image chunk by chunk, check its\n"
+"                                            SHA-256, report downloaded and installing,\n"
+"                                            then after --install-time close (1000,\n"
+"                                            rebooting) and reconnect at once, even\n"
+"                                            without --reconnect, with hello fw = the new\n"
+"                                            version; the welcome completes the update\n"
+"                             fail-download  report failed after the first chunk\n"
+"                             fail-install   download, report installing and, after\n"
+"                                            --install-time, failed instead of rebooting\n"
+"                             ignore         nothing (the update line is still printed)\n"
+"  --update-chunk N           bytes asked for per fetch (default 16384, 1..65536)\n"
+"  --update-delay MS          pause between fetches, a slow link (default 0)\n"
+"  --update-drop-after N      once per device, when N bytes of an image are in, drop the\n"
+"                             connection without a close frame and reconnect after the\n"
+"                             backoff, even without --reconnect\n"
+"  --install-time MS          from installing to the reboot (default 200)\n"
+"  --wait-update S            with --exit-when-done: a device is done only once an update\n"
+"                             offered to it has completed or failed, or S seconds after\n"
+"                             its first welcome if none was offered (or all were ignored)\n"
+"                             Progress is reported (update_status downloading) after the\n"
+"                             first chunk on each connection and at every 25%.  A device\n"
+"                             keeps the bytes it has across reconnects: a re-offer of the\n"
+"                             same id, size and sha256 resumes from the next missing\n"
+"                             byte.  Offers over 64 MiB are refused (failed).  An error\n"
+"                             frame bad_update ends the update without more reports.\n"
+"\n"
 "Running:\n"
 "  --duration S               close everything and exit 0 after S seconds (default: run\n"
 "                             until signalled)\n"
 "  --exit-when-done           once every device has sent its log and msg counts (each needs\n"
-"                             a count, or a rate of 0) and lws has written them, close all\n"
-"                             connections (1000), print done and exit 0.  If a device\n"
-"                             closes for good first, exit as --reconnect says, no done\n"
+"                             a count, or a rate of 0), lws has written them and no update\n"
+"                             is in progress (offered, and neither failed nor completed by\n"
+"                             the welcome after the reboot), close all connections (1000),\n"
+"                             print done and exit 0.  If a device closes for good first,\n"
+"                             exit as --reconnect says, no done\n"
 "  --quiet                    no event lines; errors and the summary still go to stderr\n"
 "  --verbose                  libwebsockets notices too\n"
 "  --help                     this text\n"
@@ -301,10 +406,21 @@ static void sim__usage(FILE *f)
 "  error-frame <id> <code> <message>  an error frame\n"
 "  msg <id> <name> <data>             a msg frame; data as compact JSON\n"
 "  frame <id> <text>                  any other server frame, as received\n"
+"  update <id> <update-id> <version> <size>\n"
+"                                     an update offer (re-offers too)\n"
+"  downloaded <id> <update-id>        every byte is in and the SHA-256 matches\n"
+"  installing <id> <update-id>        installing reported\n"
+"  rebooting <id> <version>           closing to come back with the new version\n"
+"  update-failed <id> <update-id> <reason>\n"
+"                                     failed reported, with its error: sha256 mismatch,\n"
+"                                     simulated download failure, simulated install\n"
+"                                     failure, image too large, bad offer: <member>, bad\n"
+"                                     chunk: <detail>, out of memory; or bad_update when\n"
+"                                     the server's error frame ended the update\n"
 "  done                               --exit-when-done completed\n"
 "<id> is the device id as given; newlines in server text are printed as spaces.\n"
 "SIGINT and SIGTERM close all connections and exit 0.  At exit a summary goes\n"
-"to stderr.\n"
+"to stderr, with the number of updates completed and failed.\n"
 "Exit status: 0 success, 1 failure (see --reconnect), 2 bad command line.\n",
 	      f);
 }
@@ -421,7 +537,8 @@ enum {
 	OPT_LOG_TEXT, OPT_LOG_LEVEL, OPT_MSG_RATE, OPT_MSG_COUNT, OPT_MSG_NAME,
 	OPT_DURATION, OPT_EXIT_WHEN_DONE, OPT_RECONNECT, OPT_RAW_FIRST, OPT_RAW_AFTER,
 	OPT_OVERSIZE, OPT_NO_PONG, OPT_STALL_AFTER, OPT_QUIET, OPT_VERBOSE, OPT_HELP,
-	OPT_MAX_PENDING,
+	OPT_MAX_PENDING, OPT_UPDATE, OPT_UPDATE_CHUNK, OPT_UPDATE_DELAY, OPT_UPDATE_DROP_AFTER,
+	OPT_INSTALL_TIME, OPT_WAIT_UPDATE,
 };
 
 static const struct option sim_options[] = {
@@ -452,11 +569,41 @@ static const struct option sim_options[] = {
 	{ "no-pong", no_argument, NULL, OPT_NO_PONG },
 	{ "stall-after", required_argument, NULL, OPT_STALL_AFTER },
 	{ "max-pending", required_argument, NULL, OPT_MAX_PENDING },
+	{ "update", required_argument, NULL, OPT_UPDATE },
+	{ "update-chunk", required_argument, NULL, OPT_UPDATE_CHUNK },
+	{ "update-delay", required_argument, NULL, OPT_UPDATE_DELAY },
+	{ "update-drop-after", required_argument, NULL, OPT_UPDATE_DROP_AFTER },
+	{ "install-time", required_argument, NULL, OPT_INSTALL_TIME },
+	{ "wait-update", required_argument, NULL, OPT_WAIT_UPDATE },
 	{ "quiet", no_argument, NULL, OPT_QUIET },
 	{ "verbose", no_argument, NULL, OPT_VERBOSE },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
+
+/* The update options that take a number; returns 1 when c was not one of them. */
+static int sim__parse_update_opt(struct sim_opts *o, int c, const char *arg)
+{
+	long long v;
+
+	switch (c) {
+	case OPT_UPDATE_CHUNK:
+		if (sim__parse_ll("--update-chunk", arg, 1, SIM_CHUNK_MAX, &v))
+			return -1;
+		o->update_chunk = (long)v;
+		return 0;
+	case OPT_UPDATE_DELAY:
+		return sim__parse_ll("--update-delay", arg, 0, SIM_MS_MAX, &o->update_delay_ms);
+	case OPT_UPDATE_DROP_AFTER:
+		return sim__parse_ll("--update-drop-after", arg, 1, SIM_IMAGE_MAX, &o->drop_after);
+	case OPT_INSTALL_TIME:
+		return sim__parse_ll("--install-time", arg, 0, SIM_MS_MAX, &o->install_ms);
+	case OPT_WAIT_UPDATE:
+		return sim__parse_double("--wait-update", arg, 0, SIM_SECONDS_MAX,
+					 &o->wait_update);
+	}
+	return 1;
+}
 
 /* Options that take a number; returns 1 when c was not one of them. */
 static int sim__parse_number_opt(struct sim_opts *o, int c, const char *arg)
@@ -495,7 +642,23 @@ static int sim__parse_number_opt(struct sim_opts *o, int c, const char *arg)
 		o->max_pending = (long)v;
 		return 0;
 	}
-	return 1;
+	return sim__parse_update_opt(o, c, arg);
+}
+
+static int sim__parse_update_mode(struct sim_opts *o, const char *arg)
+{
+	static const char *const names[] = {
+		[SIM_UPD_ACCEPT] = "accept", [SIM_UPD_FAIL_DOWNLOAD] = "fail-download",
+		[SIM_UPD_FAIL_INSTALL] = "fail-install", [SIM_UPD_IGNORE] = "ignore",
+	};
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (!strcmp(arg, names[i])) {
+			o->update = (enum sim_upd_mode)i;
+			return 0;
+		}
+	sim__err("--update: '%s' is not accept, fail-download, fail-install or ignore", arg);
+	return -1;
 }
 
 /* Options that take a string; returns 1 when c was not one of them. */
@@ -522,6 +685,7 @@ static int sim__parse_string_opt(struct sim_opts *o, int c, const char *arg)
 	case OPT_LOG_LEVEL: o->log_level = arg; return 0;
 	case OPT_MSG_NAME: o->msg_name = arg; return 0;
 	case OPT_RAW_FIRST: o->raw_first = arg; return 0;
+	case OPT_UPDATE: return sim__parse_update_mode(o, arg);
 	case OPT_RAW_AFTER:
 		if (o->n_raw_after == SIM_MAX_RAW_AFTER) {
 			sim__err("--raw-after: at most %d are allowed", SIM_MAX_RAW_AFTER);
@@ -601,6 +765,10 @@ static int sim__check_opts(struct sim_opts *o)
 			 "or --msg-count");
 		return -1;
 	}
+	if (o->wait_update >= 0 && !o->exit_when_done) {
+		sim__err("--wait-update needs --exit-when-done");
+		return -1;
+	}
 	if ((o->secret && sim__check_utf8("--secret", o->secret)) ||
 	    sim__check_utf8("--hw", o->hw) || sim__check_utf8("--fw", o->fw) ||
 	    (o->sfdp && sim__check_utf8("--sfdp", o->sfdp)) ||
@@ -619,7 +787,8 @@ static int sim__parse_args(struct sim_opts *o, int argc, char **argv)
 		.url = SIM_DEFAULT_URL, .hw = "sim", .fw = "1.0.0", .flash_size = -1,
 		.log_count = -1, .msg_count = -1, .log_text = "hello from sim %n",
 		.log_level = "info", .msg_name = "ping", .duration = -1,
-		.stall_after = -1, .max_pending = 256,
+		.stall_after = -1, .max_pending = 256, .update = SIM_UPD_ACCEPT,
+		.update_chunk = 16384, .install_ms = 200, .wait_update = -1,
 	};
 	while ((c = getopt_long(argc, argv, "", sim_options, NULL)) != -1) {
 		if (c == OPT_HELP) {
@@ -1060,6 +1229,473 @@ static void sim__dev_close(struct sim_dev *d, enum lws_close_status status, cons
 	lws_callback_on_writable(d->wsi);
 }
 
+/* Have the cron run by `at`: an update timer its current schedule would miss.
+ * Inside the cron the walk sees the timer by itself. */
+static void sim__cron_by(struct sim *sim, lws_usec_t at)
+{
+	lws_usec_t now;
+
+	if (sim->in_cron || sim->finished || sim->destroying || sim->cron_at <= at)
+		return;
+	now = lws_now_usecs();
+	if (at < now + SIM_POKE_US)
+		at = now + SIM_POKE_US;
+	sim->cron_at = at;
+	lws_sul_schedule(sim->ctx, 0, &sim->cron, sim__cron, at - now);
+}
+
+/* --update-drop-after: the connection just goes, without a close frame (lws
+ * kills a timed-out connection without one), and d comes back after the
+ * backoff.  No closed line follows. */
+static void sim__dev_drop(struct sim_dev *d)
+{
+	assert(d->wsi);
+	d->we_closed = true;
+	d->reconnect_once = true;
+	d->reconnect_now = false;
+	lws_set_timeout(d->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+/* ---- firmware update ------------------------------------------------------- */
+
+/* An offer's members, borrowed from its frame; NULL or 0 when missing. */
+struct sim_offer {
+	const char *id, *version, *sha256;
+	json_int_t size;
+};
+
+/* 1 to max bytes of printable ASCII, as the server wants hello's fw. */
+static bool sim__printable(const char *s, size_t max)
+{
+	size_t i;
+
+	for (i = 0; s[i]; i++)
+		if (s[i] < 0x20 || s[i] > 0x7e)
+			return false;
+	return i >= 1 && i <= max;
+}
+
+static void sim__offer_get(json_t *root, struct sim_offer *o)
+{
+	json_t *size = json_object_get(root, "size");
+
+	o->id = json_string_value(json_object_get(root, "id"));
+	o->version = json_string_value(json_object_get(root, "version"));
+	o->sha256 = json_string_value(json_object_get(root, "sha256"));
+	o->size = json_is_integer(size) ? json_integer_value(size) : 0;
+}
+
+/* NULL if the offer can be taken, else the error to report. */
+static const char *sim__offer_check(const struct sim_offer *o)
+{
+	if (!o->version || !sim__printable(o->version, SIM_UPD_STR))
+		return "bad offer: version";
+	if (o->size <= 0)
+		return "bad offer: size";
+	if (o->size > SIM_IMAGE_MAX)
+		return "image too large";
+	if (!o->sha256 || !sim__is_hex(o->sha256, 64))
+		return "bad offer: sha256";
+	return NULL;
+}
+
+static void sim__hex_decode(const char *hex, unsigned char *out, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char pair[3] = { hex[2 * i], hex[2 * i + 1], '\0' };
+
+		out[i] = (unsigned char)strtoul(pair, NULL, 16);
+	}
+}
+
+/* Queues one update frame (steals o, even NULL) and asks for WRITEABLE.  A
+ * frame that cannot be built closes the connection, as elsewhere. */
+static void sim__upd_send(struct sim_dev *d, json_t *o)
+{
+	struct sim_frame *f = sim__frame_json(o, SIM_FRAME_UPDATE);
+
+	if (!f) {
+		sim__err("%s: out of memory building an update frame", d->id);
+		sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+		return;
+	}
+	sim__queue_push(d, f);
+	lws_callback_on_writable(d->wsi);
+}
+
+/* update_status for the current update; offset < 0 and error NULL leave
+ * those members out. */
+static void sim__upd_status(struct sim_dev *d, const char *state, long long offset,
+			    const char *error)
+{
+	json_t *o = json_pack("{s:s, s:s, s:s}", "type", "update_status", "id", d->upd->id,
+			      "state", state);
+	int err = 0;
+
+	if (o && offset >= 0)
+		err |= json_object_set_new(o, "offset", json_integer(offset));
+	if (o && error)
+		err |= json_object_set_new(o, "error", json_string(error));
+	if (err) {
+		json_decref(o);
+		o = NULL;
+	}
+	sim__upd_send(d, o);
+}
+
+/* Asks for the next chunk: one fetch outstanding at a time. */
+static void sim__upd_fetch(const struct sim *sim, struct sim_dev *d)
+{
+	struct sim_upd *u = d->upd;
+	size_t left = u->size - u->have;
+
+	assert(u->state == SIM_UPD_FETCH && !u->asked && left);
+	u->asked = left < (size_t)sim->o.update_chunk ? left : (size_t)sim->o.update_chunk;
+	u->chunk_got = 0;
+	sim__upd_send(d, json_pack("{s:s, s:s, s:I, s:I}", "type", "fetch", "id", u->id,
+				   "offset", (json_int_t)u->have, "length", (json_int_t)u->asked));
+}
+
+/* The update is over, completed or failed. */
+static void sim__upd_end(struct sim *sim, struct sim_upd *u)
+{
+	free(u->img);
+	u->img = NULL;
+	u->asked = 0;
+	u->state = SIM_UPD_NONE;
+	u->handled = true;
+	sim__cron_soon(sim);	/* --exit-when-done may be complete */
+}
+
+/* Fails the current update, reporting failed when tell (not when the server
+ * ended it or the connection is gone). */
+static void sim__upd_fail(struct sim *sim, struct sim_dev *d, const char *reason, bool tell)
+{
+	sim__event(sim, "update-failed %s %s %s", d->id, d->upd->id, reason);
+	if (tell)
+		sim__upd_status(d, "failed", -1, reason);
+	sim->n_upd_failed++;
+	sim__upd_end(sim, d->upd);
+}
+
+/* From FETCH at offset `have`, progress reported again on this connection. */
+static void sim__upd_begin(const struct sim *sim, struct sim_dev *d)
+{
+	struct sim_upd *u = d->upd;
+
+	u->state = SIM_UPD_FETCH;
+	u->asked = 0;
+	u->reported = false;
+	u->quarter = (unsigned)((uint64_t)u->have * 4 / u->size) + 1;
+	sim__upd_fetch(sim, d);
+}
+
+/* A new image replaces whatever was held; bad offers fail at once. */
+static void sim__upd_start(struct sim *sim, struct sim_dev *d, const struct sim_offer *o,
+			   const unsigned char *sha256)
+{
+	struct sim_upd *u = d->upd;
+	const char *bad = sim__offer_check(o);
+
+	free(u->img);
+	u->img = NULL;
+	snprintf(u->id, sizeof(u->id), "%s", o->id);
+	snprintf(u->version, sizeof(u->version), "%s", o->version ? o->version : "");
+	if (bad) {
+		sim__upd_fail(sim, d, bad, true);
+		return;
+	}
+	u->img = malloc((size_t)o->size);
+	if (!u->img) {
+		sim__upd_fail(sim, d, "out of memory", true);
+		return;
+	}
+	u->size = (size_t)o->size;
+	u->have = 0;
+	memcpy(u->sha256, sha256, sizeof(u->sha256));
+	sim__upd_begin(sim, d);
+}
+
+/* Whether u holds (part of) the image offered. */
+static bool sim__upd_holds(const struct sim_upd *u, const struct sim_offer *o,
+			   const unsigned char *sha256)
+{
+	return u->img && !strcmp(u->id, o->id) && u->size == (size_t)o->size &&
+	       !memcmp(u->sha256, sha256, sizeof(u->sha256));
+}
+
+/* An update frame.  The same image offered again resumes where it stopped. */
+static void sim__on_offer(struct sim *sim, struct sim_dev *d, json_t *root, const char *buf,
+			  size_t len)
+{
+	struct sim_offer o;
+	struct sim_upd *u;
+	unsigned char sha256[32] = { 0 };
+	bool valid;
+
+	sim__offer_get(root, &o);
+	if (!o.id || !sim__printable(o.id, SIM_UPD_STR) || d->state != SIM_WELCOMED) {
+		sim__event(sim, "frame %s %.*s", d->id, (int)len, buf);
+		return;
+	}
+	sim__event(sim, "update %s %s %s %" JSON_INTEGER_FORMAT, d->id, o.id,
+		   o.version ? o.version : "", o.size);
+	if (sim->o.update == SIM_UPD_IGNORE)
+		return;
+	if (!d->upd && !(d->upd = calloc(1, sizeof(*d->upd)))) {
+		sim__err("%s: out of memory for an update", d->id);
+		sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+		return;
+	}
+	u = d->upd;
+	if (u->state == SIM_UPD_INSTALL || u->state == SIM_UPD_REBOOT)
+		return;
+	valid = !sim__offer_check(&o);
+	if (valid)
+		sim__hex_decode(o.sha256, sha256, sizeof(sha256));
+	if (valid && sim__upd_holds(u, &o, sha256)) {
+		if (u->state == SIM_UPD_HELD)
+			sim__upd_begin(sim, d);
+		return;		/* else a repeat while fetching */
+	}
+	sim__upd_start(sim, d, &o, sha256);
+}
+
+/* Every byte is in: check it, report downloaded and installing. */
+static void sim__upd_verify(struct sim *sim, struct sim_dev *d)
+{
+	struct sim_upd *u = d->upd;
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+
+	if (!EVP_Digest(u->img, u->size, md, &mdlen, EVP_sha256(), NULL)) {
+		sim__upd_fail(sim, d, "sha256 unavailable", true);
+		return;
+	}
+	if (mdlen != sizeof(u->sha256) || memcmp(md, u->sha256, sizeof(u->sha256))) {
+		sim__upd_fail(sim, d, "sha256 mismatch", true);
+		return;
+	}
+	free(u->img);
+	u->img = NULL;
+	sim__upd_status(d, "downloaded", -1, NULL);
+	sim__event(sim, "downloaded %s %s", d->id, u->id);
+	sim__upd_status(d, "installing", -1, NULL);
+	sim__event(sim, "installing %s %s", d->id, u->id);
+	u->state = SIM_UPD_INSTALL;
+	u->at = lws_now_usecs() + (lws_usec_t)sim->o.install_ms * 1000;
+	sim__cron_by(sim, u->at);
+}
+
+/* After each whole chunk: fail, drop, verify, or report and fetch on. */
+static void sim__upd_progress(struct sim *sim, struct sim_dev *d)
+{
+	struct sim_upd *u = d->upd;
+
+	if (sim->o.update == SIM_UPD_FAIL_DOWNLOAD) {
+		sim__upd_fail(sim, d, "simulated download failure", true);
+		return;
+	}
+	if (sim->o.drop_after && !u->dropped && u->have >= (size_t)sim->o.drop_after &&
+	    u->have < u->size) {
+		u->dropped = true;
+		sim__dev_drop(d);
+		return;
+	}
+	if (u->have == u->size) {
+		sim__upd_verify(sim, d);
+		return;
+	}
+	if (!u->reported || (uint64_t)u->have * 4 >= (uint64_t)u->quarter * u->size) {
+		sim__upd_status(d, "downloading", (long long)u->have, NULL);
+		u->reported = true;
+		u->quarter = (unsigned)((uint64_t)u->have * 4 / u->size) + 1;
+	}
+	if (sim->o.update_delay_ms) {
+		u->state = SIM_UPD_PAUSED;
+		u->at = lws_now_usecs() + (lws_usec_t)sim->o.update_delay_ms * 1000;
+		sim__cron_by(sim, u->at);
+	} else {
+		sim__upd_fetch(sim, d);
+	}
+}
+
+/* A binary message is whole: the chunk asked for, or the update fails. */
+static void sim__upd_chunk_done(struct sim *sim, struct sim_dev *d)
+{
+	struct sim_upd *u = d->upd;
+	size_t got = u->chunk_got, n = got > SIM_CHUNK_HDR ? got - SIM_CHUNK_HDR : 0;
+	uint64_t off = 0;
+	char why[128];
+
+	u->chunk_got = 0;
+	for (int i = 0; i < SIM_CHUNK_HDR; i++)
+		off = off << 8 | u->chunk_hdr[i];
+	why[0] = '\0';
+	if (got < SIM_CHUNK_HDR)
+		snprintf(why, sizeof(why), "bad chunk: %zu bytes, no offset", got);
+	else if (off != u->have)
+		snprintf(why, sizeof(why), "bad chunk: offset %" PRIu64 ", asked for %zu", off,
+			 u->have);
+	else if (!n || n > u->asked)
+		snprintf(why, sizeof(why), "bad chunk: %zu bytes, asked for %zu", n, u->asked);
+	if (why[0]) {
+		sim__upd_fail(sim, d, why, true);
+		return;
+	}
+	u->have += n;
+	u->asked = 0;
+	sim__upd_progress(sim, d);
+}
+
+/* One piece of a binary message.  A chunk is SIM_CHUNK_HDR bytes of
+ * big-endian offset, then the image from there: the bytes go straight into
+ * the image (never past what was asked) and count once the message is whole
+ * and checked. */
+static void sim__on_chunk(struct sim *sim, struct sim_dev *d, const unsigned char *in,
+			  size_t len, bool final)
+{
+	struct sim_upd *u = d->upd;
+
+	if (!u || u->state != SIM_UPD_FETCH || !u->asked) {
+		if (final)
+			sim__err("%s: a binary frame without a fetch; ignored", d->id);
+		return;
+	}
+	for (; len && u->chunk_got < SIM_CHUNK_HDR; len--)
+		u->chunk_hdr[u->chunk_got++] = *in++;
+	if (len && u->chunk_got - SIM_CHUNK_HDR < u->asked) {
+		size_t at = u->chunk_got - SIM_CHUNK_HDR, room = u->asked - at;
+
+		memcpy(u->img + u->have + at, in, len < room ? len : room);
+	}
+	u->chunk_got += len;
+	if (final)
+		sim__upd_chunk_done(sim, d);
+}
+
+/* The device runs the new version from its next hello on, and reconnects at
+ * once (a reboot), --reconnect or not. */
+static void sim__upd_reboot(struct sim *sim, struct sim_dev *d)
+{
+	struct sim_upd *u = d->upd;
+
+	sim__event(sim, "rebooting %s %s", d->id, u->version);
+	memcpy(u->running, u->version, sizeof(u->running));
+	d->fw = u->running;
+	u->state = SIM_UPD_REBOOT;
+	d->reconnect_once = true;
+	d->reconnect_now = true;
+}
+
+/* --install-time is over: fail as told, or reboot. */
+static void sim__upd_installed(struct sim *sim, struct sim_dev *d)
+{
+	if (sim->o.update == SIM_UPD_FAIL_INSTALL) {
+		sim__upd_fail(sim, d, "simulated install failure", true);
+		return;
+	}
+	sim__upd_reboot(sim, d);
+	sim__dev_close(d, LWS_CLOSE_STATUS_NORMAL, "rebooting");
+}
+
+static bool sim__queue_has(const struct sim_dev *d, enum sim_kind kind)
+{
+	for (const struct sim_frame *f = d->q_head; f; f = f->next)
+		if (f->kind == kind)
+			return true;
+	return false;
+}
+
+/* The cron's part for a WELCOMED device: the next fetch after --update-delay
+ * and the end of --install-time (once installing is written).  Returns when
+ * it has work next for d. */
+static lws_usec_t sim__upd_tick(struct sim *sim, struct sim_dev *d, lws_usec_t now)
+{
+	struct sim_upd *u = d->upd;
+
+	if (d->want_close || (u->state != SIM_UPD_PAUSED && u->state != SIM_UPD_INSTALL))
+		return SIM_NEVER;
+	if (now < u->at)
+		return u->at;
+	if (u->state == SIM_UPD_PAUSED) {
+		u->state = SIM_UPD_FETCH;
+		sim__upd_fetch(sim, d);
+	} else if (sim__queue_has(d, SIM_FRAME_UPDATE)) {
+		return now + SIM_TICK_MIN_US;
+	} else {
+		sim__upd_installed(sim, d);
+	}
+	return SIM_NEVER;
+}
+
+/* d's connection is gone: a download waits for the re-offer, an install
+ * finishes offline.  While the process stops nothing more happens. */
+static void sim__upd_gone(struct sim *sim, struct sim_dev *d)
+{
+	struct sim_upd *u = d->upd;
+
+	d->rx_binary = false;
+	if (!u)
+		return;
+	u->asked = u->chunk_got = 0;
+	if (sim->stop != SIM_RUNNING || sim->destroying)
+		return;
+	if (u->state == SIM_UPD_FETCH || u->state == SIM_UPD_PAUSED)
+		u->state = SIM_UPD_HELD;
+	else if (u->state == SIM_UPD_INSTALL && sim->o.update == SIM_UPD_FAIL_INSTALL)
+		sim__upd_fail(sim, d, "simulated install failure", false);
+	else if (u->state == SIM_UPD_INSTALL)
+		sim__upd_reboot(sim, d);
+}
+
+/* A welcome after the reboot completes the update. */
+static void sim__upd_welcome(struct sim *sim, struct sim_dev *d)
+{
+	if (d->upd && d->upd->state == SIM_UPD_REBOOT) {
+		sim->n_upd_done++;
+		sim__upd_end(sim, d->upd);
+	}
+}
+
+/* An error frame bad_update ends the update in progress, silently. */
+static void sim__upd_refused(struct sim *sim, struct sim_dev *d)
+{
+	struct sim_upd *u = d->upd;
+
+	if (u && (u->state == SIM_UPD_FETCH || u->state == SIM_UPD_PAUSED ||
+		  u->state == SIM_UPD_INSTALL))
+		sim__upd_fail(sim, d, "bad_update", false);
+}
+
+/* No update in progress and, with --wait-update, one has ended or the wait
+ * is over. */
+static bool sim__upd_settled(const struct sim *sim, const struct sim_dev *d, lws_usec_t now)
+{
+	const struct sim_upd *u = d->upd;
+
+	if (u && u->state != SIM_UPD_NONE)
+		return false;
+	return sim->o.wait_update < 0 || (u && u->handled) || now >= d->wait_until;
+}
+
+/* ---- connection events ----------------------------------------------------- */
+
+/* d reconnects: at once after a reboot, else after the backoff. */
+static void sim__dev_retry(struct sim *sim, struct sim_dev *d)
+{
+	lws_usec_t now = lws_now_usecs();
+
+	if (d->reconnect_once && d->reconnect_now) {
+		d->retry_at = now;
+	} else {
+		d->retry_at = now + sim__jitter(d->backoff);
+		d->backoff = d->backoff * 2 > SIM_BACKOFF_MAX_US ? SIM_BACKOFF_MAX_US
+								: d->backoff * 2;
+	}
+	sim__dev_set_state(sim, d, SIM_IDLE);
+}
+
 /* d's connection is gone: failed, closed by either side, or lost.  Reports it
  * unless we closed it, drops the queue and decides what d does next. */
 static void sim__dev_gone(struct sim *sim, struct sim_dev *d, const char *connect_error)
@@ -1074,19 +1710,18 @@ static void sim__dev_gone(struct sim *sim, struct sim_dev *d, const char *connec
 		else
 			sim__event(sim, "closed %s 1006 connection lost", d->id);
 	}
+	sim__upd_gone(sim, d);
 	sim__queue_drop(d);
 	d->wsi = NULL;
 	d->want_close = d->we_closed = d->rx_paused = d->rx_discard = false;
 	d->close_code = 0;
 	d->rx_len = 0;
-	if (sim->o.reconnect && sim->stop == SIM_RUNNING) {
-		d->retry_at = lws_now_usecs() + sim__jitter(d->backoff);
-		d->backoff = d->backoff * 2 > SIM_BACKOFF_MAX_US ? SIM_BACKOFF_MAX_US
-								: d->backoff * 2;
-		sim__dev_set_state(sim, d, SIM_IDLE);
+	if ((sim->o.reconnect || d->reconnect_once) && sim->stop == SIM_RUNNING) {
+		sim__dev_retry(sim, d);
 	} else {
 		sim__dev_set_state(sim, d, SIM_DEAD);
 	}
+	d->reconnect_once = d->reconnect_now = false;
 	sim__cron_soon(sim);
 }
 
@@ -1148,7 +1783,10 @@ static int sim__on_welcome(struct sim *sim, struct sim_dev *d)
 	if (!d->ever_welcomed) {
 		d->ever_welcomed = true;
 		sim->n_welcomed++;
+		if (sim->o.wait_update >= 0)
+			d->wait_until = now + (lws_usec_t)(sim->o.wait_update * 1e6);
 	}
+	sim__upd_welcome(sim, d);
 	d->backoff = SIM_BACKOFF_MIN_US;
 	d->log.start = d->msg.start = now;
 	d->log.base = d->log.made;
@@ -1207,8 +1845,12 @@ static void sim__handle_frame(struct sim *sim, struct sim_dev *d, const char *bu
 
 		sim__event(sim, "error-frame %s %s %s", d->id, code ? code : "",
 			   message ? message : "");
+		if (code && !strcmp(code, "bad_update"))
+			sim__upd_refused(sim, d);
 	} else if (type && !strcmp(type, "msg")) {
 		sim__print_msg(sim, d, root);
+	} else if (type && !strcmp(type, "update")) {
+		sim__on_offer(sim, d, root, buf, len);
 	} else {
 		sim__event(sim, "frame %s %.*s", d->id, (int)len, buf);
 	}
@@ -1243,9 +1885,10 @@ static int sim__rx_append(struct sim_dev *d, const void *in, size_t len)
 	return 0;
 }
 
-/* Reassembles fragments (lws hands a big frame over in pieces too).  Errors
- * close the connection later and drop what is still coming of the frame:
- * never return an error from here (see sim__dev_close). */
+/* Reassembles fragments (lws hands a big frame over in pieces too); binary
+ * messages (image chunks) are streamed instead.  Errors close the connection
+ * later and drop what is still coming of the frame: never return an error
+ * from here (see sim__dev_close). */
 static int sim__on_receive(struct sim *sim, struct sim_dev *d, struct lws *wsi,
 			   const void *in, size_t len)
 {
@@ -1253,6 +1896,14 @@ static int sim__on_receive(struct sim *sim, struct sim_dev *d, struct lws *wsi,
 
 	if (d->rx_discard)
 		return 0;
+	if (!d->rx_len && !d->rx_binary)	/* a message starts */
+		d->rx_binary = lws_frame_is_binary(wsi) != 0;
+	if (d->rx_binary) {
+		d->rx_binary = !final;
+		sim->n_received += final;
+		sim__on_chunk(sim, d, in, len, final);
+		return 0;
+	}
 	if (!d->rx_len && final) {	/* the common case: no copy */
 		sim__handle_frame(sim, d, in, len);
 		return 0;
@@ -1370,10 +2021,10 @@ static const struct lws_protocols sim_protocols[] = {
 
 /* ---- cron and stopping ----------------------------------------------------- */
 
-static bool sim__dev_finished(const struct sim *sim, const struct sim_dev *d)
+static bool sim__dev_finished(const struct sim *sim, const struct sim_dev *d, lws_usec_t now)
 {
 	return d->ever_welcomed && !d->q_head && d->log.sent >= sim->log_limit &&
-	       d->msg.sent >= sim->msg_limit;
+	       d->msg.sent >= sim->msg_limit && sim__upd_settled(sim, d, now);
 }
 
 static void sim__begin_stop(struct sim *sim, enum sim_stop why)
@@ -1405,8 +2056,9 @@ static lws_usec_t sim__pace_next(const struct sim_pace *p, double rate, uint64_t
 	return p->start + (lws_usec_t)((double)(p->made - p->base) * 1e6 / rate) + 1;
 }
 
-/* Walks every device once: connects those due, paces traffic, and notes
- * whether --exit-when-done is complete.  Returns when it has work next. */
+/* Walks every device once: connects those due, paces traffic, runs update
+ * timers, and notes whether --exit-when-done is complete.  Returns when it
+ * has work next. */
 static lws_usec_t sim__walk(struct sim *sim, lws_usec_t now)
 {
 	bool all_done = true, all_finished = true;
@@ -1431,10 +2083,14 @@ static lws_usec_t sim__walk(struct sim *sim, lws_usec_t now)
 					sim__pace_next(&d->log, sim->o.log_rate, sim->log_limit),
 					sim__pace_next(&d->msg, sim->o.msg_rate, sim->msg_limit)));
 		}
-		if (!sim__dev_finished(sim, d)) {
+		if (d->upd && d->state == SIM_WELCOMED)
+			next = sim__min(next, sim__upd_tick(sim, d, now));
+		if (!sim__dev_finished(sim, d, now)) {
 			all_finished = false;
 			if (d->state != SIM_DEAD)
 				all_done = false;	/* it may still finish */
+			if (d->wait_until > now)
+				next = sim__min(next, d->wait_until);
 		}
 	}
 	sim->all_finished = all_finished;
@@ -1602,6 +2258,9 @@ static void sim__free(struct sim *sim)
 		sim__queue_drop(d);
 		free(d->rx);
 		free(d->line);
+		if (d->upd)
+			free(d->upd->img);
+		free(d->upd);
 	}
 	free(sim->devs);
 }
@@ -1653,8 +2312,10 @@ int main(int argc, char **argv)
 	if (sim.stop == SIM_STOP_DONE && sim.all_finished)
 		sim__event(&sim, "done");
 	fprintf(stderr, "tender-sim: %zu devices, %" PRIu64 " welcomed, %" PRIu64
-		" log frames, %" PRIu64 " msg frames sent, %" PRIu64 " received\n",
-		sim.n_devs, sim.n_welcomed, sim.n_log_sent, sim.n_msg_sent, sim.n_received);
+		" log frames, %" PRIu64 " msg frames sent, %" PRIu64 " received, %" PRIu64
+		" updates completed, %" PRIu64 " updates failed\n",
+		sim.n_devs, sim.n_welcomed, sim.n_log_sent, sim.n_msg_sent, sim.n_received,
+		sim.n_upd_done, sim.n_upd_failed);
 	sim__free(&sim);
 	return rc;
 }

@@ -341,6 +341,46 @@ void th_http(th_server *s, const char *method, const char *path, const char *cty
 	curl_easy_cleanup(c);
 }
 
+void th_upload_firmware(th_server *s, const char *metadata_json, const void *image, size_t len,
+			th_resp *out)
+{
+	CURL *c = curl_easy_init();
+	struct curl_slist *h = NULL;
+	struct th__buf b = { 0 };
+	char url[256], line[300];
+
+	memset(out, 0, sizeof *out);
+	snprintf(url, sizeof url, "%s/v1/firmware", s->http_url);
+	curl_mime *mime = curl_mime_init(c);
+	curl_mimepart *part = curl_mime_addpart(mime);
+	curl_mime_name(part, "image");
+	curl_mime_filename(part, "firmware.bin");
+	curl_mime_type(part, "application/octet-stream");
+	curl_mime_data(part, image, len);
+	part = curl_mime_addpart(mime);
+	curl_mime_name(part, "metadata");
+	curl_mime_type(part, "application/json");
+	curl_mime_data(part, metadata_json, CURL_ZERO_TERMINATED);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_MIMEPOST, mime);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, th__write);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+	snprintf(line, sizeof line, "Authorization: Bearer %s", s->token);
+	h = curl_slist_append(h, line);
+	h = curl_slist_append(h, "Expect:");
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+	CURLcode rc = curl_easy_perform(c);
+	ck_assert_msg(rc == CURLE_OK, "upload: %s", curl_easy_strerror(rc));
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+	out->body = b.data ? b.data : strdup("");
+	out->json = json_loads(out->body, 0, NULL);
+	curl_slist_free_all(h);
+	curl_mime_free(mime);
+	curl_easy_cleanup(c);
+}
+
 void th_resp_free(th_resp *r)
 {
 	free(r->body);

@@ -53,6 +53,11 @@ void th_resp_free(th_resp *r);
 /* GET path as admin and return the parsed JSON (owned), asserting `status`. */
 json_t *th_get_json(th_server *s, const char *path, long status);
 
+/* Uploads a firmware image (multipart/form-data, as operators do); returns
+ * the response (the caller checks the status). */
+void th_upload_firmware(th_server *s, const char *metadata_json, const void *image, size_t len,
+			th_resp *out);
+
 /* Registers a device; returns its secret (owned: free()). */
 char *th_register(th_server *s, const char *id, const char *group);
 

@@ -1,11 +1,12 @@
 /* tests/unit/test_auth.c -- secrets and hashes (server/auth.c), the id hash
  * map (server/idmap.c) and the in-memory registry of device secrets
  * (server/registry.c, loaded from a real store in a temporary dir). */
+#define _GNU_SOURCE
 #include <check.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "auth.h"
 #include "idmap.h"
@@ -236,7 +237,7 @@ END_TEST
 
 /* --- registry --------------------------------------------------------------- */
 
-static char dir[64];
+static char root[64], dir[80]; /* root: made and removed by main, even when tests fail */
 static store *st;
 
 static void reg_setup(void)
@@ -244,23 +245,20 @@ static void reg_setup(void)
 	store_options opt = { 0 };
 	tn_error err = { 0 };
 
-	snprintf(dir, sizeof dir, "/tmp/tender-test-auth-XXXXXX");
+	snprintf(dir, sizeof dir, "%s/XXXXXX", root);
 	ck_assert_ptr_nonnull(mkdtemp(dir));
 	ck_assert_msg(store_open(&st, dir, &opt, &err) == 0, "%s", err.msg);
 }
 
 static void reg_teardown(void)
 {
-	static const char *const files[] = { "tender.db", "tender.db-wal", "tender.db-shm" };
-	char path[128];
-
 	store_close(st);
 	st = NULL;
-	for (size_t i = 0; i < 3; i++) {
-		snprintf(path, sizeof path, "%s/%s", dir, files[i]);
-		unlink(path);
-	}
-	rmdir(dir);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(path);
 }
 
 static void register_device(uint64_t id, const char *secret)
@@ -346,9 +344,13 @@ static Suite *auth_suite(void)
 int main(void)
 {
 	log_level = LOG_ERR;
+	snprintf(root, sizeof root, "/tmp/tender-test-auth-XXXXXX");
+	if (!mkdtemp(root))
+		return 2;
 	SRunner *sr = srunner_create(auth_suite());
 	srunner_run_all(sr, CK_NORMAL);
 	int failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
+	nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	return failed ? 1 : 0;
 }

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <check.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,10 +30,12 @@ static int parse(tn_config *cfg, tn_error *err, ...)
 	return config_parse_args(cfg, argc, argv, err);
 }
 
+static char root[64]; /* made and removed by main, even when tests fail */
+
 /* A temporary file holding text; its name is in path (caller unlinks). */
-static void write_file(char path[64], const char *text)
+static void write_file(char path[96], const char *text)
 {
-	snprintf(path, 64, "/tmp/tender-test-config-XXXXXX");
+	snprintf(path, 96, "%s/XXXXXX", root);
 	int fd = mkstemp(path);
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
@@ -196,7 +199,7 @@ START_TEST(config_file)
 {
 	tn_config c;
 	tn_error err;
-	char path[64], opt[80];
+	char path[96], opt[120];
 
 	write_file(path, "# tenderd settings\n\n   \n"
 			 "device-port = 9000\n"
@@ -245,7 +248,7 @@ START_TEST(config_file_errors)
 	};
 	tn_config c;
 	tn_error err;
-	char path[64], where[80];
+	char path[96], where[120];
 
 	for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
 		write_file(path, texts[i]);
@@ -369,11 +372,20 @@ static Suite *config_suite(void)
 	return s;
 }
 
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
 int main(void)
 {
+	snprintf(root, sizeof root, "/tmp/tender-test-config-XXXXXX");
+	if (!mkdtemp(root))
+		return 2;
 	SRunner *sr = srunner_create(config_suite());
 	srunner_run_all(sr, CK_NORMAL);
 	int failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
+	nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	return failed ? 1 : 0;
 }

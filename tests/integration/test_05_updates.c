@@ -1,0 +1,325 @@
+/* tests/integration/test_05_updates.c -- never brick: the seed report as a
+ * test (an S25FL127S and a W25Q128FV in one rollout of firmware that needs
+ * uniform 4 KB + 64 KB erase), the flash-parts table API, the firmware store,
+ * a rollout pausing itself on failures, and the unknown-flash override. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define S25 "30000c2a690c77c5"  /* the imp003 of the seed report */
+#define W25 "30000c2a690c77c6"
+
+#define NEEDS_4K_64K "{\"flash\":{\"uniform_erase\":[4096,65536],\"min_size\":524288}}"
+
+static unsigned char image[300000];
+
+static long long upload(th_server *s, const char *version, const char *hw, const char *req)
+{
+	char md[512];
+	th_resp r;
+	for (size_t i = 0; i < sizeof image; i++)
+		image[i] = (unsigned char)(i * 7 + version[0]);
+	snprintf(md, sizeof md, "{\"version\":\"%s\",\"hw\":[\"%s\"],\"requirements\":%s}", version, hw, req);
+	th_upload_firmware(s, md, image, sizeof image, &r);
+	ck_assert_msg(r.status == 201, "upload: %ld %s", r.status, r.body);
+	long long id = json_integer_value(json_object_get(r.json, "id"));
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "size")), sizeof image);
+	ck_assert_int_eq((int)strlen(json_string_value(json_object_get(r.json, "sha256"))), 64);
+	th_resp_free(&r);
+	return id;
+}
+
+/* A simulated device that takes updates; returns its pid. */
+static pid_t device(th_server *s, const char *id, const char *secret, const char *jedec, const char *mode,
+		    const char *out)
+{
+	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s->ws_url, "--id", (char *)id,
+			       "--secret", (char *)secret, "--hw", "imp003", "--fw", "36.10",
+			       "--jedec", (char *)jedec, "--flash-size", "16777216", "--update", (char *)mode,
+			       "--update-chunk", "32768", "--reconnect", NULL };
+	pid_t pid = th_spawn(argv, out);
+	char line[64];
+	snprintf(line, sizeof line, "welcome %s", id);
+	ck_assert_int_eq(th_wait_file(out, line, 10000), 0);
+	return pid;
+}
+
+static json_t *find_device(json_t *plan, const char *id)
+{
+	size_t i;
+	json_t *d;
+	json_array_foreach(json_object_get(plan, "devices"), i, d)
+		if (strcmp(json_string_value(json_object_get(d, "id")), id) == 0)
+			return d;
+	return NULL;
+}
+
+static void wait_rollout_state(th_server *s, long long id, const char *state, int timeout_ms)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/v1/rollouts/%lld", id);
+	for (int waited = 0;; waited += 100) {
+		json_t *r = th_get_json(s, path, 200);
+		int done = strcmp(json_string_value(json_object_get(r, "state")), state) == 0;
+		char *text = json_dumps(r, 0);
+		json_decref(r);
+		if (done) {
+			free(text);
+			return;
+		}
+		ck_assert_msg(waited < timeout_ms, "rollout %lld never became %s: %s", id, state, text);
+		free(text);
+		usleep(100 * 1000);
+	}
+}
+
+START_TEST(seed_report_story)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *sec1 = th_register(&s, S25, NULL), *sec2 = th_register(&s, W25, NULL);
+	long long fw = upload(&s, "36.11", "imp003", NEEDS_4K_64K);
+	const char *out1 = th_tmp(&s, "s25.out"), *out2 = th_tmp(&s, "w25.out");
+	pid_t d1 = device(&s, S25, sec1, "012018", "accept", out1);
+	pid_t d2 = device(&s, W25, sec2, "ef4018", "accept", out2);
+	ck_assert_int_eq(th_wait_online(&s, S25, 1, 5000), 0);
+	ck_assert_int_eq(th_wait_online(&s, W25, 1, 5000), 0);
+
+	char body[256];
+	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\",\"%s\"]}", fw, S25, W25);
+	th_resp r;
+	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_msg(r.status == 201, "create: %ld %s", r.status, r.body);
+	long long id = json_integer_value(json_object_get(r.json, "id"));
+	ck_assert_str_eq(json_string_value(json_object_get(r.json, "state")), "paused");
+	th_resp_free(&r);
+
+	/* The dry run says who is blocked and why, before anything is sent. */
+	char path[64];
+	snprintf(path, sizeof path, "/v1/rollouts/%lld/plan", id);
+	json_t *plan = th_get_json(&s, path, 200);
+	json_t *p1 = find_device(plan, S25), *p2 = find_device(plan, W25);
+	ck_assert_ptr_nonnull(p1);
+	ck_assert_ptr_nonnull(p2);
+	ck_assert_str_eq(json_string_value(json_object_get(p1, "decision")), "blocked");
+	ck_assert_str_eq(json_string_value(json_object_get(p1, "reason")),
+			 "flash S25FL127S (JEDEC 01 20 18) has 4 KB erase in only 16 of 4096 4 KB blocks; "
+			 "firmware 36.11 needs 4 KB and 64 KB erase across the whole chip, at least 512 KB");
+	ck_assert_str_eq(json_string_value(json_object_get(p2, "decision")), "eligible");
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(p2, "reason")), "W25Q128FV"));
+	json_decref(plan);
+
+	snprintf(path, sizeof path, "/v1/rollouts/%lld/resume", id);
+	th_http(&s, "POST", path, NULL, "", NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+	wait_rollout_state(&s, id, "completed", 30000);
+
+	ck_assert_int_ge(th_wait_event(&s, W25, "status", "firmware update triggered", 1000), 1);
+	ck_assert_int_ge(th_wait_event(&s, W25, "status", "firmware update completed: 36.10 -> 36.11", 1000), 1);
+	json_t *d = th_get_json(&s, "/v1/devices/" W25, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(d, "fw")), "36.11");
+	json_decref(d);
+	/* The S25FL127S never saw an offer, and its log says exactly why. */
+	ck_assert_int_ge(th_wait_event(&s, S25, "status",
+				       "firmware update blocked: flash S25FL127S (JEDEC 01 20 18) has 4 KB erase "
+				       "in only 16 of 4096 4 KB blocks; firmware 36.11 needs 4 KB and 64 KB erase "
+				       "across the whole chip, at least 512 KB", 1000), 1);
+	ck_assert_int_eq(th_count_events(&s, S25, "firmware update triggered"), 0);
+	char *text = th_read_file(out1);
+	ck_assert_msg(strstr(text, "update " S25) == NULL, "the S25FL127S was offered an update: %s", text);
+	free(text);
+	ck_assert_int_eq(th_count_events(&s, W25, "firmware update triggered"), 1);
+	snprintf(path, sizeof path, "/v1/rollouts/%lld", id);
+	json_t *ro = th_get_json(&s, path, 200);
+	json_t *counts = json_object_get(ro, "counts");
+	ck_assert_int_eq(json_integer_value(json_object_get(counts, "completed")), 1);
+	ck_assert_int_eq(json_integer_value(json_object_get(counts, "blocked")), 1);
+	json_decref(ro);
+
+	kill(d1, SIGKILL);
+	kill(d2, SIGKILL);
+	waitpid(d1, NULL, 0);
+	waitpid(d2, NULL, 0);
+	free(sec1);
+	free(sec2);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(failures_pause_the_rollout_before_the_next_stage)
+{
+	th_server s;
+	char ids[4][17], *secrets[4], outs[4][32], devs[512] = "";
+	pid_t pids[4];
+	th_server_start(&s, NULL);
+	long long fw = upload(&s, "36.12", "imp003", NEEDS_4K_64K);
+	for (int i = 0; i < 4; i++) {
+		snprintf(ids[i], sizeof ids[i], "00000000000001%02x", (unsigned char)i);
+		secrets[i] = th_register(&s, ids[i], NULL);
+		snprintf(outs[i], sizeof outs[i], "dev%d.out", i);
+		pids[i] = device(&s, ids[i], secrets[i], "ef4018", "fail-install", th_tmp(&s, outs[i]));
+		snprintf(devs + strlen(devs), sizeof devs - strlen(devs), "%s\"%s\"", i ? "," : "", ids[i]);
+	}
+	char body[800];
+	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[%s],\"stages\":[25,100],"
+		 "\"retry_limit\":0,\"failure_threshold\":0,\"start\":true}", fw, devs);
+	th_resp r;
+	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_msg(r.status == 201, "create: %ld %s", r.status, r.body);
+	long long id = json_integer_value(json_object_get(r.json, "id"));
+	th_resp_free(&r);
+	wait_rollout_state(&s, id, "paused", 30000);
+	char path[64];
+	snprintf(path, sizeof path, "/v1/rollouts/%lld", id);
+	json_t *ro = th_get_json(&s, path, 200);
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(ro, "reason")),
+				     "paused automatically: 1 of 1 devices in stage 1 failed"));
+	ck_assert_int_eq(json_integer_value(json_object_get(ro, "stage")), 1);
+	json_decref(ro);
+	ck_assert_int_ge(th_wait_event(&s, ids[0], "status",
+				       "firmware update failed: the device reported: simulated install failure "
+				       "(attempt 1 of 1; giving up)", 2000), 1);
+	/* Stage 2 never started: nobody else was offered anything. */
+	sleep(1);
+	for (int i = 1; i < 4; i++) {
+		char *text = th_read_file(th_tmp(&s, outs[i]));
+		ck_assert_msg(strstr(text, "update ") == NULL, "device %d was offered an update", i);
+		free(text);
+		ck_assert_int_eq(th_count_events(&s, ids[i], "firmware update triggered"), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		kill(pids[i], SIGKILL);
+		waitpid(pids[i], NULL, 0);
+		free(secrets[i]);
+	}
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(unknown_flash_blocked_unless_overridden)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *sec = th_register(&s, W25, NULL);
+	long long fw1 = upload(&s, "40.1", "imp003", NEEDS_4K_64K);
+	pid_t d = device(&s, W25, sec, "c2ffff", "accept", th_tmp(&s, "d.out"));
+	char body[256];
+	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\"],\"start\":true}", fw1, W25);
+	th_resp r;
+	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_int_eq(r.status, 201);
+	th_resp_free(&r);
+	ck_assert_int_ge(th_wait_event(&s, W25, "status",
+				       "firmware update blocked: flash JEDEC C2 FF FF is not in the flash-parts "
+				       "table and the device sent no SFDP; firmware 40.1 needs 4 KB and 64 KB erase "
+				       "across the whole chip, at least 512 KB", 10000), 1);
+	/* An operator who knows better says so, and the log keeps it. */
+	long long fw2 = upload(&s, "40.2", "imp003", NEEDS_4K_64K);
+	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\"],\"start\":true,"
+		 "\"allow_unknown_flash\":true}", fw2, W25);
+	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_int_eq(r.status, 201);
+	long long id = json_integer_value(json_object_get(r.json, "id"));
+	th_resp_free(&r);
+	wait_rollout_state(&s, id, "completed", 30000);
+	ck_assert_int_ge(th_wait_event(&s, W25, "status", "firmware update completed: 36.10 -> 40.2", 1000), 1);
+	json_t *page = th_get_json(&s, "/v1/devices/" W25 "/logs?limit=50", 200), *ev;
+	size_t i;
+	int override = 0;
+	json_array_foreach(json_object_get(page, "events"), i, ev)
+		override |= strncmp(json_string_value(json_object_get(ev, "msg")),
+				    "firmware update allowed despite unknown flash (operator override)", 65) == 0;
+	json_decref(page);
+	ck_assert_msg(override, "the override is not in the device's log");
+	kill(d, SIGKILL);
+	waitpid(d, NULL, 0);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(flash_parts_and_firmware_api)
+{
+	th_server s;
+	th_resp r;
+	th_server_start(&s, NULL);
+	/* The seed table is there. */
+	json_t *parts = th_get_json(&s, "/v1/flash-parts/012018", 200);
+	char *text = json_dumps(parts, 0);
+	ck_assert_msg(strstr(text, "S25FL127S") != NULL, "%s", text);
+	free(text);
+	json_decref(parts);
+	/* A bad import names its lines and imports nothing. */
+	const char *csv = "vendor,part,jedec_mfr,jedec_dev,size_bytes,uniform_4k_erase,uniform_64k_erase,"
+			  "erase_layouts,shares_id_with,source,notes\n"
+			  "Acme,GOOD1,0xAA,0x0101,1048576,yes,yes,4K*256 @0x20;64K*16 @0xD8,,test,\n"
+			  "Acme,BAD2,0xAA,0x0102,1048576,maybe,yes,4K*256 @0x20;64K*16 @0xD8,,test,\n";
+	th_http(&s, "POST", "/v1/flash-parts/import", "text/csv", csv, NULL, &r);
+	ck_assert_msg(r.status == 400, "%ld %s", r.status, r.body);
+	json_t *errors = json_object_get(json_object_get(r.json, "error"), "errors");
+	ck_assert_int_ge((int)json_array_size(errors), 1);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(errors, 0), "line")), 3);
+	th_resp_free(&r);
+	th_http(&s, "GET", "/v1/flash-parts/aa0101", NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 404);
+	th_resp_free(&r);
+	/* A good one lands whole. */
+	const char *good = "vendor,part,jedec_mfr,jedec_dev,size_bytes,uniform_4k_erase,uniform_64k_erase,"
+			   "erase_layouts,shares_id_with,source,notes\n"
+			   "Acme,GOOD1,0xAA,0x0101,1048576,yes,yes,4K*256 @0x20;64K*16 @0xD8,,test,\n";
+	th_http(&s, "POST", "/v1/flash-parts/import", "text/csv", good, NULL, &r);
+	ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+	th_resp_free(&r);
+	parts = th_get_json(&s, "/v1/flash-parts/aa0101", 200);
+	ck_assert_int_eq((int)json_array_size(json_object_get(parts, "parts")), 1);
+	json_decref(parts);
+
+	/* Firmware: stored with its SHA-256; a second upload of the version is refused. */
+	long long fw = upload(&s, "9.9", "imp003", NEEDS_4K_64K);
+	char md[] = "{\"version\":\"9.9\",\"hw\":[\"imp003\"]}";
+	th_upload_firmware(&s, md, image, 100, &r);
+	ck_assert_int_eq(r.status, 409);
+	th_resp_free(&r);
+	th_upload_firmware(&s, "{\"version\":\"9.10\"}", image, 100, &r);
+	ck_assert_int_eq(r.status, 400);
+	th_resp_free(&r);
+	th_upload_firmware(&s, "{\"version\":\"9.11\",\"hw\":[\"x\"],\"requirements\":{\"flash\":"
+			   "{\"uniform_erase\":[3000]}}}", image, 100, &r);
+	ck_assert_int_eq(r.status, 400);
+	th_resp_free(&r);
+	char path[64];
+	snprintf(path, sizeof path, "/v1/firmware/%lld", fw);
+	json_t *f = th_get_json(&s, path, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(f, "version")), "9.9");
+	json_decref(f);
+	th_http(&s, "POST", "/v1/firmware", NULL, "{}", NULL, &r);
+	ck_assert_int_eq(r.status, 415);
+	th_resp_free(&r);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *su = suite_create("05_updates");
+	TCase *tc = tcase_create("updates");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, seed_report_story);
+	tcase_add_test(tc, failures_pause_the_rollout_before_the_next_stage);
+	tcase_add_test(tc, unknown_flash_blocked_unless_overridden);
+	tcase_add_test(tc, flash_parts_and_firmware_api);
+	suite_add_tcase(su, tc);
+	SRunner *sr = srunner_create(su);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
