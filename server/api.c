@@ -267,6 +267,36 @@ static int api__opt_string(struct req *r, json_t *obj, const char *key, size_t m
 
 /* --- /v1/devices ------------------------------------------------------------ */
 
+/* Adds what the flash-parts table says of a device's part to its "flash":
+ * "parts" (names), "table" ("known", "unknown" or "shared id") and the
+ * conservative "uniform_4k_erase" / "uniform_64k_erase" over those parts.
+ * The verdict against a particular firmware is in a rollout's plan. */
+static void api__flash_facts(struct req *r, json_t *dev)
+{
+	json_t *flash = json_object_get(dev, "flash");
+	const char *jedec = json_string_value(json_object_get(flash, "jedec"));
+	flash_part *rows = NULL;
+	size_t n = 0;
+	tn_error err;
+
+	if (!jedec)
+		return;
+	if (flashtable_rows(r->a->st, (uint32_t)strtoul(jedec, NULL, 16), &rows, &n, &err))
+		return;
+	json_t *names = json_array();
+	int u4 = n > 0, u64 = n > 0;
+	for (size_t i = 0; i < n; i++) {
+		json_array_append_new(names, json_string(rows[i].part));
+		u4 &= rows[i].uniform_4k;
+		u64 &= rows[i].uniform_64k;
+	}
+	json_object_set_new(flash, "parts", names);
+	json_object_set_new(flash, "table", json_string(n == 0 ? "unknown" : n == 1 ? "known" : "shared id"));
+	json_object_set_new(flash, "uniform_4k_erase", n ? json_boolean(u4) : json_null());
+	json_object_set_new(flash, "uniform_64k_erase", n ? json_boolean(u64) : json_null());
+	free(rows);
+}
+
 static enum MHD_Result api__devices_list(struct req *r)
 {
 	store_device_filter f = { .online = -1, .limit = API_DEFAULT_LIMIT };
@@ -293,9 +323,12 @@ static enum MHD_Result api__devices_list(struct req *r)
 	}
 	f.hw = api__arg(r, "hw");
 	f.group = api__arg(r, "group");
-	json_t *out = store_device_list(r->a->st, &f, &err);
+	json_t *out = store_device_list(r->a->st, &f, &err), *dev;
 	if (!out)
 		return api__store_error(r, &err);
+	size_t i;
+	json_array_foreach(json_object_get(out, "devices"), i, dev)
+		api__flash_facts(r, dev);
 	return api__json(r, 200, out);
 }
 
@@ -416,7 +449,10 @@ static enum MHD_Result api__device_route(struct req *r, const char *rest)
 	if (!slash) {
 		if (strcmp(r->method, "GET") == 0) {
 			json_t *dev = store_device_get(r->a->st, id);
-			return dev ? api__json(r, 200, dev) : api__error(r, 404, "no such device %s", idtext);
+			if (!dev)
+				return api__error(r, 404, "no such device %s", idtext);
+			api__flash_facts(r, dev);
+			return api__json(r, 200, dev);
 		}
 		if (strcmp(r->method, "PATCH") == 0)
 			return api__device_patch(r, id);

@@ -447,8 +447,9 @@ int64_t store_event_append(store *s, uint64_t device, event_type type, const cha
 	op->type = type;
 	op->ts = tn_now_ms();
 	pthread_mutex_lock(&s->lock);
-	/* The id is taken under the queue lock, so queue order is id order. */
-	op->id = s->next_event_id;
+	/* The id is taken under the queue lock, so queue order is id order; and
+	 * read here, since the writer may commit and free the op once unlocked. */
+	int64_t id = op->id = s->next_event_id;
 	int rc = store__push_locked(s, op);
 	if (rc == 0)
 		s->next_event_id++;
@@ -458,7 +459,7 @@ int64_t store_event_append(store *s, uint64_t device, event_type type, const cha
 		return rc;
 	}
 	metrics_inc(M_EVENTS_QUEUED);
-	return op->id;
+	return id;
 }
 
 int64_t store_event_insert_tx(store *s, sqlite3 *db, uint64_t device, event_type type, const char *msg)
