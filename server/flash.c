@@ -186,7 +186,6 @@ flash_verdict flash_check(const flash_facts *f, const flash_requirements *req,
 	struct flash__source sources[64];
 	size_t nsources = 0;
 	flash_verdict worst = FLASH_COMPATIBLE;
-	int worst_is_sfdp = 0;
 
 	flash__names(f, names, sizeof names);
 	flash__jedec_text(f, jedec, sizeof jedec);
@@ -210,24 +209,28 @@ flash_verdict flash_check(const flash_facts *f, const flash_requirements *req,
 				 sfdp, fw_version, needs);
 		return FLASH_UNKNOWN;
 	}
+	size_t worst_source = 0;
 	for (size_t i = 0; i < nsources; i++) {
 		flash_verdict v = flash__check_source(&sources[i], req, f->reported_size, detail, sizeof detail);
-		if (v > worst || (v == worst && v != FLASH_COMPATIBLE && !worst_detail[0])) {
+		if (v > worst) {
 			worst = v;
-			worst_is_sfdp = sources[i].sfdp != NULL;
+			worst_source = i;
 			snprintf(worst_detail, sizeof worst_detail, "%s", detail);
 		}
 	}
 	if (worst == FLASH_COMPATIBLE) {
 		snprintf(reason, cap, "flash %s (%s) meets firmware %s's needs: %s", names, jedec,
 			 fw_version, needs);
-	} else {
-		char shared[160] = "";
-		if (f->nrows > 1)
-			snprintf(shared, sizeof shared, " (%d parts share this JEDEC id: the verdict is the "
-				 "most conservative of them)", (int)f->nrows);
-		snprintf(reason, cap, "flash %s (%s)%s %s%s; firmware %s needs %s", names, jedec,
-			 worst_is_sfdp ? " by its own SFDP" : "", worst_detail, shared, fw_version, needs);
+		return worst;
 	}
+	/* Name the part whose facts decided, and say when others share its id. */
+	const struct flash__source *ws = &sources[worst_source];
+	const char *who = ws->row ? ws->row->part : names;
+	char shared[300] = "";
+	if (f->nrows > 1)
+		snprintf(shared, sizeof shared, " (%s is shared by %d parts in the table: %s; the verdict "
+			 "is the most conservative of them)", jedec, (int)f->nrows, names);
+	snprintf(reason, cap, "flash %s (%s)%s %s; firmware %s needs %s%s", who, jedec,
+		 ws->sfdp ? " by its own SFDP" : "", worst_detail, fw_version, needs, shared);
 	return worst;
 }

@@ -491,7 +491,7 @@ json_t *rollout_plan(store *st, const char *fw_dir, int64_t id, tn_error *err)
 		goto done;
 	}
 	if (sqlite3_prepare_v2(db, "SELECT d.device, d.stage, d.state, d.reason, v.hw, v.fw, v.flash_jedec, "
-			       "v.flash_size, v.flash_sfdp FROM rollout_devices d JOIN devices v ON "
+			       "v.flash_size, v.flash_sfdp, d.attempts FROM rollout_devices d JOIN devices v ON "
 			       "v.id = d.device WHERE d.rollout = ? ORDER BY d.stage, d.device", -1, &q,
 			       NULL) != SQLITE_OK) {
 		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
@@ -512,10 +512,11 @@ json_t *rollout_plan(store *st, const char *fw_dir, int64_t id, tn_error *err)
 		n_eligible += d == DECIDE_ELIGIBLE;
 		n_blocked += d == DECIDE_BLOCKED;
 		n_current += d == DECIDE_UP_TO_DATE;
-		json_array_append_new(devices, json_pack("{s:s, s:i, s:s, s:s, s:s, s:s?}",
+		json_array_append_new(devices, json_pack("{s:s, s:i, s:s, s:s, s:s, s:s?, s:i}",
 			"id", (const char *)sqlite3_column_text(q, 0), "stage", sqlite3_column_int(q, 1) + 1,
 			"decision", name, "reason", reason, "state", (const char *)sqlite3_column_text(q, 2),
-			"state_reason", (const char *)sqlite3_column_text(q, 3)));
+			"state_reason", (const char *)sqlite3_column_text(q, 3),
+			"attempts", sqlite3_column_int(q, 9)));
 	}
 	out = json_pack("{s:I, s:s, s:s, s:{s:I, s:I, s:I}, s:O}", "rollout", (json_int_t)id,
 			"firmware", fw.version, "rollout_state",

@@ -15,11 +15,12 @@ CFLAGS="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefin
   -DPACKAGE_VERSION=\"fuzz\" $(pkg-config --cflags jansson)"
 LIBS="$(pkg-config --libs jansson libcrypto)"
 status=0
-for target in frame sfdp; do
+for target in frame sfdp flashparts; do
   src="$top/tests/fuzz/fuzz_$target.c"
   case $target in
     frame) deps="server/frame.c server/util.c server/metrics.c" ;;
     sfdp) deps="server/sfdp.c server/util.c" ;;
+    flashparts) deps="server/flashparts.c server/util.c" ;;
   esac
   # shellcheck disable=SC2086
   clang $CFLAGS -o "$out/fuzz_$target" "$src" $(for d in $deps; do echo "$top/$d"; done) $LIBS

@@ -1383,6 +1383,7 @@ static void sim__upd_begin(const struct sim *sim, struct sim_dev *d)
 {
 	struct sim_upd *u = d->upd;
 
+	assert(u->img && u->have < u->size);
 	u->state = SIM_UPD_FETCH;
 	u->asked = 0;
 	u->reported = false;
@@ -1635,7 +1636,6 @@ static void sim__upd_gone(struct sim *sim, struct sim_dev *d)
 {
 	struct sim_upd *u = d->upd;
 
-	d->rx_binary = false;
 	if (!u)
 		return;
 	u->asked = u->chunk_got = 0;
@@ -1713,7 +1713,7 @@ static void sim__dev_gone(struct sim *sim, struct sim_dev *d, const char *connec
 	sim__upd_gone(sim, d);
 	sim__queue_drop(d);
 	d->wsi = NULL;
-	d->want_close = d->we_closed = d->rx_paused = d->rx_discard = false;
+	d->want_close = d->we_closed = d->rx_paused = d->rx_discard = d->rx_binary = false;
 	d->close_code = 0;
 	d->rx_len = 0;
 	if ((sim->o.reconnect || d->reconnect_once) && sim->stop == SIM_RUNNING) {

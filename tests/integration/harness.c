@@ -151,12 +151,13 @@ static int th__port_from_log(const char *log, const char *prefix)
 	return p ? atoi(p + strlen(prefix)) : 0;
 }
 
-static void th__launch(th_server *s)
+static void th__launch(th_server *s, int same_ports)
 {
 	char cmd[2048];
+	int dport = same_ports ? s->device_port : 0, hport = same_ports ? s->http_port : 0;
 	/* exec through sh so that `extra` can hold several options. */
-	snprintf(cmd, sizeof cmd, "exec '%s' --data-dir '%s' --device-port 0 --http-port 0 %s 2>>'%s'",
-		 th_bin("tenderd"), s->dir, s->extra, s->log);
+	snprintf(cmd, sizeof cmd, "exec '%s' --data-dir '%s' --device-port %d --http-port %d %s 2>>'%s'",
+		 th_bin("tenderd"), s->dir, dport, hport, s->extra, s->log);
 	pid_t pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
@@ -215,7 +216,7 @@ void th_server_start(th_server *s, const char *extra)
 	fprintf(f, "starting tenderd\n");
 	fclose(f);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
-	th__launch(s);
+	th__launch(s, 0);
 }
 
 void th_server_restart(th_server *s)
@@ -223,7 +224,15 @@ void th_server_restart(th_server *s)
 	FILE *f = fopen(s->log, "a");
 	fprintf(f, "starting tenderd\n");
 	fclose(f);
-	th__launch(s);
+	th__launch(s, 0);
+}
+
+void th_server_restart_same_ports(th_server *s)
+{
+	FILE *f = fopen(s->log, "a");
+	fprintf(f, "starting tenderd\n");
+	fclose(f);
+	th__launch(s, 1);
 }
 
 int th_server_stop(th_server *s)

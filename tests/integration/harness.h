@@ -27,6 +27,10 @@ void th_server_start(th_server *s, const char *extra);
 /* Starts it again on the same data dir (after a stop or a kill). */
 void th_server_restart(th_server *s);
 
+/* Starts it again on the same data dir and the same ports (devices that
+ * reconnect find it where it was). */
+void th_server_restart_same_ports(th_server *s);
+
 /* SIGTERM and wait (15 s at most); returns the exit status, or -1. */
 int th_server_stop(th_server *s);
 
