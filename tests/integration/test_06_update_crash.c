@@ -56,7 +56,7 @@ START_TEST(kill9_at_random_points_of_a_rollout)
 
 	const char *out = th_tmp(&s, "sim.out");
 	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--creds", path,
-			       "--update", "accept", "--update-chunk", "16384", "--update-delay", "20",
+			       "--update", "accept", "--update-chunk", "16384", "--update-delay", "60",
 			       "--reconnect", NULL };
 	pid_t sim = th_spawn(argv, out);
 	for (int waited = 0; th_metric(&s, "tender_devices_connected") < NDEV; waited += 100) {
