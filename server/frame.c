@@ -96,7 +96,8 @@ static int frame__int(json_t *obj, const char *key, int required, int64_t min, i
 		return 0;
 	}
 	if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
-		return frame__fail(kind, ERR_BAD_FRAME, err, "'%s' must be an integer >= %ld", key, (long)min);
+		return frame__fail(kind, ERR_BAD_FRAME, err, "'%s' must be an integer from %lld to %lld", key,
+				   (long long)min, (long long)max);
 	*out = json_integer_value(v);
 	return 0;
 }

@@ -2,6 +2,7 @@
 #include "registry.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,7 +81,7 @@ int registry_check(registry *r, uint64_t id, const char *secret)
 	pthread_mutex_lock(&r->lock);
 	const char *h = idmap_get(&r->ids, id);
 	if (h)
-		memcpy(stored, h, AUTH_HASH_HEX);
+		snprintf(stored, sizeof stored, "%s", h);
 	pthread_mutex_unlock(&r->lock);
 	if (!h)
 		return TN_ENOTFOUND;

@@ -119,9 +119,10 @@ typedef struct store_event_query {
 	int limit;
 } store_event_query;
 
-/* {"events":[...oldest first], "next_before": id or null}: with `after`, the
- * oldest `limit` events after it; otherwise the newest `limit` before `before`
- * (or the end).  owned: json_decref. */
+/* With `after` >= 0: {"events":[...], "next_after": id or null}, the oldest
+ * `limit` events after it.  Otherwise {"events":[...], "next_before": id or
+ * null}, the newest `limit` before `before` (or the end).  Events are oldest
+ * first in both.  owned: json_decref. */
 json_t *store_events_list(store *s, const store_event_query *q, tn_error *err);
 
 /* --- tokens ----------------------------------------------------------------- */

@@ -36,19 +36,26 @@ static long long upload(th_server *s, const char *version, const char *hw, const
 	return id;
 }
 
-/* A simulated device that takes updates; returns its pid. */
-static pid_t device(th_server *s, const char *id, const char *secret, const char *jedec, const char *mode,
-		    const char *out)
+/* A simulated device that takes updates; returns its pid.  `extra` is one
+ * more option with its value ("--update-drop-after 100000"), or NULL. */
+static pid_t device_ex(th_server *s, const char *id, const char *secret, const char *jedec,
+		       const char *mode, const char *out, const char *extra_opt, const char *extra_val)
 {
 	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s->ws_url, "--id", (char *)id,
 			       "--secret", (char *)secret, "--hw", "imp003", "--fw", "36.10",
 			       "--jedec", (char *)jedec, "--flash-size", "16777216", "--update", (char *)mode,
-			       "--update-chunk", "32768", "--reconnect", NULL };
+			       "--update-chunk", "32768", "--reconnect", (char *)extra_opt, (char *)extra_val, NULL };
 	pid_t pid = th_spawn(argv, out);
 	char line[64];
 	snprintf(line, sizeof line, "welcome %s", id);
 	ck_assert_int_eq(th_wait_file(out, line, 10000), 0);
 	return pid;
+}
+
+static pid_t device(th_server *s, const char *id, const char *secret, const char *jedec, const char *mode,
+		    const char *out)
+{
+	return device_ex(s, id, secret, jedec, mode, out, NULL, NULL);
 }
 
 static json_t *find_device(json_t *plan, const char *id)
@@ -313,6 +320,56 @@ START_TEST(flash_parts_and_firmware_api)
 }
 END_TEST
 
+START_TEST(dropped_download_resumes_and_silent_device_times_out)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *sec1 = th_register(&s, S25 "", NULL), *sec2 = th_register(&s, W25, NULL);
+	(void)sec1;
+	long long fw = upload(&s, "50.1", "imp003", NEEDS_4K_64K);
+	/* Loses its connection 100 KB into the download, comes back, resumes. */
+	const char *out = th_tmp(&s, "drop.out");
+	pid_t d = device_ex(&s, W25, sec2, "ef4018", "accept", out, "--update-drop-after", "100000");
+	char body[256];
+	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\"],\"start\":true}", fw, W25);
+	th_resp r;
+	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_int_eq(r.status, 201);
+	long long id = json_integer_value(json_object_get(r.json, "id"));
+	th_resp_free(&r);
+	wait_rollout_state(&s, id, "completed", 30000);
+	ck_assert_int_eq(th_count_events(&s, W25, "firmware update triggered"), 1);
+	ck_assert_int_ge(th_count_events(&s, W25, "Device disconnected"), 2); /* the drop and the reboot */
+	char *text = th_read_file(out);
+	/* Offered twice (the second time to resume), with the same update id. */
+	char *first = strstr(text, "update " W25 " "), *second = first ? strstr(first + 1, "update " W25 " ") : NULL;
+	ck_assert_msg(first && second, "no re-offer after the drop: %s", text);
+	ck_assert_int_eq(strncmp(first, second, 30), 0);
+	free(text);
+	kill(d, SIGKILL);
+	waitpid(d, NULL, 0);
+
+	/* A device that never acts on its offer fails the step at its deadline. */
+	char *sec3 = th_register(&s, "30000c2a690c77c7", NULL);
+	long long fw2 = upload(&s, "50.2", "imp003", NEEDS_4K_64K);
+	d = device(&s, "30000c2a690c77c7", sec3, "ef4018", "ignore", th_tmp(&s, "silent.out"));
+	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"30000c2a690c77c7\"],\"start\":true,"
+		 "\"retry_limit\":0,\"deadlines\":{\"trigger\":2}}", fw2);
+	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_int_eq(r.status, 201);
+	th_resp_free(&r);
+	ck_assert_int_ge(th_wait_event(&s, "30000c2a690c77c7", "status",
+				       "firmware update failed: no progress: still triggered after 2 s "
+				       "(attempt 1 of 1; giving up)", 15000), 1);
+	kill(d, SIGKILL);
+	waitpid(d, NULL, 0);
+	free(sec1);
+	free(sec2);
+	free(sec3);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *su = suite_create("05_updates");
@@ -322,6 +379,7 @@ int main(void)
 	tcase_add_test(tc, failures_pause_the_rollout_before_the_next_stage);
 	tcase_add_test(tc, unknown_flash_blocked_unless_overridden);
 	tcase_add_test(tc, flash_parts_and_firmware_api);
+	tcase_add_test(tc, dropped_download_resumes_and_silent_device_times_out);
 	suite_add_tcase(su, tc);
 	SRunner *sr = srunner_create(su);
 	srunner_run_all(sr, CK_NORMAL);
