@@ -9,6 +9,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -23,6 +24,7 @@
 #include "multipart.h"
 #include "rollout.h"
 #include "scheduler.h"
+#include "supervisor.h"
 
 #define API_DEFAULT_LIMIT 100
 #define API_MAX_LIMIT 1000
@@ -35,9 +37,11 @@ struct api {
 	registry *reg;
 	device_loop *dev;
 	scheduler *sched;
+	supervisor *sup;
 	struct MHD_Daemon *mhd;
 	int fd;
 	int port;
+	_Atomic int suspended;  /* /agent/ requests a worker still has to answer */
 };
 
 /* One request in flight. */
@@ -49,6 +53,13 @@ struct req {
 	size_t body_len;
 	size_t max_body;     /* for this route */
 	int too_large;
+	/* an /agent/ request: 1 while the agent runs it (the connection is
+	 * suspended), 2 once answered; the answer is copied here */
+	int agent_state;
+	int agent_status;
+	char *agent_body;
+	size_t agent_len;
+	char **agent_headers;
 };
 
 /* --- responses -------------------------------------------------------------- */
@@ -393,6 +404,8 @@ static enum MHD_Result api__device_patch(struct req *r, uint64_t id)
 		ret = api__store_error(r, &err);
 		goto done;
 	}
+	if (group) /* a new group: the agent now runs that group's code */
+		sup_restart(r->a->sup, id, &err);
 	json_t *dev = store_device_get(r->a->st, id);
 	ret = dev ? api__json(r, 200, dev) : api__error(r, 404, "no such device");
 done:
@@ -432,7 +445,9 @@ static enum MHD_Result api__device_logs(struct req *r, uint64_t id)
 	return out ? api__json(r, 200, out) : api__store_error(r, &err);
 }
 
-/* /v1/devices/{id}[/logs] */
+static enum MHD_Result api__device_agent(struct req *r, uint64_t id, const char *rest);
+
+/* /v1/devices/{id}[/logs|/agent...] */
 static enum MHD_Result api__device_route(struct req *r, const char *rest)
 {
 	char idtext[32];
@@ -460,6 +475,8 @@ static enum MHD_Result api__device_route(struct req *r, const char *rest)
 			return api__device_delete(r, id);
 		return api__method_not_allowed(r, "GET, PATCH, DELETE");
 	}
+	if (strncmp(slash, "/agent", 6) == 0 && (slash[6] == '\0' || slash[6] == '/'))
+		return api__device_agent(r, id, slash + 6);
 	if (strcmp(slash, "/logs") == 0) {
 		if (strcmp(r->method, "GET") != 0)
 			return api__method_not_allowed(r, "GET");
@@ -686,6 +703,155 @@ static enum MHD_Result api__rollout_route(struct req *r, const char *rest)
 	return api__error(r, 404, "no such resource: %s", r->url);
 }
 
+/* --- agents ------------------------------------------------------------------ */
+
+static enum MHD_Result api__deploy(struct req *r, const char *rest)
+{
+	char group[128];
+	const char *slash = strchr(rest, '/');
+	tn_error err = { 0 };
+
+	if (!slash || strcmp(slash, "/agent") != 0 || slash == rest || (size_t)(slash - rest) >= sizeof group)
+		return api__error(r, 404, "no such resource: %s", r->url);
+	memcpy(group, rest, (size_t)(slash - rest));
+	group[slash - rest] = '\0';
+	if (strcmp(r->method, "PUT") != 0)
+		return api__method_not_allowed(r, "PUT");
+	const char *type = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+	if (!type || (strncasecmp(type, "text/plain", 10) != 0 && strncasecmp(type, "text/x-lua", 10) != 0))
+		return api__error(r, 415, "agent code is Lua source: Content-Type: text/plain, not '%s'",
+				  type ? type : "none");
+	if (!r->body_len)
+		return api__error(r, 400, "the agent code is empty");
+	if (sup_deploy(r->a->sup, group, r->body, r->body_len, &err))
+		return err.code == TN_EINVAL ? api__error(r, 400, "%s", err.msg) : api__store_error(r, &err);
+	return api__json(r, 200, json_pack("{ss sI}", "group", group, "bytes", (json_int_t)r->body_len));
+}
+
+/* /v1/devices/{id}/agent[/restart|/migrate] */
+static enum MHD_Result api__device_agent(struct req *r, uint64_t id, const char *rest)
+{
+	tn_error err = { 0 };
+	json_t *dev = store_device_get(r->a->st, id);
+	if (!dev)
+		return api__error(r, 404, "no such device");
+	if (!*rest) {
+		if (strcmp(r->method, "GET") != 0) {
+			json_decref(dev);
+			return api__method_not_allowed(r, "GET");
+		}
+		json_t *info = sup_agent_info(r->a->sup, id);
+		json_object_set(info, "agent_id", json_object_get(dev, "agent_id"));
+		json_object_set(info, "group", json_object_get(dev, "group"));
+		json_decref(dev);
+		return api__json(r, 200, info);
+	}
+	json_decref(dev);
+	if (strcmp(r->method, "POST") != 0)
+		return api__method_not_allowed(r, "POST");
+	if (strcmp(rest, "/restart") == 0) {
+		if (sup_restart(r->a->sup, id, &err))
+			return api__store_error(r, &err);
+		return api__json(r, 202, json_pack("{ss}", "status", "restarting"));
+	}
+	if (strcmp(rest, "/migrate") == 0) {
+		long long worker = -1;
+		enum MHD_Result ret = MHD_NO;
+		if (api__int_arg(r, "worker", 0, 63, &worker, &ret))
+			return ret;
+		if (sup_migrate(r->a->sup, id, (int)worker, &err))
+			return err.code == TN_ESTATE ? api__error(r, 409, "%s", err.msg) : api__store_error(r, &err);
+		return api__json(r, 202, json_pack("{ss}", "status", "migrating"));
+	}
+	return api__error(r, 404, "no such resource: %s", r->url);
+}
+
+/* Called by the agent's worker with its answer: copy it, wake the connection. */
+static void api__agent_done(void *arg, int status, const char *const *headers, const char *body, size_t len)
+{
+	struct req *r = arg;
+	r->agent_status = status;
+	r->agent_body = malloc(len + 1);
+	if (r->agent_body) {
+		memcpy(r->agent_body, body ? body : "", len);
+		r->agent_body[len] = '\0';
+		r->agent_len = len;
+	}
+	size_t n = 0;
+	while (headers && headers[n])
+		n++;
+	r->agent_headers = calloc(n + 1, sizeof *r->agent_headers);
+	for (size_t i = 0; r->agent_headers && i < n; i++)
+		r->agent_headers[i] = strdup(headers[i]);
+	r->agent_state = 2;
+	api *a = r->a;
+	MHD_resume_connection(r->conn);
+	atomic_fetch_sub(&a->suspended, 1);
+}
+
+struct api__hdrs {
+	const char **list;
+	size_t n, cap;
+};
+
+static enum MHD_Result api__collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+					   const char *value)
+{
+	struct api__hdrs *h = cls;
+	if (h->n + 3 > h->cap || !value)
+		return MHD_YES;
+	h->list[h->n++] = key;
+	h->list[h->n++] = value;
+	h->list[h->n] = NULL;
+	return MHD_YES;
+}
+
+/* ANY /agent/{agent_id}/...: handed to the agent's worker; the connection
+ * is suspended until the agent answers. */
+static enum MHD_Result api__agent_request(struct req *r, const char *rest)
+{
+	if (r->agent_state == 2) {
+		struct MHD_Response *resp = MHD_create_response_from_buffer(r->agent_len, r->agent_body,
+									    MHD_RESPMEM_MUST_FREE);
+		if (!resp)
+			return MHD_NO;
+		r->agent_body = NULL;
+		for (char **h = r->agent_headers; h && h[0] && h[1]; h += 2)
+			MHD_add_response_header(resp, h[0], h[1]);
+		if (!MHD_get_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE))
+			MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+		enum MHD_Result ret = MHD_queue_response(r->conn, (unsigned)r->agent_status, resp);
+		MHD_destroy_response(resp);
+		metrics_inc(M_HTTP_REQUESTS);
+		return ret;
+	}
+	char agent_id[80];
+	const char *slash = strchr(rest, '/');
+	size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+	if (n == 0 || n >= sizeof agent_id)
+		return api__error(r, 404, "no such agent");
+	memcpy(agent_id, rest, n);
+	agent_id[n] = '\0';
+	const char *hdr_list[66];
+	struct api__hdrs h = { hdr_list, 0, 66 };
+	hdr_list[0] = NULL;
+	MHD_get_connection_values(r->conn, MHD_HEADER_KIND, api__collect_header, &h);
+	agent_http_req req = {
+		.method = r->method, .path = slash ? slash : "/", .query = "",
+		.body = r->body ? r->body : "", .body_len = r->body_len, .headers = hdr_list,
+	};
+	r->agent_state = 1;
+	atomic_fetch_add(&r->a->suspended, 1);
+	MHD_suspend_connection(r->conn);
+	if (sup_http(r->a->sup, agent_id, &req, api__agent_done, r) != 0) {
+		r->agent_state = 0;
+		MHD_resume_connection(r->conn);
+		atomic_fetch_sub(&r->a->suspended, 1);
+		return api__error(r, 404, "no such agent");
+	}
+	return MHD_YES;
+}
+
 /* --- routing ---------------------------------------------------------------- */
 
 static int api__authorized(struct req *r)
@@ -723,6 +889,12 @@ static enum MHD_Result api__route(struct req *r)
 			return MHD_NO;
 		return api__send(r, 200, "text/plain; version=0.0.4", text, strlen(text));
 	}
+	if (strncmp(url, "/agent/", 7) == 0) {
+		/* The agent authenticates its own callers (the agent id is unguessable). */
+		if (r->too_large)
+			return api__error(r, 413, "the body is larger than %zu bytes", r->max_body);
+		return api__agent_request(r, url + 7);
+	}
 	if (strncmp(url, "/v1/", 4) != 0)
 		return api__error(r, 404, "no such resource: %s", url);
 	if (!api__authorized(r))
@@ -738,6 +910,8 @@ static enum MHD_Result api__route(struct req *r)
 	}
 	if (strncmp(url, "/v1/devices/", 12) == 0)
 		return api__device_route(r, url + 12);
+	if (strncmp(url, "/v1/groups/", 11) == 0)
+		return api__deploy(r, url + 11);
 	if (strcmp(url, "/v1/flash-parts") == 0) {
 		if (strcmp(r->method, "GET") != 0)
 			return api__method_not_allowed(r, "GET");
@@ -827,6 +1001,11 @@ static void api__completed(void *cls, struct MHD_Connection *conn, void **con_cl
 	struct req *r = *con_cls;
 	if (r) {
 		free(r->body);
+		free(r->agent_body);
+		if (r->agent_headers)
+			for (char **h = r->agent_headers; *h; h++)
+				free(*h);
+		free(r->agent_headers);
 		free(r);
 		*con_cls = NULL;
 	}
@@ -879,6 +1058,7 @@ int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error 
 	a->reg = deps->reg;
 	a->dev = deps->dev;
 	a->sched = deps->sched;
+	a->sup = deps->sup;
 	a->fd = -1;
 	if ((rc = api__listen(a, err)))
 		goto fail;
@@ -914,6 +1094,10 @@ void api_stop(api *a)
 {
 	if (!a)
 		return;
+	/* MHD must not stop under a suspended connection: let the agents answer
+	 * the requests they hold (they run until after this), 5 s at most. */
+	for (int i = 0; i < 500 && atomic_load(&a->suspended) > 0; i++)
+		usleep(10 * 1000);
 	if (a->mhd)
 		MHD_stop_daemon(a->mhd);
 	if (a->fd >= 0)

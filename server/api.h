@@ -30,6 +30,7 @@ typedef struct api_deps {
 	registry *reg;
 	device_loop *dev;
 	struct scheduler *sched;
+	struct supervisor *sup;
 } api_deps;
 
 int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error *err);

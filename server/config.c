@@ -50,6 +50,12 @@ static const struct opt config__opts[] = {
 	  "seconds an idle HTTP connection is kept (default 30)" },
 	{ "batch-max", OPT_INT, OFF(batch_max), 1, 100000, "N",
 	  "events committed per store transaction, at most (default 1024)" },
+	{ "agent-workers", OPT_INT, OFF(agent_workers), 0, 64, "N",
+	  "agent worker threads (default 0: one per core)" },
+	{ "agent-memory", OPT_INT, OFF(agent_memory), 65536, 1 << 30, "BYTES",
+	  "memory each agent's Lua state may use (default 1048576)" },
+	{ "agent-budget", OPT_INT, OFF(agent_budget), 1000, 2000000000, "N",
+	  "Lua instructions an agent may run per event (default 10000000)" },
 	{ "sync-full", OPT_BOOL, OFF(sync_full), 0, 1, NULL,
 	  "PRAGMA synchronous=FULL: survive power loss, not only crashes (slower)" },
 	{ "log-level", OPT_LEVEL, OFF(log_level), 0, 0, "LEVEL", "error, warn, info (default) or debug" },
@@ -71,6 +77,8 @@ void config_defaults(tn_config *cfg)
 	cfg->http_max_conns = 1024;
 	cfg->http_timeout = 30;
 	cfg->batch_max = 1024;
+	cfg->agent_memory = 1 << 20;
+	cfg->agent_budget = 10000000;
 	cfg->log_level = LOG_INFO;
 }
 

@@ -24,6 +24,9 @@ typedef struct tn_config {
 	int http_max_conns;
 	int http_timeout;        /* seconds an idle HTTP connection is kept */
 	int batch_max;           /* events per store transaction, at most */
+	int agent_workers;       /* 0: one per core */
+	int agent_memory;        /* bytes per agent */
+	int agent_budget;        /* Lua instructions per agent event */
 	int sync_full;           /* PRAGMA synchronous=FULL instead of NORMAL */
 	int log_level;
 } tn_config;

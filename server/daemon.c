@@ -18,11 +18,13 @@
 #include "registry.h"
 #include "scheduler.h"
 #include "store.h"
+#include "supervisor.h"
 
 struct tenderd {
 	store *st;
 	registry *reg;
 	scheduler *sched;
+	supervisor *sup;
 	device_loop *dev;
 	api *http;
 	char *firmware_dir;
@@ -143,22 +145,29 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 	sched_options sopt = { .firmware_dir = t->firmware_dir };
 	if ((rc = sched_start(&t->sched, &sopt, t->st, err)))
 		goto fail;
+	sup_options supopt = {
+		.workers = cfg->agent_workers,
+		.limits = { .memory = (size_t)cfg->agent_memory, .instructions = (uint64_t)cfg->agent_budget },
+	};
+	if ((rc = sup_start(&t->sup, &supopt, t->st, err)))
+		goto fail;
 
 	device_loop_options dopt = {
 		.bind = cfg->bind, .port = cfg->device_port, .ping_interval = cfg->ping_interval,
 		.idle_timeout = cfg->idle_timeout, .hello_timeout = cfg->hello_timeout,
-		.max_frame = cfg->max_frame, .sched = t->sched,
+		.max_frame = cfg->max_frame, .sched = t->sched, .sup = t->sup,
 	};
 	if ((rc = device_loop_start(&t->dev, &dopt, t->st, t->reg, err)))
 		goto fail;
 	sched_set_device_loop(t->sched, t->dev);
+	sup_set_device_loop(t->sup, t->dev);
 	api_options aopt = {
 		.bind = cfg->bind, .port = cfg->http_port, .threads = cfg->http_threads,
 		.max_conns = cfg->http_max_conns, .conn_timeout = cfg->http_timeout,
 		.max_body = cfg->max_body, .max_firmware = cfg->max_firmware,
 		.firmware_dir = t->firmware_dir,
 	};
-	api_deps deps = { .st = t->st, .reg = t->reg, .dev = t->dev, .sched = t->sched };
+	api_deps deps = { .st = t->st, .reg = t->reg, .dev = t->dev, .sched = t->sched, .sup = t->sup };
 	if ((rc = api_start(&t->http, &aopt, &deps, err)))
 		goto fail;
 
@@ -186,8 +195,10 @@ void daemon_stop(tenderd *t)
 	 * device loop's last closes are then dropped by it, not lost: the store
 	 * still records every "Device disconnected". */
 	sched_stop(t->sched);
+	sup_stop(t->sup);  /* every agent: "Agent stopped: shutdown." */
 	device_loop_stop(t->dev);
 	sched_free(t->sched);
+	sup_free(t->sup);
 	registry_free(t->reg);
 	store_close(t->st);
 	free(t->firmware_dir);

@@ -35,6 +35,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "scheduler.h"
+#include "supervisor.h"
 
 #define DEVICE_MAX_BAD_STREAK 20
 #define DEVICE_MAX_OUT_BYTES (256 * 1024)
@@ -242,6 +243,8 @@ static int device__on_hello(struct conn *c, const frame *f)
 		};
 		sched_device_online(d->opt.sched, c->id, c->serial, &sh);
 	}
+	if (d->opt.sup)
+		sup_device_online(d->opt.sup, c->id, c->serial);
 	log_debug("device %s connected from %s", idhex, peer);
 	device__send_json(c, json_pack("{ss ss ss si si}", "type", "welcome", "id", idhex,
 				       "server", "tender/" TN_VERSION, "ping_interval", d->opt.ping_interval,
@@ -279,7 +282,11 @@ static void device__on_frame_online(struct conn *c, const frame *f)
 		}
 		break;
 	case FRAME_MSG:
-		/* Accepted; agents (which will receive these) arrive with the supervisor. */
+		if (d->opt.sup) {
+			char *data = f->u.msg.data ? json_dumps(f->u.msg.data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+			sup_device_message(d->opt.sup, c->id, f->u.msg.name, data);
+			free(data);
+		}
 		break;
 	case FRAME_UPDATE_STATUS:
 		if (!d->opt.sched) {
@@ -417,6 +424,8 @@ static void device__on_closed(device_loop *d, struct conn *c)
 		}
 		if (d->opt.sched)
 			sched_device_offline(d->opt.sched, c->id, c->serial);
+		if (d->opt.sup)
+			sup_device_offline(d->opt.sup, c->id, c->serial);
 	}
 	free(c->rx);
 	while (c->out_head) {

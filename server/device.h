@@ -24,6 +24,7 @@ typedef struct device_loop_options {
 	int hello_timeout;  /* seconds */
 	int max_frame;      /* bytes */
 	struct scheduler *sched; /* told of hellos, closes and update frames; may be NULL */
+	struct supervisor *sup;  /* told of hellos, closes and msg frames; may be NULL */
 } device_loop_options;
 
 /* Listens and starts the service thread.  Borrows st and reg until stopped. */

@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "log.h"
 #include "logfmt.h"
 #include "metrics.h"
@@ -143,6 +144,37 @@ static int store__migrate(store *s, tn_error *err)
 	return 0;
 }
 
+/* Devices registered before agents existed get their agent id now. */
+static int store__backfill_agent_ids(store *s, tn_error *err)
+{
+	sqlite3_stmt *sel = NULL, *upd = NULL;
+	int rc = TN_EIO;
+	char agent_id[64];
+
+	if (store__exec(s->wdb, "BEGIN IMMEDIATE", err))
+		return TN_EIO;
+	if (sqlite3_prepare_v2(s->wdb, "SELECT id FROM devices WHERE agent_id IS NULL", -1, &sel, NULL) ||
+	    sqlite3_prepare_v2(s->wdb, "UPDATE devices SET agent_id = ? WHERE id = ?", -1, &upd, NULL))
+		goto out;
+	while (sqlite3_step(sel) == SQLITE_ROW) {
+		if (auth_random_secret("ag_", agent_id))
+			goto out;
+		sqlite3_bind_text(upd, 1, agent_id, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(upd, 2, (const char *)sqlite3_column_text(sel, 0), -1, SQLITE_TRANSIENT);
+		if (sqlite3_step(upd) != SQLITE_DONE)
+			goto out;
+		sqlite3_reset(upd);
+	}
+	rc = 0;
+out:
+	sqlite3_finalize(sel);
+	sqlite3_finalize(upd);
+	if (rc == 0 && store__exec(s->wdb, "COMMIT", err) == 0)
+		return 0;
+	store__exec(s->wdb, "ROLLBACK", NULL);
+	return tn_err(err, TN_EIO, "cannot assign agent ids: %s", sqlite3_errmsg(s->wdb));
+}
+
 /* After a crash, devices still marked online were not seen to leave. */
 static int store__recover_online(store *s, tn_error *err)
 {
@@ -213,7 +245,8 @@ int store_open(store **out, const char *dir, const store_options *opt, tn_error 
 	    (rc = store__exec(s->wdb, s->opt.sync_full ? "PRAGMA synchronous = FULL"
 						      : "PRAGMA synchronous = NORMAL", err)) ||
 	    (rc = store__exec(s->wdb, "PRAGMA foreign_keys = ON", err)) ||
-	    (rc = store__migrate(s, err)) || (rc = store__recover_online(s, err)))
+	    (rc = store__migrate(s, err)) || (rc = store__recover_online(s, err)) ||
+	    (rc = store__backfill_agent_ids(s, err)))
 		goto fail;
 	if (store__query_int(s->wdb, "SELECT coalesce(max(id), 0) FROM events", &maxid) ||
 	    store__query_int(s->wdb, "SELECT coalesce(max(seq), 0) FROM sqlite_sequence "
@@ -625,7 +658,7 @@ static json_t *store__text_json(sqlite3_stmt *st, int col)
 }
 
 #define STORE_DEVICE_COLS \
-	"id, name, grp, hw, fw, flash_jedec, flash_size, online, connected_at, last_seen, created"
+	"id, name, grp, hw, fw, flash_jedec, flash_size, online, connected_at, last_seen, created, agent_id"
 
 static json_t *store__device_row(sqlite3_stmt *st)
 {
@@ -640,13 +673,13 @@ static json_t *store__device_row(sqlite3_stmt *st)
 				  "size", sqlite3_column_type(st, 6) == SQLITE_NULL
 						  ? json_null() : json_integer(sqlite3_column_int64(st, 6)));
 	}
-	return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:b, s:o, s:o, s:o}",
+	return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:b, s:o, s:o, s:o, s:o}",
 			 "id", store__text_json(st, 0), "name", store__text_json(st, 1),
 			 "group", store__text_json(st, 2), "hw", store__text_json(st, 3),
 			 "fw", store__text_json(st, 4), "flash", flash,
 			 "online", sqlite3_column_int(st, 7),
 			 "connected_at", store__time_json(st, 8), "last_seen", store__time_json(st, 9),
-			 "created", store__time_json(st, 10));
+			 "created", store__time_json(st, 10), "agent_id", store__text_json(st, 11));
 }
 
 json_t *store_device_get(store *s, uint64_t id)
@@ -761,9 +794,13 @@ static int store__device_create(sqlite3 *db, void *arg, tn_error *err)
 	char hex[17];
 
 	tn_device_id_format(a->id, hex);
-	if (sqlite3_prepare_v2(db, "INSERT INTO devices (id, secret_hash, name, grp, created) "
-			       "VALUES (?, ?, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK)
+	char agent_id[64];
+	if (auth_random_secret("ag_", agent_id))
+		return tn_err(err, TN_EIO, "no randomness available for an agent id");
+	if (sqlite3_prepare_v2(db, "INSERT INTO devices (id, secret_hash, name, grp, created, agent_id) "
+			       "VALUES (?, ?, ?, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK)
 		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	sqlite3_bind_text(st, 6, agent_id, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, a->secret_hash, -1, SQLITE_STATIC);
 	store__bind_text_or_null(st, 3, a->name);
@@ -845,7 +882,22 @@ static int store__device_delete(sqlite3 *db, void *arg, tn_error *err)
 	sqlite3_bind_int64(st, 1, (int64_t)a->id);
 	rc = sqlite3_step(st);
 	sqlite3_finalize(st);
-	return rc == SQLITE_DONE ? 0 : tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	if (rc != SQLITE_DONE)
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	/* Its place in rollouts and its agent's saved state go with it, so no
+	 * rollout waits for a device that no longer exists. */
+	static const char *const more[] = { "DELETE FROM rollout_devices WHERE device = ?",
+					    "DELETE FROM agent_state WHERE device = ?" };
+	for (size_t i = 0; i < TN_ARRAY_LEN(more); i++) {
+		if (sqlite3_prepare_v2(db, more[i], -1, &st, NULL))
+			return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+		sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+		rc = sqlite3_step(st);
+		sqlite3_finalize(st);
+		if (rc != SQLITE_DONE)
+			return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	}
+	return 0;
 }
 
 int store_device_delete(store *s, uint64_t id, tn_error *err)

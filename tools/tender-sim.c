@@ -9,7 +9,11 @@
  * Speaks the device side of docs/protocol.md, firmware updates included
  * (SHA-256 from OpenSSL's libcrypto).  Prints one line per event on stdout for
  * the integration tests to parse (formats in --help) and a summary on stderr
- * at exit. */
+ * at exit.
+ * With --mqtt it speaks minimal MQTT 3.1.1 instead (CONNECT, SUBSCRIBE, QoS 0
+ * PUBLISH, PINGREQ, DISCONNECT), so that the benchmarks drive an MQTT broker
+ * with the same client code: the same devices, state machine, pacing and
+ * cron, over lws raw client sockets (method "RAW") instead of WebSockets. */
 
 #include <assert.h>
 #include <ctype.h>
@@ -33,6 +37,7 @@
 #include <openssl/evp.h>
 
 #define SIM_DEFAULT_URL		"ws://127.0.0.1:8600/v1/device"
+#define SIM_DEFAULT_MQTT_URL	"mqtt://127.0.0.1:1883"
 #define SIM_MAX_RX		(1024 * 1024)	/* larger server frames are an error */
 #define SIM_QUEUE_MAX		32		/* paced frames queued per device */
 #define SIM_MAX_RAW_AFTER	16
@@ -57,11 +62,15 @@
 #define SIM_CHUNK_HDR		8		/* big-endian offset before the bytes */
 #define SIM_UPD_STR		64		/* update id and version limit */
 #define SIM_MS_MAX		86400000LL	/* --update-delay, --install-time */
+#define SIM_MQTT_TOPIC_MAX	1024		/* --mqtt-topic prefix length */
+#define SIM_MQTT_KEEPALIVE_MAX	65535		/* a 16-bit field in CONNECT */
 
 enum sim_kind { SIM_FRAME_HELLO, SIM_FRAME_EXTRA, SIM_FRAME_LOG, SIM_FRAME_MSG,
-		SIM_FRAME_UPDATE };
+		SIM_FRAME_UPDATE, SIM_FRAME_PING };
 
-/* One text frame waiting for WRITEABLE, with LWS_PRE bytes of headroom. */
+/* One text frame (or, with --mqtt, one MQTT packet: HELLO is CONNECT, EXTRA
+ * SUBSCRIBE, MSG PUBLISH, PING PINGREQ) waiting for WRITEABLE, with LWS_PRE
+ * bytes of headroom. */
 struct sim_frame {
 	struct sim_frame *next;
 	enum sim_kind kind;
@@ -84,7 +93,9 @@ struct sim_pace {
  *
  *   IDLE --cron: retry_at reached and fewer than --max-pending pending--> CONNECTING
  *   CONNECTING --CLIENT_ESTABLISHED, hello queued--> OPEN
+ *              (--mqtt: RAW_CONNECTED, CONNECT queued)
  *   OPEN --welcome frame--> WELCOMED
+ *        (--mqtt: a CONNACK accepting the connection)
  *   CONNECTING, OPEN, WELCOMED --error, close or loss--> IDLE with --reconnect
  *                                                        (retry_at = now + backoff),
  *                                                        else DEAD
@@ -182,6 +193,7 @@ struct sim_dev {
 
 	struct sim_pace log, msg;
 	lws_usec_t retry_at, backoff;
+	lws_usec_t last_tx;			/* --mqtt: last packet written (keepalive) */
 	struct sim_upd *upd;			/* owned; NULL until the first offer */
 };
 
@@ -210,6 +222,9 @@ struct sim_opts {
 	long long update_delay_ms, install_ms;
 	long long drop_after;			/* 0: not given */
 	double wait_update;			/* < 0: not given */
+	bool mqtt;
+	long mqtt_keepalive;			/* seconds; 0: no PINGREQ */
+	const char *mqtt_topic;			/* prefix: each device uses PREFIX/ID */
 };
 
 enum sim_stop {
@@ -302,7 +317,8 @@ static void sim__usage(FILE *f)
 {
 	fputs(
 "Usage: tender-sim [OPTION]...\n"
-"Simulates tenderd devices: the device side of docs/protocol.md over WebSocket.\n"
+"Simulates tenderd devices: the device side of docs/protocol.md over WebSocket\n"
+"(or, with --mqtt, minimal MQTT 3.1.1 clients for an MQTT broker).\n"
 "\n"
 "Devices (one of):\n"
 "  --id HEX16 --secret S      one device\n"
@@ -312,9 +328,11 @@ static void sim__usage(FILE *f)
 "                             the option's value)\n"
 "  --devices N --id-base HEX16 --secret S\n"
 "                             N devices with consecutive ids from id-base, one secret\n"
+"                             (--mqtt needs no --secret)\n"
 "\n"
 "Connection:\n"
-"  --url URL                  server (default " SIM_DEFAULT_URL "; ws:// only)\n"
+"  --url URL                  server (default " SIM_DEFAULT_URL "; ws:// only;\n"
+"                             with --mqtt mqtt://HOST[:PORT], default " SIM_DEFAULT_MQTT_URL ")\n"
 "  --reconnect                reconnect after a close or a failed connect: backoff from\n"
 "                             0.5 s, doubling to 30 s, +-20% jitter, reset by a welcome.\n"
 "                             Without it a closed device stays closed, and the process\n"
@@ -344,6 +362,25 @@ static void sim__usage(FILE *f)
 "                             A rate of 0 with a count sends the count as fast as the\n"
 "                             connection takes it; a rate of 0 without a count sends none.\n"
 "                             Counts and sequence numbers go on across reconnects.\n"
+"\n"
+"MQTT (the benchmarks' peer: the same client code against an MQTT broker):\n"
+"  --mqtt                     speak MQTT 3.1.1 over TCP instead of the WebSocket protocol,\n"
+"                             on libwebsockets raw client sockets (method \"RAW\") in the\n"
+"                             same service loop, so devices, --max-pending, --reconnect,\n"
+"                             pacing and the cron are the ones above.  A device sends\n"
+"                             CONNECT (client id = device id, clean session, no user\n"
+"                             name); a CONNACK with return code 0 is its welcome (the\n"
+"                             welcome line is printed), any other code a connect-error.\n"
+"                             With --msg-rate or --msg-count it first SUBSCRIBEs to\n"
+"                             PREFIX/ID at QoS 0, then each msg is a QoS 0 PUBLISH to\n"
+"                             PREFIX/ID with payload {\"seq\":n}, so the broker sends it\n"
+"                             back: a round trip, printed as a msg line.  A device that\n"
+"                             has written nothing for half the keepalive sends PINGREQ.\n"
+"                             Closing sends DISCONNECT.  A connection the broker drops\n"
+"                             prints closed <id> 1006 connection lost.  Not with --log-*,\n"
+"                             --raw-*, --oversize (the hello options are unused)\n"
+"  --mqtt-keepalive S         CONNECT keepalive in seconds (default 60; 0: none)\n"
+"  --mqtt-topic PREFIX        topic prefix (default tender-sim)\n"
 "\n"
 "Misbehaving on purpose:\n"
 "  --raw-first TEXT           send TEXT verbatim as the first frame instead of hello\n"
@@ -404,8 +441,10 @@ static void sim__usage(FILE *f)
 "                                     1005 and '' for a close frame without a code\n"
 "  connect-error <id> <message>       the connection or its handshake failed\n"
 "  error-frame <id> <code> <message>  an error frame\n"
-"  msg <id> <name> <data>             a msg frame; data as compact JSON\n"
-"  frame <id> <text>                  any other server frame, as received\n"
+"  msg <id> <name> <data>             a msg frame; data as compact JSON (--mqtt: a\n"
+"                                     PUBLISH: its topic and payload)\n"
+"  frame <id> <text>                  any other server frame, as received (--mqtt:\n"
+"                                     mqtt-packet-type N for an unexpected packet)\n"
 "  update <id> <update-id> <version> <size>\n"
 "                                     an update offer (re-offers too)\n"
 "  downloaded <id> <update-id>        every byte is in and the SHA-256 matches\n"
@@ -480,19 +519,24 @@ static int sim__check_utf8(const char *opt, const char *s)
 	return 0;
 }
 
-/* Splits ws://host[:port][/path] into o->host, o->port, o->path, o->hostport. */
+/* Splits ws://host[:port][/path] (--mqtt: mqtt://host[:port]) into o->host,
+ * o->port, o->path, o->hostport. */
 static int sim__parse_url(struct sim_opts *o)
 {
+	const char *scheme = o->mqtt ? "mqtt://" : "ws://";
 	const char *h, *hend, *p;
-	long long port = 80;
+	long long port = o->mqtt ? 1883 : 80;
 	char portbuf[8];
 	size_t hlen;
 
-	if (strncmp(o->url, "ws://", 5)) {
-		sim__err("--url: '%s': only ws:// URLs are supported", o->url);
+	if (!o->url)
+		o->url = o->mqtt ? SIM_DEFAULT_MQTT_URL : SIM_DEFAULT_URL;
+	if (strncmp(o->url, scheme, strlen(scheme))) {
+		sim__err("--url: '%s': only %s URLs are supported%s", o->url, scheme,
+			 o->mqtt ? " with --mqtt" : "");
 		return -1;
 	}
-	h = o->url + 5;
+	h = o->url + strlen(scheme);
 	if (*h == '[') {
 		hend = strchr(h, ']');
 		if (!hend)
@@ -519,7 +563,7 @@ static int sim__parse_url(struct sim_opts *o)
 			return -1;
 		p += 1 + plen;
 	}
-	if (strlen(p) >= sizeof(o->path))
+	if (strlen(p) >= sizeof(o->path) || (o->mqtt && *p && strcmp(p, "/")))
 		goto bad;
 	snprintf(o->path, sizeof(o->path), "%s", *p ? p : "/");
 	o->port = (int)port;
@@ -527,7 +571,8 @@ static int sim__parse_url(struct sim_opts *o)
 		 o->host, o->port);
 	return 0;
 bad:
-	sim__err("--url: '%s' is not ws://HOST[:PORT][/PATH]", o->url);
+	sim__err("--url: '%s' is not %s", o->url, o->mqtt ? "mqtt://HOST[:PORT]"
+							  : "ws://HOST[:PORT][/PATH]");
 	return -1;
 }
 
@@ -538,7 +583,7 @@ enum {
 	OPT_DURATION, OPT_EXIT_WHEN_DONE, OPT_RECONNECT, OPT_RAW_FIRST, OPT_RAW_AFTER,
 	OPT_OVERSIZE, OPT_NO_PONG, OPT_STALL_AFTER, OPT_QUIET, OPT_VERBOSE, OPT_HELP,
 	OPT_MAX_PENDING, OPT_UPDATE, OPT_UPDATE_CHUNK, OPT_UPDATE_DELAY, OPT_UPDATE_DROP_AFTER,
-	OPT_INSTALL_TIME, OPT_WAIT_UPDATE,
+	OPT_INSTALL_TIME, OPT_WAIT_UPDATE, OPT_MQTT, OPT_MQTT_KEEPALIVE, OPT_MQTT_TOPIC,
 };
 
 static const struct option sim_options[] = {
@@ -575,6 +620,9 @@ static const struct option sim_options[] = {
 	{ "update-drop-after", required_argument, NULL, OPT_UPDATE_DROP_AFTER },
 	{ "install-time", required_argument, NULL, OPT_INSTALL_TIME },
 	{ "wait-update", required_argument, NULL, OPT_WAIT_UPDATE },
+	{ "mqtt", no_argument, NULL, OPT_MQTT },
+	{ "mqtt-keepalive", required_argument, NULL, OPT_MQTT_KEEPALIVE },
+	{ "mqtt-topic", required_argument, NULL, OPT_MQTT_TOPIC },
 	{ "quiet", no_argument, NULL, OPT_QUIET },
 	{ "verbose", no_argument, NULL, OPT_VERBOSE },
 	{ "help", no_argument, NULL, OPT_HELP },
@@ -641,6 +689,11 @@ static int sim__parse_number_opt(struct sim_opts *o, int c, const char *arg)
 			return -1;
 		o->max_pending = (long)v;
 		return 0;
+	case OPT_MQTT_KEEPALIVE:
+		if (sim__parse_ll("--mqtt-keepalive", arg, 0, SIM_MQTT_KEEPALIVE_MAX, &v))
+			return -1;
+		o->mqtt_keepalive = (long)v;
+		return 0;
 	}
 	return sim__parse_update_opt(o, c, arg);
 }
@@ -684,6 +737,14 @@ static int sim__parse_string_opt(struct sim_opts *o, int c, const char *arg)
 	case OPT_LOG_TEXT: o->log_text = arg; return 0;
 	case OPT_LOG_LEVEL: o->log_level = arg; return 0;
 	case OPT_MSG_NAME: o->msg_name = arg; return 0;
+	case OPT_MQTT_TOPIC:
+		if (!*arg || strlen(arg) > SIM_MQTT_TOPIC_MAX || strpbrk(arg, "+#")) {
+			sim__err("--mqtt-topic: '%s' is not 1 to %d bytes without + or #", arg,
+				 SIM_MQTT_TOPIC_MAX);
+			return -1;
+		}
+		o->mqtt_topic = arg;
+		return 0;
 	case OPT_RAW_FIRST: o->raw_first = arg; return 0;
 	case OPT_UPDATE: return sim__parse_update_mode(o, arg);
 	case OPT_RAW_AFTER:
@@ -705,6 +766,7 @@ static int sim__parse_flag_opt(struct sim_opts *o, int c)
 	case OPT_NO_PONG: o->no_pong = true; return 0;
 	case OPT_QUIET: o->quiet = true; return 0;
 	case OPT_VERBOSE: o->verbose = true; return 0;
+	case OPT_MQTT: o->mqtt = true; return 0;
 	}
 	return 1;
 }
@@ -735,7 +797,7 @@ static int sim__check_device_opts(const struct sim_opts *o)
 		sim__err("--devices: %ld ids from --id-base go past ffffffffffffffff", o->devices);
 		return -1;
 	}
-	if ((o->id || o->devices) && !o->secret) {
+	if ((o->id || o->devices) && !o->secret && !o->mqtt) {
 		sim__err("%s needs --secret", o->id ? "--id" : "--devices");
 		return -1;
 	}
@@ -746,10 +808,26 @@ static int sim__check_device_opts(const struct sim_opts *o)
 	return 0;
 }
 
+/* --mqtt has no logs and no way to misbehave in WebSocket frames. */
+static int sim__check_mqtt_opts(const struct sim_opts *o)
+{
+	const char *bad = o->log_rate > 0 || o->log_count >= 0 ? "--log-rate and --log-count"
+			  : o->raw_first || o->n_raw_after ? "--raw-first and --raw-after"
+			  : o->oversize ? "--oversize" : NULL;
+
+	if (!o->mqtt)
+		return 0;
+	if (bad) {
+		sim__err("%s do not go with --mqtt (use --msg-rate, --msg-count)", bad);
+		return -1;
+	}
+	return sim__check_utf8("--mqtt-topic", o->mqtt_topic);
+}
+
 /* Cross-option rules once everything is parsed. */
 static int sim__check_opts(struct sim_opts *o)
 {
-	if (sim__check_device_opts(o) || sim__parse_url(o))
+	if (sim__check_device_opts(o) || sim__parse_url(o) || sim__check_mqtt_opts(o))
 		return -1;
 	if (o->jedec && !sim__is_hex(o->jedec, 6)) {
 		sim__err("--jedec: '%s' is not 6 hex digits", o->jedec);
@@ -784,11 +862,12 @@ static int sim__parse_args(struct sim_opts *o, int argc, char **argv)
 	int c, r;
 
 	*o = (struct sim_opts){
-		.url = SIM_DEFAULT_URL, .hw = "sim", .fw = "1.0.0", .flash_size = -1,
+		.hw = "sim", .fw = "1.0.0", .flash_size = -1,
 		.log_count = -1, .msg_count = -1, .log_text = "hello from sim %n",
 		.log_level = "info", .msg_name = "ping", .duration = -1,
 		.stall_after = -1, .max_pending = 256, .update = SIM_UPD_ACCEPT,
 		.update_chunk = 16384, .install_ms = 200, .wait_update = -1,
+		.mqtt_keepalive = 60, .mqtt_topic = "tender-sim",
 	};
 	while ((c = getopt_long(argc, argv, "", sim_options, NULL)) != -1) {
 		if (c == OPT_HELP) {
@@ -1057,9 +1136,17 @@ static struct sim_frame *sim__build_log(const struct sim *sim, uint64_t seq)
 	return sim__frame_json(o, SIM_FRAME_LOG);
 }
 
-static struct sim_frame *sim__build_msg(const struct sim *sim, uint64_t seq)
+static struct sim_frame *sim__mqtt_publish(const struct sim *sim, const struct sim_dev *d,
+					   uint64_t seq);
+
+static struct sim_frame *sim__build_msg(const struct sim *sim, const struct sim_dev *d,
+					uint64_t seq)
 {
-	json_t *o = json_pack("{s:s, s:s, s:{s:I}}", "type", "msg", "name", sim->o.msg_name,
+	json_t *o;
+
+	if (sim->o.mqtt)
+		return sim__mqtt_publish(sim, d, seq);
+	o = json_pack("{s:s, s:s, s:{s:I}}", "type", "msg", "name", sim->o.msg_name,
 			      "data", "seq", (json_int_t)seq);
 
 	return sim__frame_json(o, SIM_FRAME_MSG);
@@ -1116,6 +1203,124 @@ static void sim__queue_drop(struct sim_dev *d)
 	d->msg.made = d->msg.sent;
 }
 
+/* ---- MQTT packets (--mqtt) ------------------------------------------------ */
+
+#define SIM_MQTT_CONNECT	0x10
+#define SIM_MQTT_CONNACK	2		/* packet types, the header's high nibble */
+#define SIM_MQTT_PUBLISH	3
+#define SIM_MQTT_SUBACK		9
+#define SIM_MQTT_PINGRESP	13
+#define SIM_MQTT_PUBLISH_QOS0	0x30		/* fixed header bytes we send */
+#define SIM_MQTT_SUBSCRIBE	0x82
+#define SIM_MQTT_PINGREQ	0xc0
+#define SIM_MQTT_DISCONNECT	0xe0
+#define SIM_MQTT_REM_MAX	268435455	/* largest remaining length */
+
+/* A packet with fixed header byte `type` and a body of len bytes, which the
+ * caller writes at *body.  Owned: caller frees (or pushes onto a queue). */
+static struct sim_frame *sim__mqtt_alloc(unsigned type, size_t len, enum sim_kind kind,
+					 unsigned char **body)
+{
+	unsigned char hdr[5];
+	size_t n = 0, rem = len;
+	struct sim_frame *f;
+
+	assert(len <= SIM_MQTT_REM_MAX);
+	hdr[n++] = (unsigned char)type;
+	do {		/* remaining length: 7 bits a byte, low first */
+		hdr[n] = rem & 0x7f;
+		rem >>= 7;
+		if (rem)
+			hdr[n] |= 0x80;
+		n++;
+	} while (rem);
+	f = sim__frame_alloc(n + len, kind);
+	if (!f)
+		return NULL;
+	memcpy(f->buf + LWS_PRE, hdr, n);
+	*body = f->buf + LWS_PRE + n;
+	return f;
+}
+
+/* A 16-bit length, then the bytes. */
+static unsigned char *sim__mqtt_put_str(unsigned char *p, const char *s, size_t len)
+{
+	assert(len <= 0xffff);
+	*p++ = (unsigned char)(len >> 8);
+	*p++ = (unsigned char)len;
+	memcpy(p, s, len);
+	return p + len;
+}
+
+/* d's topic, PREFIX/ID, into buf; returns its length. */
+static size_t sim__mqtt_topic(const struct sim *sim, const struct sim_dev *d,
+			      char buf[SIM_MQTT_TOPIC_MAX + 18])
+{
+	return (size_t)snprintf(buf, SIM_MQTT_TOPIC_MAX + 18, "%s/%s", sim->o.mqtt_topic, d->id);
+}
+
+/* CONNECT, protocol level 4 (3.1.1), clean session, client id = device id. */
+static struct sim_frame *sim__mqtt_connect(const struct sim *sim, const struct sim_dev *d)
+{
+	static const unsigned char head[] = { 0, 4, 'M', 'Q', 'T', 'T', 4, 0x02 };
+	size_t idlen = strlen(d->id);
+	unsigned char *p;
+	struct sim_frame *f = sim__mqtt_alloc(SIM_MQTT_CONNECT, sizeof(head) + 2 + 2 + idlen,
+					      SIM_FRAME_HELLO, &p);
+
+	if (!f)
+		return NULL;
+	memcpy(p, head, sizeof(head));
+	p += sizeof(head);
+	*p++ = (unsigned char)(sim->o.mqtt_keepalive >> 8);
+	*p++ = (unsigned char)sim->o.mqtt_keepalive;
+	sim__mqtt_put_str(p, d->id, idlen);
+	return f;
+}
+
+/* SUBSCRIBE to d's own topic at QoS 0 (packet id 1: one subscription each). */
+static struct sim_frame *sim__mqtt_subscribe(const struct sim *sim, const struct sim_dev *d)
+{
+	char topic[SIM_MQTT_TOPIC_MAX + 18];
+	size_t tlen = sim__mqtt_topic(sim, d, topic);
+	unsigned char *p;
+	struct sim_frame *f = sim__mqtt_alloc(SIM_MQTT_SUBSCRIBE, 2 + 2 + tlen + 1,
+					      SIM_FRAME_EXTRA, &p);
+
+	if (!f)
+		return NULL;
+	*p++ = 0;
+	*p++ = 1;
+	p = sim__mqtt_put_str(p, topic, tlen);
+	*p = 0;
+	return f;
+}
+
+/* PUBLISH QoS 0 of {"seq":n} to d's own topic: the msg frame of --mqtt. */
+static struct sim_frame *sim__mqtt_publish(const struct sim *sim, const struct sim_dev *d,
+					   uint64_t seq)
+{
+	char topic[SIM_MQTT_TOPIC_MAX + 18], payload[40];
+	size_t tlen = sim__mqtt_topic(sim, d, topic);
+	size_t plen = (size_t)snprintf(payload, sizeof(payload), "{\"seq\":%" PRIu64 "}", seq);
+	unsigned char *p;
+	struct sim_frame *f = sim__mqtt_alloc(SIM_MQTT_PUBLISH_QOS0, 2 + tlen + plen,
+					      SIM_FRAME_MSG, &p);
+
+	if (!f)
+		return NULL;
+	p = sim__mqtt_put_str(p, topic, tlen);
+	memcpy(p, payload, plen);
+	return f;
+}
+
+static struct sim_frame *sim__mqtt_pingreq(void)
+{
+	unsigned char *p;
+
+	return sim__mqtt_alloc(SIM_MQTT_PINGREQ, 0, SIM_FRAME_PING, &p);
+}
+
 /* ---- pacing ---------------------------------------------------------------- */
 
 /* Queues the frames of one kind due by now: at rate per second, or as fast as
@@ -1144,7 +1349,7 @@ static int sim__fill_kind(const struct sim *sim, struct sim_dev *d, struct sim_p
 	}
 	while (p->made < due && d->q_len < SIM_QUEUE_MAX) {
 		f = kind == SIM_FRAME_LOG ? sim__build_log(sim, p->made + 1)
-					  : sim__build_msg(sim, p->made + 1);
+					  : sim__build_msg(sim, d, p->made + 1);
 		if (!f)
 			return -1;
 		sim__queue_push(d, f);
@@ -1738,6 +1943,7 @@ static void sim__dev_connect(struct sim *sim, struct sim_dev *d)
 	ci.host = sim->o.hostport;
 	ci.ietf_version_or_minus_one = -1;
 	ci.local_protocol_name = "tender-sim";	/* no Sec-WebSocket-Protocol sent */
+	ci.method = sim->o.mqtt ? "RAW" : NULL;	/* RAW: a bare TCP connection */
 	ci.opaque_user_data = d;
 	sim__dev_set_state(sim, d, SIM_CONNECTING);
 	wsi = lws_client_connect_via_info(&ci);
@@ -1760,9 +1966,10 @@ static int sim__on_established(struct sim *sim, struct sim_dev *d, struct lws *w
 		sim__dev_close(d, LWS_CLOSE_STATUS_NORMAL, "");
 		return 0;
 	}
-	f = sim->o.raw_first ? sim__frame_text(sim->o.raw_first, strlen(sim->o.raw_first),
-					       SIM_FRAME_HELLO)
-			     : sim__build_hello(sim, d);
+	f = sim->o.mqtt ? sim__mqtt_connect(sim, d)
+	    : sim->o.raw_first ? sim__frame_text(sim->o.raw_first, strlen(sim->o.raw_first),
+						 SIM_FRAME_HELLO)
+	    : sim__build_hello(sim, d);
 	if (!f) {
 		sim__err("%s: out of memory building hello", d->id);
 		sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
@@ -1791,6 +1998,12 @@ static int sim__on_welcome(struct sim *sim, struct sim_dev *d)
 	d->log.start = d->msg.start = now;
 	d->log.base = d->log.made;
 	d->msg.base = d->msg.made;
+	if (sim->o.mqtt && sim->msg_limit) {	/* msgs come back through it */
+		f = sim__mqtt_subscribe(sim, d);
+		if (!f)
+			return -1;
+		sim__queue_push(d, f);
+	}
 	for (int i = 0; i < sim->o.n_raw_after; i++) {
 		f = sim__frame_text(sim->o.raw_after[i], strlen(sim->o.raw_after[i]),
 				    SIM_FRAME_EXTRA);
@@ -1925,12 +2138,147 @@ static int sim__on_receive(struct sim *sim, struct sim_dev *d, struct lws *wsi,
 	return 0;
 }
 
+/* CONNACK: return code 0 is the welcome, any other a refusal. */
+static int sim__mqtt_on_connack(struct sim *sim, struct sim_dev *d, const unsigned char *b,
+				size_t len)
+{
+	if (len != 2)
+		return -1;
+	if (d->state != SIM_OPEN)
+		return 0;
+	if (b[1]) {
+		sim__event(sim, "connect-error %s CONNACK return code %u", d->id, b[1]);
+		sim__dev_close(d, LWS_CLOSE_STATUS_NORMAL, "");
+		return 0;
+	}
+	sim__event(sim, "welcome %s", d->id);
+	if (sim__on_welcome(sim, d)) {
+		sim__err("%s: out of memory after welcome", d->id);
+		sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+	}
+	return 0;
+}
+
+/* PUBLISH: a msg line with its topic and payload. */
+static int sim__mqtt_on_publish(const struct sim *sim, const struct sim_dev *d, unsigned hdr,
+				const unsigned char *b, size_t len)
+{
+	size_t tlen, skip;
+
+	if (len < 2)
+		return -1;
+	tlen = (size_t)b[0] << 8 | b[1];
+	skip = 2 + tlen + ((hdr >> 1 & 3) ? 2 : 0);	/* QoS 1 and 2 have a packet id */
+	if (skip > len)
+		return -1;
+	sim__event(sim, "msg %s %.*s %.*s", d->id, (int)tlen, (const char *)b + 2,
+		   (int)(len - skip), (const char *)b + skip);
+	return 0;
+}
+
+/* One whole packet: fixed header byte hdr, then len bytes at b.  -1: malformed. */
+static int sim__mqtt_packet(struct sim *sim, struct sim_dev *d, unsigned hdr,
+			    const unsigned char *b, size_t len)
+{
+	sim->n_received++;
+	switch (hdr >> 4) {
+	case SIM_MQTT_CONNACK:
+		return sim__mqtt_on_connack(sim, d, b, len);
+	case SIM_MQTT_PUBLISH:
+		return sim__mqtt_on_publish(sim, d, hdr, b, len);
+	case SIM_MQTT_SUBACK:
+	case SIM_MQTT_PINGRESP:
+		return 0;
+	default:
+		sim__event(sim, "frame %s mqtt-packet-type %u", d->id, hdr >> 4);
+		return 0;
+	}
+}
+
+/* Handles the first packet in buf if it is whole.  Returns its size, 0 while
+ * it is incomplete, or -1 if it is malformed or larger than SIM_MAX_RX. */
+static long sim__mqtt_split(struct sim *sim, struct sim_dev *d, const unsigned char *buf,
+			    size_t len)
+{
+	size_t rem = 0, i;
+
+	for (i = 1;; i++) {		/* remaining length: at most 4 bytes */
+		if (i > 4)
+			return -1;
+		if (i >= len)
+			return 0;
+		rem |= (size_t)(buf[i] & 0x7f) << (7 * (i - 1));
+		if (!(buf[i] & 0x80))
+			break;
+	}
+	if (rem > SIM_MAX_RX)
+		return -1;
+	if (len - (i + 1) < rem)
+		return 0;
+	if (sim__mqtt_packet(sim, d, buf[0], buf + i + 1, rem))
+		return -1;
+	return (long)(i + 1 + rem);
+}
+
+/* RAW_RX: a piece of the byte stream.  Whole packets are handled where they
+ * lie; the start of one split across reads waits in d->rx.  Errors close the
+ * connection later and drop what still comes, as on the WebSocket side. */
+static int sim__mqtt_on_rx(struct sim *sim, struct sim_dev *d, const unsigned char *in,
+			   size_t len)
+{
+	const unsigned char *p = in;
+	size_t n = len;
+	long used = 0;
+
+	if (d->rx_discard)
+		return 0;
+	if (d->rx_len) {
+		if (sim__rx_append(d, in, len))
+			goto discard;
+		p = d->rx;
+		n = d->rx_len;
+	}
+	while (n && (used = sim__mqtt_split(sim, d, p, n)) > 0) {
+		p += used;
+		n -= (size_t)used;
+	}
+	if (used < 0) {
+		sim__err("%s: malformed or oversized MQTT packet; closing", d->id);
+		sim__dev_close(d, LWS_CLOSE_STATUS_PROTOCOL_ERR, "");
+		goto discard;
+	}
+	if (d->rx_len) {
+		memmove(d->rx, p, n);
+		d->rx_len = n;
+	} else if (n && sim__rx_append(d, p, n)) {
+		goto discard;
+	}
+	return 0;
+discard:
+	d->rx_discard = true;
+	d->rx_len = 0;
+	return 0;
+}
+
+/* Our close with --mqtt: DISCONNECT first when it is a normal one. */
+static int sim__mqtt_close(struct sim_dev *d, struct lws *wsi)
+{
+	unsigned char buf[LWS_PRE + 2] = { [LWS_PRE] = SIM_MQTT_DISCONNECT, 0 };
+
+	if (d->state == SIM_WELCOMED && d->our_status == LWS_CLOSE_STATUS_NORMAL)
+		lws_write(wsi, buf + LWS_PRE, 2, LWS_WRITE_RAW);
+	return -1;
+}
+
 /* One lws_write per WRITEABLE, as lws requires. */
 static int sim__on_writeable(struct sim *sim, struct sim_dev *d, struct lws *wsi)
 {
 	struct sim_frame *f;
+	lws_usec_t now;
 	int n;
 
+	if (d->want_close && sim->o.mqtt)
+		return sim__mqtt_close(d, wsi);
 	if (d->want_close) {
 		lws_close_reason(wsi, d->our_status, (unsigned char *)d->our_reason,
 				 strlen(d->our_reason));
@@ -1939,12 +2287,14 @@ static int sim__on_writeable(struct sim *sim, struct sim_dev *d, struct lws *wsi
 	f = sim__queue_pop(d);
 	if (!f)
 		return 0;
-	n = lws_write(wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_TEXT);
+	n = lws_write(wsi, f->buf + LWS_PRE, f->len, sim->o.mqtt ? LWS_WRITE_RAW : LWS_WRITE_TEXT);
 	if (n < (int)f->len) {
 		sim__err("%s: write failed", d->id);
 		free(f);
 		return -1;
 	}
+	now = lws_now_usecs();
+	d->last_tx = now;
 	if (f->kind == SIM_FRAME_LOG) {
 		d->log.sent++;
 		sim->n_log_sent++;
@@ -1953,7 +2303,7 @@ static int sim__on_writeable(struct sim *sim, struct sim_dev *d, struct lws *wsi
 		sim->n_msg_sent++;
 	}
 	free(f);
-	if (sim__dev_fill(sim, d, lws_now_usecs()))
+	if (sim__dev_fill(sim, d, now))
 		sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
 	if (d->q_head)
 		lws_callback_on_writable(wsi);
@@ -2001,8 +2351,15 @@ static int sim__callback(struct lws *wsi, enum lws_callback_reasons reason, void
 		sim__on_peer_close(d, in, len);
 		return 0;
 	case LWS_CALLBACK_CLIENT_CLOSED:
+	case LWS_CALLBACK_RAW_CLOSE:
 		sim__dev_gone(sim, d, NULL);
 		return 0;
+	case LWS_CALLBACK_RAW_CONNECTED:		/* --mqtt from here on */
+		return sim__on_established(sim, d, wsi);
+	case LWS_CALLBACK_RAW_RX:
+		return sim__mqtt_on_rx(sim, d, in, len);
+	case LWS_CALLBACK_RAW_WRITEABLE:
+		return sim__on_writeable(sim, d, wsi);
 	case LWS_CALLBACK_WSI_DESTROY:
 		/* Safety net for a wsi that went without either callback above. */
 		if (d->wsi == wsi)
@@ -2056,6 +2413,31 @@ static lws_usec_t sim__pace_next(const struct sim_pace *p, double rate, uint64_t
 	return p->start + (lws_usec_t)((double)(p->made - p->base) * 1e6 / rate) + 1;
 }
 
+/* --mqtt: a WELCOMED device that has written nothing for half the keepalive
+ * queues a PINGREQ (the broker drops a client silent for 1.5 keepalives).
+ * Returns when it has work next for d. */
+static lws_usec_t sim__mqtt_keepalive(struct sim_dev *d, long keepalive, lws_usec_t now)
+{
+	lws_usec_t half = (lws_usec_t)keepalive * 500000, due = d->last_tx + half;
+	struct sim_frame *f;
+
+	if (!keepalive || d->want_close)
+		return SIM_NEVER;
+	if (now < due)
+		return due;
+	if (d->q_head)			/* it is writing: last_tx moves on */
+		return now + half;
+	f = sim__mqtt_pingreq();
+	if (!f) {
+		sim__err("%s: out of memory building a PINGREQ", d->id);
+		sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+		return SIM_NEVER;
+	}
+	sim__queue_push(d, f);
+	lws_callback_on_writable(d->wsi);
+	return now + half;
+}
+
 /* Walks every device once: connects those due, paces traffic, runs update
  * timers, and notes whether --exit-when-done is complete.  Returns when it
  * has work next. */
@@ -2085,6 +2467,8 @@ static lws_usec_t sim__walk(struct sim *sim, lws_usec_t now)
 		}
 		if (d->upd && d->state == SIM_WELCOMED)
 			next = sim__min(next, sim__upd_tick(sim, d, now));
+		if (sim->o.mqtt && d->state == SIM_WELCOMED)
+			next = sim__min(next, sim__mqtt_keepalive(d, sim->o.mqtt_keepalive, now));
 		if (!sim__dev_finished(sim, d, now)) {
 			all_finished = false;
 			if (d->state != SIM_DEAD)

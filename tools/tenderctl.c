@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -27,6 +28,10 @@
 #define CTL_LOG_PAGE           500L
 #define CTL_MAX_COUNT          100000000L
 #define CTL_ID_LEN             16
+#define CTL_MAX_AGENT          ((size_t)1 << 20)
+#define CTL_MAX_GROUP          64
+#define CTL_MAX_ARGS           2
+#define CTL_MAX_COLS           8
 
 /* Every step returns 0 or one of these; main() turns them into the exit status. */
 enum { CTL_EAPI = -1, CTL_EUSAGE = -2 };
@@ -34,12 +39,27 @@ enum { CTL_EAPI = -1, CTL_EUSAGE = -2 };
 static const char ctl__usage[] =
 	"Usage: tenderctl [--url URL] [--token TOKEN | --token-file FILE] COMMAND\n"
 	"  devices [--online|--offline] [--hw HW] [--group G] [--limit N]   list devices (follows paging to the end unless --limit)\n"
-	"  device ID                                   show one device (pretty JSON)\n"
+	"  device ID                                    show one device (pretty JSON)\n"
 	"  register ID [--group G] [--name NAME]        register a device; prints its id and secret\n"
 	"  logs ID [-n N]                               print the device's log history in text form, newest last\n"
 	"  delete ID                                    delete a device\n"
+	"  deploy GROUP FILE                            deploy agent code (Lua) to a group; FILE - is stdin, at most 1 MiB\n"
+	"  agent ID                                     show the device's agent\n"
+	"  agent-restart ID                             restart the device's agent\n"
+	"  agent-migrate ID [--worker N]                move the device's agent to worker N (default: the server picks)\n"
+	"  flash-parts [--jedec HEX6]                   list the flash-parts table, or the parts with one JEDEC id\n"
+	"  firmware                                     list firmware images, newest first\n"
+	"  upload FILE --version V --hw HW[,HW...] [--requires JSON]\n"
+	"                                               upload a firmware image; JSON is its requirements\n"
+	"  rollout-create --firmware FWID (--devices ID,ID,... | --group G | --hw HW)\n"
+	"      [--stages 10,50,100] [--start] [--allow-unknown-flash]\n"
+	"                                               create a rollout (paused unless --start)\n"
+	"  rollout RID                                  show a rollout's state, stage and device counts\n"
+	"  plan RID                                     the dry run: each device's decision and reason\n"
+	"  pause RID | resume RID | abort RID           steer a rollout; prints its new state\n"
 	"\n"
-	"ID is 16 hex digits.  Options may come before or after the command.\n"
+	"ID is 16 hex digits; RID and FWID are rollout and firmware numbers.\n"
+	"Options may come before or after the command.\n"
 	"URL defaults to $TENDER_URL, else " CTL_DEFAULT_URL ".\n"
 	"The token comes from --token, else $TENDER_TOKEN, else --token-file,\n"
 	"else $TENDER_TOKEN_FILE, else " CTL_DEFAULT_TOKEN_FILE ".\n"
@@ -50,7 +70,9 @@ static const char ctl__usage[] =
 enum ctl_optid {
 	CTL_OPT_URL, CTL_OPT_TOKEN, CTL_OPT_TOKEN_FILE, CTL_OPT_HELP,
 	CTL_OPT_ONLINE, CTL_OPT_OFFLINE, CTL_OPT_HW, CTL_OPT_GROUP,
-	CTL_OPT_LIMIT, CTL_OPT_NAME, CTL_OPT_COUNT,
+	CTL_OPT_LIMIT, CTL_OPT_NAME, CTL_OPT_COUNT, CTL_OPT_JEDEC,
+	CTL_OPT_WORKER, CTL_OPT_VERSION, CTL_OPT_REQUIRES, CTL_OPT_FIRMWARE,
+	CTL_OPT_DEVICES, CTL_OPT_STAGES, CTL_OPT_START, CTL_OPT_ALLOW_UNKNOWN,
 };
 #define CTL_BIT(id) (1u << (id))
 /* Accepted with any command; the rest must belong to the command given. */
@@ -68,19 +90,33 @@ static const struct ctl_optdef {
 	{ "--online", CTL_OPT_ONLINE, 0 }, { "--offline", CTL_OPT_OFFLINE, 0 },
 	{ "--hw", CTL_OPT_HW, 1 },         { "--group", CTL_OPT_GROUP, 1 },
 	{ "--limit", CTL_OPT_LIMIT, 1 },   { "--name", CTL_OPT_NAME, 1 },
-	{ "-n", CTL_OPT_COUNT, 1 },
+	{ "-n", CTL_OPT_COUNT, 1 },         { "--jedec", CTL_OPT_JEDEC, 1 },
+	{ "--worker", CTL_OPT_WORKER, 1 }, { "--version", CTL_OPT_VERSION, 1 },
+	{ "--requires", CTL_OPT_REQUIRES, 1 }, { "--firmware", CTL_OPT_FIRMWARE, 1 },
+	{ "--devices", CTL_OPT_DEVICES, 1 }, { "--stages", CTL_OPT_STAGES, 1 },
+	{ "--start", CTL_OPT_START, 0 },
+	{ "--allow-unknown-flash", CTL_OPT_ALLOW_UNKNOWN, 0 },
 };
 #define CTL_NOPTDEFS (sizeof ctl__optdefs / sizeof ctl__optdefs[0])
 
 typedef struct ctl_opts {
 	const char *url, *token, *token_file;	/* borrowed from argv */
-	const char *cmd, *id_arg;		/* the positional arguments */
+	const char *cmd;			/* the positional arguments */
+	const char *args[CTL_MAX_ARGS];
+	int nargs;
 	const char *hw, *group, *name;
+	const char *version, *requires, *devices, *stages;
 	int online;				/* -1 either, 0 offline, 1 online */
 	long limit;				/* devices to list; 0 for all */
 	long count;				/* newest log lines; 0 for all */
+	long worker;				/* --worker; -1 lets the server pick */
+	long long firmware;			/* --firmware */
+	long long num;				/* a RID argument, checked */
 	unsigned given;				/* CTL_BIT(optid) of each option seen */
-	char id[CTL_ID_LEN + 1];		/* id_arg, checked and lower-cased */
+	char id[CTL_ID_LEN + 1];		/* an ID argument, checked and lower-cased */
+	char jedec[7];				/* --jedec, checked and lower-cased */
+	json_t *body;				/* owned: the request body built by the
+						 * command's check, or NULL */
 } ctl_opts;
 
 typedef struct ctl_client ctl_client;
@@ -139,16 +175,64 @@ static size_t ctl__text_width(const char *s)
 	return n;
 }
 
-static int ctl__parse_long(const char *opt, const char *val, long *out)
+static int ctl__parse_range(const char *opt, const char *val, long min, long max, long *out)
 {
 	char *end;
 
 	errno = 0;
 	long v = strtol(val, &end, 10);
-	if (errno || end == val || *end || v < 1 || v > CTL_MAX_COUNT)
-		return ctl__usage_err("%s: '%s' is not a number from 1 to %ld",
-				      opt, val, CTL_MAX_COUNT);
+	if (errno || end == val || *end || v < min || v > max)
+		return ctl__usage_err("%s: '%s' is not a number from %ld to %ld",
+				      opt, val, min, max);
 	*out = v;
+	return 0;
+}
+
+static int ctl__parse_long(const char *opt, const char *val, long *out)
+{
+	return ctl__parse_range(opt, val, 1, CTL_MAX_COUNT, out);
+}
+
+/* Rollout and firmware ids: plain decimal digits only, so that nothing but a
+ * number ever reaches the server's path or body. */
+static int ctl__parse_num_id(const char *what, const char *val, long long *out)
+{
+	size_t len = strlen(val);
+	long long v;
+
+	if (len == 0 || len > 18 || strspn(val, "0123456789") != len ||
+	    (v = strtoll(val, NULL, 10)) < 1)
+		return ctl__usage_err("invalid %s '%s': expected a positive number", what, val);
+	*out = v;
+	return 0;
+}
+
+/* "ef4018", "EF4018" or "0xef4018" -> "ef4018" in out (7 bytes). */
+static int ctl__parse_jedec(const char *val, char *out)
+{
+	const char *s = val;
+
+	if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
+		s += 2;
+	if (strlen(s) != 6 || strspn(s, "0123456789abcdefABCDEF") != 6)
+		return ctl__usage_err("--jedec: '%s' is not a JEDEC id: expected 6 hex digits, "
+				      "like ef4018", val);
+	for (size_t i = 0; i <= 6; i++)
+		out[i] = (char)tolower((unsigned char)s[i]);
+	return 0;
+}
+
+/* Refuses a malformed device id here so a typo never reaches the server as a
+ * path; out (CTL_ID_LEN + 1 bytes) gets it lower-cased. */
+static int ctl__device_id(const char *s, char *out)
+{
+	size_t len = strlen(s);
+
+	if (len != CTL_ID_LEN || strspn(s, "0123456789abcdefABCDEF") != len)
+		return ctl__usage_err("invalid device id '%s': expected %d hex digits",
+				      s, CTL_ID_LEN);
+	for (size_t i = 0; i <= len; i++)
+		out[i] = (char)tolower((unsigned char)s[i]);
 	return 0;
 }
 
@@ -167,6 +251,15 @@ static int ctl__set_opt(ctl_opts *o, const struct ctl_optdef *d, const char *val
 	case CTL_OPT_NAME:       o->name = val; break;
 	case CTL_OPT_LIMIT:      return ctl__parse_long(d->name, val, &o->limit);
 	case CTL_OPT_COUNT:      return ctl__parse_long(d->name, val, &o->count);
+	case CTL_OPT_JEDEC:      return ctl__parse_jedec(val, o->jedec);
+	case CTL_OPT_WORKER:     return ctl__parse_range(d->name, val, 0, CTL_MAX_COUNT, &o->worker);
+	case CTL_OPT_VERSION:    o->version = val; break;
+	case CTL_OPT_REQUIRES:   o->requires = val; break;
+	case CTL_OPT_FIRMWARE:   return ctl__parse_num_id("firmware id", val, &o->firmware);
+	case CTL_OPT_DEVICES:    o->devices = val; break;
+	case CTL_OPT_STAGES:     o->stages = val; break;
+	case CTL_OPT_START:      break;
+	case CTL_OPT_ALLOW_UNKNOWN: break;
 	}
 	return 0;
 }
@@ -200,8 +293,8 @@ static int ctl__add_positional(ctl_opts *o, const char *arg)
 {
 	if (!o->cmd)
 		o->cmd = arg;
-	else if (!o->id_arg)
-		o->id_arg = arg;
+	else if (o->nargs < CTL_MAX_ARGS)
+		o->args[o->nargs++] = arg;
 	else
 		return ctl__usage_err("unexpected argument '%s'", arg);
 	return 0;
@@ -244,18 +337,79 @@ static const char *ctl__opt_name(unsigned bits)
 	return "?";
 }
 
-/* Refuses a malformed id here so a typo never reaches the server as a path. */
-static int ctl__check_id(ctl_opts *o)
+/* Every name of bits, as "--a, --b or --c", into buf. */
+static const char *ctl__opt_names(unsigned bits, char *buf, size_t cap)
 {
-	const char *s = o->id_arg;
-	size_t len = strlen(s);
+	size_t len = 0, n = 0, total = 0;
 
-	if (len != CTL_ID_LEN || strspn(s, "0123456789abcdefABCDEF") != len)
-		return ctl__usage_err("invalid device id '%s': expected %d hex digits",
-				      s, CTL_ID_LEN);
-	for (size_t i = 0; i <= len; i++)
-		o->id[i] = (char)tolower((unsigned char)s[i]);
+	for (size_t i = 0; i < CTL_NOPTDEFS; i++)
+		total += (bits & CTL_BIT(ctl__optdefs[i].id)) != 0;
+	buf[0] = '\0';
+	for (size_t i = 0; i < CTL_NOPTDEFS && len < cap; i++) {
+		if (!(bits & CTL_BIT(ctl__optdefs[i].id)))
+			continue;
+		n++;
+		len += (size_t)snprintf(buf + len, cap - len, "%s%s",
+					n == 1 ? "" : n == total ? " or " : ", ",
+					ctl__optdefs[i].name);
+	}
+	return buf;
+}
+
+/* A list option's items: "a,b,c", none of them empty. */
+enum ctl_list { CTL_LIST_NAMES, CTL_LIST_DEVICES, CTL_LIST_PERCENTS };
+
+static int ctl__list_item(const char *opt, const char *item, enum ctl_list kind, json_t *arr)
+{
+	char id[CTL_ID_LEN + 1];
+	json_t *v = NULL;
+	long pct;
+
+	if (!*item)
+		return ctl__usage_err("%s: the list has an empty item", opt);
+	switch (kind) {
+	case CTL_LIST_DEVICES:
+		if (ctl__device_id(item, id) < 0)
+			return CTL_EUSAGE;
+		v = json_string(id);
+		break;
+	case CTL_LIST_PERCENTS:
+		if (ctl__parse_range(opt, item, 1, 100, &pct) < 0)
+			return CTL_EUSAGE;
+		v = json_integer(pct);
+		break;
+	case CTL_LIST_NAMES:
+		if (!(v = json_string(item)))
+			return ctl__usage_err("%s: '%s' is not valid UTF-8", opt, item);
+		break;
+	}
+	if (!v || json_array_append_new(arr, v) < 0)
+		return ctl__oom();
 	return 0;
+}
+
+/* *out is owned: caller json_decref()s it; NULL on error. */
+static int ctl__split_list(const char *opt, const char *list, enum ctl_list kind, json_t **out)
+{
+	json_t *arr = json_array();
+	int rc = arr ? 0 : ctl__oom();
+
+	for (const char *p = list; rc == 0; p++) {
+		size_t n = strcspn(p, ",");
+		char *item = strndup(p, n);
+
+		rc = item ? ctl__list_item(opt, item, kind, arr) : ctl__oom();
+		free(item);
+		p += n;
+		if (!*p)
+			break;
+	}
+	if (rc < 0) {
+		json_decref(arr);
+		arr = NULL;
+	}
+	*out = arr;
+	return rc;
 }
 
 /* ---- HTTP client -------------------------------------------------------- */
@@ -276,6 +430,14 @@ typedef struct ctl_buf {
 typedef struct ctl_kv {
 	const char *key, *val;		/* a NULL val leaves the parameter out */
 } ctl_kv;
+
+/* A request body: len bytes of data, or a multipart form. */
+typedef struct ctl_body {
+	const char *type_hdr;		/* "Content-Type: ..."; "Content-Type:" sends none */
+	const char *data;		/* borrowed */
+	size_t len;
+	curl_mime *mime;		/* borrowed; curl sets the type and boundary */
+} ctl_body;
 
 /* Caps the body at CTL_MAX_RESPONSE so a broken or hostile server cannot
  * make us allocate without bound; returning short makes curl abort. */
@@ -456,12 +618,9 @@ static char *ctl__url(ctl_client *c, const char *path, const ctl_kv *q, size_t n
 	return url;
 }
 
-static int ctl__header_list(const ctl_client *c, int has_body, struct curl_slist **hdrs)
+static int ctl__header_list(const ctl_client *c, const char *type_hdr, struct curl_slist **hdrs)
 {
-	const char *lines[] = {
-		c->auth, "Accept: application/json",
-		has_body ? "Content-Type: application/json" : NULL,
-	};
+	const char *lines[] = { c->auth, "Accept: application/json", type_hdr };
 
 	for (size_t i = 0; i < sizeof lines / sizeof lines[0] && lines[i]; i++) {
 		struct curl_slist *l = curl_slist_append(*hdrs, lines[i]);
@@ -474,13 +633,13 @@ static int ctl__header_list(const ctl_client *c, int has_body, struct curl_slist
 
 /* curl_easy_reset() keeps the connection cache, so pages reuse one socket. */
 static int ctl__setup(ctl_client *c, const char *method, const char *url,
-		      const char *payload, ctl_buf *resp, struct curl_slist **hdrs)
+		      const ctl_body *body, ctl_buf *resp, struct curl_slist **hdrs)
 {
 	CURL *h = c->curl;
 
 	curl_easy_reset(h);
 	c->errbuf[0] = '\0';
-	if (ctl__header_list(c, payload != NULL, hdrs) < 0)
+	if (ctl__header_list(c, body ? body->type_hdr : NULL, hdrs) < 0)
 		return CTL_EAPI;
 	curl_easy_setopt(h, CURLOPT_URL, url);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, *hdrs);
@@ -496,12 +655,15 @@ static int ctl__setup(ctl_client *c, const char *method, const char *url,
 #else
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
-	if (payload) {
-		curl_easy_setopt(h, CURLOPT_POSTFIELDS, payload);
-		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)strlen(payload));
-	} else if (strcmp(method, "GET") != 0) {
-		curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+	if (body && body->mime) {
+		curl_easy_setopt(h, CURLOPT_MIMEPOST, body->mime);
+	} else if (body) {
+		curl_easy_setopt(h, CURLOPT_POSTFIELDS, body->data);
+		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body->len);
 	}
+	/* A body makes curl POST; any other method is named. */
+	if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
+		curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
 	return 0;
 }
 
@@ -560,24 +722,27 @@ static int ctl__parse_body(const ctl_buf *resp, int need_object, json_t **out)
 	return 0;
 }
 
-/* Sends one request; body is borrowed and may be NULL.  On a 2xx answer stores
+/* Sends one request; body is borrowed and may be NULL (a POST then sends an
+ * empty one, with a Content-Length as proxies want).  On a 2xx answer stores
  * the parsed body in *out (owned: caller json_decref; NULL for an empty body
  * unless need_object).  Anything else is reported on stderr as CTL_EAPI. */
-static int ctl__call(ctl_client *c, const char *method, const char *url,
-		     const json_t *body, int need_object, json_t **out)
+static int ctl__send(ctl_client *c, const char *method, const char *url,
+		     const ctl_body *body, int need_object, json_t **out)
 {
+	static const ctl_body empty = { "Content-Type:", "", 0, NULL };
 	ctl_buf resp = { 0 };
 	struct curl_slist *hdrs = NULL;
-	char *payload = NULL;
 	long status = 0;
 	int rc = CTL_EAPI;
 
 	*out = NULL;
-	if (!url || (body && !(payload = json_dumps(body, JSON_COMPACT)))) {
+	if (!url) {
 		rc = ctl__oom();
 		goto out;
 	}
-	if (ctl__setup(c, method, url, payload, &resp, &hdrs) < 0)
+	if (!body && strcmp(method, "POST") == 0)
+		body = &empty;
+	if (ctl__setup(c, method, url, body, &resp, &hdrs) < 0)
 		goto out;
 	CURLcode cc = curl_easy_perform(c->curl);
 	if (cc != CURLE_OK) {
@@ -591,8 +756,22 @@ static int ctl__call(ctl_client *c, const char *method, const char *url,
 		rc = ctl__parse_body(&resp, need_object, out);
 out:
 	curl_slist_free_all(hdrs);
-	free(payload);
 	free(resp.data);
+	return rc;
+}
+
+/* ctl__send() with a JSON body (borrowed, may be NULL). */
+static int ctl__call(ctl_client *c, const char *method, const char *url,
+		     const json_t *body, int need_object, json_t **out)
+{
+	char *payload = NULL;
+
+	*out = NULL;
+	if (body && !(payload = json_dumps(body, JSON_COMPACT)))
+		return ctl__oom();
+	ctl_body b = { "Content-Type: application/json", payload, payload ? strlen(payload) : 0, NULL };
+	int rc = ctl__send(c, method, url, payload ? &b : NULL, need_object, out);
+	free(payload);
 	return rc;
 }
 
@@ -621,11 +800,16 @@ static int ctl__local_time(int64_t ts_ms, char *buf, size_t cap)
 	return strftime(buf, cap, "%Y-%m-%d %H:%M:%S", &tm) ? 0 : -1;
 }
 
-static const char *ctl__str_or_dash(json_t *dev, const char *key)
+static const char *ctl__str_or_dash(json_t *obj, const char *key)
 {
-	const char *s = json_string_value(json_object_get(dev, key));
+	const char *s = json_string_value(json_object_get(obj, key));
 
 	return s && *s ? s : "-";
+}
+
+static const char *ctl__yes_no(json_t *v)
+{
+	return json_is_true(v) ? "yes" : json_is_false(v) ? "no" : "-";
 }
 
 static void ctl__fill_row(ctl_row *r, json_t *dev)
@@ -635,8 +819,7 @@ static void ctl__fill_row(ctl_row *r, json_t *dev)
 	int64_t ms;
 
 	r->cell[CTL_COL_ID] = ctl__str_or_dash(dev, "id");
-	r->cell[CTL_COL_ONLINE] = json_is_true(online) ? "yes" :
-				  json_is_false(online) ? "no" : "-";
+	r->cell[CTL_COL_ONLINE] = ctl__yes_no(online);
 	r->cell[CTL_COL_HW] = ctl__str_or_dash(dev, "hw");
 	r->cell[CTL_COL_FW] = ctl__str_or_dash(dev, "fw");
 	r->cell[CTL_COL_GROUP] = ctl__str_or_dash(dev, "group");
@@ -651,11 +834,11 @@ static void ctl__fill_row(ctl_row *r, json_t *dev)
 }
 
 /* The last column is not padded, so lines carry no trailing blanks. */
-static void ctl__print_cells(const char *const *cell, const size_t *width)
+static void ctl__print_cells(const char *const *cell, const size_t *width, size_t ncols)
 {
-	for (int i = 0; i < CTL_NCOLS; i++) {
+	for (size_t i = 0; i < ncols; i++) {
 		ctl__fput_clean(stdout, cell[i]);
-		if (i + 1 < CTL_NCOLS)
+		if (i + 1 < ncols)
 			printf("%*s", (int)(width[i] - ctl__text_width(cell[i]) + 2), "");
 	}
 	putchar('\n');
@@ -678,9 +861,9 @@ static int ctl__print_devices(json_t *devices, size_t n)
 				width[i] = w;
 		}
 	}
-	ctl__print_cells(ctl__headers, width);
+	ctl__print_cells(ctl__headers, width, CTL_NCOLS);
 	for (size_t r = 0; r < n; r++)
-		ctl__print_cells(rows[r].cell, width);
+		ctl__print_cells(rows[r].cell, width, CTL_NCOLS);
 	printf("%zu devices\n", n);
 	free(rows);
 	return 0;
@@ -972,21 +1155,708 @@ static int ctl__cmd_logs(ctl_client *c, const ctl_opts *o)
 	return rc;
 }
 
+/* ---- tables and values -------------------------------------------------- */
+
+/* Rows of formatted cells, printed with each column fitted to its widest. */
+typedef struct ctl_table {
+	size_t ncols;			/* at most CTL_MAX_COLS */
+	size_t ncells, cap;
+	char **cell;			/* owned, as is each cell: row after row */
+	int oom;
+} ctl_table;
+
+static void ctl__cell(ctl_table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Adds the next cell; running out of memory is reported by ctl__table_print(). */
+static void ctl__cell(ctl_table *t, const char *fmt, ...)
+{
+	char *text;
+	va_list ap;
+
+	if (t->oom)
+		return;
+	if (t->ncells == t->cap) {
+		size_t cap = t->cap ? t->cap * 2 : 64;
+		char **p = realloc(t->cell, cap * sizeof *p);
+		if (!p) {
+			t->oom = 1;
+			return;
+		}
+		t->cell = p;
+		t->cap = cap;
+	}
+	va_start(ap, fmt);
+	int n = vasprintf(&text, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		t->oom = 1;
+	else
+		t->cell[t->ncells++] = text;
+}
+
+static void ctl__table_free(ctl_table *t)
+{
+	for (size_t i = 0; i < t->ncells; i++)
+		free(t->cell[i]);
+	free(t->cell);
+}
+
+/* The header line, then a line per row. */
+static int ctl__table_print(const ctl_table *t, const char *const *headers)
+{
+	size_t width[CTL_MAX_COLS];
+
+	if (t->oom)
+		return ctl__oom();
+	for (size_t i = 0; i < t->ncols; i++)
+		width[i] = ctl__text_width(headers[i]);
+	for (size_t i = 0; i < t->ncells; i++) {
+		size_t w = ctl__text_width(t->cell[i]);
+		if (w > width[i % t->ncols])
+			width[i % t->ncols] = w;
+	}
+	ctl__print_cells(headers, width, t->ncols);
+	for (size_t i = 0; i + t->ncols <= t->ncells; i += t->ncols)
+		ctl__print_cells((const char *const *)t->cell + i, width, t->ncols);
+	return 0;
+}
+
+/* An integer as text in buf, or "-" for anything else. */
+static const char *ctl__int_text(json_t *v, char *buf, size_t cap)
+{
+	if (!json_is_integer(v))
+		return "-";
+	snprintf(buf, cap, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+	return buf;
+}
+
+/* Binary units, as flash sizes are quoted: 16777216 -> "16 MB",
+ * 301234 -> "294.2 KB"; "-" for anything but a byte count. */
+static const char *ctl__human_size(json_t *v, char *buf, size_t cap)
+{
+	static const char *const units[] = { "B", "KB", "MB", "GB", "TB" };
+	json_int_t bytes = json_integer_value(v);
+	size_t u = 0;
+
+	if (!json_is_integer(v) || bytes < 0)
+		return "-";
+	double size = (double)bytes;
+	while (size >= 1024 && u + 1 < sizeof units / sizeof units[0]) {
+		size /= 1024;
+		u++;
+	}
+	if (size == (double)(long long)size)
+		snprintf(buf, cap, "%lld %s", (long long)size, units[u]);
+	else
+		snprintf(buf, cap, "%.1f %s", size, units[u]);
+	return buf;
+}
+
+/* Any JSON value on one line: null, missing and "" as "-", booleans as yes/no. */
+static void ctl__print_value(json_t *v)
+{
+	char num[32];
+
+	if (json_is_string(v) && *json_string_value(v)) {
+		ctl__fput_clean(stdout, json_string_value(v));
+	} else if (json_is_boolean(v)) {
+		fputs(ctl__yes_no(v), stdout);
+	} else if (json_is_integer(v)) {
+		fputs(ctl__int_text(v, num, sizeof num), stdout);
+	} else if (json_is_real(v)) {
+		printf("%g", json_real_value(v));
+	} else if (json_is_object(v) || json_is_array(v)) {
+		char *text = json_dumps(v, JSON_COMPACT);
+		ctl__fput_clean(stdout, text ? text : "?");
+		free(text);
+	} else {
+		fputs("-", stdout);
+	}
+}
+
+static int ctl__unexpected(const char *what)
+{
+	ctl__err("unexpected response from the server: %s", what);
+	return CTL_EAPI;
+}
+
+/* ---- agents ------------------------------------------------------------- */
+
+/* Reads path ("-" for stdin) whole into *data (owned: caller frees), refusing
+ * more than cap bytes.  A file that cannot be used is the caller's mistake:
+ * a usage error. */
+static int ctl__read_file(const char *path, size_t cap, char **data, size_t *len)
+{
+	int from_stdin = strcmp(path, "-") == 0;
+	const char *name = from_stdin ? "stdin" : path;
+	FILE *f = from_stdin ? stdin : fopen(path, "rb");
+	char *buf = NULL;
+	int rc = 0;
+
+	*data = NULL;
+	*len = 0;
+	if (!f) {
+		ctl__err("cannot read %s: %s", name, strerror(errno));
+		return CTL_EUSAGE;
+	}
+	if (!(buf = malloc(cap + 1))) {
+		rc = ctl__oom();
+		goto out;
+	}
+	size_t n = fread(buf, 1, cap + 1, f);
+	int saved = errno;
+	if (ferror(f)) {
+		ctl__err("cannot read %s: %s", name, strerror(saved));
+		rc = CTL_EUSAGE;
+	} else if (n > cap) {
+		ctl__err("%s is larger than %zu MiB", name, cap >> 20);
+		rc = CTL_EUSAGE;
+	} else {
+		*data = buf;
+		*len = n;
+		buf = NULL;
+	}
+out:
+	free(buf);
+	if (!from_stdin)
+		fclose(f);
+	return rc;
+}
+
+/* The group goes into the path: a '/' would name another resource. */
+static int ctl__check_deploy(ctl_opts *o)
+{
+	const char *g = o->args[0];
+	size_t len = strlen(g);
+
+	if (len == 0 || len > CTL_MAX_GROUP)
+		return ctl__usage_err("invalid group '%s': expected 1 to %d bytes", g, CTL_MAX_GROUP);
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)g[i] < 0x20 || g[i] == 0x7f || g[i] == '/')
+			return ctl__usage_err("invalid group: it cannot hold '/' or control characters");
+	return 0;
+}
+
+static int ctl__cmd_deploy(ctl_client *c, const ctl_opts *o)
+{
+	const char *group = o->args[0];
+	char *code, *path = NULL, *url = NULL;
+	size_t len;
+	json_t *root = NULL;
+	int rc = ctl__read_file(o->args[1], CTL_MAX_AGENT, &code, &len);
+
+	if (rc < 0)
+		return rc;
+	char *esc = curl_easy_escape(c->curl, group, 0);
+	if (!esc || asprintf(&path, "/v1/groups/%s/agent", esc) < 0) {
+		path = NULL;
+		rc = ctl__oom();
+	}
+	curl_free(esc);
+	if (rc == 0) {
+		ctl_body b = { "Content-Type: text/plain", code, len, NULL };
+		url = ctl__url(c, path, NULL, 0);
+		rc = ctl__send(c, "PUT", url, &b, 0, &root);
+	}
+	if (rc == 0) {
+		printf("deployed %zu bytes to group ", len);
+		ctl__fput_clean(stdout, group);
+		putchar('\n');
+	}
+	json_decref(root);
+	free(url);
+	free(path);
+	free(code);
+	return rc;
+}
+
+/* A request on /v1/devices/{ID}{suffix}; *out as ctl__call() with need_object. */
+static int ctl__device_call(ctl_client *c, const ctl_opts *o, const char *method,
+			    const char *suffix, const ctl_kv *q, size_t nq, json_t **out)
+{
+	char path[96];
+
+	snprintf(path, sizeof path, "/v1/devices/%s%s", o->id, suffix);
+	char *url = ctl__url(c, path, q, nq);
+	int rc = ctl__call(c, method, url, NULL, 1, out);
+	free(url);
+	return rc;
+}
+
+static const char *const ctl__agent_keys[] = {
+	"agent_id", "group", "state", "worker", "memory", "events", "restarts",
+	"device_connected", "queued_messages", "last_error",
+};
+#define CTL_NAGENT_KEYS (sizeof ctl__agent_keys / sizeof ctl__agent_keys[0])
+
+static int ctl__cmd_agent(ctl_client *c, const ctl_opts *o)
+{
+	size_t width = 0;
+	json_t *root;
+	int rc = ctl__device_call(c, o, "GET", "/agent", NULL, 0, &root);
+
+	if (rc < 0)
+		return rc;
+	for (size_t i = 0; i < CTL_NAGENT_KEYS; i++)
+		if (strlen(ctl__agent_keys[i]) > width)
+			width = strlen(ctl__agent_keys[i]);
+	for (size_t i = 0; i < CTL_NAGENT_KEYS; i++) {
+		const char *key = ctl__agent_keys[i];
+		json_t *v = json_object_get(root, key);
+
+		printf("%s:%*s", key, (int)(width - strlen(key) + 1), "");
+		if (strcmp(key, "memory") == 0 && json_is_number(v))
+			printf("%.1f KB", json_number_value(v) / 1024);
+		else
+			ctl__print_value(v);
+		putchar('\n');
+	}
+	json_decref(root);
+	return 0;
+}
+
+/* A 202's {"status": ...}, or what was asked for if the server says nothing. */
+static void ctl__print_status(json_t *root, const char *fallback)
+{
+	const char *status = json_string_value(json_object_get(root, "status"));
+
+	ctl__fput_clean(stdout, status && *status ? status : fallback);
+	putchar('\n');
+}
+
+static int ctl__cmd_agent_restart(ctl_client *c, const ctl_opts *o)
+{
+	json_t *root;
+	int rc = ctl__device_call(c, o, "POST", "/agent/restart", NULL, 0, &root);
+
+	if (rc == 0)
+		ctl__print_status(root, "restarting");
+	json_decref(root);
+	return rc;
+}
+
+static int ctl__cmd_agent_migrate(ctl_client *c, const ctl_opts *o)
+{
+	char worker[24];
+	json_t *root;
+
+	snprintf(worker, sizeof worker, "%ld", o->worker);
+	const ctl_kv q[] = { { "worker", o->worker >= 0 ? worker : NULL } };
+	int rc = ctl__device_call(c, o, "POST", "/agent/migrate", q, 1, &root);
+	if (rc == 0)
+		ctl__print_status(root, "migrating");
+	json_decref(root);
+	return rc;
+}
+
+/* ---- flash parts and firmware ------------------------------------------- */
+
+static int ctl__cmd_flash_parts(ctl_client *c, const ctl_opts *o)
+{
+	static const char *const headers[] = { "JEDEC", "VENDOR", "PART", "SIZE", "4K", "64K" };
+	const ctl_kv q[] = { { "jedec", o->jedec[0] ? o->jedec : NULL } };
+	ctl_table t = { .ncols = 6 };
+	char size[32];
+	json_t *root, *part;
+	size_t i;
+
+	char *url = ctl__url(c, "/v1/flash-parts", q, 1);
+	int rc = ctl__call(c, "GET", url, NULL, 1, &root);
+	free(url);
+	if (rc < 0)
+		return rc;
+	json_t *parts = json_object_get(root, "parts");
+	if (!json_is_array(parts)) {
+		rc = ctl__unexpected("no 'parts' array");
+		goto out;
+	}
+	json_array_foreach(parts, i, part) {
+		ctl__cell(&t, "%s", ctl__str_or_dash(part, "jedec"));
+		ctl__cell(&t, "%s", ctl__str_or_dash(part, "vendor"));
+		ctl__cell(&t, "%s", ctl__str_or_dash(part, "part"));
+		ctl__cell(&t, "%s", ctl__human_size(json_object_get(part, "size_bytes"),
+						    size, sizeof size));
+		ctl__cell(&t, "%s", ctl__yes_no(json_object_get(part, "uniform_4k_erase")));
+		ctl__cell(&t, "%s", ctl__yes_no(json_object_get(part, "uniform_64k_erase")));
+	}
+	rc = ctl__table_print(&t, headers);
+	if (rc == 0)
+		printf("%zu parts\n", json_array_size(parts));
+out:
+	ctl__table_free(&t);
+	json_decref(root);
+	return rc;
+}
+
+/* The hardware list as "a,b"; "-" when there is none. */
+static void ctl__hw_cell(ctl_table *t, json_t *hw)
+{
+	char *text = NULL;
+	size_t len = 0, i;
+	json_t *v;
+	FILE *f = open_memstream(&text, &len);
+
+	if (!f) {
+		t->oom = 1;
+		return;
+	}
+	json_array_foreach(hw, i, v)
+		fprintf(f, "%s%s", i ? "," : "", json_is_string(v) ? json_string_value(v) : "?");
+	if (fclose(f) != 0) {
+		free(text);
+		t->oom = 1;
+		return;
+	}
+	ctl__cell(t, "%s", len ? text : "-");
+	free(text);
+}
+
+static int ctl__cmd_firmware(ctl_client *c, const ctl_opts *o)
+{
+	static const char *const headers[] = { "ID", "VERSION", "HW", "SIZE", "SHA256" };
+	ctl_table t = { .ncols = 5 };
+	char id[32], size[32];
+	json_t *root, *fw;
+	size_t i;
+
+	char *url = ctl__url(c, "/v1/firmware", NULL, 0);
+	int rc = ctl__call(c, "GET", url, NULL, 1, &root);
+	free(url);
+	if (rc < 0)
+		return rc;
+	json_t *list = json_object_get(root, "firmware");
+	if (!json_is_array(list)) {
+		rc = ctl__unexpected("no 'firmware' array");
+		goto out;
+	}
+	json_array_foreach(list, i, fw) {
+		ctl__cell(&t, "%s", ctl__int_text(json_object_get(fw, "id"), id, sizeof id));
+		ctl__cell(&t, "%s", ctl__str_or_dash(fw, "version"));
+		ctl__hw_cell(&t, json_object_get(fw, "hw"));
+		ctl__cell(&t, "%s", ctl__human_size(json_object_get(fw, "size"), size, sizeof size));
+		ctl__cell(&t, "%.12s", ctl__str_or_dash(fw, "sha256"));
+	}
+	rc = ctl__table_print(&t, headers);
+out:
+	ctl__table_free(&t);
+	json_decref(root);
+	return rc;
+}
+
+/* Builds the metadata part: {"version", "hw": [...], "requirements"?}. */
+static int ctl__check_upload(ctl_opts *o)
+{
+	json_error_t jerr;
+	json_t *hw = NULL, *req = NULL;
+	int rc = ctl__split_list("--hw", o->hw, CTL_LIST_NAMES, &hw);
+
+	if (rc == 0 && o->requires &&
+	    !(req = json_loads(o->requires, JSON_REJECT_DUPLICATES, &jerr)))
+		rc = ctl__usage_err("--requires: invalid JSON at column %d: %s",
+				    jerr.column, jerr.text);
+	else if (rc == 0 && req && !json_is_object(req))
+		rc = ctl__usage_err("--requires: expected a JSON object, like "
+				    "'{\"flash\":{\"min_size\":524288}}'");
+	if (rc == 0 && !(o->body = json_pack_ex(&jerr, 0, "{s:s, s:O, s:O*}", "version",
+						o->version, "hw", hw, "requirements", req)))
+		rc = ctl__usage_err("cannot encode --version: %s", jerr.text);
+	json_decref(hw);
+	json_decref(req);
+	return rc;
+}
+
+static size_t ctl__file_read_cb(char *buf, size_t size, size_t nitems, void *arg)
+{
+	FILE *f = arg;
+	size_t n = fread(buf, 1, size * nitems, f);
+
+	return n == 0 && ferror(f) ? CURL_READFUNC_ABORT : n;
+}
+
+static int ctl__file_seek_cb(void *arg, curl_off_t offset, int origin)
+{
+	return fseeko(arg, (off_t)offset, origin) == 0 ? CURL_SEEKFUNC_OK : CURL_SEEKFUNC_CANTSEEK;
+}
+
+/* The form: "image" streamed from f (borrowed, size bytes) under the file's
+ * own name, "metadata" from o->body.  *out is owned: caller curl_mime_free()s. */
+static int ctl__upload_form(ctl_client *c, const ctl_opts *o, FILE *f, curl_off_t size,
+			    curl_mime **out)
+{
+	const char *path = o->args[0], *base = strrchr(path, '/');
+	char *meta = json_dumps(o->body, JSON_COMPACT);
+	curl_mime *mime = meta ? curl_mime_init(c->curl) : NULL;
+	curl_mimepart *image = mime ? curl_mime_addpart(mime) : NULL;
+	curl_mimepart *md = image ? curl_mime_addpart(mime) : NULL;
+	int ok = md && curl_mime_name(image, "image") == CURLE_OK &&
+		 curl_mime_filename(image, base ? base + 1 : path) == CURLE_OK &&
+		 curl_mime_type(image, "application/octet-stream") == CURLE_OK &&
+		 curl_mime_data_cb(image, size, ctl__file_read_cb, ctl__file_seek_cb,
+				   NULL, f) == CURLE_OK &&
+		 curl_mime_name(md, "metadata") == CURLE_OK &&
+		 curl_mime_type(md, "application/json") == CURLE_OK &&
+		 curl_mime_data(md, meta, CURL_ZERO_TERMINATED) == CURLE_OK;
+
+	free(meta);
+	if (!ok) {
+		curl_mime_free(mime);
+		return ctl__oom();
+	}
+	*out = mime;
+	return 0;
+}
+
+/* The image is streamed, not read into memory: the server takes up to
+ * --max-firmware, and it refuses a larger one by its Content-Length. */
+static int ctl__cmd_upload(ctl_client *c, const ctl_opts *o)
+{
+	const char *path = o->args[0];
+	curl_mime *mime = NULL;
+	json_t *root = NULL;
+	struct stat st;
+	FILE *f;
+
+	if (strcmp(path, "-") == 0) {
+		ctl__err("upload reads the image from a file, not stdin");
+		return CTL_EUSAGE;
+	}
+	if (!(f = fopen(path, "rb")) || fstat(fileno(f), &st) < 0) {
+		ctl__err("cannot read %s: %s", path, strerror(errno));
+		if (f)
+			fclose(f);
+		return CTL_EUSAGE;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ctl__err("cannot upload %s: not a regular file", path);
+		fclose(f);
+		return CTL_EUSAGE;
+	}
+	int rc = ctl__upload_form(c, o, f, (curl_off_t)st.st_size, &mime);
+	if (rc == 0) {
+		ctl_body b = { NULL, NULL, 0, mime };
+		char *url = ctl__url(c, "/v1/firmware", NULL, 0);
+		rc = ctl__send(c, "POST", url, &b, 1, &root);
+		free(url);
+	}
+	json_t *id = json_object_get(root, "id");
+	const char *version = json_string_value(json_object_get(root, "version"));
+	const char *sha = json_string_value(json_object_get(root, "sha256"));
+	if (rc == 0 && json_is_integer(id) && version && sha) {
+		printf("firmware %" JSON_INTEGER_FORMAT " ", json_integer_value(id));
+		ctl__fput_clean(stdout, version);
+		putchar(' ');
+		ctl__fput_clean(stdout, sha);
+		putchar('\n');
+	} else if (rc == 0) {
+		rc = ctl__unexpected("no firmware id, version and sha256");
+	}
+	json_decref(root);
+	curl_mime_free(mime);
+	fclose(f);
+	return rc;
+}
+
+/* ---- rollouts ----------------------------------------------------------- */
+
+/* Builds the create body; the server checks the rest (stage order, ids known). */
+static int ctl__check_rollout_create(ctl_opts *o)
+{
+	json_error_t jerr;
+	json_t *devices = NULL, *stages = NULL;
+	int rc = 0;
+
+	if (o->devices)
+		rc = ctl__split_list("--devices", o->devices, CTL_LIST_DEVICES, &devices);
+	if (rc == 0 && o->stages)
+		rc = ctl__split_list("--stages", o->stages, CTL_LIST_PERCENTS, &stages);
+	if (rc == 0 && !(o->body = json_pack_ex(&jerr, 0,
+			"{s:I, s:O*, s:s*, s:s*, s:O*, s:O*, s:O*}",
+			"firmware", (json_int_t)o->firmware, "devices", devices,
+			"group", o->group, "hw", o->hw, "stages", stages,
+			"start", (o->given & CTL_BIT(CTL_OPT_START)) ? json_true() : NULL,
+			"allow_unknown_flash",
+			(o->given & CTL_BIT(CTL_OPT_ALLOW_UNKNOWN)) ? json_true() : NULL)))
+		rc = ctl__usage_err("cannot encode --group or --hw: %s", jerr.text);
+	json_decref(devices);
+	json_decref(stages);
+	return rc;
+}
+
+static int ctl__cmd_rollout_create(ctl_client *c, const ctl_opts *o)
+{
+	json_t *root;
+	char *url = ctl__url(c, "/v1/rollouts", NULL, 0);
+	int rc = ctl__call(c, "POST", url, o->body, 1, &root);
+
+	free(url);
+	if (rc < 0)
+		return rc;
+	json_t *id = json_object_get(root, "id");
+	const char *state = json_string_value(json_object_get(root, "state"));
+	if (json_is_integer(id) && state) {
+		printf("rollout %" JSON_INTEGER_FORMAT " ", json_integer_value(id));
+		ctl__fput_clean(stdout, state);
+		putchar('\n');
+	} else {
+		rc = ctl__unexpected("no rollout id and state");
+	}
+	json_decref(root);
+	return rc;
+}
+
+/* A request on /v1/rollouts/{RID}{suffix}; *out as ctl__call() with need_object. */
+static int ctl__rollout_call(ctl_client *c, const ctl_opts *o, const char *method,
+			     const char *suffix, json_t **out)
+{
+	char path[64];
+
+	snprintf(path, sizeof path, "/v1/rollouts/%lld%s", o->num, suffix);
+	char *url = ctl__url(c, path, NULL, 0);
+	int rc = ctl__call(c, method, url, NULL, 1, out);
+	free(url);
+	return rc;
+}
+
+static int ctl__cmd_rollout(ctl_client *c, const ctl_opts *o)
+{
+	char stage[32], nstages[32], num[32];
+	const char *key;
+	json_t *root, *v;
+	int rc = ctl__rollout_call(c, o, "GET", "", &root);
+
+	if (rc < 0)
+		return rc;
+	printf("rollout %lld: ", o->num);
+	ctl__fput_clean(stdout, ctl__str_or_dash(root, "state"));
+	printf(" (stage %s of %s) firmware ",
+	       ctl__int_text(json_object_get(root, "stage"), stage, sizeof stage),
+	       ctl__int_text(json_object_get(root, "stages"), nstages, sizeof nstages));
+	ctl__fput_clean(stdout, ctl__str_or_dash(json_object_get(root, "firmware"), "version"));
+	fputs("\nreason: ", stdout);
+	ctl__fput_clean(stdout, ctl__str_or_dash(root, "reason"));
+	putchar('\n');
+	json_object_foreach(json_object_get(root, "counts"), key, v) {
+		if (!json_is_integer(v) || json_integer_value(v) == 0)
+			continue;
+		ctl__fput_clean(stdout, key);
+		printf(": %s\n", ctl__int_text(v, num, sizeof num));
+	}
+	json_decref(root);
+	return 0;
+}
+
+static int ctl__cmd_plan(ctl_client *c, const ctl_opts *o)
+{
+	static const char *const headers[] = { "ID", "DECISION", "REASON" };
+	ctl_table t = { .ncols = 3 };
+	char n1[32], n2[32], n3[32];
+	json_t *root, *dev;
+	size_t i;
+	int rc = ctl__rollout_call(c, o, "GET", "/plan", &root);
+
+	if (rc < 0)
+		return rc;
+	json_t *devices = json_object_get(root, "devices");
+	if (!json_is_array(devices)) {
+		rc = ctl__unexpected("no 'devices' array");
+		goto out;
+	}
+	json_array_foreach(devices, i, dev) {
+		ctl__cell(&t, "%s", ctl__str_or_dash(dev, "id"));
+		ctl__cell(&t, "%s", ctl__str_or_dash(dev, "decision"));
+		ctl__cell(&t, "%s", ctl__str_or_dash(dev, "reason"));
+	}
+	rc = ctl__table_print(&t, headers);
+	json_t *counts = json_object_get(root, "counts");
+	if (rc == 0)
+		printf("eligible %s, blocked %s, up-to-date %s\n",
+		       ctl__int_text(json_object_get(counts, "eligible"), n1, sizeof n1),
+		       ctl__int_text(json_object_get(counts, "blocked"), n2, sizeof n2),
+		       ctl__int_text(json_object_get(counts, "up-to-date"), n3, sizeof n3));
+out:
+	ctl__table_free(&t);
+	json_decref(root);
+	return rc;
+}
+
+/* pause, resume and abort: the command's name is the action's. */
+static int ctl__cmd_steer(ctl_client *c, const ctl_opts *o)
+{
+	char suffix[16];
+	json_t *root;
+
+	snprintf(suffix, sizeof suffix, "/%s", o->cmd);
+	int rc = ctl__rollout_call(c, o, "POST", suffix, &root);
+	if (rc < 0)
+		return rc;
+	const char *state = json_string_value(json_object_get(root, "state"));
+	if (state) {
+		ctl__fput_clean(stdout, state);
+		putchar('\n');
+	} else {
+		rc = ctl__unexpected("no rollout state");
+	}
+	json_decref(root);
+	return rc;
+}
+
 /* ---- main --------------------------------------------------------------- */
+
+/* The positional arguments after the command. */
+enum ctl_args { CTL_ARGS_NONE, CTL_ARGS_ID, CTL_ARGS_RID, CTL_ARGS_FILE, CTL_ARGS_GROUP_FILE };
+
+static const struct ctl_argspec {
+	int n;
+	const char *what;		/* for "'cmd' needs ..." */
+} ctl__argspecs[] = {
+	[CTL_ARGS_NONE] = { 0, "nothing" },
+	[CTL_ARGS_ID] = { 1, "a device ID" },
+	[CTL_ARGS_RID] = { 1, "a rollout RID" },
+	[CTL_ARGS_FILE] = { 1, "a FILE" },
+	[CTL_ARGS_GROUP_FILE] = { 2, "a GROUP and a FILE" },
+};
+
+typedef int (*ctl_check_fn)(ctl_opts *o);
+
+#define CTL_ROLLOUT_TARGETS (CTL_BIT(CTL_OPT_DEVICES) | CTL_BIT(CTL_OPT_GROUP) | \
+			     CTL_BIT(CTL_OPT_HW))
 
 static const struct ctl_cmd {
 	const char *name;
-	int wants_id;
-	unsigned opts;			/* CTL_BIT()s of the command's own options */
+	enum ctl_args args;
+	unsigned opts;			/* CTL_BIT()s of the command's own options, */
+	unsigned need;			/* of those it cannot do without, */
+	unsigned one_of;		/* of those of which exactly one is given */
+	ctl_check_fn check;		/* more checks before any request; may be NULL */
 	ctl_cmd_fn run;
 } ctl__cmds[] = {
-	{ "devices", 0, CTL_BIT(CTL_OPT_ONLINE) | CTL_BIT(CTL_OPT_OFFLINE) |
+	{ "devices", CTL_ARGS_NONE, CTL_BIT(CTL_OPT_ONLINE) | CTL_BIT(CTL_OPT_OFFLINE) |
 			CTL_BIT(CTL_OPT_HW) | CTL_BIT(CTL_OPT_GROUP) |
-			CTL_BIT(CTL_OPT_LIMIT), ctl__cmd_devices },
-	{ "device", 1, 0, ctl__cmd_device },
-	{ "register", 1, CTL_BIT(CTL_OPT_GROUP) | CTL_BIT(CTL_OPT_NAME), ctl__cmd_register },
-	{ "logs", 1, CTL_BIT(CTL_OPT_COUNT), ctl__cmd_logs },
-	{ "delete", 1, 0, ctl__cmd_delete },
+			CTL_BIT(CTL_OPT_LIMIT), 0, 0, NULL, ctl__cmd_devices },
+	{ "device", CTL_ARGS_ID, 0, 0, 0, NULL, ctl__cmd_device },
+	{ "register", CTL_ARGS_ID, CTL_BIT(CTL_OPT_GROUP) | CTL_BIT(CTL_OPT_NAME), 0, 0,
+	  NULL, ctl__cmd_register },
+	{ "logs", CTL_ARGS_ID, CTL_BIT(CTL_OPT_COUNT), 0, 0, NULL, ctl__cmd_logs },
+	{ "delete", CTL_ARGS_ID, 0, 0, 0, NULL, ctl__cmd_delete },
+	{ "deploy", CTL_ARGS_GROUP_FILE, 0, 0, 0, ctl__check_deploy, ctl__cmd_deploy },
+	{ "agent", CTL_ARGS_ID, 0, 0, 0, NULL, ctl__cmd_agent },
+	{ "agent-restart", CTL_ARGS_ID, 0, 0, 0, NULL, ctl__cmd_agent_restart },
+	{ "agent-migrate", CTL_ARGS_ID, CTL_BIT(CTL_OPT_WORKER), 0, 0, NULL,
+	  ctl__cmd_agent_migrate },
+	{ "flash-parts", CTL_ARGS_NONE, CTL_BIT(CTL_OPT_JEDEC), 0, 0, NULL, ctl__cmd_flash_parts },
+	{ "firmware", CTL_ARGS_NONE, 0, 0, 0, NULL, ctl__cmd_firmware },
+	{ "upload", CTL_ARGS_FILE, CTL_BIT(CTL_OPT_VERSION) | CTL_BIT(CTL_OPT_HW) |
+			CTL_BIT(CTL_OPT_REQUIRES), CTL_BIT(CTL_OPT_VERSION) | CTL_BIT(CTL_OPT_HW),
+	  0, ctl__check_upload, ctl__cmd_upload },
+	{ "rollout-create", CTL_ARGS_NONE, CTL_BIT(CTL_OPT_FIRMWARE) | CTL_ROLLOUT_TARGETS |
+			CTL_BIT(CTL_OPT_STAGES) | CTL_BIT(CTL_OPT_START) |
+			CTL_BIT(CTL_OPT_ALLOW_UNKNOWN), CTL_BIT(CTL_OPT_FIRMWARE),
+	  CTL_ROLLOUT_TARGETS, ctl__check_rollout_create, ctl__cmd_rollout_create },
+	{ "rollout", CTL_ARGS_RID, 0, 0, 0, NULL, ctl__cmd_rollout },
+	{ "plan", CTL_ARGS_RID, 0, 0, 0, NULL, ctl__cmd_plan },
+	{ "pause", CTL_ARGS_RID, 0, 0, 0, NULL, ctl__cmd_steer },
+	{ "resume", CTL_ARGS_RID, 0, 0, 0, NULL, ctl__cmd_steer },
+	{ "abort", CTL_ARGS_RID, 0, 0, 0, NULL, ctl__cmd_steer },
 };
 
 static int ctl__check_command(ctl_opts *o, const struct ctl_cmd **out)
@@ -1004,12 +1874,28 @@ static int ctl__check_command(ctl_opts *o, const struct ctl_cmd **out)
 				      ctl__opt_name(stray), cmd->name);
 	if ((o->given & CTL_BIT(CTL_OPT_ONLINE)) && (o->given & CTL_BIT(CTL_OPT_OFFLINE)))
 		return ctl__usage_err("give only one of --online and --offline");
-	if (cmd->wants_id && !o->id_arg)
-		return ctl__usage_err("'%s' needs a device ID", cmd->name);
-	if (!cmd->wants_id && o->id_arg)
-		return ctl__usage_err("unexpected argument '%s'", o->id_arg);
+	unsigned missing = cmd->need & ~o->given, picked = cmd->one_of & o->given;
+	if (missing)
+		return ctl__usage_err("'%s' needs %s", cmd->name, ctl__opt_name(missing));
+	if (cmd->one_of && (picked == 0 || (picked & (picked - 1)) != 0)) {
+		char names[128];
+		return ctl__usage_err("'%s' needs exactly one of %s", cmd->name,
+				      ctl__opt_names(cmd->one_of, names, sizeof names));
+	}
+	const struct ctl_argspec *a = &ctl__argspecs[cmd->args];
+	if (o->nargs < a->n)
+		return ctl__usage_err("'%s' needs %s", cmd->name, a->what);
+	if (o->nargs > a->n)
+		return ctl__usage_err("unexpected argument '%s'", o->args[a->n]);
 	*out = cmd;
-	return cmd->wants_id ? ctl__check_id(o) : 0;
+	int rc = 0;
+	if (cmd->args == CTL_ARGS_ID)
+		rc = ctl__device_id(o->args[0], o->id);
+	else if (cmd->args == CTL_ARGS_RID)
+		rc = ctl__parse_num_id("rollout id", o->args[0], &o->num);
+	if (rc == 0 && cmd->check)
+		rc = cmd->check(o);
+	return rc;
 }
 
 static int ctl__run(const ctl_opts *o, const struct ctl_cmd *cmd)
@@ -1031,7 +1917,7 @@ static int ctl__run(const ctl_opts *o, const struct ctl_cmd *cmd)
 
 int main(int argc, char **argv)
 {
-	ctl_opts o = { .online = -1 };
+	ctl_opts o = { .online = -1, .worker = -1 };
 	const struct ctl_cmd *cmd = NULL;
 	int rc = ctl__parse_args(argc, argv, &o);
 
@@ -1053,5 +1939,6 @@ int main(int argc, char **argv)
 		ctl__err("cannot write the output: %s", strerror(errno));
 		rc = CTL_EAPI;
 	}
+	json_decref(o.body);
 	return rc == 0 ? 0 : rc == CTL_EUSAGE ? 2 : 1;
 }

@@ -11,21 +11,29 @@
 //   expect TYPE        wait (up to 10 s) for a server frame of that type
 //   close              close normally (1000) and wait for the close
 //   hold               keep the connection until the server closes it
+//   pingpong N         send msg "ping" {seq:1..N} (at most 32 in flight) and
+//                      check that "pong" replies come back with every seq
+//                      once, in order; prints "pingpong ok N" or fails
+//   expectmsg NAME     wait (up to 10 s) for a msg frame with that name
 // It prints one line per thing it sees: "frame <json>", "closed <code> <reason>".
 'use strict';
 let WebSocket;
 try { WebSocket = require('ws'); } catch (e) { WebSocket = require('/usr/share/nodejs/ws'); }
 
 const steps = process.argv.slice(2);
-let ws = null, frames = [], waiters = [], closed = null;
+let ws = null, frames = [], waiters = [], closed = null, msgs = [];
 
 function out(line) { process.stdout.write(line + '\n'); }
 
 function onFrame(data, isBinary) {
   const text = isBinary ? '<binary>' : data.toString();
   out('frame ' + text);
-  let type = null;
-  try { type = JSON.parse(text).type; } catch (e) { }
+  let type = null, obj = null;
+  try { obj = JSON.parse(text); type = obj.type; } catch (e) { }
+  if (type === 'msg') {
+    msgs.push(obj);
+    waiters = waiters.filter(w => !w('msg:' + obj.name));
+  }
   frames.push(type);
   waiters = waiters.filter(w => !w(type));
 }
@@ -77,6 +85,37 @@ async function run() {
       if (!frames.includes(type))
         await waitFor(t => t === type, 10000);
       frames.splice(frames.indexOf(type), 1);
+    } else if (s === 'pingpong') {
+      const n = parseInt(steps[++i], 10);
+      let sent = 0, got = 0;
+      await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('pingpong: ' + got + ' of ' + n + ' replies')), 120000);
+        const pump = () => {
+          while (sent < n && sent - got < 32) {
+            sent++;
+            ws.send(JSON.stringify({ type: 'msg', name: 'ping', data: { seq: sent } }));
+          }
+        };
+        ws.on('message', (data, isBinary) => {
+          let m;
+          try { m = JSON.parse(data.toString()); } catch (e) { return; }
+          if (m.type !== 'msg' || m.name !== 'pong') return;
+          const seq = m.data && m.data.seq;
+          if (seq !== got + 1) {
+            clearTimeout(timer);
+            reject(new Error('pingpong: expected seq ' + (got + 1) + ', got ' + seq));
+            return;
+          }
+          got++;
+          if (got === n) { clearTimeout(timer); resolve(); } else pump();
+        });
+        pump();
+      });
+      out('pingpong ok ' + n);
+    } else if (s === 'expectmsg') {
+      const name = steps[++i];
+      if (!msgs.some(m => m.name === name))
+        await waitFor(t => t === 'msg:' + name, 10000);
     } else if (s === 'close') {
       if (closed === null) {
         ws.close(1000, 'bye');

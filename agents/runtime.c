@@ -1,0 +1,817 @@
+/* agents/runtime.c -- one sandboxed Lua 5.4 agent (see runtime.h, docs/agents.md).
+ *
+ * Limits: a quota allocator refuses memory over the cap (the event then
+ * reports AGENT_OOM and the supervisor stops the agent); a count hook stops a
+ * handler over its instruction budget, and keeps raising until the event
+ * ends, so a script's pcall cannot swallow it.  Sandbox: base (without
+ * dofile, loadfile, collectgarbage; load forced to text), string (without
+ * dump; rep bounded), table, math, utf8, coroutine, and os.time/clock/date.
+ * No io, package, require or debug. */
+#define _GNU_SOURCE
+#include "runtime.h"
+
+#include <jansson.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RT_HOOK_EVERY 1000
+#define RT_MAX_TIMERS 10000
+#define RT_MAX_REP (1 << 20)
+#define RT_MAX_LOG 4096
+#define RT_MAX_HEADERS 32
+
+struct rt_timer {
+	int64_t due;
+	int64_t every;          /* ms, 0 for a one-shot */
+	int ref;                /* the function, in the registry */
+	int id;
+};
+
+struct agent_rt {
+	lua_State *L;
+	agent_host host;
+	agent_limits lim;
+	size_t used;
+	int oom;
+	uint64_t count;         /* instructions in the current event */
+	int over_budget;
+	int in_event;
+	int ref_handlers, ref_connect, ref_disconnect, ref_http;
+	struct rt_timer *timers;
+	int ntimers, next_timer_id;
+	agent_http_res *res;    /* the response being built, during http */
+	int res_sent;
+};
+
+static agent_rt *rt__self(lua_State *L)
+{
+	return *(agent_rt **)lua_getextraspace(L);
+}
+
+/* --- limits ---------------------------------------------------------------------- */
+
+static void *rt__alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	agent_rt *a = ud;
+	size_t old = ptr ? osize : 0;
+
+	if (nsize == 0) {
+		a->used -= old;
+		free(ptr);
+		return NULL;
+	}
+	if (nsize > old && a->used + (nsize - old) > a->lim.memory) {
+		a->oom = 1;
+		return NULL;
+	}
+	void *p = realloc(ptr, nsize);
+	if (!p) {
+		a->oom = 1;
+		return NULL;
+	}
+	a->used = a->used - old + nsize;
+	return p;
+}
+
+static void rt__hook(lua_State *L, lua_Debug *ar)
+{
+	agent_rt *a = rt__self(L);
+	a->count += RT_HOOK_EVERY;
+	if (a->in_event && (a->over_budget || a->count > a->lim.instructions)) {
+		a->over_budget = 1;
+		luaL_error(L, "over its budget of %llu instructions", (unsigned long long)a->lim.instructions);
+	}
+}
+
+/* --- JSON <-> Lua ------------------------------------------------------------------ */
+
+static json_t *rt__to_json(lua_State *L, int idx, int depth, char *err, size_t cap);
+
+static json_t *rt__table_to_json(lua_State *L, int idx, int depth, char *err, size_t cap)
+{
+	lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
+	int strings = 0, ints = 0;
+
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		count++;
+		if (lua_type(L, -2) == LUA_TSTRING)
+			strings = 1;
+		else if (lua_isinteger(L, -2))
+			ints = 1;
+		else {
+			lua_pop(L, 2);
+			snprintf(err, cap, "a table key must be a string or an integer");
+			return NULL;
+		}
+		lua_pop(L, 1);
+	}
+	if (strings && ints) {
+		snprintf(err, cap, "a table mixes string and integer keys");
+		return NULL;
+	}
+	if (ints && count != n) {
+		snprintf(err, cap, "an array must have keys 1 to n with no holes");
+		return NULL;
+	}
+	json_t *out = ints ? json_array() : json_object();
+	if (ints) {
+		for (lua_Integer i = 1; i <= n; i++) {
+			lua_rawgeti(L, idx, i);
+			json_t *v = rt__to_json(L, lua_gettop(L), depth + 1, err, cap);
+			lua_pop(L, 1);
+			if (!v) {
+				json_decref(out);
+				return NULL;
+			}
+			json_array_append_new(out, v);
+		}
+		return out;
+	}
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		size_t klen;
+		const char *key = lua_tolstring(L, -2, &klen);
+		json_t *v = rt__to_json(L, lua_gettop(L), depth + 1, err, cap);
+		if (!v || strlen(key) != klen || json_object_set_new(out, key, v)) {
+			if (v && !*err)
+				snprintf(err, cap, "a key is not valid UTF-8 text");
+			lua_pop(L, 2);
+			json_decref(out);
+			return NULL;
+		}
+		lua_pop(L, 1);
+	}
+	return out;
+}
+
+static json_t *rt__to_json(lua_State *L, int idx, int depth, char *err, size_t cap)
+{
+	if (depth > AGENT_JSON_DEPTH) {
+		snprintf(err, cap, "data nested deeper than %d levels", AGENT_JSON_DEPTH);
+		return NULL;
+	}
+	switch (lua_type(L, idx)) {
+	case LUA_TNIL:
+		return json_null();
+	case LUA_TBOOLEAN:
+		return json_boolean(lua_toboolean(L, idx));
+	case LUA_TNUMBER:
+		if (lua_isinteger(L, idx))
+			return json_integer(lua_tointeger(L, idx));
+		if (!isfinite(lua_tonumber(L, idx))) {
+			snprintf(err, cap, "NaN and infinity cannot be sent as JSON");
+			return NULL;
+		}
+		return json_real(lua_tonumber(L, idx));
+	case LUA_TSTRING: {
+		size_t len;
+		const char *s = lua_tolstring(L, idx, &len);
+		json_t *j = json_stringn(s, len);
+		if (!j)
+			snprintf(err, cap, "a string is not valid UTF-8 text");
+		return j;
+	}
+	case LUA_TTABLE:
+		return rt__table_to_json(L, idx, depth, err, cap);
+	default:
+		snprintf(err, cap, "a %s cannot be sent as JSON", luaL_typename(L, idx));
+		return NULL;
+	}
+}
+
+static void rt__push_json(lua_State *L, json_t *j, int depth)
+{
+	size_t i;
+	const char *key;
+	json_t *v;
+
+	if (depth > AGENT_JSON_DEPTH) {
+		lua_pushnil(L);
+		return;
+	}
+	luaL_checkstack(L, 4, "JSON too deep");
+	switch (json_typeof(j)) {
+	case JSON_OBJECT:
+		lua_createtable(L, 0, (int)json_object_size(j));
+		json_object_foreach(j, key, v) {
+			rt__push_json(L, v, depth + 1);
+			lua_setfield(L, -2, key);
+		}
+		break;
+	case JSON_ARRAY:
+		lua_createtable(L, (int)json_array_size(j), 0);
+		json_array_foreach(j, i, v) {
+			rt__push_json(L, v, depth + 1);
+			lua_rawseti(L, -2, (lua_Integer)i + 1);
+		}
+		break;
+	case JSON_STRING:
+		lua_pushlstring(L, json_string_value(j), json_string_length(j));
+		break;
+	case JSON_INTEGER:
+		lua_pushinteger(L, json_integer_value(j));
+		break;
+	case JSON_REAL:
+		lua_pushnumber(L, json_real_value(j));
+		break;
+	case JSON_TRUE:
+	case JSON_FALSE:
+		lua_pushboolean(L, json_is_true(j));
+		break;
+	default:
+		lua_pushnil(L); /* null: nil (in arrays, a hole) */
+	}
+}
+
+/* Pushes the decoded JSON text (or nil); raises on malformed or too deep JSON. */
+static void rt__push_json_text(lua_State *L, const char *text)
+{
+	json_error_t jerr;
+	json_t *j = json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+	if (!j) {
+		lua_pushnil(L);
+		return;
+	}
+	rt__push_json(L, j, 0);
+	json_decref(j);
+}
+
+/* --- the API: device, server, timer, http ---------------------------------------- */
+
+static int rt__device_on(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	const char *name = luaL_checkstring(L, 1);
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref_handlers);
+	lua_pushvalue(L, 2);
+	lua_setfield(L, -2, name);
+	return 0;
+}
+
+static int rt__set_ref(lua_State *L, int *ref)
+{
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+	lua_pushvalue(L, 1);
+	*ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+static int rt__device_onconnect(lua_State *L) { return rt__set_ref(L, &rt__self(L)->ref_connect); }
+static int rt__device_ondisconnect(lua_State *L) { return rt__set_ref(L, &rt__self(L)->ref_disconnect); }
+static int rt__http_onrequest(lua_State *L) { return rt__set_ref(L, &rt__self(L)->ref_http); }
+
+static int rt__device_send(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	const char *name = luaL_checkstring(L, 1);
+	char err[128] = "";
+	lua_settop(L, 2);
+	json_t *j = rt__to_json(L, 2, 0, err, sizeof err);
+	if (!j)
+		return luaL_error(L, "device.send: %s", err);
+	char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+	json_decref(j);
+	if (!text)
+		return luaL_error(L, "device.send: out of memory");
+	if (strlen(name) > 128) {
+		free(text);
+		return luaL_error(L, "device.send: the name is longer than 128 bytes");
+	}
+	a->host.send(a->host.ctx, name, text);
+	free(text);
+	return 0;
+}
+
+static int rt__device_isconnected(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	lua_pushboolean(L, a->host.is_connected(a->host.ctx));
+	return 1;
+}
+
+static int rt__server_log_any(lua_State *L, int is_error)
+{
+	agent_rt *a = rt__self(L);
+	size_t len;
+	const char *msg = luaL_tolstring(L, 1, &len);
+	char buf[RT_MAX_LOG + 1];
+	snprintf(buf, sizeof buf, "%.*s", (int)(len > RT_MAX_LOG ? RT_MAX_LOG : len), msg);
+	a->host.log(a->host.ctx, is_error, buf);
+	return 0;
+}
+
+static int rt__server_log(lua_State *L) { return rt__server_log_any(L, 0); }
+static int rt__server_error(lua_State *L) { return rt__server_log_any(L, 1); }
+
+static int rt__server_save(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	char err[200] = "";
+	lua_settop(L, 1);
+	json_t *j = rt__to_json(L, 1, 0, err, sizeof err);
+	if (!j)
+		return luaL_error(L, "server.save: %s", err);
+	char *text = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+	json_decref(j);
+	if (!text)
+		return luaL_error(L, "server.save: out of memory");
+	size_t len = strlen(text);
+	if (len > AGENT_SAVE_MAX) {
+		free(text);
+		return luaL_error(L, "server.save: %d bytes is over the %d-byte limit", (int)len, AGENT_SAVE_MAX);
+	}
+	int rc = a->host.save(a->host.ctx, text, len, err, sizeof err);
+	free(text);
+	if (rc)
+		return luaL_error(L, "server.save: %s", err);
+	return 0;
+}
+
+static int rt__server_load(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	char *text = a->host.load(a->host.ctx);
+	if (!text) {
+		lua_pushnil(L);
+		return 1;
+	}
+	rt__push_json_text(L, text);
+	free(text);
+	return 1;
+}
+
+static int rt__timer_add(lua_State *L, int repeat)
+{
+	agent_rt *a = rt__self(L);
+	lua_Number secs = luaL_checknumber(L, 1);
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	if (!(secs >= 0.01) || secs > 86400.0 * 365)
+		return luaL_error(L, "timer: seconds must be from 0.01 to a year");
+	if (a->ntimers >= RT_MAX_TIMERS)
+		return luaL_error(L, "timer: at most %d timers", RT_MAX_TIMERS);
+	struct rt_timer *grown = realloc(a->timers, (size_t)(a->ntimers + 1) * sizeof *grown);
+	if (!grown)
+		return luaL_error(L, "timer: out of memory");
+	a->timers = grown;
+	lua_pushvalue(L, 2);
+	struct rt_timer *t = &a->timers[a->ntimers++];
+	t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	t->every = repeat ? (int64_t)(secs * 1000) : 0;
+	t->due = a->host.now_ms(a->host.ctx) + (int64_t)(secs * 1000);
+	t->id = ++a->next_timer_id;
+	/* The handle: {id = n} with a cancel method. */
+	lua_createtable(L, 0, 1);
+	lua_pushinteger(L, t->id);
+	lua_setfield(L, -2, "id");
+	luaL_setmetatable(L, "tender.timer");
+	return 1;
+}
+
+static int rt__timer_after(lua_State *L) { return rt__timer_add(L, 0); }
+static int rt__timer_every(lua_State *L) { return rt__timer_add(L, 1); }
+
+static void rt__timer_remove(agent_rt *a, int i)
+{
+	luaL_unref(a->L, LUA_REGISTRYINDEX, a->timers[i].ref);
+	a->timers[i] = a->timers[--a->ntimers];
+}
+
+static int rt__timer_cancel(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	luaL_checktype(L, 1, LUA_TTABLE);
+	lua_getfield(L, 1, "id");
+	lua_Integer id = lua_tointeger(L, -1);
+	for (int i = 0; i < a->ntimers; i++)
+		if (a->timers[i].id == id) {
+			rt__timer_remove(a, i);
+			break;
+		}
+	return 0;
+}
+
+static int rt__res_header(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	const char *k = luaL_checkstring(L, 1), *v = luaL_checkstring(L, 2);
+	if (!a->res)
+		return luaL_error(L, "res.header: the request has been answered");
+	if (strpbrk(k, "\r\n:") || strpbrk(v, "\r\n") || !*k)
+		return luaL_error(L, "res.header: a header name or value may not contain CR, LF (or ':' in names)");
+	int n = 0;
+	while (a->res->headers && a->res->headers[n])
+		n++;
+	if (n / 2 >= RT_MAX_HEADERS)
+		return luaL_error(L, "res.header: at most %d headers", RT_MAX_HEADERS);
+	char **grown = realloc(a->res->headers, (size_t)(n + 3) * sizeof *grown);
+	if (!grown)
+		return luaL_error(L, "res.header: out of memory");
+	a->res->headers = grown;
+	grown[n] = strdup(k);
+	grown[n + 1] = strdup(v);
+	grown[n + 2] = NULL;
+	return 0;
+}
+
+static int rt__res_send(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	lua_Integer status = luaL_checkinteger(L, 1);
+	char err[128] = "";
+	if (!a->res || a->res_sent)
+		return luaL_error(L, "res.send: the request has been answered already");
+	if (status < 100 || status > 599)
+		return luaL_error(L, "res.send: status must be from 100 to 599");
+	size_t len = 0;
+	char *body = NULL;
+	if (lua_istable(L, 2)) {
+		json_t *j = rt__to_json(L, 2, 0, err, sizeof err);
+		if (!j)
+			return luaL_error(L, "res.send: %s", err);
+		body = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+		json_decref(j);
+		len = body ? strlen(body) : 0;
+		lua_pushcfunction(L, rt__res_header);
+		lua_pushstring(L, "Content-Type");
+		lua_pushstring(L, "application/json");
+		lua_call(L, 2, 0);
+	} else if (!lua_isnoneornil(L, 2)) {
+		const char *s = luaL_checklstring(L, 2, &len);
+		body = malloc(len + 1);
+		if (body) {
+			memcpy(body, s, len);
+			body[len] = '\0';
+		}
+	} else {
+		body = strdup("");
+	}
+	if (!body)
+		return luaL_error(L, "res.send: out of memory");
+	a->res->status = (int)status;
+	a->res->body = body;
+	a->res->body_len = len;
+	a->res_sent = 1;
+	return 0;
+}
+
+/* string.rep in C runs where the count hook cannot stop it: bound it. */
+static int rt__string_rep(lua_State *L)
+{
+	size_t len;
+	luaL_checklstring(L, 1, &len);
+	lua_Integer n = luaL_checkinteger(L, 2);
+	size_t seplen = 0;
+	if (!lua_isnoneornil(L, 3))
+		luaL_checklstring(L, 3, &seplen);
+	if (n > 0 && (double)(len + seplen) * (double)n > RT_MAX_REP)
+		return luaL_error(L, "string.rep: the result would be over %d bytes", RT_MAX_REP);
+	lua_getfield(L, lua_upvalueindex(1), "rep");
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+/* load(chunk, name, mode, env) with mode forced to text: no bytecode. */
+static int rt__load(lua_State *L)
+{
+	int nargs = lua_gettop(L);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	for (int i = 1; i <= 2; i++)
+		lua_pushvalue(L, i);
+	lua_pushstring(L, "t");
+	if (nargs >= 4)
+		lua_pushvalue(L, 4);
+	lua_call(L, nargs >= 4 ? 4 : 3, 2);
+	return 2;
+}
+
+static void rt__set_funcs(lua_State *L, const char *global, const luaL_Reg *fns)
+{
+	lua_newtable(L);
+	luaL_setfuncs(L, fns, 0);
+	lua_setglobal(L, global);
+}
+
+static void rt__open_sandbox(lua_State *L)
+{
+	static const struct { const char *name; lua_CFunction open; } libs[] = {
+		{ LUA_GNAME, luaopen_base }, { LUA_TABLIBNAME, luaopen_table },
+		{ LUA_STRLIBNAME, luaopen_string }, { LUA_MATHLIBNAME, luaopen_math },
+		{ LUA_UTF8LIBNAME, luaopen_utf8 }, { LUA_COLIBNAME, luaopen_coroutine },
+	};
+	for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
+		luaL_requiref(L, libs[i].name, libs[i].open, 1);
+		lua_pop(L, 1);
+	}
+	/* os: only the clock. */
+	luaopen_os(L);
+	lua_createtable(L, 0, 3);
+	for (const char *const *f = (const char *const[]){ "time", "clock", "date", NULL }; *f; f++) {
+		lua_getfield(L, -2, *f);
+		lua_setfield(L, -2, *f);
+	}
+	lua_setglobal(L, "os");
+	lua_pop(L, 1);
+	for (const char *const *g = (const char *const[]){ "dofile", "loadfile", "collectgarbage", "require",
+							  "print", NULL }; *g; g++) {
+		lua_pushnil(L);
+		lua_setglobal(L, *g);
+	}
+	lua_getglobal(L, "load");
+	lua_pushcclosure(L, rt__load, 1);
+	lua_setglobal(L, "load");
+	lua_getglobal(L, "string");
+	lua_pushnil(L);
+	lua_setfield(L, -2, "dump");
+	lua_newtable(L); /* the original rep, kept out of reach */
+	lua_getfield(L, -2, "rep");
+	lua_setfield(L, -2, "rep");
+	lua_pushcclosure(L, rt__string_rep, 1);
+	lua_setfield(L, -2, "rep");
+	lua_pop(L, 1);
+	/* The string metatable cannot be read or replaced. */
+	lua_pushliteral(L, "");
+	lua_getmetatable(L, -1);
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_pop(L, 2);
+}
+
+static void rt__open_api(lua_State *L)
+{
+	static const luaL_Reg device[] = {
+		{ "on", rt__device_on }, { "send", rt__device_send }, { "onconnect", rt__device_onconnect },
+		{ "ondisconnect", rt__device_ondisconnect }, { "isconnected", rt__device_isconnected },
+		{ NULL, NULL },
+	};
+	static const luaL_Reg server[] = {
+		{ "log", rt__server_log }, { "error", rt__server_error }, { "save", rt__server_save },
+		{ "load", rt__server_load }, { NULL, NULL },
+	};
+	static const luaL_Reg timer[] = {
+		{ "after", rt__timer_after }, { "every", rt__timer_every }, { "cancel", rt__timer_cancel },
+		{ NULL, NULL },
+	};
+	static const luaL_Reg http[] = { { "onrequest", rt__http_onrequest }, { NULL, NULL } };
+	rt__set_funcs(L, "device", device);
+	rt__set_funcs(L, "server", server);
+	rt__set_funcs(L, "timer", timer);
+	rt__set_funcs(L, "http", http);
+	luaL_newmetatable(L, "tender.timer");
+	lua_newtable(L);
+	lua_pushcfunction(L, rt__timer_cancel);
+	lua_setfield(L, -2, "cancel");
+	lua_setfield(L, -2, "__index");
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_pop(L, 1);
+	/* print goes to the device's log, as imp agents' server.log does. */
+	lua_pushcfunction(L, rt__server_log);
+	lua_setglobal(L, "print");
+}
+
+/* --- running --------------------------------------------------------------------- */
+
+static int rt__traceback(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+	luaL_traceback(L, L, msg ? msg : "(an error object that is not a string)", 1);
+	return 1;
+}
+
+/* Calls the function under `nargs` arguments on the stack, within the budget.
+ * `what` names the handler in the log line. */
+static int rt__call(agent_rt *a, int nargs, const char *what)
+{
+	lua_State *L = a->L;
+	int base = lua_gettop(L) - nargs;
+	lua_pushcfunction(L, rt__traceback);
+	lua_insert(L, base);
+	a->count = 0;
+	a->over_budget = 0;
+	a->in_event = 1;
+	int rc = lua_pcall(L, nargs, 0, base);
+	a->in_event = 0;
+	int out = AGENT_OK;
+	if (a->oom || rc == LUA_ERRMEM) {
+		out = AGENT_OOM;
+	} else if (a->over_budget) {
+		char line[200];
+		snprintf(line, sizeof line, "%s stopped: over its budget of %llu instructions", what,
+			 (unsigned long long)a->lim.instructions);
+		a->host.log(a->host.ctx, 1, line);
+		out = AGENT_BUDGET;
+	} else if (rc != LUA_OK) {
+		char *line = NULL;
+		const char *msg = lua_tostring(L, -1);
+		if (asprintf(&line, "error in %s: %s", what, msg ? msg : "?") >= 0) {
+			a->host.log(a->host.ctx, 1, line);
+			free(line);
+		}
+		out = AGENT_ERROR;
+	}
+	lua_settop(L, base - 1 < 0 ? 0 : base - 1);
+	return out;
+}
+
+int agent_rt_check(const char *source, size_t len, tn_error *err)
+{
+	lua_State *L = luaL_newstate();
+	if (!L)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	int rc = luaL_loadbufferx(L, source, len, "=agent.lua", "t");
+	if (rc != LUA_OK)
+		tn_err(err, TN_EINVAL, "%s", lua_tostring(L, -1));
+	lua_close(L);
+	return rc == LUA_OK ? 0 : TN_EINVAL;
+}
+
+int agent_rt_new(agent_rt **out, const char *source, size_t len, const agent_limits *lim,
+		 const agent_host *host, tn_error *err)
+{
+	agent_rt *a = calloc(1, sizeof *a);
+	if (!a)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	a->host = *host;
+	a->lim.memory = lim && lim->memory ? lim->memory : 1 << 20;
+	a->lim.instructions = lim && lim->instructions ? lim->instructions : 10000000;
+	a->L = lua_newstate(rt__alloc, a);
+	if (!a->L) {
+		free(a);
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	}
+	*(agent_rt **)lua_getextraspace(a->L) = a;
+	a->ref_connect = a->ref_disconnect = a->ref_http = LUA_NOREF;
+	lua_sethook(a->L, rt__hook, LUA_MASKCOUNT, RT_HOOK_EVERY);
+	rt__open_sandbox(a->L);
+	rt__open_api(a->L);
+	lua_newtable(a->L);
+	a->ref_handlers = luaL_ref(a->L, LUA_REGISTRYINDEX);
+	if (a->oom) {
+		agent_rt_free(a);
+		return tn_err(err, TN_ENOMEM, "over the memory cap while starting");
+	}
+	if (luaL_loadbufferx(a->L, source, len, "=agent.lua", "t") != LUA_OK) {
+		tn_err(err, a->oom ? TN_ENOMEM : TN_EINVAL, "%s", lua_tostring(a->L, -1));
+		int code = a->oom ? TN_ENOMEM : TN_EINVAL;
+		agent_rt_free(a);
+		return code;
+	}
+	/* The top level registers handlers; its errors are logged like a handler's. */
+	int rc = rt__call(a, 0, "the top level");
+	if (rc == AGENT_OOM) {
+		agent_rt_free(a);
+		return tn_err(err, TN_ENOMEM, "over the memory cap while starting");
+	}
+	*out = a;
+	return 0;
+}
+
+void agent_rt_free(agent_rt *a)
+{
+	if (!a)
+		return;
+	if (a->L)
+		lua_close(a->L);
+	free(a->timers);
+	free(a);
+}
+
+int agent_rt_message(agent_rt *a, const char *name, const char *data_json)
+{
+	lua_State *L = a->L;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref_handlers);
+	lua_getfield(L, -1, name);
+	lua_remove(L, -2);
+	if (!lua_isfunction(L, -1)) {
+		lua_pop(L, 1);
+		return AGENT_OK; /* no handler for it: ignored */
+	}
+	rt__push_json_text(L, data_json ? data_json : "null");
+	char what[180];
+	snprintf(what, sizeof what, "the '%.128s' handler", name);
+	return rt__call(a, 1, what);
+}
+
+static int rt__call_ref(agent_rt *a, int ref, const char *what)
+{
+	if (ref == LUA_NOREF)
+		return AGENT_OK;
+	lua_rawgeti(a->L, LUA_REGISTRYINDEX, ref);
+	return rt__call(a, 0, what);
+}
+
+int agent_rt_connect(agent_rt *a)
+{
+	return rt__call_ref(a, a->ref_connect, "the onconnect handler");
+}
+
+int agent_rt_disconnect(agent_rt *a)
+{
+	return rt__call_ref(a, a->ref_disconnect, "the ondisconnect handler");
+}
+
+int agent_rt_http(agent_rt *a, const agent_http_req *req, agent_http_res *res)
+{
+	lua_State *L = a->L;
+	memset(res, 0, sizeof *res);
+	if (a->ref_http == LUA_NOREF)
+		return AGENT_OK;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref_http);
+	lua_createtable(L, 0, 5);
+	lua_pushstring(L, req->method);
+	lua_setfield(L, -2, "method");
+	lua_pushstring(L, req->path);
+	lua_setfield(L, -2, "path");
+	lua_pushstring(L, req->query ? req->query : "");
+	lua_setfield(L, -2, "query");
+	lua_pushlstring(L, req->body ? req->body : "", req->body_len);
+	lua_setfield(L, -2, "body");
+	lua_newtable(L);
+	for (const char *const *h = req->headers; h && h[0] && h[1]; h += 2) {
+		char name[128];
+		size_t i;
+		for (i = 0; h[0][i] && i < sizeof name - 1; i++)
+			name[i] = (char)((h[0][i] >= 'A' && h[0][i] <= 'Z') ? h[0][i] + 32 : h[0][i]);
+		name[i] = '\0';
+		lua_pushstring(L, h[1]);
+		lua_setfield(L, -2, name);
+	}
+	lua_setfield(L, -2, "headers");
+	lua_createtable(L, 0, 2);
+	lua_pushcfunction(L, rt__res_header);
+	lua_setfield(L, -2, "header");
+	lua_pushcfunction(L, rt__res_send);
+	lua_setfield(L, -2, "send");
+	a->res = res;
+	a->res_sent = 0;
+	int rc = rt__call(a, 2, "the http.onrequest handler");
+	a->res = NULL;
+	if (rc == AGENT_OK && !a->res_sent) {
+		agent_http_res_clear(res);
+		res->status = 500;
+		res->body = strdup("the agent did not answer");
+		res->body_len = res->body ? strlen(res->body) : 0;
+	}
+	return rc;
+}
+
+void agent_http_res_clear(agent_http_res *res)
+{
+	free(res->body);
+	if (res->headers)
+		for (char **h = res->headers; *h; h++)
+			free(*h);
+	free(res->headers);
+	memset(res, 0, sizeof *res);
+}
+
+int64_t agent_rt_next_timer(agent_rt *a)
+{
+	int64_t next = -1;
+	for (int i = 0; i < a->ntimers; i++)
+		if (next < 0 || a->timers[i].due < next)
+			next = a->timers[i].due;
+	return next;
+}
+
+int agent_rt_run_timers(agent_rt *a, int64_t now)
+{
+	int worst = AGENT_OK;
+	/* Timers added by a handler wait for the next round. */
+	int n = a->ntimers;
+	for (int i = 0; i < n && i < a->ntimers; i++) {
+		struct rt_timer *t = &a->timers[i];
+		if (t->due > now)
+			continue;
+		int id = t->id;
+		lua_rawgeti(a->L, LUA_REGISTRYINDEX, t->ref);
+		if (t->every) {
+			t->due = now + t->every;
+		} else {
+			rt__timer_remove(a, i);
+			i--;
+			n--;
+		}
+		int rc = rt__call(a, 0, "a timer");
+		(void)id;
+		if (rc > worst)
+			worst = rc;
+		if (rc == AGENT_OOM)
+			break;
+	}
+	return worst;
+}
+
+size_t agent_rt_memory(const agent_rt *a)
+{
+	return a->used;
+}

@@ -1,0 +1,1002 @@
+/* agents/supervisor.c -- the agent supervisor (see supervisor.h, docs/agents.md).
+ *
+ * Each agent belongs to exactly one worker (`agent->worker`, changed only
+ * under `route_lock`); every event for it goes to that worker's queue, so it
+ * runs one event at a time, in the order the events were routed.
+ *
+ * Migration (worker A -> B), at an event boundary on A:
+ *   1. A takes route_lock (no event can be routed meanwhile), takes out of
+ *      its own queue every event still waiting for the agent, sets
+ *      agent->worker = B, and pushes MIGRATE_IN(agent, those events) to B;
+ *   2. events routed from then on land on B behind MIGRATE_IN.
+ * So nothing queued is lost or reordered; timers and saved state move with
+ * the agent (the Lua state itself moves: it is never used by two threads).
+ *
+ * Lock order: route_lock, then a worker's queue lock. */
+#define _GNU_SOURCE
+#include "supervisor.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "device.h"
+#include "events.h"
+#include "idmap.h"
+#include "log.h"
+
+#define SUP_MAX_WORKERS 64
+#define SUP_BACKOFF_MAX_MS 60000
+
+enum ev_kind {
+	EV_ONLINE, EV_OFFLINE, EV_MSG, EV_HTTP, EV_RELOAD, EV_RESTART, EV_MIGRATE_OUT, EV_MIGRATE_IN,
+	EV_INFO, EV_STOP_ALL,
+};
+
+struct sup_info_wait {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int done;
+	json_t *info;
+};
+
+struct ev {
+	struct ev *next;
+	enum ev_kind kind;
+	uint64_t device;
+	uint64_t conn;
+	char *name, *data;             /* EV_MSG (owned) */
+	int target;                    /* EV_MIGRATE_OUT */
+	struct agent *agent;           /* EV_MIGRATE_IN */
+	struct ev *carried;            /* EV_MIGRATE_IN: events that move with it */
+	agent_http_req http;           /* EV_HTTP: strings owned (http_buf) */
+	char *http_buf[5];
+	char **http_headers;
+	sup_http_done done;
+	void *done_arg;
+	struct sup_info_wait *wait;    /* EV_INFO */
+};
+
+struct qmsg {
+	struct qmsg *next;
+	char *frame;                   /* the whole msg frame, JSON text */
+};
+
+struct agent {
+	uint64_t device;
+	char hex[17];
+	int worker;                    /* under route_lock */
+	supervisor *sup;
+	/* the rest: owning worker only */
+	agent_rt *rt;
+	char state[32];                /* running, stopped, no code, error, out of memory */
+	char group[80];
+	int connected;
+	uint64_t conn;
+	struct qmsg *q_head, *q_tail;
+	int q_len;
+	int64_t events, restarts, started_ms;
+	int64_t restart_at;            /* ms (monotonic): restart after out of memory */
+	int backoff_ms;
+	char last_error[512];
+};
+
+struct worker {
+	supervisor *sup;
+	int index;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	struct ev *head, *tail;
+	int nagents;                   /* for rebalancing; under route_lock */
+	idmap local;                   /* device -> agent, this worker's thread only */
+	int stop;
+};
+
+struct supervisor {
+	sup_options opt;
+	store *st;
+	device_loop *dev;
+	int nworkers;
+	struct worker workers[SUP_MAX_WORKERS];
+	pthread_mutex_t route_lock;
+	idmap route;                   /* device -> struct agent (under route_lock) */
+	int next_worker;
+	int64_t last_rebalance;
+};
+
+/* --- queues ------------------------------------------------------------------- */
+
+static void sup__ev_free(struct ev *e)
+{
+	if (!e)
+		return;
+	free(e->name);
+	free(e->data);
+	for (int i = 0; i < 5; i++)
+		free(e->http_buf[i]);
+	if (e->http_headers) {
+		for (char **h = e->http_headers; *h; h++)
+			free(*h);
+		free(e->http_headers);
+	}
+	free(e);
+}
+
+static void sup__push_locked(struct worker *w, struct ev *e)
+{
+	e->next = NULL;
+	if (w->tail)
+		w->tail->next = e;
+	else
+		w->head = e;
+	w->tail = e;
+	pthread_cond_signal(&w->wake);
+}
+
+static void sup__push(struct worker *w, struct ev *e)
+{
+	pthread_mutex_lock(&w->lock);
+	sup__push_locked(w, e);
+	pthread_mutex_unlock(&w->lock);
+}
+
+/* Routes an event to the worker owning the device's agent, creating the
+ * agent's entry (not started yet) on first use. */
+static void sup__route(supervisor *s, struct ev *e)
+{
+	int oom = 0;
+	pthread_mutex_lock(&s->route_lock);
+	struct agent *a = idmap_get(&s->route, e->device);
+	if (!a) {
+		a = calloc(1, sizeof *a);
+		if (!a) {
+			pthread_mutex_unlock(&s->route_lock);
+			sup__ev_free(e);
+			return;
+		}
+		a->device = e->device;
+		tn_device_id_format(e->device, a->hex);
+		a->sup = s;
+		snprintf(a->state, sizeof a->state, "stopped");
+		/* The least loaded worker. */
+		int best = 0;
+		for (int i = 1; i < s->nworkers; i++)
+			if (s->workers[i].nagents < s->workers[best].nagents)
+				best = i;
+		a->worker = best;
+		s->workers[best].nagents++;
+		idmap_put(&s->route, e->device, a, &oom);
+		if (oom) {
+			free(a);
+			pthread_mutex_unlock(&s->route_lock);
+			sup__ev_free(e);
+			return;
+		}
+		struct ev *adopt = calloc(1, sizeof *adopt);
+		if (adopt) {
+			adopt->kind = EV_MIGRATE_IN;
+			adopt->device = e->device;
+			adopt->agent = a;
+			sup__push(&s->workers[best], adopt);
+		}
+	}
+	sup__push(&s->workers[a->worker], e);
+	pthread_mutex_unlock(&s->route_lock);
+}
+
+static struct ev *sup__ev(enum ev_kind kind, uint64_t device)
+{
+	struct ev *e = calloc(1, sizeof *e);
+	if (e) {
+		e->kind = kind;
+		e->device = device;
+	}
+	return e;
+}
+
+/* --- the store ------------------------------------------------------------------ */
+
+/* The device's group (owned) or NULL. */
+static char *sup__group_of(supervisor *s, const char *hex, int *exists)
+{
+	sqlite3 *db = store_reader_get(s->st);
+	sqlite3_stmt *q = NULL;
+	char *group = NULL;
+	*exists = 0;
+	if (!db)
+		return NULL;
+	if (sqlite3_prepare_v2(db, "SELECT grp FROM devices WHERE id = ?", -1, &q, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC);
+		if (sqlite3_step(q) == SQLITE_ROW) {
+			*exists = 1;
+			if (sqlite3_column_text(q, 0))
+				group = strdup((const char *)sqlite3_column_text(q, 0));
+		}
+	}
+	sqlite3_finalize(q);
+	store_reader_put(s->st, db);
+	return group;
+}
+
+/* The group's agent code (owned) or NULL. */
+static char *sup__code_of(supervisor *s, const char *group, size_t *len)
+{
+	sqlite3 *db = store_reader_get(s->st);
+	sqlite3_stmt *q = NULL;
+	char *code = NULL;
+	if (!db)
+		return NULL;
+	if (sqlite3_prepare_v2(db, "SELECT source FROM agent_code WHERE grp = ?", -1, &q, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(q, 1, group, -1, SQLITE_STATIC);
+		if (sqlite3_step(q) == SQLITE_ROW) {
+			*len = (size_t)sqlite3_column_bytes(q, 0);
+			code = malloc(*len + 1);
+			if (code) {
+				memcpy(code, sqlite3_column_text(q, 0), *len);
+				code[*len] = '\0';
+			}
+		}
+	}
+	sqlite3_finalize(q);
+	store_reader_put(s->st, db);
+	return code;
+}
+
+/* --- the host side of the runtime ---------------------------------------------- */
+
+static void sup__event(struct agent *a, event_type type, const char *msg)
+{
+	store_event_append(a->sup->st, a->device, type, msg);
+}
+
+static void sup__host_log(void *ctx, int is_error, const char *msg)
+{
+	struct agent *a = ctx;
+	if (is_error) {
+		char *line = NULL;
+		if (asprintf(&line, "ERROR: %s", msg) >= 0) {
+			sup__event(a, EV_AGENT, line);
+			free(line);
+		}
+		snprintf(a->last_error, sizeof a->last_error, "%s", msg);
+	} else {
+		sup__event(a, EV_AGENT, msg);
+	}
+}
+
+static void sup__deliver(struct agent *a, const char *frame)
+{
+	if (a->sup->dev)
+		device_loop_send(a->sup->dev, a->device, a->conn, frame, strlen(frame), 0);
+}
+
+static void sup__host_send(void *ctx, const char *name, const char *data_json)
+{
+	struct agent *a = ctx;
+	json_t *data = json_loads(data_json, JSON_DECODE_ANY, NULL);
+	json_t *msg = json_pack("{ss ss so}", "type", "msg", "name", name, "data", data ? data : json_null());
+	char *frame = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+	json_decref(msg);
+	if (!frame)
+		return;
+	if (a->connected) {
+		sup__deliver(a, frame);
+		free(frame);
+		return;
+	}
+	/* Offline: keep it for the reconnect, bounded, oldest dropped (and said). */
+	struct qmsg *m = calloc(1, sizeof *m);
+	if (!m) {
+		free(frame);
+		return;
+	}
+	m->frame = frame;
+	if (a->q_tail)
+		a->q_tail->next = m;
+	else
+		a->q_head = m;
+	a->q_tail = m;
+	if (++a->q_len > a->sup->opt.offline_queue) {
+		struct qmsg *old = a->q_head;
+		a->q_head = old->next;
+		a->q_len--;
+		char line[160];
+		snprintf(line, sizeof line, "message to the offline device dropped: its queue holds %d",
+			 a->sup->opt.offline_queue);
+		sup__event(a, EV_AGENT, line);
+		free(old->frame);
+		free(old);
+	}
+}
+
+static int sup__host_connected(void *ctx)
+{
+	return ((struct agent *)ctx)->connected;
+}
+
+struct sup__save {
+	const char *hex, *json;
+};
+
+static int sup__save_tx(sqlite3 *db, void *arg, tn_error *err)
+{
+	struct sup__save *sv = arg;
+	sqlite3_stmt *q;
+	if (sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO agent_state (device, saved, updated) VALUES (?, ?, ?)",
+			       -1, &q, NULL))
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	sqlite3_bind_text(q, 1, sv->hex, -1, SQLITE_STATIC);
+	sqlite3_bind_text(q, 2, sv->json, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(q, 3, tn_now_ms());
+	int rc = sqlite3_step(q);
+	sqlite3_finalize(q);
+	return rc == SQLITE_DONE ? 0 : tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+}
+
+static int sup__host_save(void *ctx, const char *json, size_t len, char *errbuf, size_t errcap)
+{
+	struct agent *a = ctx;
+	tn_error err = { 0 };
+	struct sup__save sv = { a->hex, json };
+	(void)len;
+	/* Committed before server.save returns: durable across crashes. */
+	if (store_sync(a->sup->st, sup__save_tx, &sv, &err)) {
+		snprintf(errbuf, errcap, "%s", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+static char *sup__host_load(void *ctx)
+{
+	struct agent *a = ctx;
+	sqlite3 *db = store_reader_get(a->sup->st);
+	sqlite3_stmt *q = NULL;
+	char *out = NULL;
+	if (!db)
+		return NULL;
+	if (sqlite3_prepare_v2(db, "SELECT saved FROM agent_state WHERE device = ?", -1, &q, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(q, 1, a->hex, -1, SQLITE_STATIC);
+		if (sqlite3_step(q) == SQLITE_ROW)
+			out = strdup((const char *)sqlite3_column_text(q, 0));
+	}
+	sqlite3_finalize(q);
+	store_reader_put(a->sup->st, db);
+	return out;
+}
+
+static int64_t sup__host_now(void *ctx)
+{
+	return tn_mono_ms();
+}
+
+/* --- lifecycle ------------------------------------------------------------------ */
+
+static void sup__stop_agent(struct agent *a, const char *status_line, const char *state)
+{
+	if (a->rt) {
+		agent_rt_free(a->rt);
+		a->rt = NULL;
+		if (status_line)
+			sup__event(a, EV_STATUS, status_line);
+	}
+	snprintf(a->state, sizeof a->state, "%s", state);
+}
+
+/* Starts (or restarts) the agent with its group's current code. */
+static void sup__start_agent(struct agent *a, const char *status_line)
+{
+	int exists;
+	size_t len = 0;
+	char *group = sup__group_of(a->sup, a->hex, &exists);
+	char *code = group ? sup__code_of(a->sup, group, &len) : NULL;
+	tn_error err = { 0 };
+
+	snprintf(a->group, sizeof a->group, "%s", group ? group : "");
+	free(group);
+	if (!code) {
+		sup__stop_agent(a, NULL, exists ? "no code" : "no device");
+		return;
+	}
+	agent_host host = {
+		.ctx = a, .log = sup__host_log, .send = sup__host_send, .is_connected = sup__host_connected,
+		.save = sup__host_save, .load = sup__host_load, .now_ms = sup__host_now,
+	};
+	int rc = agent_rt_new(&a->rt, code, len, &a->sup->opt.limits, &host, &err);
+	free(code);
+	if (rc == TN_ENOMEM) {
+		a->rt = NULL;
+		sup__event(a, EV_STATUS, "Agent stopped: out of memory.");
+		snprintf(a->state, sizeof a->state, "out of memory");
+		a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : 1000;
+		if (a->backoff_ms > SUP_BACKOFF_MAX_MS)
+			a->backoff_ms = SUP_BACKOFF_MAX_MS;
+		a->restart_at = tn_mono_ms() + a->backoff_ms;
+		return;
+	}
+	if (rc) {
+		a->rt = NULL;
+		char line[400];
+		snprintf(line, sizeof line, "ERROR: the agent failed to start: %s", err.msg);
+		sup__event(a, EV_AGENT, line);
+		snprintf(a->last_error, sizeof a->last_error, "%s", err.msg);
+		snprintf(a->state, sizeof a->state, "error");
+		return;
+	}
+	a->started_ms = tn_now_ms();
+	a->restart_at = 0;
+	snprintf(a->state, sizeof a->state, "running");
+	sup__event(a, EV_STATUS, status_line);
+}
+
+/* After an event: an agent over its memory cap is stopped and restarted later. */
+static void sup__after(struct agent *a, int rc)
+{
+	a->events++;
+	if (rc == AGENT_OOM) {
+		sup__stop_agent(a, "Agent stopped: out of memory.", "out of memory");
+		a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : 1000;
+		if (a->backoff_ms > SUP_BACKOFF_MAX_MS)
+			a->backoff_ms = SUP_BACKOFF_MAX_MS;
+		a->restart_at = tn_mono_ms() + a->backoff_ms;
+		a->restarts++;
+	} else if (rc == AGENT_OK && a->backoff_ms && tn_now_ms() - a->started_ms > 60000) {
+		a->backoff_ms = 0; /* a minute of health forgives earlier crashes */
+	}
+}
+
+/* The agent runs if it can: started lazily, on its first event. */
+static int sup__ensure_running(struct agent *a)
+{
+	if (!a->rt && (strcmp(a->state, "stopped") == 0))
+		sup__start_agent(a, "Agent started.");
+	return a->rt != NULL;
+}
+
+/* --- events ---------------------------------------------------------------------- */
+
+static void sup__on_online(struct agent *a, struct ev *e)
+{
+	a->connected = 1;
+	a->conn = e->conn;
+	/* What the agent sent while the device was away, in order. */
+	while (a->q_head) {
+		struct qmsg *m = a->q_head;
+		a->q_head = m->next;
+		sup__deliver(a, m->frame);
+		free(m->frame);
+		free(m);
+	}
+	a->q_tail = NULL;
+	a->q_len = 0;
+	if (sup__ensure_running(a))
+		sup__after(a, agent_rt_connect(a->rt));
+}
+
+static void sup__on_http(struct agent *a, struct ev *e)
+{
+	agent_http_res res = { 0 };
+	if (!sup__ensure_running(a)) {
+		const char *msg = "{\"error\":{\"code\":\"not_found\",\"message\":\"this device's agent is not running\"}}";
+		e->done(e->done_arg, 404, NULL, msg, strlen(msg));
+		return;
+	}
+	int rc = agent_rt_http(a->rt, &e->http, &res);
+	sup__after(a, rc);
+	if (rc != AGENT_OK || res.status == 0) {
+		const char *msg = rc != AGENT_OK
+			? "{\"error\":{\"code\":\"agent_error\",\"message\":\"the agent's handler failed: see the device's log\"}}"
+			: "{\"error\":{\"code\":\"not_found\",\"message\":\"the agent has no http.onrequest handler\"}}";
+		e->done(e->done_arg, rc != AGENT_OK ? 500 : 404, NULL, msg, strlen(msg));
+	} else {
+		e->done(e->done_arg, res.status, (const char *const *)res.headers, res.body, res.body_len);
+	}
+	agent_http_res_clear(&res);
+}
+
+static json_t *sup__info(struct agent *a, struct worker *w)
+{
+	return json_pack("{ss ss ss si sI sI sI sb si ss?}", "device", a->hex, "state", a->state,
+			 "group", a->group, "worker", w->index,
+			 "memory", (json_int_t)(a->rt ? agent_rt_memory(a->rt) : 0),
+			 "events", (json_int_t)a->events, "restarts", (json_int_t)a->restarts,
+			 "device_connected", a->connected, "queued_messages", a->q_len,
+			 "last_error", a->last_error[0] ? a->last_error : NULL);
+}
+
+/* Hands the agent and its waiting events to another worker (see the top). */
+static void sup__migrate_out(struct worker *w, struct agent *a, int target)
+{
+	supervisor *s = w->sup;
+	if (target < 0 || target >= s->nworkers || target == w->index)
+		target = (w->index + 1) % s->nworkers;
+	if (target == w->index)
+		return; /* one worker: nowhere to go */
+	if (a->rt)
+		sup__event(a, EV_STATUS, "Agent stopped: migrating.");
+	struct ev *in = sup__ev(EV_MIGRATE_IN, a->device);
+	if (!in)
+		return;
+	in->agent = a;
+	struct ev **tail = &in->carried;
+	pthread_mutex_lock(&s->route_lock);
+	pthread_mutex_lock(&w->lock);
+	struct ev **pp = &w->head;
+	w->tail = NULL;
+	while (*pp) {
+		struct ev *e = *pp;
+		if (e->device == a->device && e->kind != EV_STOP_ALL) {
+			*pp = e->next;
+			e->next = NULL;
+			*tail = e;
+			tail = &e->next;
+		} else {
+			w->tail = e;
+			pp = &e->next;
+		}
+	}
+	pthread_mutex_unlock(&w->lock);
+	idmap_del(&w->local, a->device);
+	a->worker = target;
+	w->nagents--;
+	s->workers[target].nagents++;
+	sup__push(&s->workers[target], in);
+	pthread_mutex_unlock(&s->route_lock);
+}
+
+static void sup__migrate_in(struct worker *w, struct ev *e)
+{
+	struct agent *a = e->agent;
+	int oom = 0;
+	idmap_put(&w->local, a->device, a, &oom);
+	if (a->rt)
+		sup__event(a, EV_STATUS, "Agent started.");
+	/* The events that were waiting on the old worker go first, in order, at
+	 * the head of this worker's queue: the newer ones are behind them.  (Run
+	 * from the queue, not from here, so that a migration among them takes
+	 * the rest along.) */
+	struct ev *c = e->carried;
+	e->carried = NULL;
+	if (!c)
+		return;
+	struct ev *last = c;
+	while (last->next)
+		last = last->next;
+	pthread_mutex_lock(&w->lock);
+	last->next = w->head;
+	if (!w->head)
+		w->tail = last;
+	w->head = c;
+	pthread_mutex_unlock(&w->lock);
+}
+
+static void sup__handle(struct worker *w, struct ev *e)
+{
+	if (e->kind == EV_MIGRATE_IN) {
+		sup__migrate_in(w, e);
+		return;
+	}
+	struct agent *a = idmap_get(&w->local, e->device);
+	if (!a) {
+		/* Not ours (any more): can only be a request racing a migration. */
+		if (e->kind == EV_HTTP) {
+			const char *msg = "{\"error\":{\"code\":\"unavailable\",\"message\":\"try again\"}}";
+			e->done(e->done_arg, 503, NULL, msg, strlen(msg));
+		} else if (e->kind == EV_INFO) {
+			pthread_mutex_lock(&e->wait->lock);
+			e->wait->done = 1;
+			pthread_cond_signal(&e->wait->cond);
+			pthread_mutex_unlock(&e->wait->lock);
+		}
+		return;
+	}
+	switch (e->kind) {
+	case EV_ONLINE:
+		sup__on_online(a, e);
+		break;
+	case EV_OFFLINE:
+		if (a->connected && a->conn == e->conn) {
+			a->connected = 0;
+			if (a->rt)
+				sup__after(a, agent_rt_disconnect(a->rt));
+		}
+		break;
+	case EV_MSG:
+		if (sup__ensure_running(a))
+			sup__after(a, agent_rt_message(a->rt, e->name, e->data ? e->data : "null"));
+		break;
+	case EV_HTTP:
+		sup__on_http(a, e);
+		break;
+	case EV_RELOAD:
+		if (a->rt) {
+			agent_rt_free(a->rt);
+			a->rt = NULL;
+			sup__start_agent(a, "Agent restarted: reload.");
+		} else {
+			snprintf(a->state, sizeof a->state, "stopped");
+			a->backoff_ms = 0;
+			sup__ensure_running(a);
+		}
+		break;
+	case EV_RESTART:
+		sup__stop_agent(a, NULL, "stopped");
+		a->backoff_ms = 0;
+		a->restarts++;
+		sup__start_agent(a, "Agent started.");
+		break;
+	case EV_MIGRATE_OUT:
+		sup__migrate_out(w, a, e->target);
+		break;
+	case EV_INFO:
+		pthread_mutex_lock(&e->wait->lock);
+		e->wait->info = sup__info(a, w);
+		e->wait->done = 1;
+		pthread_cond_signal(&e->wait->cond);
+		pthread_mutex_unlock(&e->wait->lock);
+		break;
+	default:
+		break;
+	}
+}
+
+/* Timers and restarts due; returns when the next one is (ms, monotonic), or -1. */
+struct sup__due {
+	int64_t now, next;
+};
+
+static void sup__due_one(void *arg, uint64_t key, void *val)
+{
+	struct sup__due *d = arg;
+	struct agent *a = val;
+	int64_t t = -1;
+	if (a->rt) {
+		t = agent_rt_next_timer(a->rt);
+		if (t >= 0 && t <= d->now) {
+			sup__after(a, agent_rt_run_timers(a->rt, d->now));
+			t = a->rt ? agent_rt_next_timer(a->rt) : -1;
+		}
+	} else if (a->restart_at) {
+		if (a->restart_at <= d->now) {
+			a->restart_at = 0;
+			a->restarts++;
+			sup__start_agent(a, "Agent started.");
+			t = a->rt ? agent_rt_next_timer(a->rt) : a->restart_at;
+		} else {
+			t = a->restart_at;
+		}
+	}
+	if (t >= 0 && (d->next < 0 || t < d->next))
+		d->next = t;
+}
+
+static void sup__stop_one(void *arg, uint64_t key, void *val)
+{
+	struct agent *a = val;
+	sup__stop_agent(a, "Agent stopped: shutdown.", "stopped");
+}
+
+static void *sup__worker_main(void *arg)
+{
+	struct worker *w = arg;
+	int64_t next = -1;
+
+	pthread_mutex_lock(&w->lock);
+	for (;;) {
+		if (!w->head && !w->stop) {
+			if (next < 0) {
+				pthread_cond_wait(&w->wake, &w->lock);
+			} else {
+				int64_t wait = next - tn_mono_ms();
+				if (wait > 0) {
+					struct timespec ts;
+					clock_gettime(CLOCK_REALTIME, &ts);
+					ts.tv_sec += wait / 1000;
+					ts.tv_nsec += (wait % 1000) * 1000000;
+					if (ts.tv_nsec >= 1000000000) {
+						ts.tv_sec++;
+						ts.tv_nsec -= 1000000000;
+					}
+					pthread_cond_timedwait(&w->wake, &w->lock, &ts);
+				}
+			}
+		}
+		if (w->stop && !w->head)
+			break;
+		/* One event at a time: a migration takes this agent's later events
+		 * out of the queue, so they must still be in it. */
+		struct ev *e = w->head;
+		if (e) {
+			w->head = e->next;
+			if (!w->head)
+				w->tail = NULL;
+		}
+		pthread_mutex_unlock(&w->lock);
+		if (e) {
+			if (e->kind == EV_STOP_ALL) {
+				idmap_foreach(&w->local, sup__stop_one, NULL);
+				pthread_mutex_lock(&w->lock);
+				w->stop = 1;
+				sup__ev_free(e);
+				continue;
+			}
+			sup__handle(w, e);
+			sup__ev_free(e);
+		}
+		struct sup__due d = { tn_mono_ms(), -1 };
+		idmap_foreach(&w->local, sup__due_one, &d);
+		next = d.next;
+		pthread_mutex_lock(&w->lock);
+	}
+	pthread_mutex_unlock(&w->lock);
+	return NULL;
+}
+
+/* --- public ---------------------------------------------------------------------- */
+
+int sup_start(supervisor **out, const sup_options *opt, store *st, tn_error *err)
+{
+	supervisor *s = calloc(1, sizeof *s);
+	if (!s)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	s->opt = *opt;
+	s->st = st;
+	if (s->opt.offline_queue <= 0)
+		s->opt.offline_queue = 64;
+	s->nworkers = opt->workers > 0 ? opt->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (s->nworkers < 1)
+		s->nworkers = 1;
+	if (s->nworkers > SUP_MAX_WORKERS)
+		s->nworkers = SUP_MAX_WORKERS;
+	pthread_mutex_init(&s->route_lock, NULL);
+	for (int i = 0; i < s->nworkers; i++) {
+		struct worker *w = &s->workers[i];
+		w->sup = s;
+		w->index = i;
+		pthread_mutex_init(&w->lock, NULL);
+		pthread_cond_init(&w->wake, NULL);
+		if (pthread_create(&w->thread, NULL, sup__worker_main, w) != 0) {
+			s->nworkers = i;
+			sup_free(s);
+			return tn_err(err, TN_EIO, "cannot start agent worker %d", i);
+		}
+	}
+	*out = s;
+	return 0;
+}
+
+void sup_set_device_loop(supervisor *s, device_loop *d)
+{
+	s->dev = d;
+}
+
+void sup_stop(supervisor *s)
+{
+	if (!s)
+		return;
+	for (int i = 0; i < s->nworkers; i++) {
+		struct ev *e = sup__ev(EV_STOP_ALL, 0);
+		if (e)
+			sup__push(&s->workers[i], e);
+	}
+	for (int i = 0; i < s->nworkers; i++)
+		pthread_join(s->workers[i].thread, NULL);
+	s->nworkers = 0;
+}
+
+static void sup__free_agent(void *arg, uint64_t key, void *val)
+{
+	struct agent *a = val;
+	if (a->rt)
+		agent_rt_free(a->rt);
+	while (a->q_head) {
+		struct qmsg *m = a->q_head;
+		a->q_head = m->next;
+		free(m->frame);
+		free(m);
+	}
+	free(a);
+}
+
+void sup_free(supervisor *s)
+{
+	if (!s)
+		return;
+	int n = s->nworkers;
+	sup_stop(s);
+	for (int i = 0; i < SUP_MAX_WORKERS && (i < n || s->workers[i].sup); i++) {
+		struct worker *w = &s->workers[i];
+		while (w->head) {
+			struct ev *e = w->head;
+			w->head = e->next;
+			sup__ev_free(e);
+		}
+		idmap_free(&w->local);
+		pthread_mutex_destroy(&w->lock);
+		pthread_cond_destroy(&w->wake);
+	}
+	idmap_foreach(&s->route, sup__free_agent, NULL);
+	idmap_free(&s->route);
+	pthread_mutex_destroy(&s->route_lock);
+	free(s);
+}
+
+void sup_device_online(supervisor *s, uint64_t device, uint64_t conn)
+{
+	struct ev *e = sup__ev(EV_ONLINE, device);
+	if (e) {
+		e->conn = conn;
+		sup__route(s, e);
+	}
+}
+
+void sup_device_offline(supervisor *s, uint64_t device, uint64_t conn)
+{
+	struct ev *e = sup__ev(EV_OFFLINE, device);
+	if (e) {
+		e->conn = conn;
+		sup__route(s, e);
+	}
+}
+
+void sup_device_message(supervisor *s, uint64_t device, const char *name, const char *data_json)
+{
+	struct ev *e = sup__ev(EV_MSG, device);
+	if (!e)
+		return;
+	e->name = strdup(name);
+	e->data = data_json ? strdup(data_json) : NULL;
+	sup__route(s, e);
+}
+
+struct sup__deploy {
+	const char *group, *source;
+	size_t len;
+};
+
+static int sup__deploy_tx(sqlite3 *db, void *arg, tn_error *err)
+{
+	struct sup__deploy *d = arg;
+	sqlite3_stmt *q;
+	if (sqlite3_prepare_v2(db, "INSERT INTO agent_code (grp, source, version, updated) VALUES (?1, ?2, 1, ?3) "
+			       "ON CONFLICT (grp) DO UPDATE SET source = ?2, version = version + 1, updated = ?3",
+			       -1, &q, NULL))
+		return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	sqlite3_bind_text(q, 1, d->group, -1, SQLITE_STATIC);
+	sqlite3_bind_text(q, 2, d->source, (int)d->len, SQLITE_STATIC);
+	sqlite3_bind_int64(q, 3, tn_now_ms());
+	int rc = sqlite3_step(q);
+	sqlite3_finalize(q);
+	return rc == SQLITE_DONE ? 0 : tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+}
+
+int sup_deploy(supervisor *s, const char *group, const char *source, size_t len, tn_error *err)
+{
+	int rc = agent_rt_check(source, len, err);
+	if (rc)
+		return rc;
+	struct sup__deploy d = { group, source, len };
+	if ((rc = store_sync(s->st, sup__deploy_tx, &d, err)))
+		return rc;
+	/* Reload every agent of the group that has an entry (running or not). */
+	sqlite3 *db = store_reader_get(s->st);
+	sqlite3_stmt *q = NULL;
+	if (db && sqlite3_prepare_v2(db, "SELECT id FROM devices WHERE grp = ?", -1, &q, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(q, 1, group, -1, SQLITE_STATIC);
+		while (sqlite3_step(q) == SQLITE_ROW) {
+			uint64_t id;
+			if (tn_device_id_parse((const char *)sqlite3_column_text(q, 0), &id))
+				continue;
+			pthread_mutex_lock(&s->route_lock);
+			int known = idmap_get(&s->route, id) != NULL;
+			pthread_mutex_unlock(&s->route_lock);
+			if (known) {
+				struct ev *e = sup__ev(EV_RELOAD, id);
+				if (e)
+					sup__route(s, e);
+			}
+		}
+	}
+	sqlite3_finalize(q);
+	store_reader_put(s->st, db);
+	log_info("agent code deployed to group %s (%zu bytes)", group, len);
+	return 0;
+}
+
+int sup_restart(supervisor *s, uint64_t device, tn_error *err)
+{
+	struct ev *e = sup__ev(EV_RESTART, device);
+	if (!e)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	sup__route(s, e);
+	return 0;
+}
+
+int sup_migrate(supervisor *s, uint64_t device, int worker, tn_error *err)
+{
+	pthread_mutex_lock(&s->route_lock);
+	int known = idmap_get(&s->route, device) != NULL;
+	pthread_mutex_unlock(&s->route_lock);
+	if (!known)
+		return tn_err(err, TN_ESTATE, "the device's agent has not started yet");
+	struct ev *e = sup__ev(EV_MIGRATE_OUT, device);
+	if (!e)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	e->target = worker;
+	sup__route(s, e);
+	return 0;
+}
+
+json_t *sup_agent_info(supervisor *s, uint64_t device)
+{
+	pthread_mutex_lock(&s->route_lock);
+	int known = idmap_get(&s->route, device) != NULL;
+	pthread_mutex_unlock(&s->route_lock);
+	if (!known)
+		return json_pack("{ss}", "state", "not started");
+	struct sup_info_wait wait = { .done = 0 };
+	pthread_mutex_init(&wait.lock, NULL);
+	pthread_cond_init(&wait.cond, NULL);
+	struct ev *e = sup__ev(EV_INFO, device);
+	if (!e)
+		return NULL;
+	e->wait = &wait;
+	sup__route(s, e);
+	pthread_mutex_lock(&wait.lock);
+	while (!wait.done)
+		pthread_cond_wait(&wait.cond, &wait.lock);
+	pthread_mutex_unlock(&wait.lock);
+	pthread_mutex_destroy(&wait.lock);
+	pthread_cond_destroy(&wait.cond);
+	return wait.info ? wait.info : json_pack("{ss}", "state", "migrating");
+}
+
+int sup_http(supervisor *s, const char *agent_id, const agent_http_req *req, sup_http_done done, void *arg)
+{
+	sqlite3 *db = store_reader_get(s->st);
+	sqlite3_stmt *q = NULL;
+	uint64_t device = 0;
+	int found = 0;
+	if (db && sqlite3_prepare_v2(db, "SELECT id FROM devices WHERE agent_id = ?", -1, &q, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(q, 1, agent_id, -1, SQLITE_STATIC);
+		if (sqlite3_step(q) == SQLITE_ROW)
+			found = tn_device_id_parse((const char *)sqlite3_column_text(q, 0), &device) == 0;
+	}
+	sqlite3_finalize(q);
+	store_reader_put(s->st, db);
+	if (!found)
+		return TN_ENOTFOUND;
+	struct ev *e = sup__ev(EV_HTTP, device);
+	if (!e)
+		return TN_ENOMEM;
+	/* Copy the request: the worker runs it after this returns. */
+	e->http_buf[0] = strdup(req->method ? req->method : "GET");
+	e->http_buf[1] = strdup(req->path ? req->path : "/");
+	e->http_buf[2] = strdup(req->query ? req->query : "");
+	e->http_buf[3] = malloc(req->body_len + 1);
+	if (e->http_buf[3]) {
+		if (req->body_len)
+			memcpy(e->http_buf[3], req->body, req->body_len);
+		e->http_buf[3][req->body_len] = '\0';
+	}
+	size_t nh = 0;
+	while (req->headers && req->headers[nh])
+		nh++;
+	e->http_headers = calloc(nh + 1, sizeof *e->http_headers);
+	for (size_t i = 0; e->http_headers && i < nh; i++)
+		e->http_headers[i] = strdup(req->headers[i]);
+	e->http.method = e->http_buf[0];
+	e->http.path = e->http_buf[1];
+	e->http.query = e->http_buf[2];
+	e->http.body = e->http_buf[3];
+	e->http.body_len = req->body_len;
+	e->http.headers = (const char *const *)e->http_headers;
+	e->done = done;
+	e->done_arg = arg;
+	sup__route(s, e);
+	return 0;
+}

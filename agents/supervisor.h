@@ -1,0 +1,60 @@
+/* agents/supervisor.h -- the agent supervisor: a pool of worker threads, each
+ * hosting many agents (agents/runtime.h), that starts, restarts, reloads and
+ * migrates them and routes every event to the one worker that owns the agent.
+ * Owns: the workers, the routing table (device -> worker), every agent.
+ * Threads: sup_* may be called from any thread; each queues to the owning
+ * worker (a locked queue and a condition variable). */
+#ifndef TN_SUPERVISOR_H
+#define TN_SUPERVISOR_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "runtime.h"
+#include "store.h"
+#include "tn.h"
+
+typedef struct supervisor supervisor;
+struct device_loop;
+
+typedef struct sup_options {
+	int workers;              /* 0: one per core */
+	agent_limits limits;
+	int offline_queue;        /* messages kept for an offline device (default 64) */
+} sup_options;
+
+int sup_start(supervisor **out, const sup_options *opt, store *st, tn_error *err);
+void sup_set_device_loop(supervisor *s, struct device_loop *d);
+/* Stops every agent ("Agent stopped: shutdown.") and the workers. */
+void sup_stop(supervisor *s);
+void sup_free(supervisor *s);
+
+/* From the device loop. */
+void sup_device_online(supervisor *s, uint64_t device, uint64_t conn);
+void sup_device_offline(supervisor *s, uint64_t device, uint64_t conn);
+void sup_device_message(supervisor *s, uint64_t device, const char *name, const char *data_json);
+
+/* Deploys `source` as the agent code of `group`: refused with line numbers if
+ * it does not compile (nothing deployed); otherwise stored, and every running
+ * agent of the group restarts with it ("Agent restarted: reload."). */
+int sup_deploy(supervisor *s, const char *group, const char *source, size_t len, tn_error *err);
+
+/* Restarts the device's agent (starting it if it was not running). */
+int sup_restart(supervisor *s, uint64_t device, tn_error *err);
+
+/* Moves the device's agent to another worker (the next one, or `worker`). */
+int sup_migrate(supervisor *s, uint64_t device, int worker, tn_error *err);
+
+/* The agent as the API shows it ({"agent_id","state","worker","memory",
+ * "events","last_error",...}), or NULL if the device does not exist. */
+json_t *sup_agent_info(supervisor *s, uint64_t device);
+
+/* An HTTP request for the agent with this agent_id.  `done` is called once,
+ * from a worker thread, with the response (status 404 when the agent has no
+ * handler or does not exist, 500 when the handler failed). */
+typedef void (*sup_http_done)(void *arg, int status, const char *const *headers, const char *body,
+			      size_t len);
+int sup_http(supervisor *s, const char *agent_id, const agent_http_req *req, sup_http_done done,
+	     void *arg);
+
+#endif

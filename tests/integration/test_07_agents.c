@@ -1,0 +1,257 @@
+/* tests/integration/test_07_agents.c -- agents with the real tenderd and real
+ * clients: a device -> agent -> device round trip, an HTTP request answered
+ * by the agent, server.save across a restart, a deploy reloading agents,
+ * sandbox and resource limits that stop one agent while the others carry on,
+ * messages queued for an offline device, and migration under traffic. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define DEV1 "00000000000a0001"
+#define DEV2 "00000000000a0002"
+
+static const char *echo_agent =
+	"local count = (server.load() or {}).count or 0\n"
+	"device.on('ping', function(data) device.send('pong', data) end)\n"
+	"device.on('save', function(data) count = count + 1; server.save({count = count}) end)\n"
+	"device.on('spin', function() while true do end end)\n"
+	"device.on('hog', function() local t = {} while true do t[#t + 1] = string.rep('x', 1000) .. #t end end)\n"
+	"device.on('escape', function() os.execute('touch /tmp/tender-escaped') end)\n"
+	"http.onrequest(function(req, res)\n"
+	"  if req.path == '/count' then res.send(200, {count = count, method = req.method}) return end\n"
+	"  if req.path == '/push' then device.send('pushed', {n = tonumber(req.body)}) res.send(202, 'queued') return end\n"
+	"  res.send(404, 'nothing at ' .. req.path)\n"
+	"end)\n";
+
+static void deploy(th_server *s, const char *group, const char *code, long want)
+{
+	char path[128];
+	th_resp r;
+	snprintf(path, sizeof path, "/v1/groups/%s/agent", group);
+	th_http(s, "PUT", path, "text/plain", code, NULL, &r);
+	ck_assert_msg(r.status == want, "deploy: %ld %s", r.status, r.body);
+	th_resp_free(&r);
+}
+
+static char *agent_id_of(th_server *s, const char *dev)
+{
+	char path[128];
+	snprintf(path, sizeof path, "/v1/devices/%s/agent", dev);
+	json_t *a = th_get_json(s, path, 200);
+	char *id = strdup(json_string_value(json_object_get(a, "agent_id")));
+	json_decref(a);
+	return id;
+}
+
+/* Runs the node client with steps after "connect URL hello ID SECRET expect welcome". */
+static char *node(th_server *s, const char *id, const char *secret, const char *const *steps, int timeout)
+{
+	char *argv[40], *out = NULL;
+	int n = 0;
+	argv[n++] = "/usr/bin/node";
+	argv[n++] = (char *)th_src("tests/integration/wsclient.js");
+	argv[n++] = "connect";
+	argv[n++] = s->ws_url;
+	argv[n++] = "hello";
+	argv[n++] = (char *)id;
+	argv[n++] = (char *)secret;
+	argv[n++] = "expect";
+	argv[n++] = "welcome";
+	for (; *steps && n < 38; steps++)
+		argv[n++] = (char *)*steps;
+	argv[n] = NULL;
+	th_run(argv, &out, timeout);
+	return out ? out : strdup("");
+}
+
+START_TEST(round_trip_http_save_reload)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	/* Code that does not compile is refused with its line, nothing deployed. */
+	char path[160];
+	th_resp r;
+	th_http(&s, "PUT", "/v1/groups/lab/agent", "text/plain", "device.on('x', function()\n  return = 1\nend)\n",
+		NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	ck_assert_msg(strstr(r.body, ":2:") != NULL, "no line number: %s", r.body);
+	th_resp_free(&r);
+	deploy(&s, "lab", echo_agent, 200);
+	char *sec = th_register(&s, DEV1, "lab");
+
+	const char *steps[] = { "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":{\"hello\":[1,2,3]}}",
+				"expectmsg", "pong", "send", "{\"type\":\"msg\",\"name\":\"save\"}",
+				"send", "{\"type\":\"msg\",\"name\":\"save\"}", "wait", "300", "close", NULL };
+	char *out = node(&s, DEV1, sec, steps, 30);
+	ck_assert_msg(strstr(out, "{\"type\":\"msg\",\"name\":\"pong\",\"data\":{\"hello\":[1,2,3]}}") != NULL,
+		      "no pong: %s", out);
+	free(out);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Agent started.", 5000), 1);
+
+	/* The agent answers HTTP at its own address. */
+	char *aid = agent_id_of(&s, DEV1);
+	snprintf(path, sizeof path, "/agent/%s/count", aid);
+	th_http(&s, "GET", path, NULL, NULL, "", &r);
+	ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "count")), 2);
+	ck_assert_str_eq(json_string_value(json_object_get(r.json, "method")), "GET");
+	th_resp_free(&r);
+	th_http(&s, "GET", "/agent/ag_not_an_agent/count", NULL, NULL, "", &r);
+	ck_assert_int_eq(r.status, 404);
+	th_resp_free(&r);
+
+	/* server.save survives a restart of the daemon. */
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	th_server_restart(&s);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Agent stopped: shutdown.", 5000), 1);
+	th_http(&s, "GET", path, NULL, NULL, "", &r);
+	ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "count")), 2);
+	th_resp_free(&r);
+
+	/* A deploy reloads the running agent. */
+	deploy(&s, "lab", "http.onrequest(function(req, res) res.send(200, 'v2') end)\n", 200);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Agent restarted: reload.", 5000), 1);
+	th_http(&s, "GET", path, NULL, NULL, "", &r);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_str_eq(r.body, "v2");
+	th_resp_free(&r);
+	free(aid);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(bad_agents_are_stopped_and_others_carry_on)
+{
+	th_server s;
+	th_server_start(&s, "--agent-budget 2000000 --agent-memory 1048576");
+	deploy(&s, "lab", echo_agent, 200);
+	char *sec1 = th_register(&s, DEV1, "lab"), *sec2 = th_register(&s, DEV2, "lab");
+	unlink("/tmp/tender-escaped");
+	/* The bad device: a spin, a memory hog, an escape attempt. */
+	const char *bad[] = { "send", "{\"type\":\"msg\",\"name\":\"spin\"}",
+			      "send", "{\"type\":\"msg\",\"name\":\"escape\"}",
+			      "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":1}", "expectmsg", "pong",
+			      "send", "{\"type\":\"msg\",\"name\":\"hog\"}", "wait", "500", "close", NULL };
+	char *out = node(&s, DEV1, sec1, bad, 60);
+	ck_assert_msg(strstr(out, "\"name\":\"pong\"") != NULL, "the agent did not carry on after a spin: %s", out);
+	free(out);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Agent stopped: out of memory.", 10000), 1);
+	ck_assert_int_eq(access("/tmp/tender-escaped", F_OK), -1);
+	json_t *page = th_get_json(&s, "/v1/devices/" DEV1 "/logs?limit=100", 200), *ev;
+	size_t i;
+	int budget = 0, escape = 0;
+	json_array_foreach(json_object_get(page, "events"), i, ev) {
+		const char *msg = json_string_value(json_object_get(ev, "msg"));
+		if (strcmp(json_string_value(json_object_get(ev, "type")), "agent") != 0)
+			continue;
+		budget |= strstr(msg, "over its budget") != NULL;
+		escape |= strstr(msg, "execute") != NULL;
+	}
+	json_decref(page);
+	ck_assert_msg(budget, "no log line for the spinning handler");
+	ck_assert_msg(escape, "no log line for os.execute");
+	/* Another device's agent is unaffected. */
+	const char *good[] = { "pingpong", "50", "close", NULL };
+	out = node(&s, DEV2, sec2, good, 60);
+	ck_assert_msg(strstr(out, "pingpong ok 50") != NULL, "%s", out);
+	free(out);
+	/* And the hog comes back after its backoff. */
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Agent started.", 10000), 1);
+	free(sec1);
+	free(sec2);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(messages_for_an_offline_device_wait_in_order)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	deploy(&s, "lab", echo_agent, 200);
+	char *sec = th_register(&s, DEV1, "lab");
+	const char *first[] = { "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":0}", "expectmsg", "pong",
+				"close", NULL };
+	free(node(&s, DEV1, sec, first, 30));
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 0, 5000), 0);
+	char *aid = agent_id_of(&s, DEV1), path[160];
+	snprintf(path, sizeof path, "/agent/%s/push", aid);
+	for (int n = 1; n <= 3; n++) {
+		char body[8];
+		th_resp r;
+		snprintf(body, sizeof body, "%d", n);
+		th_http(&s, "POST", path, "text/plain", body, "", &r);
+		ck_assert_int_eq(r.status, 202);
+		th_resp_free(&r);
+	}
+	const char *again[] = { "expectmsg", "pushed", "wait", "300", "close", NULL };
+	char *out = node(&s, DEV1, sec, again, 30);
+	char *a = strstr(out, "\"data\":{\"n\":1}"), *b = strstr(out, "\"data\":{\"n\":2}"),
+	     *c = strstr(out, "\"data\":{\"n\":3}");
+	ck_assert_msg(a && b && c && a < b && b < c, "queued messages lost or reordered: %s", out);
+	free(out);
+	free(aid);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(migration_under_traffic_loses_nothing)
+{
+	th_server s;
+	th_server_start(&s, "--agent-workers 2");
+	deploy(&s, "lab", echo_agent, 200);
+	char *sec = th_register(&s, DEV1, "lab");
+	const char *out_path = th_tmp(&s, "pp.out");
+	char *argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"), "connect", s.ws_url,
+			 "hello", DEV1, sec, "expect", "welcome", "pingpong", "3000", "close", NULL };
+	pid_t pid = th_spawn(argv, out_path);
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 1, 10000), 0);
+	/* Move the agent back and forth while the numbered messages flow. */
+	int moves = 0;
+	for (int i = 0; i < 2000; i++) {
+		th_resp r;
+		th_http(&s, "POST", "/v1/devices/" DEV1 "/agent/migrate", NULL, "", NULL, &r);
+		ck_assert_msg(r.status == 202 || r.status == 409, "%ld %s", r.status, r.body);
+		moves += r.status == 202;
+		th_resp_free(&r);
+	}
+	ck_assert_int_eq(th_wait_pid(pid, 120000), 0);
+	char *out = th_read_file(out_path);
+	ck_assert_msg(strstr(out, "pingpong ok 3000") != NULL, "%.2000s", out);
+	free(out);
+	ck_assert_int_ge(moves, 1000);
+	/* Each move logged both halves, in order. */
+	int stopped = th_count_events(&s, DEV1, "Agent stopped: migrating.");
+	int started = th_count_events(&s, DEV1, "Agent started.");
+	ck_assert_int_ge(stopped, 1000);
+	ck_assert_int_eq(started, stopped + 1);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *su = suite_create("07_agents");
+	TCase *tc = tcase_create("agents");
+	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, round_trip_http_save_reload);
+	tcase_add_test(tc, bad_agents_are_stopped_and_others_carry_on);
+	tcase_add_test(tc, messages_for_an_offline_device_wait_in_order);
+	tcase_add_test(tc, migration_under_traffic_loses_nothing);
+	suite_add_tcase(su, tc);
+	SRunner *sr = srunner_create(su);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
