@@ -144,6 +144,16 @@ static void sup__push(struct worker *w, struct ev *e)
 	pthread_mutex_unlock(&w->lock);
 }
 
+static struct ev *sup__ev(enum ev_kind kind, uint64_t device)
+{
+	struct ev *e = calloc(1, sizeof *e);
+	if (e) {
+		e->kind = kind;
+		e->device = device;
+	}
+	return e;
+}
+
 /* Routes an event to the worker owning the device's agent, creating the
  * agent's entry (not started yet) on first use. */
 static void sup__route(supervisor *s, struct ev *e)
@@ -184,18 +194,26 @@ static void sup__route(supervisor *s, struct ev *e)
 			sup__push(&s->workers[best], adopt);
 		}
 	}
+	/* Rebalance: an agent on a much busier worker moves to the least busy
+	 * one as its next event arrives (the event goes along with it). */
+	int64_t now = tn_mono_ms();
+	if (s->nworkers > 1 && e->kind != EV_MIGRATE_OUT && now - s->last_rebalance >= 1000) {
+		int least = 0;
+		for (int i = 1; i < s->nworkers; i++)
+			if (s->workers[i].nagents < s->workers[least].nagents)
+				least = i;
+		int here = s->workers[a->worker].nagents, there = s->workers[least].nagents;
+		if (here - there > 2 && here > there + there / 5) {
+			struct ev *mo = sup__ev(EV_MIGRATE_OUT, e->device);
+			if (mo) {
+				mo->target = least;
+				sup__push(&s->workers[a->worker], mo);
+				s->last_rebalance = now;
+			}
+		}
+	}
 	sup__push(&s->workers[a->worker], e);
 	pthread_mutex_unlock(&s->route_lock);
-}
-
-static struct ev *sup__ev(enum ev_kind kind, uint64_t device)
-{
-	struct ev *e = calloc(1, sizeof *e);
-	if (e) {
-		e->kind = kind;
-		e->device = device;
-	}
-	return e;
 }
 
 /* --- the store ------------------------------------------------------------------ */
