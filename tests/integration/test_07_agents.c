@@ -19,6 +19,7 @@
 
 static const char *echo_agent =
 	"local count = (server.load() or {}).count or 0\n"
+	"local seq = 0\n"
 	"device.on('ping', function(data) device.send('pong', data) end)\n"
 	"device.on('save', function(data) count = count + 1; server.save({count = count}) end)\n"
 	"device.on('spin', function() while true do end end)\n"
@@ -26,6 +27,7 @@ static const char *echo_agent =
 	"device.on('escape', function() os.execute('touch /tmp/tender-escaped') end)\n"
 	"http.onrequest(function(req, res)\n"
 	"  if req.path == '/count' then res.send(200, {count = count, method = req.method}) return end\n"
+	"  if req.path == '/seq' then seq = seq + 1 res.send(200, {seq = seq}) return end\n"
 	"  if req.path == '/push' then device.send('pushed', {n = tonumber(req.body)}) res.send(202, 'queued') return end\n"
 	"  res.send(404, 'nothing at ' .. req.path)\n"
 	"end)\n";
@@ -215,7 +217,10 @@ START_TEST(migration_under_traffic_loses_nothing)
 			 "hello", DEV1, sec, "expect", "welcome", "pingpong", "3000", "close", NULL };
 	pid_t pid = th_spawn(argv, out_path);
 	ck_assert_int_eq(th_wait_online(&s, DEV1, 1, 10000), 0);
-	/* Move the agent back and forth while the numbered messages flow. */
+	/* Move the agent back and forth while the numbered messages flow, and
+	 * numbered HTTP requests too: each answer must be the next number. */
+	char *aid = agent_id_of(&s, DEV1), seq_path[160];
+	snprintf(seq_path, sizeof seq_path, "/agent/%s/seq", aid);
 	int moves = 0;
 	for (int i = 0; i < 2000; i++) {
 		th_resp r;
@@ -223,7 +228,14 @@ START_TEST(migration_under_traffic_loses_nothing)
 		ck_assert_msg(r.status == 202 || r.status == 409, "%ld %s", r.status, r.body);
 		moves += r.status == 202;
 		th_resp_free(&r);
+		if (i % 4 == 0) {
+			th_http(&s, "GET", seq_path, NULL, NULL, "", &r);
+			ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+			ck_assert_int_eq(json_integer_value(json_object_get(r.json, "seq")), i / 4 + 1);
+			th_resp_free(&r);
+		}
 	}
+	free(aid);
 	ck_assert_int_eq(th_wait_pid(pid, 120000), 0);
 	char *out = th_read_file(out_path);
 	ck_assert_msg(strstr(out, "pingpong ok 3000") != NULL, "%.2000s", out);
@@ -239,6 +251,62 @@ START_TEST(migration_under_traffic_loses_nothing)
 }
 END_TEST
 
+START_TEST(tenderctl_deploys_and_shows_agents)
+{
+	th_server s;
+	th_server_start(&s, "--agent-workers 2");
+	char url[160], file[700], *out = NULL;
+	snprintf(url, sizeof url, "--url=%s", s.http_url);
+	snprintf(file, sizeof file, "%s/agent.lua", s.dir);
+	FILE *f = fopen(file, "w");
+	fputs(echo_agent, f);
+	fclose(f);
+	char *const deploy_argv[] = { (char *)th_bin("tenderctl"), url, "--token", s.token, "deploy", "lab", file, NULL };
+	ck_assert_int_eq(th_run(deploy_argv, &out, 20), 0);
+	ck_assert_ptr_nonnull(strstr(out, "deployed"));
+	free(out);
+	/* Four agents all put on worker 0: traffic moves some to worker 1. */
+	char ids[4][17], *secrets[4];
+	for (int i = 0; i < 4; i++) {
+		snprintf(ids[i], sizeof ids[i], "00000000000c%04x", (unsigned)i);
+		secrets[i] = th_register(&s, ids[i], "lab");
+		const char *steps[] = { "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":1}", "expectmsg",
+					"pong", "close", NULL };
+		free(node(&s, ids[i], secrets[i], steps, 30));
+		char path[128];
+		th_resp r;
+		snprintf(path, sizeof path, "/v1/devices/%s/agent/migrate?worker=0", ids[i]);
+		th_http(&s, "POST", path, NULL, "", NULL, &r);
+		th_resp_free(&r);
+	}
+	char *const agent_argv[] = { (char *)th_bin("tenderctl"), url, "--token", s.token, "agent", ids[0], NULL };
+	ck_assert_int_eq(th_run(agent_argv, &out, 20), 0);
+	ck_assert_msg(strstr(out, "state:") && strstr(out, "running") && strstr(out, "agent_id:"), "%s", out);
+	free(out);
+	/* Everyone is on worker 0; the other is empty: the next events rebalance. */
+	int on_one = 0;
+	for (int round = 0; round < 10 && !on_one; round++) {
+		for (int i = 0; i < 4; i++) {
+			const char *steps[] = { "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":2}", "expectmsg",
+						"pong", "close", NULL };
+			free(node(&s, ids[i], secrets[i], steps, 30));
+		}
+		for (int i = 0; i < 4; i++) {
+			char path[128];
+			snprintf(path, sizeof path, "/v1/devices/%s/agent", ids[i]);
+			json_t *a = th_get_json(&s, path, 200);
+			on_one += json_integer_value(json_object_get(a, "worker")) == 1;
+			json_decref(a);
+		}
+		usleep(1100 * 1000);
+	}
+	ck_assert_msg(on_one > 0, "no agent was moved off the busy worker");
+	for (int i = 0; i < 4; i++)
+		free(secrets[i]);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *su = suite_create("07_agents");
@@ -248,6 +316,7 @@ int main(void)
 	tcase_add_test(tc, bad_agents_are_stopped_and_others_carry_on);
 	tcase_add_test(tc, messages_for_an_offline_device_wait_in_order);
 	tcase_add_test(tc, migration_under_traffic_loses_nothing);
+	tcase_add_test(tc, tenderctl_deploys_and_shows_agents);
 	suite_add_tcase(su, tc);
 	SRunner *sr = srunner_create(su);
 	srunner_run_all(sr, CK_NORMAL);
