@@ -20,6 +20,7 @@
 #include "flashtable.h"
 #include "fwstore.h"
 #include "log.h"
+#include "logstream.h"
 #include "metrics.h"
 #include "multipart.h"
 #include "rollout.h"
@@ -38,6 +39,7 @@ struct api {
 	device_loop *dev;
 	scheduler *sched;
 	supervisor *sup;
+	logstreams *streams;
 	struct MHD_Daemon *mhd;
 	int fd;
 	int port;
@@ -423,12 +425,57 @@ static enum MHD_Result api__device_delete(struct req *r, uint64_t id)
 	return api__send(r, 204, "application/json", strdup(""), 0);
 }
 
+/* Queues a streaming response (SSE). */
+static enum MHD_Result api__stream(struct req *r, struct MHD_Response *resp)
+{
+	if (!resp)
+		return api__error(r, 500, "cannot open the stream");
+	enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	metrics_inc(M_HTTP_REQUESTS);
+	return ret;
+}
+
+static int api__wants_sse(struct req *r)
+{
+	const char *accept = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
+	const char *follow = api__arg(r, "follow");
+	return (accept && strstr(accept, "text/event-stream")) ||
+	       (follow && (strcmp(follow, "1") == 0 || strcmp(follow, "true") == 0));
+}
+
+static int api__text_format(struct req *r)
+{
+	const char *f = api__arg(r, "format");
+	return f && strcmp(f, "text") == 0;
+}
+
 static enum MHD_Result api__device_logs(struct req *r, uint64_t id)
 {
 	store_event_query q = { .device = id };
 	long long limit = API_DEFAULT_LIMIT, before = 0, after = -1;
 	enum MHD_Result ret = MHD_NO;
 	tn_error err = { 0 };
+
+	if (api__wants_sse(r)) {
+		/* Live, after replaying what came after Last-Event-ID (header or query). */
+		const char *last = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
+		long long resume = 0;
+		if (!last)
+			last = api__arg(r, "last_event_id");
+		if (last) {
+			char *end;
+			resume = strtoll(last, &end, 10);
+			if (*end || resume < 0)
+				return api__error(r, 400, "Last-Event-ID must be an event id, not '%s'", last);
+		}
+		json_t *dev = store_device_get(r->a->st, id);
+		if (!dev)
+			return api__error(r, 404, "no such device");
+		json_decref(dev);
+		return api__stream(r, logstream_device_response(r->a->streams, r->conn, id, resume,
+								 api__text_format(r)));
+	}
 
 	if (api__int_arg(r, "limit", 1, API_MAX_LIMIT, &limit, &ret) ||
 	    api__int_arg(r, "before", 1, INT64_MAX, &before, &ret) ||
@@ -852,6 +899,55 @@ static enum MHD_Result api__agent_request(struct req *r, const char *rest)
 	return MHD_YES;
 }
 
+/* --- /v1/logstreams --------------------------------------------------------- */
+
+static enum MHD_Result api__logstream_route(struct req *r, const char *rest)
+{
+	tn_error err = { 0 };
+	enum MHD_Result ret = MHD_NO;
+
+	if (!*rest) {
+		if (strcmp(r->method, "POST") != 0)
+			return api__method_not_allowed(r, "POST");
+		json_t *body = api__json_body(r, &ret), *out = NULL;
+		if (!body)
+			return ret;
+		int rc = logstream_create(r->a->streams, body, &out, &err);
+		json_decref(body);
+		return rc ? api__store_error(r, &err) : api__json(r, 201, out);
+	}
+	char id[64];
+	const char *p = rest + 1, *slash = strchr(p, '/');
+	size_t n = slash ? (size_t)(slash - p) : strlen(p);
+	if (rest[0] != '/' || n == 0 || n >= sizeof id)
+		return api__error(r, 404, "no such log stream");
+	memcpy(id, p, n);
+	id[n] = '\0';
+	if (!slash) {
+		if (strcmp(r->method, "GET") == 0) {
+			struct MHD_Response *resp = logstream_open(r->a->streams, r->conn, id, api__text_format(r), &err);
+			if (!resp)
+				return err.code == TN_EEXIST ? api__error(r, 409, "%s", err.msg) : api__store_error(r, &err);
+			return api__stream(r, resp);
+		}
+		if (strcmp(r->method, "DELETE") == 0) {
+			if (logstream_delete(r->a->streams, id, &err))
+				return api__store_error(r, &err);
+			return api__send(r, 204, "application/json", strdup(""), 0);
+		}
+		return api__method_not_allowed(r, "GET, DELETE");
+	}
+	uint64_t dev;
+	if (strncmp(slash, "/devices/", 9) != 0 || tn_device_id_parse(slash + 9, &dev))
+		return api__error(r, 404, "no such resource: %s", r->url);
+	int add = strcmp(r->method, "PUT") == 0;
+	if (!add && strcmp(r->method, "DELETE") != 0)
+		return api__method_not_allowed(r, "PUT, DELETE");
+	if (logstream_device(r->a->streams, id, dev, add, &err))
+		return api__store_error(r, &err);
+	return api__send(r, 204, "application/json", strdup(""), 0);
+}
+
 /* --- routing ---------------------------------------------------------------- */
 
 static int api__authorized(struct req *r)
@@ -912,6 +1008,8 @@ static enum MHD_Result api__route(struct req *r)
 		return api__device_route(r, url + 12);
 	if (strncmp(url, "/v1/groups/", 11) == 0)
 		return api__deploy(r, url + 11);
+	if (strncmp(url, "/v1/logstreams", 14) == 0 && (url[14] == '\0' || url[14] == '/'))
+		return api__logstream_route(r, url + 14);
 	if (strcmp(url, "/v1/flash-parts") == 0) {
 		if (strcmp(r->method, "GET") != 0)
 			return api__method_not_allowed(r, "GET");
@@ -1059,6 +1157,7 @@ int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error 
 	a->dev = deps->dev;
 	a->sched = deps->sched;
 	a->sup = deps->sup;
+	a->streams = deps->streams;
 	a->fd = -1;
 	if ((rc = api__listen(a, err)))
 		goto fail;
@@ -1094,8 +1193,9 @@ void api_stop(api *a)
 {
 	if (!a)
 		return;
-	/* MHD must not stop under a suspended connection: let the agents answer
-	 * the requests they hold (they run until after this), 5 s at most. */
+	/* MHD must not stop under a suspended connection: end the log streams,
+	 * and let the agents answer the requests they hold (5 s at most each). */
+	logstreams_close(a->streams);
 	for (int i = 0; i < 500 && atomic_load(&a->suspended) > 0; i++)
 		usleep(10 * 1000);
 	if (a->mhd)

@@ -31,6 +31,7 @@ typedef struct api_deps {
 	device_loop *dev;
 	struct scheduler *sched;
 	struct supervisor *sup;
+	struct logstreams *streams;
 } api_deps;
 
 int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error *err);

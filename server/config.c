@@ -50,6 +50,8 @@ static const struct opt config__opts[] = {
 	  "seconds an idle HTTP connection is kept (default 30)" },
 	{ "batch-max", OPT_INT, OFF(batch_max), 1, 100000, "N",
 	  "events committed per store transaction, at most (default 1024)" },
+	{ "stream-queue", OPT_INT, OFF(stream_queue), 10, 10000000, "N",
+	  "events a log stream may have waiting before it is cut off as too slow (default 10000)" },
 	{ "agent-workers", OPT_INT, OFF(agent_workers), 0, 64, "N",
 	  "agent worker threads (default 0: one per core)" },
 	{ "agent-memory", OPT_INT, OFF(agent_memory), 65536, 1 << 30, "BYTES",
@@ -78,6 +80,7 @@ void config_defaults(tn_config *cfg)
 	cfg->http_timeout = 30;
 	cfg->batch_max = 1024;
 	cfg->agent_memory = 1 << 20;
+	cfg->stream_queue = 10000;
 	cfg->agent_budget = 10000000;
 	cfg->log_level = LOG_INFO;
 }

@@ -24,6 +24,7 @@ typedef struct tn_config {
 	int http_max_conns;
 	int http_timeout;        /* seconds an idle HTTP connection is kept */
 	int batch_max;           /* events per store transaction, at most */
+	int stream_queue;        /* events a log stream subscriber may have waiting */
 	int agent_workers;       /* 0: one per core */
 	int agent_memory;        /* bytes per agent */
 	int agent_budget;        /* Lua instructions per agent event */

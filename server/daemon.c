@@ -14,13 +14,17 @@
 #include "auth.h"
 #include "device.h"
 #include "log.h"
+#include "bus.h"
 #include "flashtable.h"
+#include "logstream.h"
 #include "registry.h"
 #include "scheduler.h"
 #include "store.h"
 #include "supervisor.h"
 
 struct tenderd {
+	bus *bus;
+	logstreams *streams;
 	store *st;
 	registry *reg;
 	scheduler *sched;
@@ -119,8 +123,15 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 	if (!t)
 		return tn_err(err, TN_ENOMEM, "out of memory");
 	store_options so = { .batch_max = cfg->batch_max, .sync_full = cfg->sync_full };
-	if ((rc = daemon__mkdirs(cfg->data_dir, err)) || (rc = store_open(&t->st, cfg->data_dir, &so, err)))
+	bus_options bo = { .max_queue = (size_t)cfg->stream_queue };
+	if ((rc = daemon__mkdirs(cfg->data_dir, err)) || (rc = bus_new(&t->bus, &bo)) ||
+	    (rc = store_open(&t->st, cfg->data_dir, &so, err)))
 		goto fail;
+	store_set_bus(t->st, t->bus);
+	if ((rc = logstreams_new(&t->streams, t->bus, t->st))) {
+		tn_err(err, rc, "out of memory");
+		goto fail;
+	}
 	if (cfg->admin_token_file)
 		token_path = strdup(cfg->admin_token_file);
 	else if (asprintf(&token_path, "%s/admin.token", cfg->data_dir) < 0)
@@ -167,7 +178,8 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 		.max_body = cfg->max_body, .max_firmware = cfg->max_firmware,
 		.firmware_dir = t->firmware_dir,
 	};
-	api_deps deps = { .st = t->st, .reg = t->reg, .dev = t->dev, .sched = t->sched, .sup = t->sup };
+	api_deps deps = { .st = t->st, .reg = t->reg, .dev = t->dev, .sched = t->sched, .sup = t->sup,
+			  .streams = t->streams };
 	if ((rc = api_start(&t->http, &aopt, &deps, err)))
 		goto fail;
 
@@ -200,7 +212,10 @@ void daemon_stop(tenderd *t)
 	sched_free(t->sched);
 	sup_free(t->sup);
 	registry_free(t->reg);
+	logstreams_close(t->streams); /* if the API never started */
 	store_close(t->st);
+	logstreams_free(t->streams);
+	bus_free(t->bus);
 	free(t->firmware_dir);
 	free(t);
 }

@@ -34,6 +34,9 @@ static const struct {
 	[M_EVENTS_WRITTEN] = { "tender_events_written_total", "counter", "Events committed to the store." },
 	[M_STORE_COMMITS] = { "tender_store_commits_total", "counter", "Store write transactions committed." },
 	[M_HTTP_REQUESTS] = { "tender_http_requests_total", "counter", "HTTP requests answered." },
+	[M_STREAM_SUBSCRIBERS] = { "tender_log_stream_subscribers", "gauge", "Live log stream subscriptions." },
+	[M_STREAM_CUTOFFS] = { "tender_log_stream_cutoffs_total", "counter",
+			       "Log stream subscribers cut off for being too slow." },
 };
 
 void metrics_add(metrics_counter c, int64_t n)

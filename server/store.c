@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "bus.h"
 #include "log.h"
 #include "logfmt.h"
 #include "metrics.h"
@@ -65,6 +66,12 @@ struct store {
 	pthread_mutex_t rlock;
 	sqlite3 *readers[STORE_READERS_MAX];
 	int nreaders;
+
+	struct bus *bus;
+	/* events written inside sync ops of the current transaction (writer
+	 * thread only), published once it commits */
+	tn_event *tx_events;
+	size_t ntx_events, cap_tx_events;
 };
 
 /* --- opening ---------------------------------------------------------------- */
@@ -216,6 +223,7 @@ out:
 }
 
 static void *store__writer_main(void *arg);
+static void store__tx_events_done(store *s, int publish);
 
 int store_open(store **out, const char *dir, const store_options *opt, tn_error *err)
 {
@@ -276,6 +284,11 @@ int store_open(store **out, const char *dir, const store_options *opt, tn_error 
 fail:
 	store_close(s);
 	return rc;
+}
+
+void store_set_bus(store *s, struct bus *b)
+{
+	s->bus = b;
 }
 
 int store_schema_version(store *s)
@@ -374,8 +387,31 @@ static int store__commit_chunk(store *s, struct store_op *first, struct store_op
 	}
 	if (store__exec(s->wdb, "COMMIT", &err))
 		goto fail;
+	/* Durable now: the live subscribers get them, in id order.  (Events
+	 * written inside sync ops carry later ids than the plain ones before them
+	 * in this chunk, and earlier ones than any after: publish in id order.) */
+	if (s->bus) {
+		size_t t = 0;
+		for (struct store_op *op = first; op != end; op = op->next) {
+			if (op->kind != OP_EVENT)
+				continue;
+			while (t < s->ntx_events && s->tx_events[t].id < op->id)
+				bus_publish(s->bus, &s->tx_events[t++]);
+			tn_event ev = { .id = op->id, .device = op->device, .ts_ms = op->ts,
+					.type = (event_type)op->type, .msg = op->msg };
+			bus_publish(s->bus, &ev);
+		}
+		while (t < s->ntx_events)
+			bus_publish(s->bus, &s->tx_events[t++]);
+		for (size_t i = 0; i < s->ntx_events; i++)
+			free((char *)s->tx_events[i].msg);
+		s->ntx_events = 0;
+	} else {
+		store__tx_events_done(s, 0);
+	}
 	return 0;
 fail:
+	store__tx_events_done(s, 0);
 	log_err("store: a write transaction failed and will be retried: %s", err.msg);
 	metrics_error(ERR_STORE);
 	if (!sqlite3_get_autocommit(s->wdb))
@@ -507,9 +543,10 @@ int64_t store_event_insert_tx(store *s, sqlite3 *db, uint64_t device, event_type
 	if (sqlite3_prepare_v2(db, "INSERT INTO events (id, device, ts, type, msg) VALUES (?, ?, ?, ?, ?)",
 			       -1, &q, NULL) != SQLITE_OK)
 		return TN_EIO;
+	int64_t ts = tn_now_ms();
 	sqlite3_bind_int64(q, 1, id);
 	sqlite3_bind_int64(q, 2, (int64_t)device);
-	sqlite3_bind_int64(q, 3, tn_now_ms());
+	sqlite3_bind_int64(q, 3, ts);
 	sqlite3_bind_int(q, 4, type);
 	sqlite3_bind_text(q, 5, msg, -1, SQLITE_STATIC);
 	int rc = sqlite3_step(q);
@@ -518,7 +555,30 @@ int64_t store_event_insert_tx(store *s, sqlite3 *db, uint64_t device, event_type
 		return TN_EIO;
 	metrics_inc(M_EVENTS_QUEUED);
 	metrics_inc(M_EVENTS_WRITTEN);
+	if (s->ntx_events == s->cap_tx_events) {
+		size_t cap = s->cap_tx_events ? s->cap_tx_events * 2 : 16;
+		tn_event *grown = realloc(s->tx_events, cap * sizeof *grown);
+		if (!grown)
+			return id;
+		s->tx_events = grown;
+		s->cap_tx_events = cap;
+	}
+	char *copy = strdup(msg);
+	if (copy)
+		s->tx_events[s->ntx_events++] = (tn_event){ .id = id, .device = device, .ts_ms = ts,
+							    .type = type, .msg = copy };
 	return id;
+}
+
+/* After a commit (published) or a rollback (dropped). */
+static void store__tx_events_done(store *s, int publish)
+{
+	for (size_t i = 0; i < s->ntx_events; i++) {
+		if (publish && s->bus)
+			bus_publish(s->bus, &s->tx_events[i]);
+		free((char *)s->tx_events[i].msg);
+	}
+	s->ntx_events = 0;
 }
 
 static int store__push_state(store *s, struct store_op *op)
@@ -596,6 +656,8 @@ void store_close(store *s)
 	}
 	for (int i = 0; i < s->nreaders; i++)
 		sqlite3_close(s->readers[i]);
+	store__tx_events_done(s, 0);
+	free(s->tx_events);
 	sqlite3_finalize(s->ins_event);
 	sqlite3_finalize(s->set_online);
 	sqlite3_finalize(s->set_offline);

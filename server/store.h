@@ -38,6 +38,11 @@ int store_open(store **out, const char *dir, const store_options *opt, tn_error 
  * No reader may be in use.  Accepts NULL. */
 void store_close(store *s);
 
+/* Every event is handed to the bus once committed, in id order (set once,
+ * before events flow). */
+struct bus;
+void store_set_bus(store *s, struct bus *b);
+
 /* The schema version (PRAGMA user_version) after migrations. */
 int store_schema_version(store *s);
 

@@ -1,0 +1,454 @@
+/* server/logstream.c -- live log streams over SSE (see logstream.h, docs/logs.md).
+ *
+ * A reader (one SSE connection) subscribes to the bus before it reads any
+ * history, so nothing committed in between is missed; history comes from
+ * the store (committed events only) and live events whose id it has already
+ * sent are skipped, so nothing is sent twice.  When its queue is empty the
+ * reader suspends its connection (under the subscriber's lock); the bus
+ * resumes it when an event arrives. */
+#define _GNU_SOURCE
+#include "logstream.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "log.h"
+#include "logfmt.h"
+
+#define LOGSTREAM_PAGE 500
+
+struct stream {
+	struct stream *next;
+	char id[64];                /* "" for a device's own stream */
+	bus_sub *sub;
+	int has_reader;
+	int64_t created;
+};
+
+struct reader {
+	logstreams *ls;
+	struct stream *st;
+	struct MHD_Connection *conn;
+	int text;
+	uint64_t device;            /* history for this device, if after >= 0 */
+	int64_t after;              /* -1: no history (left) */
+	int64_t last_sent;
+	json_t *page;
+	size_t page_idx;
+	char *out;                  /* formatted, not yet handed to MHD */
+	size_t out_len, out_off;
+	int ended;
+};
+
+struct logstreams {
+	bus *b;
+	store *st;
+	pthread_mutex_t lock;
+	struct stream *streams;     /* the named ones */
+	_Atomic int readers;
+	int closing;
+};
+
+int logstreams_new(logstreams **out, bus *b, store *st)
+{
+	logstreams *ls = calloc(1, sizeof *ls);
+	if (!ls)
+		return TN_ENOMEM;
+	ls->b = b;
+	ls->st = st;
+	pthread_mutex_init(&ls->lock, NULL);
+	*out = ls;
+	return 0;
+}
+
+/* --- formatting ------------------------------------------------------------------ */
+
+static void ls__set_out(struct reader *r, char *text)
+{
+	free(r->out);
+	r->out = text;
+	r->out_len = text ? strlen(text) : 0;
+	r->out_off = 0;
+}
+
+static void ls__format_event(struct reader *r, const tn_event *ev)
+{
+	char *text = NULL, line[20000];
+	if (r->text) {
+		events_format_text(ev, line, sizeof line);
+		for (char *p = line; *p; p++)
+			if (*p == '\n' || *p == '\r')
+				*p = ' ';
+		if (asprintf(&text, "id: %lld\nevent: message\ndata: %s\n\n", (long long)ev->id, line) < 0)
+			text = NULL;
+	} else {
+		json_t *j = events_to_json(ev);
+		char *data = j ? json_dumps(j, JSON_COMPACT) : NULL;
+		json_decref(j);
+		if (data && asprintf(&text, "id: %lld\nevent: message\ndata: %s\n\n", (long long)ev->id, data) < 0)
+			text = NULL;
+		free(data);
+	}
+	r->last_sent = ev->id;
+	ls__set_out(r, text);
+}
+
+static void ls__format_notice(struct reader *r, const char *notice)
+{
+	char *text = NULL;
+	if (asprintf(&text, "event: state_change\ndata: %s\n\n", notice) < 0)
+		text = NULL;
+	ls__set_out(r, text);
+}
+
+/* --- the reader ------------------------------------------------------------------- */
+
+/* The next history event into r->out; 0 when history is over. */
+static int ls__history(struct reader *r)
+{
+	for (;;) {
+		json_t *events = json_object_get(r->page, "events");
+		if (r->page && r->page_idx < json_array_size(events)) {
+			json_t *e = json_array_get(events, r->page_idx++);
+			tn_event ev = {
+				.id = json_integer_value(json_object_get(e, "id")), .device = r->device,
+				.type = (event_type)events_type_parse(json_string_value(json_object_get(e, "type"))),
+				.msg = json_string_value(json_object_get(e, "msg")),
+			};
+			logfmt_parse_iso8601(json_string_value(json_object_get(e, "ts")), &ev.ts_ms);
+			r->after = ev.id;
+			ls__format_event(r, &ev);
+			return 1;
+		}
+		int had = r->page != NULL;
+		size_t got = json_array_size(events);
+		json_decref(r->page);
+		r->page = NULL;
+		r->page_idx = 0;
+		if (had && got < LOGSTREAM_PAGE) {
+			r->after = -1; /* caught up: live from here */
+			return 0;
+		}
+		store_event_query q = { .device = r->device, .after = r->after, .limit = LOGSTREAM_PAGE };
+		tn_error err;
+		r->page = store_events_list(r->ls->st, &q, &err);
+		if (!r->page) {
+			r->after = -1;
+			return 0;
+		}
+	}
+}
+
+static void ls__suspend(void *arg)
+{
+	struct reader *r = arg;
+	MHD_suspend_connection(r->conn);
+}
+
+static void ls__wake(void *arg)
+{
+	struct reader *r = arg;
+	MHD_resume_connection(r->conn);
+}
+
+static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct reader *r = cls;
+
+	for (;;) {
+		if (r->out && r->out_off < r->out_len) {
+			size_t n = r->out_len - r->out_off;
+			if (n > max)
+				n = max;
+			memcpy(buf, r->out + r->out_off, n);
+			r->out_off += n;
+			return (ssize_t)n;
+		}
+		if (r->ended)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		if (r->after >= 0 && ls__history(r))
+			continue;
+		tn_event ev;
+		char *notice = NULL;
+		int rc = bus_sub_next(r->st->sub, &ev, &notice, ls__suspend, r);
+		if (rc == 1) {
+			if (ev.id > r->last_sent)
+				ls__format_event(r, &ev);
+			free((char *)ev.msg);
+		} else if (rc == 2) {
+			ls__format_notice(r, notice);
+			if (strcmp(notice, "closed") == 0)
+				r->ended = 1; /* deleted: this was its last word */
+			free(notice);
+		} else if (rc == 0) {
+			return 0; /* suspended: the bus resumes it */
+		} else {
+			r->ended = 1;
+		}
+	}
+}
+
+static void ls__stream_free(logstreams *ls, struct stream *st)
+{
+	bus_unsubscribe(ls->b, st->sub);
+	free(st);
+}
+
+static void ls__reader_done(void *cls)
+{
+	struct reader *r = cls;
+	logstreams *ls = r->ls;
+	/* A stream lives as long as its connection. */
+	if (r->st->id[0]) {
+		pthread_mutex_lock(&ls->lock);
+		for (struct stream **pp = &ls->streams; *pp; pp = &(*pp)->next)
+			if (*pp == r->st) {
+				*pp = r->st->next;
+				break;
+			}
+		pthread_mutex_unlock(&ls->lock);
+	}
+	ls__stream_free(ls, r->st);
+	json_decref(r->page);
+	free(r->out);
+	free(r);
+	atomic_fetch_sub(&ls->readers, 1);
+}
+
+static struct MHD_Response *ls__response(logstreams *ls, struct MHD_Connection *conn, struct stream *st,
+					 uint64_t device, int64_t after, int text)
+{
+	struct reader *r = calloc(1, sizeof *r);
+	if (!r)
+		return NULL;
+	r->ls = ls;
+	r->st = st;
+	r->conn = conn;
+	r->text = text;
+	r->device = device;
+	r->after = after;
+	r->last_sent = after > 0 ? after : 0;
+	struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, ls__read, r,
+								      ls__reader_done);
+	if (!resp) {
+		free(r);
+		return NULL;
+	}
+	atomic_fetch_add(&ls->readers, 1);
+	bus_sub_set_wake(st->sub, ls__wake, r);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+	return resp;
+}
+
+struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connection *conn,
+					       uint64_t device, int64_t after_id, int text)
+{
+	struct stream *st = calloc(1, sizeof *st);
+	if (!st)
+		return NULL;
+	st->sub = bus_subscribe(ls->b, 0, NULL, NULL);
+	if (!st->sub || bus_sub_add_device(st->sub, device)) {
+		ls__stream_free(ls, st);
+		return NULL;
+	}
+	struct MHD_Response *resp = ls__response(ls, conn, st, device, after_id > 0 ? after_id : -1, text);
+	if (!resp) {
+		ls__stream_free(ls, st);
+		return NULL;
+	}
+	return resp;
+}
+
+/* --- named multi-device streams -------------------------------------------------- */
+
+static struct stream *ls__find_locked(logstreams *ls, const char *id)
+{
+	for (struct stream *st = ls->streams; st; st = st->next)
+		if (strcmp(st->id, id) == 0)
+			return st;
+	return NULL;
+}
+
+int logstream_create(logstreams *ls, json_t *body, json_t **out, tn_error *err)
+{
+	json_t *devices = json_object_get(body, "devices"), *group = json_object_get(body, "group"),
+	       *all = json_object_get(body, "all"), *v, *list = json_array();
+	const char *key;
+	size_t i;
+
+	json_object_foreach(body, key, v)
+		if (strcmp(key, "devices") && strcmp(key, "group") && strcmp(key, "all")) {
+			json_decref(list);
+			return tn_err(err, TN_EINVAL, "unknown member '%s'", key);
+		}
+	if (devices && (!json_is_array(devices) || json_array_size(devices) > 100000)) {
+		json_decref(list);
+		return tn_err(err, TN_EINVAL, "'devices' must be an array of device ids");
+	}
+	if (all && !json_is_boolean(all)) {
+		json_decref(list);
+		return tn_err(err, TN_EINVAL, "'all' must be true or false");
+	}
+	json_array_foreach(devices, i, v) {
+		uint64_t id;
+		if (!json_is_string(v) || tn_device_id_parse(json_string_value(v), &id)) {
+			json_decref(list);
+			return tn_err(err, TN_EINVAL, "'devices[%zu]' is not a device id", i);
+		}
+		json_array_append(list, v);
+	}
+	if (group) {
+		/* The group's devices now (devices moved in later are added with PUT). */
+		store_device_filter f = { .online = -1, .group = json_string_value(group), .limit = 1000 };
+		if (!json_is_string(group)) {
+			json_decref(list);
+			return tn_err(err, TN_EINVAL, "'group' must be a string");
+		}
+		for (;;) {
+			json_t *page = store_device_list(ls->st, &f, err), *d;
+			if (!page) {
+				json_decref(list);
+				return TN_EIO;
+			}
+			json_array_foreach(json_object_get(page, "devices"), i, d)
+				json_array_append(list, json_object_get(d, "id"));
+			json_t *next = json_object_get(page, "next");
+			int more = json_is_string(next) && tn_device_id_parse(json_string_value(next), &f.after) == 0;
+			f.has_after = 1;
+			json_decref(page);
+			if (!more)
+				break;
+		}
+	}
+	struct stream *st = calloc(1, sizeof *st);
+	char secret[64];
+	if (!st || auth_random_secret("ls_", secret)) {
+		free(st);
+		json_decref(list);
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	}
+	snprintf(st->id, sizeof st->id, "%.40s", secret);
+	st->created = tn_now_ms();
+	st->sub = bus_subscribe(ls->b, json_is_true(all), NULL, NULL);
+	if (!st->sub) {
+		free(st);
+		json_decref(list);
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	}
+	/* Subscribed at creation: events from now on wait for the reader. */
+	bus_sub_notice(st->sub, "opened");
+	json_array_foreach(list, i, v) {
+		uint64_t id;
+		char line[64];
+		tn_device_id_parse(json_string_value(v), &id);
+		bus_sub_add_device(st->sub, id);
+		snprintf(line, sizeof line, "%s subscribed", json_string_value(v));
+		bus_sub_notice(st->sub, line);
+	}
+	pthread_mutex_lock(&ls->lock);
+	st->next = ls->streams;
+	ls->streams = st;
+	pthread_mutex_unlock(&ls->lock);
+	char url[128];
+	snprintf(url, sizeof url, "/v1/logstreams/%s", st->id);
+	*out = json_pack("{ss ss so sb}", "id", st->id, "url", url, "devices", list, "all", json_is_true(all));
+	return 0;
+}
+
+struct MHD_Response *logstream_open(logstreams *ls, struct MHD_Connection *conn, const char *id, int text,
+				    tn_error *err)
+{
+	pthread_mutex_lock(&ls->lock);
+	struct stream *st = ls__find_locked(ls, id);
+	if (!st) {
+		pthread_mutex_unlock(&ls->lock);
+		tn_err(err, TN_ENOTFOUND, "no log stream %s", id);
+		return NULL;
+	}
+	if (st->has_reader) {
+		pthread_mutex_unlock(&ls->lock);
+		tn_err(err, TN_EEXIST, "log stream %s is already being read", id);
+		return NULL;
+	}
+	st->has_reader = 1;
+	pthread_mutex_unlock(&ls->lock);
+	struct MHD_Response *resp = ls__response(ls, conn, st, 0, -1, text);
+	if (!resp) {
+		st->has_reader = 0;
+		tn_err(err, TN_ENOMEM, "out of memory");
+	}
+	return resp;
+}
+
+int logstream_device(logstreams *ls, const char *id, uint64_t device, int add, tn_error *err)
+{
+	char line[64], hex[17];
+	pthread_mutex_lock(&ls->lock);
+	struct stream *st = ls__find_locked(ls, id);
+	if (!st) {
+		pthread_mutex_unlock(&ls->lock);
+		return tn_err(err, TN_ENOTFOUND, "no log stream %s", id);
+	}
+	tn_device_id_format(device, hex);
+	if (add)
+		bus_sub_add_device(st->sub, device);
+	else
+		bus_sub_remove_device(st->sub, device);
+	snprintf(line, sizeof line, "%s %s", hex, add ? "subscribed" : "unsubscribed");
+	bus_sub_notice(st->sub, line);
+	pthread_mutex_unlock(&ls->lock);
+	return 0;
+}
+
+int logstream_delete(logstreams *ls, const char *id, tn_error *err)
+{
+	pthread_mutex_lock(&ls->lock);
+	struct stream *st = ls__find_locked(ls, id);
+	if (!st) {
+		pthread_mutex_unlock(&ls->lock);
+		return tn_err(err, TN_ENOTFOUND, "no log stream %s", id);
+	}
+	if (st->has_reader) {
+		/* Its reader ends it: tell it to. */
+		bus_sub_notice(st->sub, "closed");
+		pthread_mutex_unlock(&ls->lock);
+		return 0;
+	}
+	for (struct stream **pp = &ls->streams; *pp; pp = &(*pp)->next)
+		if (*pp == st) {
+			*pp = st->next;
+			break;
+		}
+	pthread_mutex_unlock(&ls->lock);
+	ls__stream_free(ls, st);
+	return 0;
+}
+
+void logstreams_close(logstreams *ls)
+{
+	if (!ls)
+		return;
+	bus_close(ls->b);
+	for (int i = 0; i < 500 && atomic_load(&ls->readers) > 0; i++)
+		usleep(10 * 1000);
+}
+
+void logstreams_free(logstreams *ls)
+{
+	if (!ls)
+		return;
+	while (ls->streams) {
+		struct stream *st = ls->streams;
+		ls->streams = st->next;
+		ls__stream_free(ls, st);
+	}
+	pthread_mutex_destroy(&ls->lock);
+	free(ls);
+}

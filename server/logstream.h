@@ -1,0 +1,48 @@
+/* server/logstream.h -- live log streams over Server-Sent Events: one
+ * device's log (GET /v1/devices/{id}/logs with Accept: text/event-stream or
+ * ?follow=1, resuming from Last-Event-ID), and multi-device streams
+ * (POST /v1/logstreams, GET /v1/logstreams/{id}, PUT/DELETE
+ * /v1/logstreams/{id}/devices/{dev}).  See docs/logs.md.
+ * Owns: the streams and their bus subscriptions.
+ * Threads: called from the HTTP API's threads; the bus wakes suspended
+ * readers from the store writer. */
+#ifndef TN_LOGSTREAM_H
+#define TN_LOGSTREAM_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdint.h>
+
+#include "bus.h"
+#include "store.h"
+
+typedef struct logstreams logstreams;
+
+int logstreams_new(logstreams **out, bus *b, store *st);
+/* Ends every stream (their readers get a last notice) and waits up to 5 s
+ * for their connections to finish; call before MHD_stop_daemon. */
+void logstreams_close(logstreams *ls);
+void logstreams_free(logstreams *ls);
+
+/* A response that streams one device's log, first what came after
+ * `after_id` (0: nothing old), then live.  text: the text form.  NULL on
+ * out-of-memory.  The connection must allow suspend/resume. */
+struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connection *conn,
+					       uint64_t device, int64_t after_id, int text);
+
+/* POST /v1/logstreams: body {"devices":[...]} or {"group": "g"} or
+ * {"all": true}.  Returns 0 with *out {"id","url","devices"} (owned). */
+int logstream_create(logstreams *ls, json_t *body, json_t **out, tn_error *err);
+
+/* GET /v1/logstreams/{id}: its SSE response (one reader at a time), or NULL
+ * with err (TN_ENOTFOUND, TN_EEXIST when a reader is already attached). */
+struct MHD_Response *logstream_open(logstreams *ls, struct MHD_Connection *conn, const char *id,
+				    int text, tn_error *err);
+
+/* PUT (add = 1) / DELETE (add = 0) /v1/logstreams/{id}/devices/{dev}. */
+int logstream_device(logstreams *ls, const char *id, uint64_t device, int add, tn_error *err);
+
+/* DELETE /v1/logstreams/{id} */
+int logstream_delete(logstreams *ls, const char *id, tn_error *err);
+
+#endif
