@@ -227,9 +227,12 @@ int bus_sub_next(bus_sub *s, tn_event *ev, char **notice, void (*on_wait)(void *
 	} else if (s->ended) {
 		rc = -1;
 	} else {
-		s->waiting = 1;
-		if (on_wait)
+		/* Only a reader that will be woken waits: one that merely looked
+		 * (on_wait NULL) is not resumed for nothing. */
+		if (on_wait) {
+			s->waiting = 1;
 			on_wait(arg);
+		}
 		rc = 0;
 	}
 	pthread_mutex_unlock(&s->lock);

@@ -49,8 +49,9 @@ void bus_sub_notice(bus_sub *s, const char *text);
 /* Takes the next item: 1 an event (*ev filled; ev->msg is owned by the
  * caller: free() it), 2 a notice (*notice owned: free()), 0 nothing now: the
  * subscriber is marked waiting and `on_wait(arg)` is called under its lock
- * (so that suspending the reader cannot race the `wake` that resumes it),
- * -1 the subscriber has ended (its final notice was taken already). */
+ * (so that suspending the reader cannot race the `wake` that resumes it);
+ * with on_wait NULL nothing is marked, -1 the subscriber has ended (its
+ * final notice was taken already). */
 int bus_sub_next(bus_sub *s, tn_event *ev, char **notice, void (*on_wait)(void *), void *arg);
 
 /* Why it was cut off ("" if it was not). */

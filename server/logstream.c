@@ -156,26 +156,30 @@ static void ls__wake(void *arg)
 	MHD_resume_connection(r->conn);
 }
 
+/* Fills buf with as many events as fit; suspends only when it has nothing. */
 static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
 {
 	struct reader *r = cls;
+	size_t done = 0;
 
-	for (;;) {
+	while (done < max) {
 		if (r->out && r->out_off < r->out_len) {
 			size_t n = r->out_len - r->out_off;
-			if (n > max)
-				n = max;
-			memcpy(buf, r->out + r->out_off, n);
+			if (n > max - done)
+				n = max - done;
+			memcpy(buf + done, r->out + r->out_off, n);
 			r->out_off += n;
-			return (ssize_t)n;
+			done += n;
+			continue;
 		}
 		if (r->ended)
-			return MHD_CONTENT_READER_END_OF_STREAM;
+			return done ? (ssize_t)done : MHD_CONTENT_READER_END_OF_STREAM;
 		if (r->after >= 0 && ls__history(r))
 			continue;
 		tn_event ev;
 		char *notice = NULL;
-		int rc = bus_sub_next(r->st->sub, &ev, &notice, ls__suspend, r);
+		/* With something to hand over already, only look; else wait. */
+		int rc = bus_sub_next(r->st->sub, &ev, &notice, done ? NULL : ls__suspend, r);
 		if (rc == 1) {
 			if (ev.id > r->last_sent)
 				ls__format_event(r, &ev);
@@ -186,11 +190,12 @@ static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
 				r->ended = 1; /* deleted: this was its last word */
 			free(notice);
 		} else if (rc == 0) {
-			return 0; /* suspended: the bus resumes it */
+			return (ssize_t)done; /* 0: suspended, the bus resumes it */
 		} else {
 			r->ended = 1;
 		}
 	}
+	return (ssize_t)done;
 }
 
 static void ls__stream_free(logstreams *ls, struct stream *st)
@@ -233,7 +238,7 @@ static struct MHD_Response *ls__response(logstreams *ls, struct MHD_Connection *
 	r->device = device;
 	r->after = after;
 	r->last_sent = after > 0 ? after : 0;
-	struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, ls__read, r,
+	struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 65536, ls__read, r,
 								      ls__reader_done);
 	if (!resp) {
 		free(r);

@@ -1,0 +1,198 @@
+/* tests/integration/test_08_logstreams.c -- live log streams over SSE with
+ * curl: every event exactly once across a disconnect and a Last-Event-ID
+ * resume; multi-device streams with their state_change notices; a stalled
+ * subscriber cut off with its notice while devices and other subscribers
+ * carry on. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+#define DEV "00000000000e0001"
+
+/* curl streaming a URL into out (SSE), optionally from a Last-Event-ID. */
+static pid_t stream(th_server *s, const char *path, const char *last_id, const char *out)
+{
+	char url[300], auth[200], last[64];
+	snprintf(url, sizeof url, "%s%s", s->http_url, path);
+	snprintf(auth, sizeof auth, "Authorization: Bearer %s", s->token);
+	snprintf(last, sizeof last, "Last-Event-ID: %s", last_id ? last_id : "");
+	char *argv[] = { "/usr/bin/curl", "-sN", "-H", auth, "-H", "Accept: text/event-stream", "-H", last, url, NULL };
+	if (!last_id) {
+		argv[6] = url;
+		argv[7] = NULL;
+	}
+	return th_spawn(argv, out);
+}
+
+static void logs_at(th_server *s, const char *secret, const char *text, int count, const char *rate)
+{
+	char n[16];
+	snprintf(n, sizeof n, "%d", count);
+	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s->ws_url, "--id", DEV, "--secret",
+			       (char *)secret, "--log-count", n, "--log-text", (char *)text, "--log-rate", (char *)rate,
+			       "--exit-when-done", NULL };
+	ck_assert_int_eq(th_run(argv, NULL, 60), 0);
+}
+
+static void logs(th_server *s, const char *secret, const char *text, int count)
+{
+	logs_at(s, secret, text, count, "0");
+}
+
+/* The ids of the "id:" lines of an SSE capture, in order. */
+static int ids_of(const char *path, long long *ids, int max)
+{
+	char *text = th_read_file(path);
+	int n = 0;
+	for (char *p = text; p && (p = strstr(p, "\nid: ")) && n < max; p++)
+		ids[n++] = atoll(p + 5);
+	if (text && strncmp(text, "id: ", 4) == 0 && n < max) {
+		memmove(ids + 1, ids, (size_t)n * sizeof *ids);
+		ids[0] = atoll(text + 4);
+		n++;
+	}
+	free(text);
+	return n;
+}
+
+START_TEST(resume_with_last_event_id_gets_every_event_once)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *sec = th_register(&s, DEV, NULL);
+	const char *a = th_tmp(&s, "a.sse"), *b = th_tmp(&s, "b.sse");
+
+	pid_t c1 = stream(&s, "/v1/devices/" DEV "/logs?follow=1", NULL, a);
+	usleep(300 * 1000);
+	logs(&s, sec, "first %n", 20);
+	ck_assert_int_eq(th_wait_file(a, "first 20", 5000), 0);
+	kill(c1, SIGKILL);
+	waitpid(c1, NULL, 0);
+	long long seen[1000];
+	int n1 = ids_of(a, seen, 1000);
+	ck_assert_int_ge(n1, 22); /* connected, 20 lines, disconnected (maybe not yet) */
+	/* Missed while away. */
+	logs(&s, sec, "second %n", 30);
+	char last[32];
+	snprintf(last, sizeof last, "%lld", seen[n1 - 1]);
+	pid_t c2 = stream(&s, "/v1/devices/" DEV "/logs", last, b);
+	ck_assert_int_eq(th_wait_file(b, "second 30", 5000), 0);
+	logs(&s, sec, "third %n", 10);
+	ck_assert_int_eq(th_wait_file(b, "third 10", 5000), 0);
+	usleep(300 * 1000);
+	kill(c2, SIGKILL);
+	waitpid(c2, NULL, 0);
+	int n2 = ids_of(b, seen + n1, 1000 - n1);
+	/* Every event of the device's log, exactly once, in order. */
+	json_t *page = th_get_json(&s, "/v1/devices/" DEV "/logs?limit=1000", 200);
+	json_t *events = json_object_get(page, "events");
+	ck_assert_int_eq(n1 + n2, (int)json_array_size(events));
+	for (int i = 0; i < n1 + n2; i++)
+		ck_assert_int_eq(seen[i], json_integer_value(json_object_get(json_array_get(events, (size_t)i), "id")));
+	json_decref(page);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(multi_device_stream_with_state_changes)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *sec = th_register(&s, DEV, NULL);
+	free(th_register(&s, "00000000000e0002", NULL));
+	th_resp r;
+	th_http(&s, "POST", "/v1/logstreams", NULL, "{\"devices\":[\"00000000000e0002\"]}", NULL, &r);
+	ck_assert_int_eq(r.status, 201);
+	char path[200];
+	snprintf(path, sizeof path, "/v1/logstreams/%s?format=text", json_string_value(json_object_get(r.json, "id")));
+	char dpath[200];
+	snprintf(dpath, sizeof dpath, "/v1/logstreams/%s/devices/" DEV, json_string_value(json_object_get(r.json, "id")));
+	th_resp_free(&r);
+	const char *out = th_tmp(&s, "ls.sse");
+	pid_t c = stream(&s, path, NULL, out);
+	ck_assert_int_eq(th_wait_file(out, "data: 00000000000e0002 subscribed", 5000), 0);
+	/* Not subscribed yet: not seen.  Then subscribed: seen, in the text form. */
+	logs(&s, sec, "before %n", 1);
+	th_http(&s, "PUT", dpath, NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 204);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_wait_file(out, "data: " DEV " subscribed", 5000), 0);
+	logs(&s, sec, "after %n", 1);
+	ck_assert_int_eq(th_wait_file(out, " [Device] after 1", 5000), 0);
+	th_http(&s, "DELETE", dpath, NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 204);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_wait_file(out, "data: " DEV " unsubscribed", 5000), 0);
+	char *text = th_read_file(out);
+	ck_assert_ptr_null(strstr(text, "before 1"));
+	ck_assert_ptr_nonnull(strstr(text, "event: state_change\ndata: opened"));
+	free(text);
+	kill(c, SIGKILL);
+	waitpid(c, NULL, 0);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(stalled_subscriber_is_cut_off_others_carry_on)
+{
+	th_server s;
+	th_server_start(&s, "--stream-queue 5000");
+	char *sec = th_register(&s, DEV, NULL);
+	const char *stalled = th_tmp(&s, "stalled.sse"), *good = th_tmp(&s, "good.sse");
+	pid_t slow = stream(&s, "/v1/devices/" DEV "/logs?follow=1", NULL, stalled);
+	pid_t fast = stream(&s, "/v1/devices/" DEV "/logs?follow=1", NULL, good);
+	usleep(300 * 1000);
+	kill(slow, SIGSTOP);
+	/* Enough to fill the stalled socket's buffers and then its queue. */
+	/* A busy device (4000 lines a second): enough to fill the stalled
+	 * socket's buffers and then its queue, while the other keeps up. */
+	logs_at(&s, sec, "busy line %n with some padding to fill the socket buffers faster, "
+			 "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", 40000, "4000");
+	ck_assert_int_eq(th_wait_file(good, "busy line 40000 ", 30000), 0);
+	ck_assert_int_ge(th_metric(&s, "tender_log_stream_cutoffs_total"), 1);
+	/* Every event was stored (the newest device line is the last one sent). */
+	json_t *page = th_get_json(&s, "/v1/devices/" DEV "/logs?limit=3", 200), *ev;
+	size_t i;
+	int found = 0;
+	json_array_foreach(json_object_get(page, "events"), i, ev)
+		found |= strncmp(json_string_value(json_object_get(ev, "msg")), "busy line 40000 ", 16) == 0;
+	json_decref(page);
+	ck_assert(found);
+	ck_assert_int_ge(th_metric(&s, "tender_events_written_total"), 40002);
+	ck_assert_int_eq(th_metric(&s, "tender_log_stream_cutoffs_total"), 1); /* only the stalled one */
+	kill(slow, SIGCONT);
+	ck_assert_int_eq(th_wait_file(stalled, "closed: too slow", 10000), 0);
+	ck_assert_int_eq(th_wait_file(stalled, "reconnect with Last-Event-ID", 1000), 0);
+	kill(slow, SIGKILL);
+	kill(fast, SIGKILL);
+	waitpid(slow, NULL, 0);
+	waitpid(fast, NULL, 0);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *su = suite_create("08_logstreams");
+	TCase *tc = tcase_create("streams");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, resume_with_last_event_id_gets_every_event_once);
+	tcase_add_test(tc, multi_device_stream_with_state_changes);
+	tcase_add_test(tc, stalled_subscriber_is_cut_off_others_carry_on);
+	suite_add_tcase(su, tc);
+	SRunner *sr = srunner_create(su);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
