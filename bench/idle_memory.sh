@@ -22,7 +22,7 @@ tenderd_start "$TD_DIR"
 tenderd_register "$TD_DIR" "$N" "$ID_BASE" "$CREDS"
 tenderd_stop
 
-# measure PID URL [--mqtt]: prints the RSS delta per device in bytes.
+# measure PID URL [--mqtt]: sets PER_DEVICE to the RSS delta per device in bytes.
 measure() {
 	local pid=$1 url=$2 before after
 	shift 2
@@ -34,18 +34,20 @@ measure() {
 	after=$(bench_rss_kb "$pid")
 	sim_stop
 	bench_log "RSS ${before} kB -> ${after} kB"
-	calc "($after - $before) * 1024 / $N"
+	PER_DEVICE=$(calc "($after - $before) * 1024 / $N")
 }
 
 td=() mq=()
 for ((r = 1; r <= ROUNDS; r++)); do
 	tenderd_start "$TD_DIR"
-	td+=("$(measure "$TD_PID" "ws://127.0.0.1:$TD_DEV_PORT/v1/device")")
+	measure "$TD_PID" "ws://127.0.0.1:$TD_DEV_PORT/v1/device"
+	td+=("$PER_DEVICE")
 	tenderd_stop
 	bench_log "round $r tenderd: ${td[-1]} bytes/device"
 
 	mosquitto_start "$BENCH_WORK/mosquitto"
-	mq+=("$(measure "$MQ_PID" "mqtt://127.0.0.1:$MQ_PORT" --mqtt)")
+	measure "$MQ_PID" "mqtt://127.0.0.1:$MQ_PORT" --mqtt
+	mq+=("$PER_DEVICE")
 	mosquitto_stop
 	bench_log "round $r mosquitto: ${mq[-1]} bytes/device"
 done
