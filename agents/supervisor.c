@@ -27,6 +27,8 @@
 #include "events.h"
 #include "idmap.h"
 #include "log.h"
+#include "metrics.h"
+#include "ratelimit.h"
 
 #define SUP_MAX_WORKERS 64
 #define SUP_BACKOFF_MAX_MS 60000
@@ -82,6 +84,7 @@ struct agent {
 	int64_t restart_at;            /* ms (monotonic): restart after out of memory */
 	int backoff_ms;
 	char last_error[512];
+	ratelimit logs;
 };
 
 struct worker {
@@ -271,9 +274,23 @@ static void sup__event(struct agent *a, event_type type, const char *msg)
 	store_event_append(a->sup->st, a->device, type, msg);
 }
 
+static void sup__report_drops(struct agent *a)
+{
+	char line[128];
+	if (ratelimit_report(&a->logs, a->sup->opt.log_rate, line, sizeof line))
+		sup__event(a, EV_STATUS, line);
+}
+
 static void sup__host_log(void *ctx, int is_error, const char *msg)
 {
 	struct agent *a = ctx;
+	if (!ratelimit_take(&a->logs, a->sup->opt.log_rate, tn_mono_ms())) {
+		metrics_error(ERR_AGENT_LOG_RATE);
+		if (is_error)
+			snprintf(a->last_error, sizeof a->last_error, "%s", msg);
+		return;
+	}
+	sup__report_drops(a);
 	if (is_error) {
 		char *line = NULL;
 		if (asprintf(&line, "ERROR: %s", msg) >= 0) {
@@ -672,6 +689,12 @@ static void sup__due_one(void *arg, uint64_t key, void *val)
 	struct sup__due *d = arg;
 	struct agent *a = val;
 	int64_t t = -1;
+	if (a->logs.dropped) {
+		if (d->now - a->logs.first_drop_ms >= 1000)
+			sup__report_drops(a);
+		else if (d->next < 0 || a->logs.first_drop_ms + 1000 < d->next)
+			d->next = a->logs.first_drop_ms + 1000;
+	}
 	if (a->rt) {
 		t = agent_rt_next_timer(a->rt);
 		if (t >= 0 && t <= d->now) {

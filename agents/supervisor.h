@@ -21,6 +21,7 @@ typedef struct sup_options {
 	int workers;              /* 0: one per core */
 	agent_limits limits;
 	int offline_queue;        /* messages kept for an offline device (default 64) */
+	int log_rate;             /* agent log lines per second (0: no limit) */
 } sup_options;
 
 int sup_start(supervisor **out, const sup_options *opt, store *st, tn_error *err);

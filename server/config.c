@@ -50,6 +50,10 @@ static const struct opt config__opts[] = {
 	  "seconds an idle HTTP connection is kept (default 30)" },
 	{ "batch-max", OPT_INT, OFF(batch_max), 1, 100000, "N",
 	  "events committed per store transaction, at most (default 1024)" },
+	{ "log-rate", OPT_INT, OFF(log_rate), 0, 1000000, "N",
+	  "log lines per second a device may send; more are dropped and counted (default 100, 0: no limit)" },
+	{ "agent-log-rate", OPT_INT, OFF(agent_log_rate), 0, 1000000, "N",
+	  "log lines per second an agent may write (default 100, 0: no limit)" },
 	{ "stream-queue", OPT_INT, OFF(stream_queue), 10, 10000000, "N",
 	  "events a log stream may have waiting before it is cut off as too slow (default 10000)" },
 	{ "agent-workers", OPT_INT, OFF(agent_workers), 0, 64, "N",
@@ -81,6 +85,8 @@ void config_defaults(tn_config *cfg)
 	cfg->batch_max = 1024;
 	cfg->agent_memory = 1 << 20;
 	cfg->stream_queue = 10000;
+	cfg->log_rate = 100;
+	cfg->agent_log_rate = 100;
 	cfg->agent_budget = 10000000;
 	cfg->log_level = LOG_INFO;
 }

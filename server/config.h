@@ -24,6 +24,8 @@ typedef struct tn_config {
 	int http_max_conns;
 	int http_timeout;        /* seconds an idle HTTP connection is kept */
 	int batch_max;           /* events per store transaction, at most */
+	int log_rate;            /* device log lines per second */
+	int agent_log_rate;      /* agent log lines per second */
 	int stream_queue;        /* events a log stream subscriber may have waiting */
 	int agent_workers;       /* 0: one per core */
 	int agent_memory;        /* bytes per agent */

@@ -159,6 +159,7 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 	sup_options supopt = {
 		.workers = cfg->agent_workers,
 		.limits = { .memory = (size_t)cfg->agent_memory, .instructions = (uint64_t)cfg->agent_budget },
+		.log_rate = cfg->agent_log_rate,
 	};
 	if ((rc = sup_start(&t->sup, &supopt, t->st, err)))
 		goto fail;
@@ -166,7 +167,7 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 	device_loop_options dopt = {
 		.bind = cfg->bind, .port = cfg->device_port, .ping_interval = cfg->ping_interval,
 		.idle_timeout = cfg->idle_timeout, .hello_timeout = cfg->hello_timeout,
-		.max_frame = cfg->max_frame, .sched = t->sched, .sup = t->sup,
+		.max_frame = cfg->max_frame, .sched = t->sched, .sup = t->sup, .log_rate = cfg->log_rate,
 	};
 	if ((rc = device_loop_start(&t->dev, &dopt, t->st, t->reg, err)))
 		goto fail;

@@ -34,6 +34,7 @@
 #include "idmap.h"
 #include "log.h"
 #include "metrics.h"
+#include "ratelimit.h"
 #include "scheduler.h"
 #include "supervisor.h"
 
@@ -68,6 +69,7 @@ struct conn {
 	size_t out_bytes;
 	lws_sorted_usec_list_t hello_timer;
 	device_loop *loop;
+	ratelimit logs;                /* log lines per second */
 };
 
 enum cmd_kind { CMD_KICK, CMD_SEND };
@@ -252,6 +254,15 @@ static int device__on_hello(struct conn *c, const frame *f)
 	return 0;
 }
 
+/* "N log lines dropped: over the limit of R per second", once they stop or
+ * once a second while they go on. */
+static void device__report_drops(struct conn *c)
+{
+	char line[128];
+	if (ratelimit_report(&c->logs, c->loop->opt.log_rate, line, sizeof line))
+		device__status(c->loop, c->id, line);
+}
+
 static void device__refuse(struct conn *c, metrics_error_kind kind, const char *message)
 {
 	metrics_error(kind);
@@ -271,6 +282,11 @@ static void device__on_frame_online(struct conn *c, const frame *f)
 		device__refuse(c, ERR_BAD_FRAME, "already connected: hello is only the first frame");
 		return;
 	case FRAME_LOG:
+		if (!ratelimit_take(&c->logs, d->opt.log_rate, tn_mono_ms())) {
+			metrics_error(ERR_LOG_RATE);
+			break; /* counted; the cron says how many were dropped */
+		}
+		device__report_drops(c);
 		if (f->u.log.is_error) {
 			char *line = NULL;
 			if (asprintf(&line, "ERROR: %s", f->u.log.msg) >= 0) {
@@ -419,6 +435,7 @@ static void device__on_closed(device_loop *d, struct conn *c)
 		idmap_del(&d->online, c->id);
 		metrics_add(M_DEVICES_CONNECTED, -1);
 		if (!c->forgotten) {
+			device__report_drops(c);
 			store_device_offline(d->st, c->id, tn_now_ms());
 			device__status(d, c->id, "Device disconnected");
 		}
@@ -557,6 +574,9 @@ static const struct lws_protocols device__protocols[] = {
 static void device__cron(lws_sorted_usec_list_t *sul)
 {
 	device_loop *d = lws_container_of(sul, device_loop, cron);
+	for (struct conn *c = d->conns; c; c = c->next)
+		if (c->state == ONLINE && c->logs.dropped)
+			device__report_drops(c);
 	lws_sul_schedule(d->ctx, 0, &d->cron, device__cron,
 			 d->stopping ? 100 * LWS_US_PER_MS : DEVICE_CRON_US);
 }

@@ -23,6 +23,7 @@ typedef struct device_loop_options {
 	int idle_timeout;   /* seconds */
 	int hello_timeout;  /* seconds */
 	int max_frame;      /* bytes */
+	int log_rate;       /* device log lines per second (0: no limit) */
 	struct scheduler *sched; /* told of hellos, closes and update frames; may be NULL */
 	struct supervisor *sup;  /* told of hellos, closes and msg frames; may be NULL */
 } device_loop_options;

@@ -19,6 +19,7 @@ static const char *const metrics__error_names[ERR__COUNT] = {
 	[ERR_HTTP_UNAUTHORIZED] = "http_unauthorized", [ERR_HTTP_BAD_REQUEST] = "http_bad_request",
 	[ERR_HTTP_TOO_LARGE] = "http_too_large", [ERR_HTTP_NOT_FOUND] = "http_not_found",
 	[ERR_HTTP_METHOD] = "http_method_not_allowed", [ERR_HTTP_MEDIA_TYPE] = "http_unsupported_media_type",
+	[ERR_LOG_RATE] = "device_log_rate", [ERR_AGENT_LOG_RATE] = "agent_log_rate",
 };
 
 static const struct {

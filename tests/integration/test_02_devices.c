@@ -271,7 +271,7 @@ END_TEST
 START_TEST(log_history_pages_newest_last)
 {
 	th_server s;
-	th_server_start(&s, NULL);
+	th_server_start(&s, "--log-rate 0");
 	char *secret = th_register(&s, DEV1, NULL);
 	const char *out = th_tmp(&s, "sim.out");
 	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DEV1,

@@ -41,7 +41,7 @@ static json_t *snapshot(th_server *s)
 START_TEST(kill9_during_burst_loses_nothing_shown)
 {
 	th_server s;
-	th_server_start(&s, NULL);
+	th_server_start(&s, "--log-rate 0");
 	char *secret = th_register(&s, DEV, NULL);
 	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DEV,
 			       "--secret", secret, "--log-rate", "3000", NULL };
@@ -106,7 +106,7 @@ END_TEST
 START_TEST(clean_stop_logs_disconnect_and_flushes)
 {
 	th_server s;
-	th_server_start(&s, NULL);
+	th_server_start(&s, "--log-rate 0");
 	char *secret = th_register(&s, DEV, NULL);
 	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DEV,
 			       "--secret", secret, "--log-rate", "200", "--log-count", "100", NULL };

@@ -145,7 +145,7 @@ END_TEST
 START_TEST(stalled_subscriber_is_cut_off_others_carry_on)
 {
 	th_server s;
-	th_server_start(&s, "--stream-queue 5000");
+	th_server_start(&s, "--stream-queue 5000 --log-rate 0");
 	char *sec = th_register(&s, DEV, NULL);
 	const char *stalled = th_tmp(&s, "stalled.sse"), *good = th_tmp(&s, "good.sse");
 	pid_t slow = stream(&s, "/v1/devices/" DEV "/logs?follow=1", NULL, stalled);
@@ -181,6 +181,38 @@ START_TEST(stalled_subscriber_is_cut_off_others_carry_on)
 }
 END_TEST
 
+START_TEST(fast_logger_is_throttled_and_says_so)
+{
+	th_server s;
+	th_server_start(&s, "--log-rate 10");
+	char *sec = th_register(&s, DEV, NULL);
+	logs(&s, sec, "flood %n", 100);
+	/* Every line is either stored or counted in a status line: never silently lost. */
+	int stored = 0, dropped = 0;
+	for (int tries = 0; tries < 50 && stored + dropped < 100; tries++) {
+		usleep(100 * 1000);
+		stored = dropped = 0;
+		json_t *page = th_get_json(&s, "/v1/devices/" DEV "/logs?limit=1000", 200), *ev;
+		size_t i;
+		json_array_foreach(json_object_get(page, "events"), i, ev) {
+			const char *msg = json_string_value(json_object_get(ev, "msg"));
+			if (strncmp(msg, "flood ", 6) == 0)
+				stored++;
+			else if (strstr(msg, "log lines dropped: over the limit of 10 per second") ||
+				 strstr(msg, "log line dropped: over the limit of 10 per second"))
+				dropped += atoi(msg);
+		}
+		json_decref(page);
+	}
+	ck_assert_int_eq(stored + dropped, 100);
+	ck_assert_int_le(stored, 25);
+	ck_assert_int_ge(dropped, 75);
+	ck_assert_int_ge(th_metric(&s, "tender_errors_total{kind=\"device_log_rate\"}"), 75);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *su = suite_create("08_logstreams");
@@ -189,6 +221,7 @@ int main(void)
 	tcase_add_test(tc, resume_with_last_event_id_gets_every_event_once);
 	tcase_add_test(tc, multi_device_stream_with_state_changes);
 	tcase_add_test(tc, stalled_subscriber_is_cut_off_others_carry_on);
+	tcase_add_test(tc, fast_logger_is_throttled_and_says_so);
 	suite_add_tcase(su, tc);
 	SRunner *sr = srunner_create(su);
 	srunner_run_all(sr, CK_NORMAL);
