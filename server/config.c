@@ -54,6 +54,12 @@ static const struct opt config__opts[] = {
 	  "log lines per second a device may send; more are dropped and counted (default 100, 0: no limit)" },
 	{ "agent-log-rate", OPT_INT, OFF(agent_log_rate), 0, 1000000, "N",
 	  "log lines per second an agent may write (default 100, 0: no limit)" },
+	{ "retention-days", OPT_INT, OFF(retention_days), 0, 36500, "DAYS",
+	  "delete events older than this, in the background (default 90, 0: keep)" },
+	{ "retention-seconds", OPT_INT, OFF(retention_seconds), 0, 2000000000, "S",
+	  "the same in seconds (overrides --retention-days when set)" },
+	{ "retention-count", OPT_INT, OFF(retention_count), 0, 2000000000, "N",
+	  "keep at most the newest N events per device (default 100000, 0: all)" },
 	{ "stream-queue", OPT_INT, OFF(stream_queue), 10, 10000000, "N",
 	  "events a log stream may have waiting before it is cut off as too slow (default 10000)" },
 	{ "agent-workers", OPT_INT, OFF(agent_workers), 0, 64, "N",
@@ -85,6 +91,8 @@ void config_defaults(tn_config *cfg)
 	cfg->batch_max = 1024;
 	cfg->agent_memory = 1 << 20;
 	cfg->stream_queue = 10000;
+	cfg->retention_days = 90;
+	cfg->retention_count = 100000;
 	cfg->log_rate = 100;
 	cfg->agent_log_rate = 100;
 	cfg->agent_budget = 10000000;

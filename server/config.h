@@ -26,7 +26,10 @@ typedef struct tn_config {
 	int batch_max;           /* events per store transaction, at most */
 	int log_rate;            /* device log lines per second */
 	int agent_log_rate;      /* agent log lines per second */
-	int stream_queue;        /* events a log stream subscriber may have waiting */
+	int stream_queue;
+	int retention_days;      /* events older are deleted (0: kept) */
+	int retention_seconds;   /* the same in seconds, for tests; overrides days */
+	int retention_count;     /* events kept per device (0: all) */        /* events a log stream subscriber may have waiting */
 	int agent_workers;       /* 0: one per core */
 	int agent_memory;        /* bytes per agent */
 	int agent_budget;        /* Lua instructions per agent event */

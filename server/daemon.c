@@ -122,7 +122,12 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 
 	if (!t)
 		return tn_err(err, TN_ENOMEM, "out of memory");
-	store_options so = { .batch_max = cfg->batch_max, .sync_full = cfg->sync_full };
+	store_options so = {
+		.batch_max = cfg->batch_max, .sync_full = cfg->sync_full,
+		.retention_age_ms = cfg->retention_seconds ? (int64_t)cfg->retention_seconds * 1000
+							   : (int64_t)cfg->retention_days * 86400 * 1000,
+		.retention_count = cfg->retention_count,
+	};
 	bus_options bo = { .max_queue = (size_t)cfg->stream_queue };
 	if ((rc = daemon__mkdirs(cfg->data_dir, err)) || (rc = bus_new(&t->bus, &bo)) ||
 	    (rc = store_open(&t->st, cfg->data_dir, &so, err)))

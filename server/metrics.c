@@ -38,6 +38,7 @@ static const struct {
 	[M_STREAM_SUBSCRIBERS] = { "tender_log_stream_subscribers", "gauge", "Live log stream subscriptions." },
 	[M_STREAM_CUTOFFS] = { "tender_log_stream_cutoffs_total", "counter",
 			       "Log stream subscribers cut off for being too slow." },
+	[M_EVENTS_EXPIRED] = { "tender_events_expired_total", "counter", "Events deleted by retention." },
 };
 
 void metrics_add(metrics_counter c, int64_t n)

@@ -23,6 +23,7 @@ typedef enum {
 	M_HTTP_REQUESTS,
 	M_STREAM_SUBSCRIBERS,  /* gauge */
 	M_STREAM_CUTOFFS,
+	M_EVENTS_EXPIRED,
 	M__COUNT
 } metrics_counter;
 

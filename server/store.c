@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "auth.h"
@@ -68,6 +69,7 @@ struct store {
 	int nreaders;
 
 	struct bus *bus;
+	int64_t next_retention;     /* writer thread: when retention runs next (mono ms) */
 	/* events written inside sync ops of the current transaction (writer
 	 * thread only), published once it commits */
 	tn_event *tx_events;
@@ -469,14 +471,87 @@ static void store__commit_list(store *s, struct store_op *list)
 	}
 }
 
+#define STORE_RETENTION_CHUNK 10000
+
+/* Deletes at most one chunk of expired events in its own transaction, so
+ * writes queued meanwhile wait one short transaction at most.  Returns the
+ * rows deleted. */
+static int store__retention_chunk(store *s)
+{
+	int deleted = 0;
+	tn_error err = { 0 };
+	sqlite3_stmt *q = NULL;
+
+	if (store__exec(s->wdb, "BEGIN IMMEDIATE", &err))
+		return 0;
+	if (s->opt.retention_age_ms > 0 &&
+	    sqlite3_prepare_v2(s->wdb, "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ? "
+			       "ORDER BY id LIMIT ?)", -1, &q, NULL) == SQLITE_OK) {
+		sqlite3_bind_int64(q, 1, tn_now_ms() - s->opt.retention_age_ms);
+		sqlite3_bind_int(q, 2, STORE_RETENTION_CHUNK);
+		if (sqlite3_step(q) == SQLITE_DONE)
+			deleted += sqlite3_changes(s->wdb);
+		sqlite3_finalize(q);
+		q = NULL;
+	}
+	if (s->opt.retention_count > 0 && deleted < STORE_RETENTION_CHUNK) {
+		/* One device over its count at a time: its oldest beyond the newest N. */
+		if (sqlite3_prepare_v2(s->wdb, "SELECT device FROM events GROUP BY device HAVING count(*) > ? "
+				       "LIMIT 1", -1, &q, NULL) == SQLITE_OK) {
+			sqlite3_bind_int64(q, 1, s->opt.retention_count);
+			int64_t device = 0;
+			int found = sqlite3_step(q) == SQLITE_ROW;
+			if (found)
+				device = sqlite3_column_int64(q, 0);
+			sqlite3_finalize(q);
+			q = NULL;
+			if (found && sqlite3_prepare_v2(s->wdb, "DELETE FROM events WHERE id IN (SELECT id FROM events "
+							"WHERE device = ?1 ORDER BY id DESC LIMIT ?3 OFFSET ?2)", -1, &q,
+							NULL) == SQLITE_OK) {
+				sqlite3_bind_int64(q, 1, device);
+				sqlite3_bind_int64(q, 2, s->opt.retention_count);
+				sqlite3_bind_int(q, 3, STORE_RETENTION_CHUNK);
+				if (sqlite3_step(q) == SQLITE_DONE)
+					deleted += sqlite3_changes(s->wdb);
+				sqlite3_finalize(q);
+			}
+		}
+	}
+	if (store__exec(s->wdb, "COMMIT", &err)) {
+		store__exec(s->wdb, "ROLLBACK", NULL);
+		return 0;
+	}
+	if (deleted)
+		metrics_add(M_EVENTS_EXPIRED, deleted);
+	return deleted;
+}
+
 static void *store__writer_main(void *arg)
 {
 	store *s = arg;
 
+	int retention = s->opt.retention_age_ms > 0 || s->opt.retention_count > 0;
+	s->next_retention = tn_mono_ms() + 1000;
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
-		while (!s->head && !s->stopping)
-			pthread_cond_wait(&s->wake, &s->lock);
+		while (!s->head && !s->stopping) {
+			if (!retention) {
+				pthread_cond_wait(&s->wake, &s->lock);
+				continue;
+			}
+			if (tn_mono_ms() >= s->next_retention) {
+				pthread_mutex_unlock(&s->lock);
+				/* A full chunk means more to do: soon, but writes first. */
+				int n = store__retention_chunk(s);
+				s->next_retention = tn_mono_ms() + (n >= STORE_RETENTION_CHUNK ? 10 : 5000);
+				pthread_mutex_lock(&s->lock);
+				continue;
+			}
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1;
+			pthread_cond_timedwait(&s->wake, &s->lock, &ts);
+		}
 		if (!s->head)
 			break; /* stopping, and everything is written */
 		struct store_op *list = s->head;

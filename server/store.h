@@ -27,6 +27,8 @@ typedef struct store store;
 typedef struct store_options {
 	int batch_max;  /* events per transaction, at most */
 	int sync_full;  /* synchronous=FULL instead of NORMAL */
+	int64_t retention_age_ms;   /* events older than this are deleted (0: kept) */
+	int64_t retention_count;    /* events kept per device, the newest (0: all) */
 } store_options;
 
 /* Opens (creating) DIR/tender.db, applies pending migrations, marks devices

@@ -213,6 +213,36 @@ START_TEST(fast_logger_is_throttled_and_says_so)
 }
 END_TEST
 
+static int count_device_events(th_server *s)
+{
+	json_t *page = th_get_json(s, "/v1/devices/" DEV "/logs?limit=1000", 200);
+	int n = (int)json_array_size(json_object_get(page, "events"));
+	json_decref(page);
+	return n;
+}
+
+START_TEST(retention_by_count_then_by_age)
+{
+	th_server s;
+	th_server_start(&s, "--retention-count 50 --retention-seconds 4 --log-rate 0");
+	char *sec = th_register(&s, DEV, NULL);
+	logs(&s, sec, "old %n", 300);
+	ck_assert_int_ge(th_wait_event(&s, DEV, "device", "old 300", 5000), 1);
+	/* In the background: the newest 50 stay, then nothing older than 4 s. */
+	int n = 0;
+	for (int i = 0; i < 100 && (n = count_device_events(&s)) > 50; i++)
+		usleep(100 * 1000);
+	ck_assert_int_eq(n, 50);
+	ck_assert_int_ge(th_wait_event(&s, DEV, "device", "old 300", 100), 1);
+	for (int i = 0; i < 150 && (n = count_device_events(&s)) > 0; i++)
+		usleep(100 * 1000);
+	ck_assert_int_eq(n, 0);
+	ck_assert_int_ge(th_metric(&s, "tender_events_expired_total"), 302);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *su = suite_create("08_logstreams");
@@ -222,6 +252,7 @@ int main(void)
 	tcase_add_test(tc, multi_device_stream_with_state_changes);
 	tcase_add_test(tc, stalled_subscriber_is_cut_off_others_carry_on);
 	tcase_add_test(tc, fast_logger_is_throttled_and_says_so);
+	tcase_add_test(tc, retention_by_count_then_by_age);
 	suite_add_tcase(su, tc);
 	SRunner *sr = srunner_create(su);
 	srunner_run_all(sr, CK_NORMAL);
