@@ -506,3 +506,21 @@ long long th_metric(th_server *s, const char *name)
 	th_resp_free(&r);
 	return v;
 }
+
+int th_run_tests(const char *suite, int timeout_s, const TTest *const *tests, size_t n,
+		 void (*setup)(void), void (*teardown)(void))
+{
+	Suite *su = suite_create(suite);
+	TCase *tc = tcase_create(suite);
+	tcase_set_timeout(tc, timeout_s);
+	if (setup)
+		tcase_add_checked_fixture(tc, setup, teardown);
+	for (size_t i = 0; i < n; i++)
+		tcase_add_test(tc, tests[i]);
+	suite_add_tcase(su, tc);
+	SRunner *sr = srunner_create(su);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

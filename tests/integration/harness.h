@@ -6,6 +6,7 @@
 #ifndef TN_HARNESS_H
 #define TN_HARNESS_H
 
+#include <check.h>
 #include <jansson.h>
 #include <sys/types.h>
 
@@ -101,6 +102,11 @@ int th_wait_file(const char *path, const char *needle, int timeout_ms);
 
 /* Reads a whole file (owned), or NULL. */
 char *th_read_file(const char *path);
+
+/* Runs these tests as one suite (each with this timeout, and a fixture if
+ * setup is not NULL); returns the test program's exit status. */
+int th_run_tests(const char *suite, int timeout_s, const TTest *const *tests, size_t n,
+		 void (*setup)(void), void (*teardown)(void));
 
 /* A temp file path unique to this process (static buffer per call slot). */
 const char *th_tmp(th_server *s, const char *name);

@@ -164,20 +164,14 @@ END_TEST
 
 int main(void)
 {
-	Suite *su = suite_create("01_basics");
-	TCase *tc = tcase_create("daemon");
-	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, starts_on_free_ports_and_answers_healthz);
-	tcase_add_test(tc, metrics_are_prometheus_text);
-	tcase_add_test(tc, admin_token_created_0600_and_reused);
-	tcase_add_test(tc, admin_token_file_option);
-	tcase_add_test(tc, stops_cleanly_on_sigint_and_sigterm);
-	tcase_add_test(tc, help_and_bad_options);
-	tcase_add_test(tc, port_in_use_is_a_clear_error);
-	suite_add_tcase(su, tc);
-	SRunner *sr = srunner_create(su);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *tests[] = {
+		starts_on_free_ports_and_answers_healthz,
+		metrics_are_prometheus_text,
+		admin_token_created_0600_and_reused,
+		admin_token_file_option,
+		stops_cleanly_on_sigint_and_sigterm,
+		help_and_bad_options,
+		port_in_use_is_a_clear_error,
+	};
+	return th_run_tests("01_basics", 60, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

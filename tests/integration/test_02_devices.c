@@ -311,19 +311,13 @@ END_TEST
 
 int main(void)
 {
-	Suite *su = suite_create("02_devices");
-	TCase *tc = tcase_create("devices");
-	tcase_set_timeout(tc, 90);
-	tcase_add_test(tc, tender_sim_connects_logs_and_disconnects);
-	tcase_add_test(tc, node_client_connects_and_logs);
-	tcase_add_test(tc, vanished_device_goes_offline_within_idle_timeout);
-	tcase_add_test(tc, second_connection_replaces_the_first);
-	tcase_add_test(tc, list_filter_page_patch_delete);
-	tcase_add_test(tc, log_history_pages_newest_last);
-	suite_add_tcase(su, tc);
-	SRunner *sr = srunner_create(su);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *tests[] = {
+		tender_sim_connects_logs_and_disconnects,
+		node_client_connects_and_logs,
+		vanished_device_goes_offline_within_idle_timeout,
+		second_connection_replaces_the_first,
+		list_filter_page_patch_delete,
+		log_history_pages_newest_last,
+	};
+	return th_run_tests("02_devices", 90, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

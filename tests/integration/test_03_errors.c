@@ -280,23 +280,16 @@ END_TEST
 
 int main(void)
 {
-	Suite *su = suite_create("03_errors");
-	TCase *tc = tcase_create("errors");
-	tcase_set_timeout(tc, 90);
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, wrong_secret);
-	tcase_add_test(tc, unknown_id);
-	tcase_add_test(tc, garbage_before_hello);
-	tcase_add_test(tc, garbage_after_hello_gets_error_frames);
-	tcase_add_test(tc, oversize_frames_close_1009);
-	tcase_add_test(tc, too_many_bad_frames_close);
-	tcase_add_test(tc, hello_timeout);
-	tcase_add_test(tc, http_errors);
-	tcase_add_test(tc, wrong_path_on_device_port);
-	suite_add_tcase(su, tc);
-	SRunner *sr = srunner_create(su);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *tests[] = {
+		wrong_secret,
+		unknown_id,
+		garbage_before_hello,
+		garbage_after_hello_gets_error_frames,
+		oversize_frames_close_1009,
+		too_many_bad_frames_close,
+		hello_timeout,
+		http_errors,
+		wrong_path_on_device_port,
+	};
+	return th_run_tests("03_errors", 90, tests, sizeof tests / sizeof tests[0], setup, teardown);
 }

@@ -128,15 +128,9 @@ END_TEST
 
 int main(void)
 {
-	Suite *su = suite_create("04_crash");
-	TCase *tc = tcase_create("crash");
-	tcase_set_timeout(tc, 120);
-	tcase_add_test(tc, kill9_during_burst_loses_nothing_shown);
-	tcase_add_test(tc, clean_stop_logs_disconnect_and_flushes);
-	suite_add_tcase(su, tc);
-	SRunner *sr = srunner_create(su);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *tests[] = {
+		kill9_during_burst_loses_nothing_shown,
+		clean_stop_logs_disconnect_and_flushes,
+	};
+	return th_run_tests("04_crash", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

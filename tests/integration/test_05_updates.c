@@ -372,18 +372,12 @@ END_TEST
 
 int main(void)
 {
-	Suite *su = suite_create("05_updates");
-	TCase *tc = tcase_create("updates");
-	tcase_set_timeout(tc, 120);
-	tcase_add_test(tc, seed_report_story);
-	tcase_add_test(tc, failures_pause_the_rollout_before_the_next_stage);
-	tcase_add_test(tc, unknown_flash_blocked_unless_overridden);
-	tcase_add_test(tc, flash_parts_and_firmware_api);
-	tcase_add_test(tc, dropped_download_resumes_and_silent_device_times_out);
-	suite_add_tcase(su, tc);
-	SRunner *sr = srunner_create(su);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *tests[] = {
+		seed_report_story,
+		failures_pause_the_rollout_before_the_next_stage,
+		unknown_flash_blocked_unless_overridden,
+		flash_parts_and_firmware_api,
+		dropped_download_resumes_and_silent_device_times_out,
+	};
+	return th_run_tests("05_updates", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

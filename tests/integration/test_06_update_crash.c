@@ -144,14 +144,8 @@ END_TEST
 
 int main(void)
 {
-	Suite *su = suite_create("06_update_crash");
-	TCase *tc = tcase_create("crash");
-	tcase_set_timeout(tc, 240);
-	tcase_add_test(tc, kill9_at_random_points_of_a_rollout);
-	suite_add_tcase(su, tc);
-	SRunner *sr = srunner_create(su);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *tests[] = {
+		kill9_at_random_points_of_a_rollout,
+	};
+	return th_run_tests("06_update_crash", 240, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

@@ -309,18 +309,12 @@ END_TEST
 
 int main(void)
 {
-	Suite *su = suite_create("07_agents");
-	TCase *tc = tcase_create("agents");
-	tcase_set_timeout(tc, 180);
-	tcase_add_test(tc, round_trip_http_save_reload);
-	tcase_add_test(tc, bad_agents_are_stopped_and_others_carry_on);
-	tcase_add_test(tc, messages_for_an_offline_device_wait_in_order);
-	tcase_add_test(tc, migration_under_traffic_loses_nothing);
-	tcase_add_test(tc, tenderctl_deploys_and_shows_agents);
-	suite_add_tcase(su, tc);
-	SRunner *sr = srunner_create(su);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *tests[] = {
+		round_trip_http_save_reload,
+		bad_agents_are_stopped_and_others_carry_on,
+		messages_for_an_offline_device_wait_in_order,
+		migration_under_traffic_loses_nothing,
+		tenderctl_deploys_and_shows_agents,
+	};
+	return th_run_tests("07_agents", 180, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

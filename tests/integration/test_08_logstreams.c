@@ -245,18 +245,12 @@ END_TEST
 
 int main(void)
 {
-	Suite *su = suite_create("08_logstreams");
-	TCase *tc = tcase_create("streams");
-	tcase_set_timeout(tc, 120);
-	tcase_add_test(tc, resume_with_last_event_id_gets_every_event_once);
-	tcase_add_test(tc, multi_device_stream_with_state_changes);
-	tcase_add_test(tc, stalled_subscriber_is_cut_off_others_carry_on);
-	tcase_add_test(tc, fast_logger_is_throttled_and_says_so);
-	tcase_add_test(tc, retention_by_count_then_by_age);
-	suite_add_tcase(su, tc);
-	SRunner *sr = srunner_create(su);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	const TTest *tests[] = {
+		resume_with_last_event_id_gets_every_event_once,
+		multi_device_stream_with_state_changes,
+		stalled_subscriber_is_cut_off_others_carry_on,
+		fast_logger_is_throttled_and_says_so,
+		retention_by_count_then_by_age,
+	};
+	return th_run_tests("08_logstreams", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }
