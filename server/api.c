@@ -20,6 +20,7 @@
 #include "flashtable.h"
 #include "fwstore.h"
 #include "log.h"
+#include "logfmt.h"
 #include "logstream.h"
 #include "metrics.h"
 #include "multipart.h"
@@ -450,6 +451,35 @@ static int api__text_format(struct req *r)
 	return f && strcmp(f, "text") == 0;
 }
 
+/* ?type=, ?since=, ?until= (ISO 8601), ?q= (text in the message).  -1 answered. */
+static int api__log_filters(struct req *r, store_event_query *q, enum MHD_Result *ret)
+{
+	const char *type = api__arg(r, "type"), *since = api__arg(r, "since"), *until = api__arg(r, "until");
+	if (type) {
+		int t = events_type_parse(type);
+		if (t < 0) {
+			*ret = api__error(r, 400, "'type' must be status, device, agent or firmware, not '%s'", type);
+			return -1;
+		}
+		q->has_type = 1;
+		q->type = (event_type)t;
+	}
+	if (since && logfmt_parse_iso8601(since, &q->since_ms)) {
+		*ret = api__error(r, 400, "'since' must be a time like 2026-11-25T03:12:37Z, not '%s'", since);
+		return -1;
+	}
+	if (until && logfmt_parse_iso8601(until, &q->until_ms)) {
+		*ret = api__error(r, 400, "'until' must be a time like 2026-11-25T03:12:37Z, not '%s'", until);
+		return -1;
+	}
+	q->text = api__arg(r, "q");
+	if (q->text && (!*q->text || strlen(q->text) > 256)) {
+		*ret = api__error(r, 400, "'q' must be 1 to 256 bytes of text to find");
+		return -1;
+	}
+	return 0;
+}
+
 static enum MHD_Result api__device_logs(struct req *r, uint64_t id)
 {
 	store_event_query q = { .device = id };
@@ -460,7 +490,7 @@ static enum MHD_Result api__device_logs(struct req *r, uint64_t id)
 	if (api__wants_sse(r)) {
 		/* Live, after replaying what came after Last-Event-ID (header or query). */
 		const char *last = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID");
-		long long resume = 0;
+		long long resume = -1; /* none: live only; 0: the whole log first */
 		if (!last)
 			last = api__arg(r, "last_event_id");
 		if (last) {
@@ -488,6 +518,35 @@ static enum MHD_Result api__device_logs(struct req *r, uint64_t id)
 	q.limit = (int)limit;
 	q.before = before;
 	q.after = after;
+	if (api__log_filters(r, &q, &ret))
+		return ret;
+	json_t *out = store_events_list(r->a->st, &q, &err);
+	return out ? api__json(r, 200, out) : api__store_error(r, &err);
+}
+
+/* GET /v1/logs: the fleet's history (or one device's with ?device=). */
+static enum MHD_Result api__fleet_logs(struct req *r)
+{
+	store_event_query q = { .all_devices = 1 };
+	long long limit = API_DEFAULT_LIMIT, before = 0, after = -1;
+	enum MHD_Result ret = MHD_NO;
+	tn_error err = { 0 };
+	const char *device = api__arg(r, "device");
+
+	if (api__int_arg(r, "limit", 1, API_MAX_LIMIT, &limit, &ret) ||
+	    api__int_arg(r, "before", 1, INT64_MAX, &before, &ret) ||
+	    api__int_arg(r, "after", 0, INT64_MAX, &after, &ret))
+		return ret;
+	if (device) {
+		if (tn_device_id_parse(device, &q.device))
+			return api__error(r, 400, "'device' must be a device id, not '%s'", device);
+		q.all_devices = 0;
+	}
+	q.limit = (int)limit;
+	q.before = before;
+	q.after = after;
+	if (api__log_filters(r, &q, &ret))
+		return ret;
 	json_t *out = store_events_list(r->a->st, &q, &err);
 	return out ? api__json(r, 200, out) : api__store_error(r, &err);
 }
@@ -1006,6 +1065,11 @@ static enum MHD_Result api__route(struct req *r)
 	}
 	if (strncmp(url, "/v1/devices/", 12) == 0)
 		return api__device_route(r, url + 12);
+	if (strcmp(url, "/v1/logs") == 0) {
+		if (strcmp(r->method, "GET") != 0)
+			return api__method_not_allowed(r, "GET");
+		return api__fleet_logs(r);
+	}
 	if (strncmp(url, "/v1/groups/", 11) == 0)
 		return api__deploy(r, url + 11);
 	if (strncmp(url, "/v1/logstreams", 14) == 0 && (url[14] == '\0' || url[14] == '/'))

@@ -263,7 +263,7 @@ struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connec
 		ls__stream_free(ls, st);
 		return NULL;
 	}
-	struct MHD_Response *resp = ls__response(ls, conn, st, device, after_id > 0 ? after_id : -1, text);
+	struct MHD_Response *resp = ls__response(ls, conn, st, device, after_id >= 0 ? after_id : -1, text);
 	if (!resp) {
 		ls__stream_free(ls, st);
 		return NULL;

@@ -25,7 +25,7 @@ void logstreams_close(logstreams *ls);
 void logstreams_free(logstreams *ls);
 
 /* A response that streams one device's log, first what came after
- * `after_id` (0: nothing old), then live.  text: the text form.  NULL on
+ * `after_id` (-1: nothing old; 0: the whole log), then live.  text: the text form.  NULL on
  * out-of-memory.  The connection must allow suspend/resume. */
 struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connection *conn,
 					       uint64_t device, int64_t after_id, int text);

@@ -1056,11 +1056,13 @@ json_t *store_events_list(store *s, const store_event_query *q, tn_error *err)
 		tn_err(err, TN_EIO, "no read connection");
 		goto done;
 	}
-	const char *sql = forward
-		? "SELECT id, device, ts, type, msg FROM events WHERE device = ?1 AND id > ?2 "
-		  "AND (?3 = 0 OR id < ?3) ORDER BY id ASC LIMIT ?4"
-		: "SELECT id, device, ts, type, msg FROM events WHERE device = ?1 "
-		  "AND (?3 = 0 OR id < ?3) ORDER BY id DESC LIMIT ?4";
+	char sql[512];
+	snprintf(sql, sizeof sql, "SELECT id, device, ts, type, msg FROM events WHERE %s%s AND (?3 = 0 OR id < ?3)"
+		 "%s%s%s%s ORDER BY id %s LIMIT ?4",
+		 q->all_devices ? "1" : "device = ?1", forward ? " AND id > ?2" : "",
+		 q->has_type ? " AND type = ?5" : "", q->since_ms ? " AND ts >= ?6" : "",
+		 q->until_ms ? " AND ts < ?7" : "", q->text ? " AND instr(msg, ?8) > 0" : "",
+		 forward ? "ASC" : "DESC");
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
 		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
 		goto done;
@@ -1069,6 +1071,11 @@ json_t *store_events_list(store *s, const store_event_query *q, tn_error *err)
 	sqlite3_bind_int64(st, 2, q->after);
 	sqlite3_bind_int64(st, 3, q->before);
 	sqlite3_bind_int(st, 4, q->limit + 1);
+	sqlite3_bind_int(st, 5, q->type);
+	sqlite3_bind_int64(st, 6, q->since_ms);
+	sqlite3_bind_int64(st, 7, q->until_ms);
+	if (q->text)
+		sqlite3_bind_text(st, 8, q->text, -1, SQLITE_STATIC);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < q->limit) {
 		tn_event ev = {
 			.id = sqlite3_column_int64(st, 0), .device = (uint64_t)sqlite3_column_int64(st, 1),

@@ -121,9 +121,14 @@ int store_device_foreach_secret(store *s, void (*fn)(void *arg, uint64_t id, con
 
 typedef struct store_event_query {
 	uint64_t device;
-	int64_t before;  /* 0: none; else ids < before */
-	int64_t after;   /* -1: none; else ids > after (forward paging) */
+	int all_devices;     /* the whole fleet (device is ignored) */
+	int64_t before;      /* 0: none; else ids < before */
+	int64_t after;       /* -1: none; else ids > after (forward paging) */
 	int limit;
+	int has_type;        /* filters: */
+	event_type type;
+	int64_t since_ms, until_ms;  /* 0: none; ts >= since, ts < until */
+	const char *text;    /* NULL: none; msg contains this (case-sensitive) */
 } store_event_query;
 
 /* With `after` >= 0: {"events":[...], "next_after": id or null}, the oldest

@@ -1,7 +1,9 @@
 /* tools/tenderctl.c -- the operator's command-line client for tenderd's HTTP API.
  * Owns: the parsed command line, one libcurl easy handle (reused so paging keeps
- * its connection), the admin token and every response body.
- * Threads: single-threaded; only main() drives it.
+ * its connection), the admin token and every response body; for "logs -f", a
+ * curl multi handle with one easy handle (one SSE stream) per device.
+ * Threads: single-threaded; only main() drives it (the signal handler of
+ * "logs -f" only sets a flag).
  * Output: results on stdout; every error on stderr as "tenderctl: ...", with the
  * API's own error shown as "tenderctl: <status> <code>: <message>".
  * Exit status: 0 ok, 1 API or network error, 2 usage error. */
@@ -10,10 +12,13 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -30,8 +35,12 @@
 #define CTL_ID_LEN             16
 #define CTL_MAX_AGENT          ((size_t)1 << 20)
 #define CTL_MAX_GROUP          64
-#define CTL_MAX_ARGS           2
 #define CTL_MAX_COLS           8
+#define CTL_SSE_MAX_LINE       ((size_t)1 << 20)
+#define CTL_BACKOFF_MIN_MS     500L
+#define CTL_BACKOFF_MAX_MS     10000L
+#define CTL_POLL_MS            250L
+#define CTL_CONNECT_TIMEOUT_S  30L
 
 /* Every step returns 0 or one of these; main() turns them into the exit status. */
 enum { CTL_EAPI = -1, CTL_EUSAGE = -2 };
@@ -42,6 +51,12 @@ static const char ctl__usage[] =
 	"  device ID                                    show one device (pretty JSON)\n"
 	"  register ID [--group G] [--name NAME]        register a device; prints its id and secret\n"
 	"  logs ID [-n N]                               print the device's log history in text form, newest last\n"
+	"  logs -f (ID [ID...] | --group G) [-n N]\n"
+	"                                               follow the devices' logs live until interrupted (SIGINT,\n"
+	"                                               SIGTERM); -n N first prints each device's last N lines;\n"
+	"                                               with several devices or --group each line starts with\n"
+	"                                               the device id; a dropped stream is resumed where it\n"
+	"                                               stopped (backoff 0.5 s to 10 s), with notices on stderr\n"
 	"  delete ID                                    delete a device\n"
 	"  deploy GROUP FILE                            deploy agent code (Lua) to a group; FILE - is stdin, at most 1 MiB\n"
 	"  agent ID                                     show the device's agent\n"
@@ -73,6 +88,7 @@ enum ctl_optid {
 	CTL_OPT_LIMIT, CTL_OPT_NAME, CTL_OPT_COUNT, CTL_OPT_JEDEC,
 	CTL_OPT_WORKER, CTL_OPT_VERSION, CTL_OPT_REQUIRES, CTL_OPT_FIRMWARE,
 	CTL_OPT_DEVICES, CTL_OPT_STAGES, CTL_OPT_START, CTL_OPT_ALLOW_UNKNOWN,
+	CTL_OPT_FOLLOW,
 };
 #define CTL_BIT(id) (1u << (id))
 /* Accepted with any command; the rest must belong to the command given. */
@@ -96,13 +112,15 @@ static const struct ctl_optdef {
 	{ "--devices", CTL_OPT_DEVICES, 1 }, { "--stages", CTL_OPT_STAGES, 1 },
 	{ "--start", CTL_OPT_START, 0 },
 	{ "--allow-unknown-flash", CTL_OPT_ALLOW_UNKNOWN, 0 },
+	{ "-f", CTL_OPT_FOLLOW, 0 },       { "--follow", CTL_OPT_FOLLOW, 0 },
 };
 #define CTL_NOPTDEFS (sizeof ctl__optdefs / sizeof ctl__optdefs[0])
 
 typedef struct ctl_opts {
 	const char *url, *token, *token_file;	/* borrowed from argv */
 	const char *cmd;			/* the positional arguments */
-	const char *args[CTL_MAX_ARGS];
+	const char **args;			/* owned array (argc slots); the
+						 * strings are borrowed from argv */
 	int nargs;
 	const char *hw, *group, *name;
 	const char *version, *requires, *devices, *stages;
@@ -114,6 +132,9 @@ typedef struct ctl_opts {
 	long long num;				/* a RID argument, checked */
 	unsigned given;				/* CTL_BIT(optid) of each option seen */
 	char id[CTL_ID_LEN + 1];		/* an ID argument, checked and lower-cased */
+	char (*ids)[CTL_ID_LEN + 1];		/* owned: logs -f's IDs, checked, lower-cased
+						 * and without repeats; NULL with --group */
+	size_t nids;
 	char jedec[7];				/* --jedec, checked and lower-cased */
 	json_t *body;				/* owned: the request body built by the
 						 * command's check, or NULL */
@@ -260,6 +281,7 @@ static int ctl__set_opt(ctl_opts *o, const struct ctl_optdef *d, const char *val
 	case CTL_OPT_STAGES:     o->stages = val; break;
 	case CTL_OPT_START:      break;
 	case CTL_OPT_ALLOW_UNKNOWN: break;
+	case CTL_OPT_FOLLOW:     break;
 	}
 	return 0;
 }
@@ -289,15 +311,14 @@ static const struct ctl_optdef *ctl__find_opt(const char *arg, const char **inli
 	return NULL;
 }
 
-static int ctl__add_positional(ctl_opts *o, const char *arg)
+/* o->args has a slot for every argument, so it cannot overflow; the command
+ * decides how many it takes. */
+static void ctl__add_positional(ctl_opts *o, const char *arg)
 {
 	if (!o->cmd)
 		o->cmd = arg;
-	else if (o->nargs < CTL_MAX_ARGS)
-		o->args[o->nargs++] = arg;
 	else
-		return ctl__usage_err("unexpected argument '%s'", arg);
-	return 0;
+		o->args[o->nargs++] = arg;
 }
 
 /* One pass over argv: options may sit anywhere, "--" ends them. */
@@ -305,11 +326,13 @@ static int ctl__parse_args(int argc, char **argv, ctl_opts *o)
 {
 	int only_positional = 0, rc = 0;
 
+	if (!(o->args = calloc((size_t)argc, sizeof *o->args)))
+		return ctl__oom();
 	for (int i = 1; i < argc && rc == 0; i++) {
 		const char *arg = argv[i], *val;
 
 		if (only_positional || arg[0] != '-' || arg[1] == '\0') {
-			rc = ctl__add_positional(o, arg);
+			ctl__add_positional(o, arg);
 			continue;
 		}
 		if (strcmp(arg, "--") == 0) {
@@ -631,6 +654,16 @@ static int ctl__header_list(const ctl_client *c, const char *type_hdr, struct cu
 	return 0;
 }
 
+/* Only http and https, whatever a redirect or a typo in --url says. */
+static void ctl__limit_protocols(CURL *h)
+{
+#if LIBCURL_VERSION_NUM >= 0x075500
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+}
+
 /* curl_easy_reset() keeps the connection cache, so pages reuse one socket. */
 static int ctl__setup(ctl_client *c, const char *method, const char *url,
 		      const ctl_body *body, ctl_buf *resp, struct curl_slist **hdrs)
@@ -650,11 +683,7 @@ static int ctl__setup(ctl_client *c, const char *method, const char *url,
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, ctl__write_cb);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, resp);
 	curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)CTL_MAX_RESPONSE);
-#if LIBCURL_VERSION_NUM >= 0x075500
-	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-#else
-	curl_easy_setopt(h, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
-#endif
+	ctl__limit_protocols(h);
 	if (body && body->mime) {
 		curl_easy_setopt(h, CURLOPT_MIMEPOST, body->mime);
 	} else if (body) {
@@ -680,15 +709,17 @@ static void ctl__report_transport(const ctl_client *c, CURLcode cc, const ctl_bu
 }
 
 /* Shows the API's {"error":{"code","message"}}; a body without one (a proxy's
- * HTML page, say) is summarised rather than dumped. */
-static void ctl__report_status(const ctl_client *c, long status, const ctl_buf *resp)
+ * HTML page, say) is summarised rather than dumped.  dev, if not NULL, names
+ * the device the answer is about ("tenderctl: <dev>: 404 ..."). */
+static void ctl__report_status(const ctl_client *c, const char *dev, long status,
+			       const ctl_buf *resp)
 {
 	json_t *root = resp->len ? json_loadb(resp->data, resp->len, 0, NULL) : NULL;
 	json_t *e = json_object_get(root, "error");
 	const char *code = json_string_value(json_object_get(e, "code"));
 	const char *msg = json_string_value(json_object_get(e, "message"));
 
-	fprintf(stderr, "tenderctl: %ld ", status);
+	fprintf(stderr, "tenderctl: %s%s%ld ", dev ? dev : "", dev ? ": " : "", status);
 	if (code || msg) {
 		ctl__fput_clean(stderr, code ? code : "error");
 		fputs(": ", stderr);
@@ -751,7 +782,7 @@ static int ctl__send(ctl_client *c, const char *method, const char *url,
 	}
 	curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &status);
 	if (status < 200 || status > 299)
-		ctl__report_status(c, status, &resp);
+		ctl__report_status(c, NULL, status, &resp);
 	else
 		rc = ctl__parse_body(&resp, need_object, out);
 out:
@@ -1045,15 +1076,16 @@ static int ctl__next_before(ctl_logwalk *w, json_t *next, size_t got)
 	return 0;
 }
 
-static int ctl__logs_page(ctl_client *c, const ctl_opts *o, ctl_logwalk *w)
+/* count is how many of the newest events are wanted, 0 for all. */
+static int ctl__logs_page(ctl_client *c, const char *id, long count, ctl_logwalk *w)
 {
 	char path[64], limit[24], before[24];
 	long want = CTL_LOG_PAGE;
 	json_t *root;
 
-	if (o->count && o->count - (long)w->total < want)
-		want = o->count - (long)w->total;
-	snprintf(path, sizeof path, "/v1/devices/%s/logs", o->id);
+	if (count && count - (long)w->total < want)
+		want = count - (long)w->total;
+	snprintf(path, sizeof path, "/v1/devices/%s/logs", id);
 	snprintf(limit, sizeof limit, "%ld", want);
 	snprintf(before, sizeof before, "%" JSON_INTEGER_FORMAT, w->before);
 	const ctl_kv q[] = {
@@ -1080,10 +1112,12 @@ static int ctl__logs_page(ctl_client *c, const ctl_opts *o, ctl_logwalk *w)
 }
 
 /* The fallback form for an event logfmt cannot format: time as sent. */
-static void ctl__print_event_raw(const char *ts, const char *type, const char *msg)
+static void ctl__print_event_raw(const char *prefix, const char *ts, const char *type,
+				 const char *msg)
 {
 	const char *label = logfmt_type_label(type);
 
+	fputs(prefix, stdout);
 	ctl__fput_clean(stdout, ts ? ts : "-");
 	fputs(" [", stdout);
 	ctl__fput_clean(stdout, label ? label : type);
@@ -1092,9 +1126,9 @@ static void ctl__print_event_raw(const char *ts, const char *type, const char *m
 	putchar('\n');
 }
 
-/* One line per event: a message's own newlines are neutralised by
- * ctl__fput_clean, and an unparsable "ts" still shows the event. */
-static int ctl__print_event(json_t *ev)
+/* One line per event, after prefix: a message's own newlines are neutralised
+ * by ctl__fput_clean, and an unparsable "ts" still shows the event. */
+static int ctl__print_event(json_t *ev, const char *prefix)
 {
 	const char *ts = json_string_value(json_object_get(ev, "ts"));
 	const char *type = json_string_value(json_object_get(ev, "type"));
@@ -1104,7 +1138,7 @@ static int ctl__print_event(json_t *ev)
 	type = type ? type : "?";
 	msg = msg ? msg : "";
 	if (!ts || logfmt_parse_iso8601(ts, &ms) < 0) {
-		ctl__print_event_raw(ts, type, msg);
+		ctl__print_event_raw(prefix, ts, type, msg);
 		return 0;
 	}
 	/* Room for the whole message: logfmt_text truncates to fit cap. */
@@ -1113,16 +1147,17 @@ static int ctl__print_event(json_t *ev)
 	if (!line)
 		return ctl__oom();
 	if (logfmt_text(line, cap, ms, type, msg) >= 0) {
+		fputs(prefix, stdout);
 		ctl__fput_clean(stdout, line);
 		putchar('\n');
 	} else {
-		ctl__print_event_raw(ts, type, msg);
+		ctl__print_event_raw(prefix, ts, type, msg);
 	}
 	free(line);
 	return 0;
 }
 
-static int ctl__print_logs(const ctl_logwalk *w, long count)
+static int ctl__print_logs(const ctl_logwalk *w, long count, const char *prefix)
 {
 	size_t skip = count && w->total > (size_t)count ? w->total - (size_t)count : 0;
 
@@ -1135,24 +1170,83 @@ static int ctl__print_logs(const ctl_logwalk *w, long count)
 				skip--;
 				continue;
 			}
-			if (ctl__print_event(ev) < 0)
+			if (ctl__print_event(ev, prefix) < 0)
 				return CTL_EAPI;
 		}
 	}
 	return 0;
 }
 
-static int ctl__cmd_logs(ctl_client *c, const ctl_opts *o)
+/* Prints the device's newest count events (0: all), each line after prefix;
+ * *newest gets the id of the newest one, or -1 when the log is empty. */
+static int ctl__history(ctl_client *c, const char *id, long count, const char *prefix,
+			long long *newest)
 {
 	ctl_logwalk w = { .pages = json_array(), .more = 1 };
 	int rc = w.pages ? 0 : ctl__oom();
 
-	while (rc == 0 && w.more && !(o->count && w.total >= (size_t)o->count))
-		rc = ctl__logs_page(c, o, &w);
+	*newest = -1;
+	while (rc == 0 && w.more && !(count && w.total >= (size_t)count))
+		rc = ctl__logs_page(c, id, count, &w);
 	if (rc == 0)
-		rc = ctl__print_logs(&w, o->count);
+		rc = ctl__print_logs(&w, count, prefix);
+	/* The first page is the newest, oldest event first. */
+	json_t *first = json_array_get(w.pages, 0);
+	json_t *last = json_array_get(first, json_array_size(first) - 1);
+	json_t *last_id = json_object_get(last, "id");
+	if (rc == 0 && json_is_integer(last_id))
+		*newest = (long long)json_integer_value(last_id);
 	json_decref(w.pages);
 	return rc;
+}
+
+static int ctl__follow(ctl_client *c, const ctl_opts *o);
+
+static int ctl__cmd_logs(ctl_client *c, const ctl_opts *o)
+{
+	long long newest;
+
+	if (o->given & CTL_BIT(CTL_OPT_FOLLOW))
+		return ctl__follow(c, o);
+	return ctl__history(c, o->id, o->count, "", &newest);
+}
+
+/* logs without -f takes one ID; with -f, IDs or --group. */
+static int ctl__check_logs(ctl_opts *o)
+{
+	int follow = (o->given & CTL_BIT(CTL_OPT_FOLLOW)) != 0;
+	int group = (o->given & CTL_BIT(CTL_OPT_GROUP)) != 0;
+
+	if (!follow) {
+		if (group)
+			return ctl__usage_err("option --group applies to 'logs' only with -f");
+		if (o->nargs < 1)
+			return ctl__usage_err("'logs' needs a device ID");
+		if (o->nargs > 1)
+			return ctl__usage_err("unexpected argument '%s' (several IDs need -f)",
+					      o->args[1]);
+		return ctl__device_id(o->args[0], o->id);
+	}
+	if (group && o->nargs)
+		return ctl__usage_err("'logs -f' takes device IDs or --group, not both");
+	if (!group && !o->nargs)
+		return ctl__usage_err("'logs -f' needs device IDs or --group");
+	if (group)
+		return 0;
+	if (!(o->ids = calloc((size_t)o->nargs, sizeof *o->ids)))
+		return ctl__oom();
+	for (int i = 0; i < o->nargs; i++) {
+		char id[CTL_ID_LEN + 1];
+		size_t j;
+
+		if (ctl__device_id(o->args[i], id) < 0)
+			return CTL_EUSAGE;
+		for (j = 0; j < o->nids && strcmp(o->ids[j], id) != 0; j++)
+			;
+		if (j == o->nids)
+			memcpy(o->ids[o->nids++], id, sizeof id);
+	}
+	return 0;
 }
 
 /* ---- tables and values -------------------------------------------------- */
@@ -1278,6 +1372,551 @@ static int ctl__unexpected(const char *what)
 {
 	ctl__err("unexpected response from the server: %s", what);
 	return CTL_EAPI;
+}
+
+/* ---- following logs ----------------------------------------------------- */
+
+/* Set by SIGINT and SIGTERM, and nothing else is done in the handler; the
+ * loop looks at it at least every CTL_POLL_MS (a signal also cuts the wait). */
+static volatile sig_atomic_t ctl__stop;
+
+static void ctl__on_signal(int sig)
+{
+	(void)sig;
+	ctl__stop = 1;
+}
+
+enum ctl_sstate { CTL_SS_WAIT, CTL_SS_OPEN, CTL_SS_DEAD };
+
+/* One device's SSE stream, across its reconnections. */
+typedef struct ctl_stream {
+	char id[CTL_ID_LEN + 1];
+	int prefix;			/* its lines start with "<id> " */
+	enum ctl_sstate state;		/* WAIT: for retry_at; DEAD: given up */
+	CURL *curl;			/* owned; in the multi handle while OPEN */
+	struct curl_slist *hdrs;	/* owned: the current connection's headers */
+	char errbuf[CURL_ERROR_SIZE];
+	long long last_id;		/* the newest event id handled; -1 before any */
+	int64_t retry_at;		/* monotonic ms of the next attempt */
+	long backoff_ms;		/* the wait after the next failure */
+	int attempts;			/* connections started */
+	int failures;			/* failed attempts in a row: the cause is told once */
+	int oom;
+	/* The current connection. */
+	int checked, is_sse;		/* its answer was looked at; it is a log stream */
+	int closed_told;		/* the server said why it ends the stream */
+	ctl_buf err;			/* owned: the body of an answer that is not a stream */
+	char *line;			/* owned: the line being read, NUL-terminated */
+	size_t len, cap;
+	int cut, after_cr;		/* line longer than the cap; the last byte was CR */
+	char *data;			/* owned: the event's data lines, each ending in '\n' */
+	size_t dlen, dcap;
+	int has_data;
+	long long ev_id;		/* the event's id field; -1 if none */
+	char event[32];			/* the event's type; "" is "message" */
+} ctl_stream;
+
+typedef struct ctl_follow {
+	ctl_client *c;			/* borrowed: base URL, token, history calls */
+	CURLM *multi;			/* owned */
+	ctl_stream *s;			/* owned, n of them */
+	size_t n;
+} ctl_follow;
+
+static int64_t ctl__now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void ctl__dev_err(const ctl_stream *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* "tenderctl: <device>: ..." on stderr, after the lines stdout holds so far. */
+static void ctl__dev_err(const ctl_stream *s, const char *fmt, ...)
+{
+	va_list ap;
+
+	fflush(stdout);
+	va_start(ap, fmt);
+	fprintf(stderr, "tenderctl: %s: ", s->id);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+/* Room for need bytes in *buf (owned, *cap bytes); -1 when out of memory. */
+static int ctl__reserve(char **buf, size_t *cap, size_t need)
+{
+	size_t ncap = *cap ? *cap : 256;
+
+	if (need <= *cap)
+		return 0;
+	while (ncap < need)
+		ncap *= 2;
+	char *p = realloc(*buf, ncap);
+	if (!p)
+		return -1;
+	*buf = p;
+	*cap = ncap;
+	return 0;
+}
+
+/* Each '\n'-ended line of text (cut into pieces here) on f after lead. */
+static void ctl__print_lines(FILE *f, const char *lead, char *text)
+{
+	for (char *line = text, *nl; *line; line = nl + 1) {
+		nl = strchr(line, '\n');
+		*nl = '\0';
+		fputs(lead, f);
+		ctl__fput_clean(f, line);
+		fputc('\n', f);
+	}
+}
+
+/* The answer's status and type, on its first bytes: only a 2xx
+ * text/event-stream is read as a stream. */
+static void ctl__sse_check(ctl_stream *s)
+{
+	long status = 0;
+	const char *type = NULL;
+
+	curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_getinfo(s->curl, CURLINFO_CONTENT_TYPE, &type);
+	s->checked = 1;
+	s->is_sse = status >= 200 && status <= 299 && type &&
+		    strncasecmp(type, "text/event-stream", 17) == 0;
+	if (s->is_sse)
+		s->failures = 0;
+}
+
+/* Appends to the line; beyond CTL_SSE_MAX_LINE bytes the rest is dropped. */
+static int ctl__sse_append(ctl_stream *s, const char *p, size_t n)
+{
+	size_t room = CTL_SSE_MAX_LINE - s->len;
+
+	if (n > room) {
+		n = room;
+		s->cut = 1;
+	}
+	if (ctl__reserve(&s->line, &s->cap, s->len + n + 1) < 0)
+		return -1;
+	memcpy(s->line + s->len, p, n);
+	s->len += n;
+	s->line[s->len] = '\0';
+	return 0;
+}
+
+/* A data field adds a line to the event's data, which is capped as a line is. */
+static int ctl__sse_data(ctl_stream *s, const char *val)
+{
+	size_t n = strlen(val);
+	size_t room = s->dlen < CTL_SSE_MAX_LINE ? CTL_SSE_MAX_LINE - s->dlen : 0;
+
+	if (room == 0)
+		return 0;
+	if (n + 1 > room)
+		n = room - 1;
+	if (ctl__reserve(&s->data, &s->dcap, s->dlen + n + 2) < 0)
+		return -1;
+	memcpy(s->data + s->dlen, val, n);
+	s->dlen += n;
+	s->data[s->dlen++] = '\n';
+	s->data[s->dlen] = '\0';
+	s->has_data = 1;
+	return 0;
+}
+
+/* An id field: tenderd's ids are decimal; anything else is no id. */
+static long long ctl__sse_id(const char *val)
+{
+	size_t len = strlen(val);
+
+	if (len == 0 || len > 18 || strspn(val, "0123456789") != len)
+		return -1;
+	return strtoll(val, NULL, 10);
+}
+
+/* A blank line ends an event.  A message is printed unless its id was
+ * handled already (then the server is repeating itself); a state_change goes
+ * to stderr; other events are ignored.  Only then is the id remembered, so
+ * an event cut short by a broken connection is asked for again. */
+static void ctl__sse_dispatch(ctl_stream *s)
+{
+	const char *type = s->event[0] ? s->event : "message";
+	char lead[CTL_ID_LEN + 16];
+
+	if (s->has_data && strcmp(type, "message") == 0) {
+		if (s->ev_id < 0 || s->ev_id > s->last_id) {
+			snprintf(lead, sizeof lead, "%s%s", s->prefix ? s->id : "",
+				 s->prefix ? " " : "");
+			ctl__print_lines(stdout, lead, s->data);
+		}
+	} else if (s->has_data && strcmp(type, "state_change") == 0) {
+		if (strncmp(s->data, "closed", 6) == 0)
+			s->closed_told = 1;
+		fflush(stdout);
+		snprintf(lead, sizeof lead, "tenderctl: %s: ", s->id);
+		ctl__print_lines(stderr, lead, s->data);
+	}
+	if (s->ev_id > s->last_id)
+		s->last_id = s->ev_id;
+	s->ev_id = -1;
+	s->event[0] = '\0';
+	s->dlen = 0;
+	s->has_data = 0;
+}
+
+/* One whole line: a field ("name: value", one space after the colon
+ * dropped), a comment (":..."), or a blank line. */
+static int ctl__sse_line(ctl_stream *s)
+{
+	const char *line = s->line, *colon, *val;
+	size_t flen;
+	int rc = 0;
+
+	if (s->cut) {
+		ctl__dev_err(s, "a line longer than %zu MiB was cut short", CTL_SSE_MAX_LINE >> 20);
+		s->cut = 0;
+	}
+	if (s->len == 0) {
+		ctl__sse_dispatch(s);
+		return 0;
+	}
+	if (line[0] == ':')
+		goto out;
+	colon = strchr(line, ':');
+	flen = colon ? (size_t)(colon - line) : strlen(line);
+	val = colon ? colon + 1 : "";
+	if (*val == ' ')
+		val++;
+	if (flen == 4 && memcmp(line, "data", 4) == 0)
+		rc = ctl__sse_data(s, val);
+	else if (flen == 5 && memcmp(line, "event", 5) == 0)
+		snprintf(s->event, sizeof s->event, "%s", val);
+	else if (flen == 2 && memcmp(line, "id", 2) == 0)
+		s->ev_id = ctl__sse_id(val);
+	/* "retry" and unknown fields are ignored: the backoff is ours. */
+out:
+	s->len = 0;
+	return rc;
+}
+
+/* Lines end in LF, CRLF or CR and may be split anywhere between calls. */
+static size_t ctl__sse_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	ctl_stream *s = userdata;
+	size_t n = size * nmemb;
+	const char *p = ptr, *end = ptr + n;
+
+	if (!s->checked)
+		ctl__sse_check(s);
+	if (!s->is_sse)
+		return ctl__write_cb(ptr, size, nmemb, &s->err);
+	s->backoff_ms = CTL_BACKOFF_MIN_MS;	/* data arrived */
+	while (p < end) {
+		const char *eol = p;
+
+		if (s->after_cr) {
+			s->after_cr = 0;
+			if (*p == '\n') {
+				p++;
+				continue;
+			}
+		}
+		while (eol < end && *eol != '\n' && *eol != '\r')
+			eol++;
+		if (ctl__sse_append(s, p, (size_t)(eol - p)) < 0)
+			goto oom;
+		if (eol == end)
+			break;
+		s->after_cr = *eol == '\r';
+		if (ctl__sse_line(s) < 0)
+			goto oom;
+		p = eol + 1;
+	}
+	return n;
+oom:
+	s->oom = 1;
+	return 0;
+}
+
+/* The easy handle is set up once and reused for every reconnection.  A
+ * stream is idle while its device is, so there is no overall timeout; TCP
+ * keepalive notices a server that vanished without closing. */
+static int ctl__stream_init(ctl_follow *f, ctl_stream *s, const char *id, int prefix,
+			    long long last_id)
+{
+	const ctl_kv q[] = { { "follow", "1" }, { "format", "text" } };
+	char path[64];
+
+	snprintf(s->id, sizeof s->id, "%s", id);
+	s->prefix = prefix;
+	s->last_id = last_id;
+	s->ev_id = -1;
+	s->backoff_ms = CTL_BACKOFF_MIN_MS;
+	s->state = CTL_SS_WAIT;
+	snprintf(path, sizeof path, "/v1/devices/%s/logs", id);
+	char *url = ctl__url(f->c, path, q, sizeof q / sizeof q[0]);
+	if (!url)
+		return ctl__oom();
+	CURL *h = s->curl = curl_easy_init();
+	if (!h) {
+		free(url);
+		ctl__err("cannot initialise libcurl");
+		return CTL_EAPI;
+	}
+	curl_easy_setopt(h, CURLOPT_URL, url);
+	free(url);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, s->errbuf);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, CTL_CONNECT_TIMEOUT_S);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 30L);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 10L);
+	curl_easy_setopt(h, CURLOPT_USERAGENT, "tenderctl");
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, ctl__sse_write_cb);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, s);
+	ctl__limit_protocols(h);
+	return 0;
+}
+
+/* Opens a connection, resuming after last_id when there is one. */
+static int ctl__stream_start(ctl_follow *f, ctl_stream *s)
+{
+	char last[48] = "";
+	struct curl_slist *hdrs = NULL;
+
+	if (s->last_id > 0)
+		snprintf(last, sizeof last, "Last-Event-ID: %lld", s->last_id);
+	const char *lines[] = { f->c->auth, "Accept: text/event-stream", last };
+	for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+		struct curl_slist *l = lines[i][0] ? curl_slist_append(hdrs, lines[i]) : hdrs;
+		if (!l) {
+			curl_slist_free_all(hdrs);
+			return ctl__oom();
+		}
+		hdrs = l;
+	}
+	if (s->attempts++ > 0)
+		ctl__dev_err(s, "reconnecting");
+	curl_slist_free_all(s->hdrs);
+	s->hdrs = hdrs;
+	curl_easy_setopt(s->curl, CURLOPT_HTTPHEADER, hdrs);
+	s->checked = s->is_sse = s->closed_told = 0;
+	free(s->err.data);
+	memset(&s->err, 0, sizeof s->err);
+	s->len = s->dlen = 0;
+	s->cut = s->after_cr = s->has_data = 0;
+	s->ev_id = -1;
+	s->event[0] = '\0';
+	s->errbuf[0] = '\0';
+	if (curl_multi_add_handle(f->multi, s->curl) != CURLM_OK) {
+		ctl__err("cannot start a transfer");
+		return CTL_EAPI;
+	}
+	s->state = CTL_SS_OPEN;
+	return 0;
+}
+
+/* A connection ended: tells why (once while it keeps failing) and schedules
+ * the next one, or gives the device up when the server refuses it for good
+ * (no such device, a bad token, not a log stream). */
+static int ctl__stream_done(ctl_follow *f, ctl_stream *s, CURLcode cc)
+{
+	const char *why = s->errbuf[0] ? s->errbuf : curl_easy_strerror(cc);
+	long status = 0;
+
+	curl_multi_remove_handle(f->multi, s->curl);
+	s->state = CTL_SS_WAIT;
+	if (s->oom)
+		return ctl__oom();
+	if (!s->checked)
+		ctl__sse_check(s);
+	curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &status);
+	if (s->is_sse && cc == CURLE_OK) {
+		if (!s->closed_told)
+			ctl__dev_err(s, "the server ended the stream");
+	} else if (s->is_sse) {
+		if (s->failures++ == 0)
+			ctl__dev_err(s, "the stream broke: %s", why);
+	} else if (status == 0) {
+		if (s->failures++ == 0)
+			ctl__dev_err(s, "cannot reach %s: %s", f->c->base, why);
+	} else if (status >= 500 || status == 408 || status == 429) {
+		if (s->failures++ == 0)
+			ctl__report_status(f->c, s->id, status, &s->err);
+	} else {
+		if (status >= 200 && status <= 299)
+			ctl__dev_err(s, "unexpected response from %s: not a log stream", f->c->base);
+		else
+			ctl__report_status(f->c, s->id, status, &s->err);
+		s->state = CTL_SS_DEAD;
+		return 0;
+	}
+	s->retry_at = ctl__now_ms() + s->backoff_ms;
+	s->backoff_ms = s->backoff_ms * 2 < CTL_BACKOFF_MAX_MS ? s->backoff_ms * 2 : CTL_BACKOFF_MAX_MS;
+	return 0;
+}
+
+static int ctl__follow_finished(ctl_follow *f)
+{
+	CURLMsg *m;
+	int left, rc = 0;
+
+	while (rc == 0 && (m = curl_multi_info_read(f->multi, &left))) {
+		CURL *h = m->easy_handle;
+		CURLcode cc = m->data.result;	/* m does not outlive the removal */
+
+		if (m->msg != CURLMSG_DONE)
+			continue;
+		for (size_t i = 0; i < f->n; i++)
+			if (f->s[i].curl == h && f->s[i].state == CTL_SS_OPEN)
+				rc = ctl__stream_done(f, &f->s[i], cc);
+	}
+	return rc;
+}
+
+/* Runs until a signal (0) or until no device is left to follow. */
+static int ctl__follow_loop(ctl_follow *f)
+{
+	int rc = 0, running;
+
+	while (rc == 0 && !ctl__stop) {
+		int64_t now = ctl__now_ms(), wait = CTL_POLL_MS;
+		size_t live = 0;
+
+		for (size_t i = 0; i < f->n && rc == 0; i++)
+			if (f->s[i].state == CTL_SS_WAIT && f->s[i].retry_at <= now)
+				rc = ctl__stream_start(f, &f->s[i]);
+		if (rc == 0 && curl_multi_perform(f->multi, &running) != CURLM_OK) {
+			ctl__err("the transfers failed");
+			rc = CTL_EAPI;
+		}
+		if (rc == 0)
+			rc = ctl__follow_finished(f);
+		if (fflush(stdout) != 0 && rc == 0) {
+			ctl__err("cannot write the output: %s", strerror(errno));
+			rc = CTL_EAPI;
+		}
+		now = ctl__now_ms();
+		for (size_t i = 0; i < f->n; i++) {
+			live += f->s[i].state != CTL_SS_DEAD;
+			if (f->s[i].state == CTL_SS_WAIT && f->s[i].retry_at - now < wait)
+				wait = f->s[i].retry_at - now;
+		}
+		if (rc == 0 && live == 0) {
+			ctl__err("no device left to follow");
+			rc = CTL_EAPI;
+		}
+		if (rc == 0 && !ctl__stop &&
+		    curl_multi_poll(f->multi, NULL, 0, wait > 0 ? (int)wait : 0, NULL) != CURLM_OK) {
+			ctl__err("cannot wait for the streams");
+			rc = CTL_EAPI;
+		}
+	}
+	return rc;
+}
+
+static void ctl__follow_free(ctl_follow *f)
+{
+	for (size_t i = 0; i < f->n; i++) {
+		ctl_stream *s = &f->s[i];
+
+		if (s->state == CTL_SS_OPEN)
+			curl_multi_remove_handle(f->multi, s->curl);
+		if (s->curl)
+			curl_easy_cleanup(s->curl);
+		curl_slist_free_all(s->hdrs);
+		free(s->err.data);
+		free(s->line);
+		free(s->data);
+	}
+	free(f->s);
+	if (f->multi)
+		curl_multi_cleanup(f->multi);
+}
+
+/* The group's devices, every page of them: *out is owned (json array). */
+static int ctl__group_devices(ctl_client *c, const ctl_opts *o, json_t **out)
+{
+	char *cursor = NULL;
+	int more = 1, rc = 0;
+
+	if (!(*out = json_array()))
+		return ctl__oom();
+	while (rc == 0 && more)
+		rc = ctl__devices_page(c, o, 0, &cursor, *out, &more);
+	free(cursor);
+	if (rc == 0 && json_array_size(*out) == 0) {
+		fputs("tenderctl: group '", stderr);
+		ctl__fput_clean(stderr, o->group);
+		fputs("' has no devices\n", stderr);
+		rc = CTL_EAPI;
+	}
+	return rc;
+}
+
+/* A listed device's id, checked as a path component, into out. */
+static int ctl__listed_id(json_t *dev, char *out)
+{
+	const char *id = json_string_value(json_object_get(dev, "id"));
+
+	if (!id || strlen(id) != CTL_ID_LEN ||
+	    strspn(id, "0123456789abcdefABCDEF") != CTL_ID_LEN)
+		return ctl__unexpected("a listed device has no valid id");
+	for (size_t i = 0; i <= CTL_ID_LEN; i++)
+		out[i] = (char)tolower((unsigned char)id[i]);
+	return 0;
+}
+
+/* logs -f: history first with -n (each stream then resumes after the newest
+ * line printed), then one SSE stream per device over a curl multi handle. */
+static int ctl__follow(ctl_client *c, const ctl_opts *o)
+{
+	ctl_follow f = { .c = c };
+	json_t *group = NULL;
+	size_t n = o->nids;
+	int rc = 0;
+
+	if (o->group) {
+		rc = ctl__group_devices(c, o, &group);
+		n = json_array_size(group);
+	}
+	int prefix = n > 1 || o->group;
+	if (rc == 0 && (!(f.s = calloc(n, sizeof *f.s)) || !(f.multi = curl_multi_init())))
+		rc = ctl__oom();
+	if (rc == 0)
+		f.n = n;
+	for (size_t i = 0; rc == 0 && i < n; i++) {
+		char id[CTL_ID_LEN + 1], lead[CTL_ID_LEN + 2];
+		long long newest = -1;
+
+		if (group)
+			rc = ctl__listed_id(json_array_get(group, i), id);
+		else
+			memcpy(id, o->ids[i], sizeof id);
+		snprintf(lead, sizeof lead, "%s%s", prefix ? id : "", prefix ? " " : "");
+		if (rc == 0 && o->count)
+			rc = ctl__history(c, id, o->count, lead, &newest);
+		if (rc == 0)
+			rc = ctl__stream_init(&f, &f.s[i], id, prefix, newest);
+	}
+	json_decref(group);
+	if (rc == 0) {
+		struct sigaction sa;
+
+		memset(&sa, 0, sizeof sa);
+		sa.sa_handler = ctl__on_signal;
+		sigemptyset(&sa.sa_mask);
+		sigaction(SIGINT, &sa, NULL);
+		sigaction(SIGTERM, &sa, NULL);
+		rc = ctl__follow_loop(&f);
+	}
+	ctl__follow_free(&f);
+	return rc;
 }
 
 /* ---- agents ------------------------------------------------------------- */
@@ -1803,17 +2442,20 @@ static int ctl__cmd_steer(ctl_client *c, const ctl_opts *o)
 /* ---- main --------------------------------------------------------------- */
 
 /* The positional arguments after the command. */
-enum ctl_args { CTL_ARGS_NONE, CTL_ARGS_ID, CTL_ARGS_RID, CTL_ARGS_FILE, CTL_ARGS_GROUP_FILE };
+enum ctl_args { CTL_ARGS_NONE, CTL_ARGS_ID, CTL_ARGS_RID, CTL_ARGS_FILE, CTL_ARGS_GROUP_FILE,
+		CTL_ARGS_IDS };
 
 static const struct ctl_argspec {
 	int n;
+	int more;			/* more than n may follow: the check counts them */
 	const char *what;		/* for "'cmd' needs ..." */
 } ctl__argspecs[] = {
-	[CTL_ARGS_NONE] = { 0, "nothing" },
-	[CTL_ARGS_ID] = { 1, "a device ID" },
-	[CTL_ARGS_RID] = { 1, "a rollout RID" },
-	[CTL_ARGS_FILE] = { 1, "a FILE" },
-	[CTL_ARGS_GROUP_FILE] = { 2, "a GROUP and a FILE" },
+	[CTL_ARGS_NONE] = { 0, 0, "nothing" },
+	[CTL_ARGS_ID] = { 1, 0, "a device ID" },
+	[CTL_ARGS_RID] = { 1, 0, "a rollout RID" },
+	[CTL_ARGS_FILE] = { 1, 0, "a FILE" },
+	[CTL_ARGS_GROUP_FILE] = { 2, 0, "a GROUP and a FILE" },
+	[CTL_ARGS_IDS] = { 0, 1, "device IDs" },
 };
 
 typedef int (*ctl_check_fn)(ctl_opts *o);
@@ -1836,7 +2478,8 @@ static const struct ctl_cmd {
 	{ "device", CTL_ARGS_ID, 0, 0, 0, NULL, ctl__cmd_device },
 	{ "register", CTL_ARGS_ID, CTL_BIT(CTL_OPT_GROUP) | CTL_BIT(CTL_OPT_NAME), 0, 0,
 	  NULL, ctl__cmd_register },
-	{ "logs", CTL_ARGS_ID, CTL_BIT(CTL_OPT_COUNT), 0, 0, NULL, ctl__cmd_logs },
+	{ "logs", CTL_ARGS_IDS, CTL_BIT(CTL_OPT_COUNT) | CTL_BIT(CTL_OPT_FOLLOW) |
+			CTL_BIT(CTL_OPT_GROUP), 0, 0, ctl__check_logs, ctl__cmd_logs },
 	{ "delete", CTL_ARGS_ID, 0, 0, 0, NULL, ctl__cmd_delete },
 	{ "deploy", CTL_ARGS_GROUP_FILE, 0, 0, 0, ctl__check_deploy, ctl__cmd_deploy },
 	{ "agent", CTL_ARGS_ID, 0, 0, 0, NULL, ctl__cmd_agent },
@@ -1885,7 +2528,7 @@ static int ctl__check_command(ctl_opts *o, const struct ctl_cmd **out)
 	const struct ctl_argspec *a = &ctl__argspecs[cmd->args];
 	if (o->nargs < a->n)
 		return ctl__usage_err("'%s' needs %s", cmd->name, a->what);
-	if (o->nargs > a->n)
+	if (o->nargs > a->n && !a->more)
 		return ctl__usage_err("unexpected argument '%s'", o->args[a->n]);
 	*out = cmd;
 	int rc = 0;
@@ -1920,25 +2563,26 @@ int main(int argc, char **argv)
 	ctl_opts o = { .online = -1, .worker = -1 };
 	const struct ctl_cmd *cmd = NULL;
 	int rc = ctl__parse_args(argc, argv, &o);
+	int help = rc == 0 && ((o.given & CTL_BIT(CTL_OPT_HELP)) ||
+			       (o.cmd && strcmp(o.cmd, "help") == 0));
 
-	if (rc == 0 && ((o.given & CTL_BIT(CTL_OPT_HELP)) ||
-			(o.cmd && strcmp(o.cmd, "help") == 0))) {
+	if (help) {
 		fputs(ctl__usage, stdout);
-		return 0;
-	}
-	if (rc == 0 && !o.cmd) {
+	} else if (rc == 0 && !o.cmd) {
 		fputs(ctl__usage, stderr);
-		return 2;
+		rc = CTL_EUSAGE;
 	}
-	if (rc == 0)
+	if (rc == 0 && !help)
 		rc = ctl__check_command(&o, &cmd);
 	tzset();
-	if (rc == 0)
+	if (rc == 0 && !help)
 		rc = ctl__run(&o, cmd);
 	if (fflush(stdout) != 0 && rc == 0) {
 		ctl__err("cannot write the output: %s", strerror(errno));
 		rc = CTL_EAPI;
 	}
 	json_decref(o.body);
+	free(o.args);
+	free(o.ids);
 	return rc == 0 ? 0 : rc == CTL_EUSAGE ? 2 : 1;
 }

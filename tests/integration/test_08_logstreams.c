@@ -243,6 +243,44 @@ START_TEST(retention_by_count_then_by_age)
 }
 END_TEST
 
+START_TEST(fleet_history_with_filters)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *sec = th_register(&s, DEV, NULL);
+	free(th_register(&s, "00000000000e0002", NULL));
+	logs(&s, sec, "needle %n", 3);
+	logs(&s, sec, "hay %n", 3);
+	json_t *all = th_get_json(&s, "/v1/logs?limit=1000", 200);
+	ck_assert_int_ge((int)json_array_size(json_object_get(all, "events")), 10);
+	json_decref(all);
+	json_t *found = th_get_json(&s, "/v1/logs?q=needle&type=device", 200);
+	ck_assert_int_eq((int)json_array_size(json_object_get(found, "events")), 3);
+	json_decref(found);
+	json_t *status = th_get_json(&s, "/v1/devices/" DEV "/logs?type=status", 200), *ev;
+	size_t i;
+	json_array_foreach(json_object_get(status, "events"), i, ev)
+		ck_assert_str_eq(json_string_value(json_object_get(ev, "type")), "status");
+	ck_assert_int_eq((int)json_array_size(json_object_get(status, "events")), 4);
+	json_decref(status);
+	json_t *future = th_get_json(&s, "/v1/logs?since=2100-01-01T00:00:00Z", 200);
+	ck_assert_int_eq((int)json_array_size(json_object_get(future, "events")), 0);
+	json_decref(future);
+	json_t *past = th_get_json(&s, "/v1/logs?until=2000-01-01T00:00:00Z&device=" DEV, 200);
+	ck_assert_int_eq((int)json_array_size(json_object_get(past, "events")), 0);
+	json_decref(past);
+	th_resp r;
+	th_http(&s, "GET", "/v1/logs?type=gossip", NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	th_resp_free(&r);
+	th_http(&s, "GET", "/v1/logs?since=yesterday", NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	th_resp_free(&r);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -251,6 +289,7 @@ int main(void)
 		stalled_subscriber_is_cut_off_others_carry_on,
 		fast_logger_is_throttled_and_says_so,
 		retention_by_count_then_by_age,
+		fleet_history_with_filters,
 	};
 	return th_run_tests("08_logstreams", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }
