@@ -1007,6 +1007,54 @@ static enum MHD_Result api__logstream_route(struct req *r, const char *rest)
 	return api__send(r, 204, "application/json", strdup(""), 0);
 }
 
+/* --- the dashboard's files ---------------------------------------------------- */
+
+static const char *api__mime(const char *path)
+{
+	static const struct { const char *ext, *type; } types[] = {
+		{ ".html", "text/html; charset=utf-8" }, { ".js", "text/javascript; charset=utf-8" },
+		{ ".css", "text/css; charset=utf-8" }, { ".svg", "image/svg+xml" }, { ".png", "image/png" },
+		{ ".json", "application/json" }, { ".ico", "image/x-icon" },
+	};
+	const char *dot = strrchr(path, '.');
+	for (size_t i = 0; dot && i < TN_ARRAY_LEN(types); i++)
+		if (strcmp(dot, types[i].ext) == 0)
+			return types[i].type;
+	return "application/octet-stream";
+}
+
+/* GET /, /app.js, ...: files of --web-dir; names are checked, never a path
+ * outside it. */
+static enum MHD_Result api__static(struct req *r)
+{
+	const char *name = strcmp(r->url, "/") == 0 ? "index.html" : r->url + 1;
+	char path[1024];
+
+	if (!r->a->opt.web_dir)
+		return api__error(r, 404, "no such resource: %s (this tenderd serves no dashboard)", r->url);
+	if (strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0)
+		return api__method_not_allowed(r, "GET, HEAD");
+	for (const char *p = name; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '.' || *p == '-' || *p == '_' || *p == '/') || (p[0] == '.' && p[1] == '.'))
+			return api__error(r, 404, "no such file");
+	snprintf(path, sizeof path, "%s/%s", r->a->opt.web_dir, name);
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return api__error(r, 404, "no such file: %s", r->url);
+	fseek(f, 0, SEEK_END);
+	long size = ftell(f);
+	char *data = size >= 0 && size < (64 << 20) ? malloc((size_t)size + 1) : NULL;
+	rewind(f);
+	if (!data || fread(data, 1, (size_t)size, f) != (size_t)size) {
+		fclose(f);
+		free(data);
+		return api__error(r, 500, "cannot read %s", r->url);
+	}
+	fclose(f);
+	return api__send(r, 200, api__mime(path), data, (size_t)size);
+}
+
 /* --- routing ---------------------------------------------------------------- */
 
 static int api__authorized(struct req *r)
@@ -1015,6 +1063,16 @@ static int api__authorized(struct req *r)
 						    MHD_HTTP_HEADER_AUTHORIZATION);
 	char hash[AUTH_HASH_HEX], role[32];
 
+	/* A browser's EventSource cannot send headers: a GET may carry the
+	 * token as ?access_token= instead (docs/api.md says so, and why). */
+	if (!h && strcmp(r->method, "GET") == 0) {
+		const char *q = api__arg(r, "access_token");
+		if (q) {
+			auth_hash_hex(q, strlen(q), hash);
+			return strlen(q) <= 256 && store_token_lookup(r->a->st, hash, role) == 0 &&
+			       strcmp(role, "admin") == 0;
+		}
+	}
 	if (!h || strncasecmp(h, "Bearer ", 7) != 0)
 		return 0;
 	h += 7;
@@ -1051,7 +1109,7 @@ static enum MHD_Result api__route(struct req *r)
 		return api__agent_request(r, url + 7);
 	}
 	if (strncmp(url, "/v1/", 4) != 0)
-		return api__error(r, 404, "no such resource: %s", url);
+		return api__static(r);
 	if (!api__authorized(r))
 		return api__error(r, 401, "a valid token is required: Authorization: Bearer TOKEN");
 	if (r->too_large)

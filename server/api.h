@@ -22,6 +22,7 @@ typedef struct api_options {
 	int max_body;      /* bytes */
 	int max_firmware;  /* bytes of a firmware upload */
 	const char *firmware_dir;
+	const char *web_dir;  /* the dashboard's files, served at / (NULL: none) */
 } api_options;
 
 /* The parts the API works with, borrowed until api_stop. */

@@ -25,6 +25,8 @@ static const struct opt config__opts[] = {
 	{ "data-dir", OPT_STR, OFF(data_dir), 0, 0, "DIR",
 	  "database, tokens and firmware files (default ./tender-data; created if missing)" },
 	{ "bind", OPT_STR, OFF(bind), 0, 0, "ADDR", "address both ports listen on (default 127.0.0.1)" },
+	{ "web-dir", OPT_STR, OFF(web_dir), 0, 0, "DIR",
+	  "the dashboard's files, served at / (default ./web if present, else " TN_DATADIR "/web)" },
 	{ "device-port", OPT_INT, OFF(device_port), 0, 65535, "N",
 	  "WebSocket device endpoint (default 8600; 0 picks a free port)" },
 	{ "http-port", OPT_INT, OFF(http_port), 0, 65535, "N",
@@ -106,6 +108,7 @@ void config_free(tn_config *cfg)
 	free(cfg->data_dir);
 	free(cfg->bind);
 	free(cfg->admin_token_file);
+	free(cfg->web_dir);
 	memset(cfg, 0, sizeof *cfg);
 }
 

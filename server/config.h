@@ -12,6 +12,7 @@ typedef struct tn_config {
 	char *data_dir;          /* owned */
 	char *bind;              /* owned */
 	char *admin_token_file;  /* owned; NULL means DATA_DIR/admin.token */
+	char *web_dir;           /* owned; NULL: ./web if there, else the installed one */
 	int device_port;
 	int http_port;
 	int ping_interval;       /* seconds of silence before the server pings */

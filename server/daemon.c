@@ -178,11 +178,18 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 		goto fail;
 	sched_set_device_loop(t->sched, t->dev);
 	sup_set_device_loop(t->sup, t->dev);
+	const char *web = cfg->web_dir;
+	if (!web)
+		web = access("./web/index.html", R_OK) == 0 ? "./web" : TN_DATADIR "/web";
+	if (access(web, R_OK) != 0) {
+		log_warn("no dashboard: %s is not readable (--web-dir)", web);
+		web = NULL;
+	}
 	api_options aopt = {
 		.bind = cfg->bind, .port = cfg->http_port, .threads = cfg->http_threads,
 		.max_conns = cfg->http_max_conns, .conn_timeout = cfg->http_timeout,
 		.max_body = cfg->max_body, .max_firmware = cfg->max_firmware,
-		.firmware_dir = t->firmware_dir,
+		.firmware_dir = t->firmware_dir, .web_dir = web,
 	};
 	api_deps deps = { .st = t->st, .reg = t->reg, .dev = t->dev, .sched = t->sched, .sup = t->sup,
 			  .streams = t->streams };
@@ -195,6 +202,8 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 	log_info("http api listening on %d", api_port(t->http));
 	log_info("devices connect to ws://%s:%d/v1/device; the API is at http://%s:%d/v1/",
 		 cfg->bind, device_loop_port(t->dev), cfg->bind, api_port(t->http));
+	if (web)
+		log_info("dashboard at http://%s:%d/ (files from %s)", cfg->bind, api_port(t->http), web);
 	free(token_path);
 	*out = t;
 	return 0;

@@ -10,8 +10,9 @@ top=$(pwd)
 PKGS="build-essential autoconf automake pkg-config \
   libwebsockets-dev libmicrohttpd-dev libsqlite3-dev libjansson-dev liblua5.4-dev \
   libssl-dev libcurl4-openssl-dev check nodejs node-ws curl sqlite3"
-# only for `test`: the libFuzzer runs
-TEST_PKGS="clang libclang-rt-14-dev"
+# only for `test`: the libFuzzer runs, and the browser tests (Debian's
+# chromium driven by playwright-core from the npm registry)
+TEST_PKGS="clang libclang-rt-14-dev chromium"
 
 install_packages() {
   missing=""
@@ -50,7 +51,11 @@ run)
   exec "$top/build/tenderd" --data-dir "$top/tender-data" "$@"
   ;;
 test)
-  install_packages $TEST_PKGS
+  # npm comes with some Node.js builds and is Debian's package `npm` otherwise.
+  if command -v npm >/dev/null 2>&1; then install_packages $TEST_PKGS; else install_packages $TEST_PKGS npm; fi
+  if [ ! -f "$top/tests/browser/node_modules/playwright-core/package.json" ]; then
+    (cd "$top/tests/browser" && npm install --no-audit --no-fund --loglevel=error)
+  fi
   status=0
   build build
   make -C "$top/build" -j"$(nproc)" check || status=1

@@ -6,9 +6,15 @@
 set -u
 passed=0
 failed=0
+skipped=0
 for dir in "$@"; do
   for trs in $(find "$dir/tests" -name '*.trs' 2>/dev/null | sort); do
     log=${trs%.trs}.log
+    if [ "$(sed -n 's/^:test-result: //p' "$trs")" = "SKIP" ]; then
+      echo "test-summary: $log skipped: $(head -n 1 "$log")" >&2
+      skipped=$((skipped + 1))
+      continue
+    fi
     line=$(grep -E '^[0-9]+%: Checks: [0-9]+, Failures: [0-9]+, Errors: [0-9]+' "$log" 2>/dev/null | tail -n 1)
     if [ -n "$line" ]; then
       n=$(echo "$line" | sed -E 's/.*Checks: ([0-9]+),.*/\1/')
@@ -26,5 +32,9 @@ for dir in "$@"; do
     fi
   done
 done
-echo "$passed passed, $failed failed"
+if [ "$skipped" -gt 0 ]; then
+  echo "$passed passed, $failed failed, $skipped skipped"
+else
+  echo "$passed passed, $failed failed"
+fi
 [ "$failed" -eq 0 ]
