@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "auth.h"
@@ -1039,7 +1040,8 @@ static enum MHD_Result api__static(struct req *r)
 		      *p == '.' || *p == '-' || *p == '_' || *p == '/') || (p[0] == '.' && p[1] == '.'))
 			return api__error(r, 404, "no such file");
 	snprintf(path, sizeof path, "%s/%s", r->a->opt.web_dir, name);
-	FILE *f = fopen(path, "rb");
+	struct stat sb;
+	FILE *f = stat(path, &sb) == 0 && S_ISREG(sb.st_mode) ? fopen(path, "rb") : NULL;
 	if (!f)
 		return api__error(r, 404, "no such file: %s", r->url);
 	fseek(f, 0, SEEK_END);
