@@ -4,9 +4,11 @@
  * reports AGENT_OOM and the supervisor stops the agent); a count hook stops a
  * handler over its instruction budget, and keeps raising until the event
  * ends, so a script's pcall cannot swallow it.  Sandbox: base (without
- * dofile, loadfile, collectgarbage; load forced to text), string (without
- * dump; rep bounded), table, math, utf8, coroutine, and os.time/clock/date.
- * No io, package, require or debug. */
+ * dofile, loadfile, collectgarbage; load forced to text; no __gc), string (without
+ * dump; rep bounded), table (its C loops bounded), math, utf8, coroutine, and
+ * os.time/clock/date.  No io, package, require or debug.
+ * Every Lua call that can fail runs protected: an unprotected error (say, the
+ * memory cap hit while decoding a message) would abort the whole server. */
 #define _GNU_SOURCE
 #include "runtime.h"
 
@@ -81,10 +83,22 @@ static void *rt__alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 static void rt__hook(lua_State *L, lua_Debug *ar)
 {
 	agent_rt *a = rt__self(L);
-	a->count += RT_HOOK_EVERY;
-	if (a->in_event && (a->over_budget || a->count > a->lim.instructions)) {
+	a->count += (uint64_t)lua_gethookcount(L);
+	if (!a->in_event)
+		return;
+	if (a->count > a->lim.instructions)
 		a->over_budget = 1;
-		luaL_error(L, "over its budget of %llu instructions", (unsigned long long)a->lim.instructions);
+	/* Past the budget, or the memory cap (the agent is dead, and a pcall
+	 * loop would retry with a full collection on every refused allocation),
+	 * every instruction raises, in this coroutine and in the main thread: a
+	 * pcall (or coroutine.resume) in a loop, with the hook firing mostly in
+	 * the inner loop, would otherwise catch each error and go on for ever. */
+	if (a->over_budget || a->oom) {
+		lua_sethook(L, rt__hook, LUA_MASKCOUNT, 1);
+		lua_sethook(a->L, rt__hook, LUA_MASKCOUNT, 1);
+		if (a->oom)
+			luaL_error(L, "over its memory cap");
+		luaL_error(L, "over its budget of %I instructions", (lua_Integer)a->lim.instructions);
 	}
 }
 
@@ -97,14 +111,27 @@ static json_t *rt__table_to_json(lua_State *L, int idx, int depth, char *err, si
 	lua_Integer n = (lua_Integer)lua_rawlen(L, idx), count = 0;
 	int strings = 0, ints = 0;
 
+	/* Each level holds a key and a value on the stack: past LUA_MINSTACK
+	 * slots, it has to be made room for (without raising: no leak). */
+	if (!lua_checkstack(L, 4)) {
+		snprintf(err, cap, "out of memory");
+		return NULL;
+	}
 	lua_pushnil(L);
 	while (lua_next(L, idx)) {
 		count++;
-		if (lua_type(L, -2) == LUA_TSTRING)
+		if (lua_type(L, -2) == LUA_TSTRING) {
 			strings = 1;
-		else if (lua_isinteger(L, -2))
+		} else if (lua_isinteger(L, -2)) {
+			/* Keys outside 1..n could make up for holes inside in the count. */
+			lua_Integer k = lua_tointeger(L, -2);
+			if (k < 1 || k > n) {
+				lua_pop(L, 2);
+				snprintf(err, cap, "an array must have keys 1 to n with no holes");
+				return NULL;
+			}
 			ints = 1;
-		else {
+		} else {
 			lua_pop(L, 2);
 			snprintf(err, cap, "a table key must be a string or an integer");
 			return NULL;
@@ -138,7 +165,12 @@ static json_t *rt__table_to_json(lua_State *L, int idx, int depth, char *err, si
 		size_t klen;
 		const char *key = lua_tolstring(L, -2, &klen);
 		json_t *v = rt__to_json(L, lua_gettop(L), depth + 1, err, cap);
-		if (!v || strlen(key) != klen || json_object_set_new(out, key, v)) {
+		if (v && strlen(key) != klen) {
+			json_decref(v); /* json_object_set_new would have taken it */
+			v = NULL;
+			snprintf(err, cap, "a key holds a NUL byte");
+		}
+		if (!v || json_object_set_new(out, key, v)) {
 			if (v && !*err)
 				snprintf(err, cap, "a key is not valid UTF-8 text");
 			lua_pop(L, 2);
@@ -229,17 +261,33 @@ static void rt__push_json(lua_State *L, json_t *j, int depth)
 	}
 }
 
-/* Pushes the decoded JSON text (or nil); raises on malformed or too deep JSON. */
-static void rt__push_json_text(lua_State *L, const char *text)
+static int rt__push_json_call(lua_State *L)
 {
-	json_error_t jerr;
-	json_t *j = json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
+	rt__push_json(L, lua_touserdata(L, 1), 0);
+	return 1;
+}
+
+/* Pushes j (nil when NULL) and decrefs it (steals); values nested deeper
+ * than AGENT_JSON_DEPTH become nil.  Raises only when out of memory, and
+ * then without leaking j. */
+static void rt__push_json_steal(lua_State *L, json_t *j)
+{
 	if (!j) {
 		lua_pushnil(L);
 		return;
 	}
-	rt__push_json(L, j, 0);
+	lua_pushcfunction(L, rt__push_json_call);
+	lua_pushlightuserdata(L, j);
+	int rc = lua_pcall(L, 1, 1, 0);
 	json_decref(j);
+	if (rc != LUA_OK)
+		lua_error(L);
+}
+
+/* The JSON text decoded (owned), or NULL when it is malformed. */
+static json_t *rt__parse(const char *text)
+{
+	return json_loads(text, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, NULL);
 }
 
 /* --- the API: device, server, timer, http ---------------------------------------- */
@@ -339,12 +387,9 @@ static int rt__server_load(lua_State *L)
 {
 	agent_rt *a = rt__self(L);
 	char *text = a->host.load(a->host.ctx);
-	if (!text) {
-		lua_pushnil(L);
-		return 1;
-	}
-	rt__push_json_text(L, text);
+	json_t *j = text ? rt__parse(text) : NULL;
 	free(text);
+	rt__push_json_steal(L, j);
 	return 1;
 }
 
@@ -362,8 +407,9 @@ static int rt__timer_add(lua_State *L, int repeat)
 		return luaL_error(L, "timer: out of memory");
 	a->timers = grown;
 	lua_pushvalue(L, 2);
+	int ref = luaL_ref(L, LUA_REGISTRYINDEX); /* may raise: before the slot is taken */
 	struct rt_timer *t = &a->timers[a->ntimers++];
-	t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	t->ref = ref;
 	t->every = repeat ? (int64_t)(secs * 1000) : 0;
 	t->due = a->host.now_ms(a->host.ctx) + (int64_t)(secs * 1000);
 	t->id = ++a->next_timer_id;
@@ -442,7 +488,10 @@ static int rt__res_send(lua_State *L)
 		lua_pushcfunction(L, rt__res_header);
 		lua_pushstring(L, "Content-Type");
 		lua_pushstring(L, "application/json");
-		lua_call(L, 2, 0);
+		if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+			free(body);
+			return lua_error(L);
+		}
 	} else if (!lua_isnoneornil(L, 2)) {
 		const char *s = luaL_checklstring(L, 2, &len);
 		body = malloc(len + 1);
@@ -473,16 +522,97 @@ static int rt__string_rep(lua_State *L)
 		luaL_checklstring(L, 3, &seplen);
 	if (n > 0 && (double)(len + seplen) * (double)n > RT_MAX_REP)
 		return luaL_error(L, "string.rep: the result would be over %d bytes", RT_MAX_REP);
+	if (len + seplen == 0) { /* the original would loop n times for nothing */
+		lua_pushliteral(L, "");
+		return 1;
+	}
 	lua_getfield(L, lua_upvalueindex(1), "rep");
 	lua_insert(L, 1);
 	lua_call(L, lua_gettop(L) - 1, 1);
 	return 1;
 }
 
+/* table.insert/remove/move/sort/concat loop in C, where the count hook cannot
+ * stop them, as far as #t or their range says, and #t can say 2^40 (a __len,
+ * or a sparse table such as {[1]=1, [2]=1, [4]=1, ..., [2^40]=1}).  A table
+ * cannot hold more than memory/16 elements: refuse ranges longer than that. */
+static int rt__table_guard(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	const char *fn = lua_tostring(L, lua_upvalueindex(2));
+	lua_Unsigned most = a->lim.memory / 16;
+	luaL_checktype(L, 1, LUA_TTABLE);
+	if (luaL_getmetafield(L, 1, "__len") != LUA_TNIL)
+		return luaL_error(L, "table.%s: not for a table with a __len metamethod", fn);
+	lua_Integer from = 1, to = (lua_Integer)lua_rawlen(L, 1);
+	if (strcmp(fn, "move") == 0) {
+		from = luaL_checkinteger(L, 2);
+		to = luaL_checkinteger(L, 3);
+	} else if (strcmp(fn, "concat") == 0) {
+		from = luaL_optinteger(L, 3, 1);
+		to = luaL_optinteger(L, 4, to);
+	}
+	if (to >= from && (lua_Unsigned)to - (lua_Unsigned)from >= most)
+		return luaL_error(L, "table.%s: over %I elements", fn, (lua_Integer)most);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+	return lua_gettop(L);
+}
+
+/* Lua runs finalizers (__gc) with hooks off, where no budget can stop them:
+ * no __gc for agents.  An object is marked for finalization only if its
+ * metatable has a __gc field when setmetatable is called. */
+static int rt__setmetatable(lua_State *L)
+{
+	if (lua_istable(L, 2)) {
+		lua_pushliteral(L, "__gc");
+		if (lua_rawget(L, 2) != LUA_TNIL)
+			return luaL_error(L, "setmetatable: __gc is not available to agents");
+		lua_pop(L, 1);
+	}
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+/* xpcall's message handler runs before the error unwinds; after an error
+ * from the count hook, hooks are still off there, so a handler that loops
+ * would never stop: past the budget (or the memory cap) it is skipped. */
+static int rt__xpcall_msgh(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	if (a->over_budget || a->oom)
+		return 1;
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+static int rt__xpcall_k(lua_State *L, int status, lua_KContext ctx)
+{
+	return lua_gettop(L);
+}
+
+static int rt__xpcall(lua_State *L)
+{
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	lua_pushvalue(L, 2);
+	lua_pushcclosure(L, rt__xpcall_msgh, 1);
+	lua_replace(L, 2);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, rt__xpcall_k);
+	return lua_gettop(L);
+}
+
 /* load(chunk, name, mode, env) with mode forced to text: no bytecode. */
 static int rt__load(lua_State *L)
 {
 	int nargs = lua_gettop(L);
+	lua_settop(L, 4); /* load(s): index 2 must be nil, not what is pushed next */
 	lua_pushvalue(L, lua_upvalueindex(1));
 	for (int i = 1; i <= 2; i++)
 		lua_pushvalue(L, i);
@@ -528,6 +658,12 @@ static void rt__open_sandbox(lua_State *L)
 	lua_getglobal(L, "load");
 	lua_pushcclosure(L, rt__load, 1);
 	lua_setglobal(L, "load");
+	lua_getglobal(L, "setmetatable");
+	lua_pushcclosure(L, rt__setmetatable, 1);
+	lua_setglobal(L, "setmetatable");
+	lua_getglobal(L, "xpcall");
+	lua_pushcclosure(L, rt__xpcall, 1);
+	lua_setglobal(L, "xpcall");
 	lua_getglobal(L, "string");
 	lua_pushnil(L);
 	lua_setfield(L, -2, "dump");
@@ -536,6 +672,15 @@ static void rt__open_sandbox(lua_State *L)
 	lua_setfield(L, -2, "rep");
 	lua_pushcclosure(L, rt__string_rep, 1);
 	lua_setfield(L, -2, "rep");
+	lua_pop(L, 1);
+	lua_getglobal(L, "table");
+	for (const char *const *f = (const char *const[]){ "insert", "remove", "move", "sort", "concat", NULL };
+	     *f; f++) {
+		lua_getfield(L, -1, *f);
+		lua_pushstring(L, *f);
+		lua_pushcclosure(L, rt__table_guard, 2);
+		lua_setfield(L, -2, *f);
+	}
 	lua_pop(L, 1);
 	/* The string metatable cannot be read or replaced. */
 	lua_pushliteral(L, "");
@@ -580,6 +725,41 @@ static void rt__open_api(lua_State *L)
 
 /* --- running --------------------------------------------------------------------- */
 
+/* The libraries, the API and the handler table: run protected (rt__protect). */
+static int rt__open(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	rt__open_sandbox(L);
+	rt__open_api(L);
+	lua_newtable(L);
+	a->ref_handlers = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+/* Runs fn(ud) protected, leaving its results on the stack.  It builds an
+ * event's arguments: only memory can fail there (reported as AGENT_OOM). */
+static int rt__protect(agent_rt *a, lua_CFunction fn, void *ud)
+{
+	lua_State *L = a->L;
+	int top = lua_gettop(L);
+	lua_pushcfunction(L, fn);
+	lua_pushlightuserdata(L, ud);
+	int rc = lua_pcall(L, 1, LUA_MULTRET, 0);
+	if (rc == LUA_OK && !a->oom)
+		return AGENT_OK;
+	if (rc != LUA_OK && rc != LUA_ERRMEM && !a->oom) {
+		const char *msg = lua_tostring(L, -1);
+		char line[300];
+		snprintf(line, sizeof line, "error preparing an event: %.200s", msg ? msg : "?");
+		a->host.log(a->host.ctx, 1, line);
+		lua_settop(L, top);
+		return AGENT_ERROR;
+	}
+	lua_settop(L, top);
+	a->oom = 1;
+	return AGENT_OOM;
+}
+
 static int rt__traceback(lua_State *L)
 {
 	const char *msg = lua_tostring(L, 1);
@@ -597,6 +777,7 @@ static int rt__call(agent_rt *a, int nargs, const char *what)
 	lua_insert(L, base);
 	a->count = 0;
 	a->over_budget = 0;
+	lua_sethook(L, rt__hook, LUA_MASKCOUNT, RT_HOOK_EVERY); /* the hook may have left it at 1 */
 	a->in_event = 1;
 	int rc = lua_pcall(L, nargs, 0, base);
 	a->in_event = 0;
@@ -651,11 +832,7 @@ int agent_rt_new(agent_rt **out, const char *source, size_t len, const agent_lim
 	*(agent_rt **)lua_getextraspace(a->L) = a;
 	a->ref_connect = a->ref_disconnect = a->ref_http = LUA_NOREF;
 	lua_sethook(a->L, rt__hook, LUA_MASKCOUNT, RT_HOOK_EVERY);
-	rt__open_sandbox(a->L);
-	rt__open_api(a->L);
-	lua_newtable(a->L);
-	a->ref_handlers = luaL_ref(a->L, LUA_REGISTRYINDEX);
-	if (a->oom) {
+	if (rt__protect(a, rt__open, NULL) != AGENT_OK || a->oom) {
 		agent_rt_free(a);
 		return tn_err(err, TN_ENOMEM, "over the memory cap while starting");
 	}
@@ -685,17 +862,33 @@ void agent_rt_free(agent_rt *a)
 	free(a);
 }
 
+struct rt__msg {
+	const char *name, *data;
+};
+
+/* Pushes the handler and the decoded data, or nothing without a handler. */
+static int rt__message_args(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	const struct rt__msg *m = lua_touserdata(L, 1);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref_handlers);
+	lua_getfield(L, -1, m->name);
+	if (!lua_isfunction(L, -1))
+		return 0;
+	rt__push_json_steal(L, rt__parse(m->data));
+	return 2;
+}
+
 int agent_rt_message(agent_rt *a, const char *name, const char *data_json)
 {
 	lua_State *L = a->L;
-	lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref_handlers);
-	lua_getfield(L, -1, name);
-	lua_remove(L, -2);
-	if (!lua_isfunction(L, -1)) {
-		lua_pop(L, 1);
-		return AGENT_OK; /* no handler for it: ignored */
-	}
-	rt__push_json_text(L, data_json ? data_json : "null");
+	if (a->oom)
+		return AGENT_OOM;
+	int top = lua_gettop(L);
+	struct rt__msg m = { name, data_json ? data_json : "null" };
+	int rc = rt__protect(a, rt__message_args, &m);
+	if (rc != AGENT_OK || lua_gettop(L) == top)
+		return rc; /* no handler for it: ignored */
 	char what[180];
 	snprintf(what, sizeof what, "the '%.128s' handler", name);
 	return rt__call(a, 1, what);
@@ -703,6 +896,8 @@ int agent_rt_message(agent_rt *a, const char *name, const char *data_json)
 
 static int rt__call_ref(agent_rt *a, int ref, const char *what)
 {
+	if (a->oom)
+		return AGENT_OOM;
 	if (ref == LUA_NOREF)
 		return AGENT_OK;
 	lua_rawgeti(a->L, LUA_REGISTRYINDEX, ref);
@@ -719,12 +914,11 @@ int agent_rt_disconnect(agent_rt *a)
 	return rt__call_ref(a, a->ref_disconnect, "the ondisconnect handler");
 }
 
-int agent_rt_http(agent_rt *a, const agent_http_req *req, agent_http_res *res)
+/* Pushes the handler, req and res. */
+static int rt__http_args(lua_State *L)
 {
-	lua_State *L = a->L;
-	memset(res, 0, sizeof *res);
-	if (a->ref_http == LUA_NOREF)
-		return AGENT_OK;
+	agent_rt *a = rt__self(L);
+	const agent_http_req *req = lua_touserdata(L, 1);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, a->ref_http);
 	lua_createtable(L, 0, 5);
 	lua_pushstring(L, req->method);
@@ -751,9 +945,22 @@ int agent_rt_http(agent_rt *a, const agent_http_req *req, agent_http_res *res)
 	lua_setfield(L, -2, "header");
 	lua_pushcfunction(L, rt__res_send);
 	lua_setfield(L, -2, "send");
+	return 3;
+}
+
+int agent_rt_http(agent_rt *a, const agent_http_req *req, agent_http_res *res)
+{
+	memset(res, 0, sizeof *res);
+	if (a->oom)
+		return AGENT_OOM;
+	if (a->ref_http == LUA_NOREF)
+		return AGENT_OK;
+	int rc = rt__protect(a, rt__http_args, (void *)req);
+	if (rc != AGENT_OK)
+		return rc;
 	a->res = res;
 	a->res_sent = 0;
-	int rc = rt__call(a, 2, "the http.onrequest handler");
+	rc = rt__call(a, 2, "the http.onrequest handler");
 	a->res = NULL;
 	if (rc == AGENT_OK && !a->res_sent) {
 		agent_http_res_clear(res);
@@ -783,31 +990,53 @@ int64_t agent_rt_next_timer(agent_rt *a)
 	return next;
 }
 
+struct rt__due {
+	int64_t due;
+	int id;
+};
+
+static int rt__due_cmp(const void *x, const void *y)
+{
+	const struct rt__due *p = x, *q = y;
+	if (p->due != q->due)
+		return p->due < q->due ? -1 : 1;
+	return (p->id > q->id) - (p->id < q->id);
+}
+
 int agent_rt_run_timers(agent_rt *a, int64_t now)
 {
-	int worst = AGENT_OK;
-	/* Timers added by a handler wait for the next round. */
-	int n = a->ntimers;
-	for (int i = 0; i < n && i < a->ntimers; i++) {
+	int worst = AGENT_OK, ndue = 0;
+	if (a->oom)
+		return AGENT_OOM;
+	/* The due timers, picked first and found again by id: a handler may add
+	 * timers (they wait for the next round) or cancel them, which moves
+	 * others around in the array. */
+	struct rt__due *due = malloc((size_t)(a->ntimers ? a->ntimers : 1) * sizeof *due);
+	if (!due)
+		return AGENT_OK; /* tried again on the next round */
+	for (int i = 0; i < a->ntimers; i++)
+		if (a->timers[i].due <= now)
+			due[ndue++] = (struct rt__due){ a->timers[i].due, a->timers[i].id };
+	qsort(due, (size_t)ndue, sizeof *due, rt__due_cmp);
+	for (int d = 0; d < ndue; d++) {
+		int i = 0;
+		while (i < a->ntimers && a->timers[i].id != due[d].id)
+			i++;
+		if (i == a->ntimers)
+			continue; /* cancelled by an earlier handler */
 		struct rt_timer *t = &a->timers[i];
-		if (t->due > now)
-			continue;
-		int id = t->id;
 		lua_rawgeti(a->L, LUA_REGISTRYINDEX, t->ref);
-		if (t->every) {
+		if (t->every)
 			t->due = now + t->every;
-		} else {
+		else
 			rt__timer_remove(a, i);
-			i--;
-			n--;
-		}
 		int rc = rt__call(a, 0, "a timer");
-		(void)id;
 		if (rc > worst)
 			worst = rc;
 		if (rc == AGENT_OOM)
 			break;
 	}
+	free(due);
 	return worst;
 }
 

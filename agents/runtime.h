@@ -57,9 +57,10 @@ typedef struct agent_rt agent_rt;
 int agent_rt_check(const char *source, size_t len, tn_error *err);
 
 /* Creates the state, loads the sandboxed libraries and the API, runs the
- * source's top level (which registers handlers and timers).  Returns 0, or
- * TN_EINVAL (does not compile, or the top level raised: err says where),
- * or TN_ENOMEM (over the memory cap while starting).  lim may be NULL, and
+ * source's top level (which registers handlers and timers).  Returns 0 (a
+ * top level that raised is logged through host->log like a handler's error,
+ * and the agent runs with what it registered), TN_EINVAL (does not compile:
+ * err says where), or TN_ENOMEM (over the memory cap while starting).  lim may be NULL, and
  * a zero field takes its default; host is copied and every callback in it
  * is required. */
 int agent_rt_new(agent_rt **out, const char *source, size_t len, const agent_limits *lim,

@@ -939,12 +939,19 @@ static enum MHD_Result api__agent_request(struct req *r, const char *rest)
 		return api__error(r, 404, "no such agent");
 	memcpy(agent_id, rest, n);
 	agent_id[n] = '\0';
-	const char *hdr_list[66];
-	struct api__hdrs h = { hdr_list, 0, 66 };
-	hdr_list[0] = NULL;
+	const char *hdr_list[66], *arg_list[66];
+	struct api__hdrs h = { hdr_list, 0, 66 }, args = { arg_list, 0, 66 };
+	hdr_list[0] = arg_list[0] = NULL;
 	MHD_get_connection_values(r->conn, MHD_HEADER_KIND, api__collect_header, &h);
+	/* The query again as text (decoded, in order): k=v&k2=v2 */
+	MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, api__collect_header, &args);
+	char query[2048] = "";
+	size_t qn = 0;
+	for (size_t i = 0; i + 1 < args.n && qn < sizeof query; i += 2)
+		qn += (size_t)snprintf(query + qn, sizeof query - qn, "%s%s=%s", i ? "&" : "", arg_list[i],
+				       arg_list[i + 1]);
 	agent_http_req req = {
-		.method = r->method, .path = slash ? slash : "/", .query = "",
+		.method = r->method, .path = slash ? slash : "/", .query = query,
 		.body = r->body ? r->body : "", .body_len = r->body_len, .headers = hdr_list,
 	};
 	r->agent_state = 1;

@@ -12,15 +12,16 @@ out=$top/build-fuzz
 mkdir -p "$out"
 command -v clang >/dev/null || { echo "fuzz: clang is not installed (apt-get install clang)" >&2; exit 1; }
 CFLAGS="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I$top/server \
-  -DPACKAGE_VERSION=\"fuzz\" $(pkg-config --cflags jansson)"
-LIBS="$(pkg-config --libs jansson libcrypto)"
+  -I$top/agents -DPACKAGE_VERSION=\"fuzz\" $(pkg-config --cflags jansson lua5.4)"
+LIBS="$(pkg-config --libs jansson libcrypto lua5.4) -lm"
 status=0
-for target in frame sfdp flashparts; do
+for target in frame sfdp flashparts lua_json; do
   src="$top/tests/fuzz/fuzz_$target.c"
   case $target in
     frame) deps="server/frame.c server/util.c server/metrics.c" ;;
     sfdp) deps="server/sfdp.c server/util.c" ;;
     flashparts) deps="server/flashparts.c server/util.c" ;;
+    lua_json) deps="agents/runtime.c server/util.c" ;;
   esac
   # shellcheck disable=SC2086
   clang $CFLAGS -o "$out/fuzz_$target" "$src" $(for d in $deps; do echo "$top/$d"; done) $LIBS

@@ -26,7 +26,7 @@ static const char *echo_agent =
 	"device.on('hog', function() local t = {} while true do t[#t + 1] = string.rep('x', 1000) .. #t end end)\n"
 	"device.on('escape', function() os.execute('touch /tmp/tender-escaped') end)\n"
 	"http.onrequest(function(req, res)\n"
-	"  if req.path == '/count' then res.send(200, {count = count, method = req.method}) return end\n"
+	"  if req.path == '/count' then res.send(200, {count = count, method = req.method, query = req.query}) return end\n"
 	"  if req.path == '/seq' then seq = seq + 1 res.send(200, {seq = seq}) return end\n"
 	"  if req.path == '/push' then device.send('pushed', {n = tonumber(req.body)}) res.send(202, 'queued') return end\n"
 	"  res.send(404, 'nothing at ' .. req.path)\n"
@@ -99,12 +99,14 @@ START_TEST(round_trip_http_save_reload)
 
 	/* The agent answers HTTP at its own address. */
 	char *aid = agent_id_of(&s, DEV1);
-	snprintf(path, sizeof path, "/agent/%s/count", aid);
+	snprintf(path, sizeof path, "/agent/%s/count?color=blue", aid);
 	th_http(&s, "GET", path, NULL, NULL, "", &r);
 	ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
 	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "count")), 2);
 	ck_assert_str_eq(json_string_value(json_object_get(r.json, "method")), "GET");
+	ck_assert_str_eq(json_string_value(json_object_get(r.json, "query")), "color=blue");
 	th_resp_free(&r);
+	snprintf(path, sizeof path, "/agent/%s/count", aid);
 	th_http(&s, "GET", "/agent/ag_not_an_agent/count", NULL, NULL, "", &r);
 	ck_assert_int_eq(r.status, 404);
 	th_resp_free(&r);

@@ -1,0 +1,1416 @@
+/* tests/unit/test_runtime.c -- one agent's Lua runtime (agents/runtime.c)
+ * against docs/agents.md, with a fake host that records log lines, sends and
+ * saves, and a fake clock: every API function, the sandbox, the instruction
+ * budget and the memory cap (including the ways a script might escape them),
+ * the Lua <-> JSON mapping, the lifecycle, and the example agents in
+ * agents/examples. */
+#define _GNU_SOURCE
+#include <check.h>
+#include <jansson.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime.h"
+
+/* --- the fake host ------------------------------------------------------------ */
+
+#define MAXREC 256
+
+static struct fake {
+	int nlogs, nsends, saves;
+	char *log[MAXREC];
+	int log_err[MAXREC];
+	char *send_name[MAXREC], *send_data[MAXREC];
+	char *saved;            /* what server.save stored last (owned) */
+	int save_fail;          /* server.save fails with "disk full" */
+	int connected;
+	int64_t now;
+} F;
+
+static void fake_log(void *ctx, int is_error, const char *msg)
+{
+	ck_assert_ptr_eq(ctx, &F);
+	if (F.nlogs < MAXREC) {
+		F.log[F.nlogs] = strdup(msg);
+		F.log_err[F.nlogs] = is_error;
+	}
+	F.nlogs++;
+}
+
+static void fake_send(void *ctx, const char *name, const char *data_json)
+{
+	ck_assert_ptr_eq(ctx, &F);
+	if (F.nsends < MAXREC) {
+		F.send_name[F.nsends] = strdup(name);
+		F.send_data[F.nsends] = strdup(data_json);
+	}
+	F.nsends++;
+}
+
+static int fake_connected(void *ctx)
+{
+	return F.connected;
+}
+
+static int fake_save(void *ctx, const char *json, size_t len, char *err, size_t errcap)
+{
+	ck_assert_uint_eq(strlen(json), len);
+	ck_assert_uint_le(len, AGENT_SAVE_MAX);
+	if (F.save_fail) {
+		snprintf(err, errcap, "disk full");
+		return -1;
+	}
+	free(F.saved);
+	F.saved = strdup(json);
+	F.saves++;
+	return 0;
+}
+
+static char *fake_load(void *ctx)
+{
+	return F.saved ? strdup(F.saved) : NULL;
+}
+
+static int64_t fake_now(void *ctx)
+{
+	return F.now;
+}
+
+static const agent_host host = {
+	.ctx = &F, .log = fake_log, .send = fake_send, .is_connected = fake_connected,
+	.save = fake_save, .load = fake_load, .now_ms = fake_now,
+};
+
+static void forget(void)
+{
+	for (int i = 0; i < F.nlogs && i < MAXREC; i++)
+		free(F.log[i]);
+	for (int i = 0; i < F.nsends && i < MAXREC; i++) {
+		free(F.send_name[i]);
+		free(F.send_data[i]);
+	}
+	F.nlogs = F.nsends = 0;
+}
+
+static void setup(void)
+{
+	memset(&F, 0, sizeof F);
+	F.connected = 1;
+	F.now = 1000;
+}
+
+static void teardown(void)
+{
+	forget();
+	free(F.saved);
+	memset(&F, 0, sizeof F);
+}
+
+/* --- helpers ------------------------------------------------------------------ */
+
+static agent_rt *start_lim(const char *src, size_t memory, uint64_t instructions)
+{
+	agent_rt *a = NULL;
+	tn_error err = { 0 };
+	agent_limits lim = { memory, instructions };
+	int rc = agent_rt_new(&a, src, strlen(src), &lim, &host, &err);
+	ck_assert_msg(rc == 0, "agent_rt_new: %d %s", rc, err.msg);
+	ck_assert_ptr_nonnull(a);
+	return a;
+}
+
+static agent_rt *start(const char *src)
+{
+	return start_lim(src, 0, 0);
+}
+
+/* The index of the first log line holding needle (with is_error as given,
+ * or either when -1), or -1. */
+static int find_log(const char *needle, int is_error)
+{
+	for (int i = 0; i < F.nlogs && i < MAXREC; i++)
+		if (strstr(F.log[i], needle) && (is_error < 0 || F.log_err[i] == is_error))
+			return i;
+	return -1;
+}
+
+#define ck_assert_log(needle, is_error) \
+	ck_assert_msg(find_log(needle, is_error) >= 0, "no log line with '%s' (%d lines; first: %s)", needle, \
+		      F.nlogs, F.nlogs ? F.log[0] : "-")
+
+/* got and want are the same JSON value (types included: 1 is not 1.0). */
+static void ck_json_eq(const char *got, const char *want)
+{
+	json_error_t e;
+	json_t *g = json_loads(got, JSON_DECODE_ANY, &e), *w = json_loads(want, JSON_DECODE_ANY, &e);
+	ck_assert_msg(g != NULL, "not JSON: %s", got);
+	ck_assert_msg(w != NULL, "bad expectation: %s", want);
+	ck_assert_msg(json_equal(g, w), "got %s, want %s", got, want);
+	json_decref(g);
+	json_decref(w);
+}
+
+/* Runs message "m" with data and checks the one send it makes. */
+static void ck_sends(agent_rt *a, const char *data, const char *name, const char *want)
+{
+	forget();
+	int rc = agent_rt_message(a, "m", data);
+	ck_assert_msg(rc == AGENT_OK, "message %s: rc %d, log: %s", data, rc, F.nlogs ? F.log[0] : "-");
+	ck_assert_int_eq(F.nsends, 1);
+	ck_assert_str_eq(F.send_name[0], name);
+	ck_json_eq(F.send_data[0], want);
+}
+
+static char *repeat(const char *s, int n)
+{
+	size_t len = strlen(s);
+	char *out = malloc(len * (size_t)n + 1);
+	ck_assert_ptr_nonnull(out);
+	for (int i = 0; i < n; i++)
+		memcpy(out + len * (size_t)i, s, len);
+	out[len * (size_t)n] = '\0';
+	return out;
+}
+
+static const char *res_header(const agent_http_res *res, const char *name)
+{
+	for (char **h = res->headers; h && h[0] && h[1]; h += 2)
+		if (strcasecmp(h[0], name) == 0)
+			return h[1];
+	return NULL;
+}
+
+static agent_http_req get(const char *path)
+{
+	agent_http_req req = { .method = "GET", .path = path, .query = "", .body = "", .body_len = 0 };
+	return req;
+}
+
+static const char *echo = "device.on('m', function(d) device.send('r', d) end)\n";
+
+/* --- device ------------------------------------------------------------------- */
+
+START_TEST(device_on_and_send)
+{
+	agent_rt *a = start("device.on('ping', function(d) device.send('pong', d) end)\n");
+	ck_assert_int_eq(agent_rt_message(a, "ping", "{\"hello\":[1,2,3]}"), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	ck_assert_str_eq(F.send_name[0], "pong");
+	ck_assert_str_eq(F.send_data[0], "{\"hello\":[1,2,3]}");
+	/* No data is nil, sent back as null. */
+	ck_assert_int_eq(agent_rt_message(a, "ping", NULL), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 2);
+	ck_assert_str_eq(F.send_data[1], "null");
+	ck_assert_int_eq(F.nlogs, 0);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(device_message_without_handler_is_ignored)
+{
+	agent_rt *a = start(echo);
+	ck_assert_int_eq(agent_rt_message(a, "nobody", "1"), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 0);
+	ck_assert_int_eq(F.nlogs, 0);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(device_on_replaces_the_handler)
+{
+	agent_rt *a = start("device.on('m', function() device.send('first') end)\n"
+			    "device.on('m', function() device.send('second') end)\n");
+	ck_assert_int_eq(agent_rt_message(a, "m", NULL), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	ck_assert_str_eq(F.send_name[0], "second");
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(device_send_refusals)
+{
+	agent_rt *a = start("device.on('long', function() device.send(string.rep('n', 129), 1) end)\n"
+			    "device.on('fn', function() device.send('x', print) end)\n"
+			    "device.on('noname', function() device.send({}, 1) end)\n"
+			    "device.on('ok128', function() device.send(string.rep('n', 128), 1) end)\n"
+			    "device.on('nohandler', function() device.on('x', 1) end)\n");
+	ck_assert_int_eq(agent_rt_message(a, "long", NULL), AGENT_ERROR);
+	ck_assert_log("device.send: the name is longer than 128 bytes", 1);
+	ck_assert_int_eq(agent_rt_message(a, "fn", NULL), AGENT_ERROR);
+	ck_assert_log("device.send: a function cannot be sent as JSON", 1);
+	ck_assert_int_eq(agent_rt_message(a, "noname", NULL), AGENT_ERROR);
+	ck_assert_int_eq(agent_rt_message(a, "nohandler", NULL), AGENT_ERROR);
+	ck_assert_log("function expected", 1);
+	ck_assert_int_eq(F.nsends, 0);
+	ck_assert_int_eq(agent_rt_message(a, "ok128", NULL), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(device_onconnect_ondisconnect_isconnected)
+{
+	agent_rt *none = start(echo);
+	ck_assert_int_eq(agent_rt_connect(none), AGENT_OK);
+	ck_assert_int_eq(agent_rt_disconnect(none), AGENT_OK);
+	ck_assert_int_eq(F.nsends + F.nlogs, 0);
+	agent_rt_free(none);
+
+	agent_rt *a = start("device.onconnect(function() device.send('hi', device.isconnected()) end)\n"
+			    "device.ondisconnect(function() server.log('gone: ' .. tostring(device.isconnected())) end)\n");
+	F.connected = 1;
+	ck_assert_int_eq(agent_rt_connect(a), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	ck_assert_str_eq(F.send_name[0], "hi");
+	ck_assert_str_eq(F.send_data[0], "true");
+	F.connected = 0;
+	ck_assert_int_eq(agent_rt_disconnect(a), AGENT_OK);
+	ck_assert_int_eq(F.nlogs, 1);
+	ck_assert_str_eq(F.log[0], "gone: false");
+	ck_assert_int_eq(F.log_err[0], 0);
+	agent_rt_free(a);
+}
+END_TEST
+
+/* --- http --------------------------------------------------------------------- */
+
+START_TEST(http_request_fields)
+{
+	agent_rt *a = start("http.onrequest(function(req, res)\n"
+			    "  res.send(200, {method = req.method, path = req.path, query = req.query,\n"
+			    "    body = req.body:gsub('%z', '0'), len = #req.body,\n"
+			    "    auth = req.headers['x-auth'], ct = req.headers['content-type']})\n"
+			    "end)\n");
+	const char *headers[] = { "X-Auth", "s3cret", "Content-Type", "text/plain", NULL };
+	agent_http_req req = { .method = "POST", .path = "/a/b", .query = "x=1", .body = "ab\0cd",
+			       .body_len = 5, .headers = headers };
+	agent_http_res res;
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_assert_int_eq(res.status, 200);
+	ck_json_eq(res.body, "{\"method\":\"POST\",\"path\":\"/a/b\",\"query\":\"x=1\",\"body\":\"ab0cd\",\"len\":5,"
+			     "\"auth\":\"s3cret\",\"ct\":\"text/plain\"}");
+	ck_assert_uint_eq(res.body_len, strlen(res.body));
+	ck_assert_str_eq(res_header(&res, "Content-Type"), "application/json");
+	agent_http_res_clear(&res);
+	ck_assert_ptr_null(res.body);
+	/* No query and no headers. */
+	req = (agent_http_req){ .method = "GET", .path = "/" };
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_json_eq(res.body, "{\"method\":\"GET\",\"path\":\"/\",\"query\":\"\",\"body\":\"\",\"len\":0}");
+	agent_http_res_clear(&res);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(http_res_header_and_send_string)
+{
+	agent_rt *a = start("http.onrequest(function(req, res)\n"
+			    "  res.header('X-One', '1') res.header('Cache-Control', 'no-store')\n"
+			    "  res.send(201, 'made ' .. req.path)\n"
+			    "end)\n");
+	agent_http_req req = get("/thing");
+	agent_http_res res;
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_assert_int_eq(res.status, 201);
+	ck_assert_str_eq(res.body, "made /thing");
+	ck_assert_uint_eq(res.body_len, 11);
+	ck_assert_str_eq(res_header(&res, "X-One"), "1");
+	ck_assert_str_eq(res_header(&res, "Cache-Control"), "no-store");
+	ck_assert_ptr_null(res_header(&res, "Content-Type")); /* the server adds text/plain */
+	agent_http_res_clear(&res);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(http_res_send_table_is_json)
+{
+	agent_rt *a = start("http.onrequest(function(req, res) res.send(200, {ok = true, n = {1, 2.5}}) end)\n");
+	agent_http_req req = get("/");
+	agent_http_res res;
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_assert_int_eq(res.status, 200);
+	ck_json_eq(res.body, "{\"ok\":true,\"n\":[1,2.5]}");
+	ck_assert_str_eq(res_header(&res, "Content-Type"), "application/json");
+	agent_http_res_clear(&res);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(http_without_answer_is_500)
+{
+	agent_rt *a = start("http.onrequest(function(req, res) end)\n");
+	agent_http_req req = get("/");
+	agent_http_res res;
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_assert_int_eq(res.status, 500);
+	ck_assert_str_eq(res.body, "the agent did not answer");
+	ck_assert_uint_eq(res.body_len, strlen("the agent did not answer"));
+	agent_http_res_clear(&res);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(http_without_handler_is_status_0)
+{
+	agent_rt *a = start(echo);
+	agent_http_req req = get("/");
+	agent_http_res res;
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_assert_int_eq(res.status, 0);
+	ck_assert_ptr_null(res.body);
+	agent_http_res_clear(&res);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(http_handler_failures)
+{
+	agent_rt *a = start_lim("http.onrequest(function(req, res)\n"
+				"  if req.path == '/before' then error('early') end\n"
+				"  if req.path == '/spin' then while true do end end\n"
+				"  res.header('X-A', 'b')\n"
+				"  res.send(200, 'sent')\n"
+				"  error('late')\n"
+				"end)\n",
+				0, 200000);
+	agent_http_req req = get("/before");
+	agent_http_res res;
+	/* Failed before res.send: status 0, the caller answers 500. */
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_ERROR);
+	ck_assert_int_eq(res.status, 0);
+	ck_assert_ptr_null(res.body);
+	agent_http_res_clear(&res);
+	ck_assert_log("error in the http.onrequest handler: agent.lua:2: early", 1);
+	req = get("/spin");
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_BUDGET);
+	ck_assert_int_eq(res.status, 0);
+	agent_http_res_clear(&res);
+	/* Failed after res.send: the answer stands. */
+	req = get("/after");
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_ERROR);
+	ck_assert_int_eq(res.status, 200);
+	ck_assert_str_eq(res.body, "sent");
+	ck_assert_str_eq(res_header(&res, "X-A"), "b");
+	agent_http_res_clear(&res);
+	ck_assert_log("agent.lua:6: late", 1);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(http_res_misuse)
+{
+	agent_rt *a = start("local saved\n"
+			    "http.onrequest(function(req, res)\n"
+			    "  saved = res\n"
+			    "  local r = {}\n"
+			    "  r[1] = select(2, pcall(res.send, 99, 'x'))\n"
+			    "  r[2] = select(2, pcall(res.header, 'X-Bad', 'a\\r\\nInjected: 1'))\n"
+			    "  r[3] = select(2, pcall(res.header, 'X:Bad', 'a'))\n"
+			    "  for i = 1, 32 do res.header('X-' .. i, 'v') end\n"
+			    "  r[4] = select(2, pcall(res.header, 'X-33', 'v'))\n"
+			    "  r[5] = select(2, pcall(res.send, 200, {1}))\n"
+			    "  res.send(200, 'first')\n"
+			    "  r[6] = select(2, pcall(res.send, 200, 'second'))\n"
+			    "  server.log(table.concat(r, '|'))\n"
+			    "end)\n"
+			    "device.on('m', function() saved.send(200, 'late') end)\n");
+	agent_http_req req = get("/");
+	agent_http_res res;
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_assert_int_eq(res.status, 200);
+	ck_assert_str_eq(res.body, "first");
+	ck_assert_ptr_null(res_header(&res, "Injected"));
+	ck_assert_ptr_null(res_header(&res, "X-33"));
+	ck_assert_ptr_null(res_header(&res, "Content-Type")); /* the failed table send added none */
+	agent_http_res_clear(&res);
+	ck_assert_int_eq(F.nlogs, 1);
+	const char *line = F.log[0];
+	ck_assert_msg(strstr(line, "res.send: status must be from 100 to 599") != NULL, "%s", line);
+	ck_assert_msg(strstr(line, "res.header: a header name or value may not contain CR, LF") != NULL, "%s", line);
+	ck_assert_msg(strstr(line, "res.header: at most 32 headers") != NULL, "%s", line);
+	ck_assert_msg(strstr(line, "res.send: the request has been answered already") != NULL, "%s", line);
+	/* res outside its request. */
+	ck_assert_int_eq(agent_rt_message(a, "m", NULL), AGENT_ERROR);
+	ck_assert_log("res.send: the request has been answered already", 1);
+	agent_rt_free(a);
+}
+END_TEST
+
+/* --- server --------------------------------------------------------------------- */
+
+START_TEST(server_log_error_print)
+{
+	agent_rt *a = start("server.log('hello') server.error('bad') print('printed')\n"
+			    "server.log(42) server.log(nil) server.log(string.rep('x', 5000))\n");
+	ck_assert_int_eq(F.nlogs, 6);
+	ck_assert_str_eq(F.log[0], "hello");
+	ck_assert_int_eq(F.log_err[0], 0);
+	ck_assert_str_eq(F.log[1], "bad");
+	ck_assert_int_eq(F.log_err[1], 1);
+	ck_assert_str_eq(F.log[2], "printed");
+	ck_assert_int_eq(F.log_err[2], 0);
+	ck_assert_str_eq(F.log[3], "42");
+	ck_assert_str_eq(F.log[4], "nil");
+	ck_assert_uint_eq(strlen(F.log[5]), 4096); /* cut at 4096 bytes */
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(server_save_and_load)
+{
+	const char *src = "local s = server.load()\n"
+			  "device.on('m', function(d) device.send('loaded', s) end)\n"
+			  "device.on('save', function(d) server.save(d) end)\n";
+	agent_rt *a = start(src);
+	ck_sends(a, NULL, "loaded", "null"); /* nothing saved yet: nil */
+	ck_assert_int_eq(agent_rt_message(a, "save", "{\"count\":3,\"list\":[1,2],\"f\":0.5}"), AGENT_OK);
+	ck_assert_int_eq(F.saves, 1);
+	ck_json_eq(F.saved, "{\"count\":3,\"list\":[1,2],\"f\":0.5}");
+	agent_rt_free(a);
+	a = start(src); /* a restart finds it */
+	ck_sends(a, NULL, "loaded", "{\"count\":3,\"list\":[1,2],\"f\":0.5}");
+	agent_rt_free(a);
+	/* What the store holds is not JSON any more: nil. */
+	free(F.saved);
+	F.saved = strdup("{broken");
+	a = start(src);
+	ck_sends(a, NULL, "loaded", "null");
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(server_save_limits_and_failures)
+{
+	agent_rt *a = start_lim("device.on('m', function(d) server.save({s = string.rep('x', d)}) end)\n"
+				"device.on('fn', function() server.save({f = print}) end)\n",
+				4 << 20, 0);
+	/* {"s":"..."} is 8 bytes around the string. */
+	ck_assert_int_eq(agent_rt_message(a, "m", "65528"), AGENT_OK);
+	ck_assert_int_eq(F.saves, 1);
+	ck_assert_uint_eq(strlen(F.saved), AGENT_SAVE_MAX);
+	ck_assert_int_eq(agent_rt_message(a, "m", "65529"), AGENT_ERROR);
+	ck_assert_log("server.save: 65537 bytes is over the 65536-byte limit", 1);
+	ck_assert_int_eq(agent_rt_message(a, "m", "100000"), AGENT_ERROR);
+	ck_assert_int_eq(F.saves, 1);
+	ck_assert_int_eq(agent_rt_message(a, "fn", NULL), AGENT_ERROR);
+	ck_assert_log("server.save: a function cannot be sent as JSON", 1);
+	F.save_fail = 1;
+	ck_assert_int_eq(agent_rt_message(a, "m", "1"), AGENT_ERROR);
+	ck_assert_log("server.save: disk full", 1);
+	ck_assert_int_eq(F.saves, 1);
+	agent_rt_free(a);
+}
+END_TEST
+
+/* --- timers ------------------------------------------------------------------- */
+
+START_TEST(timer_after_fires_once)
+{
+	F.now = 1000;
+	agent_rt *a = start("timer.after(1.5, function() device.send('fired', 1) end)\n");
+	ck_assert_int_eq(agent_rt_next_timer(a), 2500);
+	ck_assert_int_eq(agent_rt_run_timers(a, 2499), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 0);
+	ck_assert_int_eq(agent_rt_run_timers(a, 2500), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	ck_assert_int_eq(agent_rt_next_timer(a), -1);
+	ck_assert_int_eq(agent_rt_run_timers(a, 9999), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(timer_every_repeats)
+{
+	F.now = 0;
+	agent_rt *a = start("local n = 0\n"
+			    "timer.every(1, function() n = n + 1 device.send('tick', n) end)\n");
+	ck_assert_int_eq(agent_rt_next_timer(a), 1000);
+	for (int i = 1; i <= 3; i++) {
+		ck_assert_int_eq(agent_rt_run_timers(a, i * 1000), AGENT_OK);
+		ck_assert_int_eq(agent_rt_next_timer(a), (i + 1) * 1000);
+	}
+	ck_assert_int_eq(F.nsends, 3);
+	ck_assert_str_eq(F.send_data[2], "3");
+	/* Late: runs once, and the next is counted from when it ran. */
+	ck_assert_int_eq(agent_rt_run_timers(a, 10500), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 4);
+	ck_assert_int_eq(agent_rt_next_timer(a), 11500);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(timer_cancel_and_handle_cancel)
+{
+	F.now = 0;
+	agent_rt *a = start("local a = timer.after(1, function() device.send('a') end)\n"
+			    "local b = timer.every(1, function() device.send('b') end)\n"
+			    "local n = 0\n"
+			    "local c\n"
+			    "c = timer.every(1, function() n = n + 1 device.send('c', n) if n == 2 then c:cancel() end end)\n"
+			    "timer.cancel(a)\n"
+			    "b:cancel()\n"
+			    "b:cancel() timer.cancel({id = 12345})  -- twice, or unknown: nothing\n"
+			    "server.log(tostring(getmetatable(a)) .. ' ' .. math.type(a.id))\n");
+	ck_assert_str_eq(F.log[0], "false integer");
+	for (int i = 1; i <= 4; i++)
+		ck_assert_int_eq(agent_rt_run_timers(a, i * 1000), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 2);
+	ck_assert_str_eq(F.send_name[0], "c");
+	ck_assert_str_eq(F.send_name[1], "c");
+	ck_assert_int_eq(agent_rt_next_timer(a), -1);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(timer_argument_refusals)
+{
+	agent_rt *a = start("local r = {}\n"
+			    "r[1] = select(2, pcall(timer.after, 0, print))\n"
+			    "r[2] = select(2, pcall(timer.after, 0.001, print))\n"
+			    "r[3] = select(2, pcall(timer.every, 86400 * 366, print))\n"
+			    "r[4] = select(2, pcall(timer.after, 1, 'not a function'))\n"
+			    "r[5] = select(2, pcall(timer.after, 0 / 0, print))\n"
+			    "server.log(table.concat(r, '|'))\n"
+			    "timer.after(0.01, print)\n");
+	ck_assert_int_eq(F.nlogs, 1);
+	ck_assert_int_eq(F.log_err[0], 0);
+	const char *l = F.log[0];
+	ck_assert_msg(strstr(l, "timer: seconds must be from 0.01 to a year|timer: seconds must be from 0.01 to a "
+				"year|timer: seconds must be from 0.01 to a year|") != NULL, "%s", l);
+	ck_assert_msg(strstr(l, "function expected") != NULL, "%s", l);
+	ck_assert_int_eq(agent_rt_next_timer(a), F.now + 10);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(timer_at_most_10000)
+{
+	agent_rt *a = start_lim("for i = 1, 10000 do timer.after(i, print) end\n"
+				"local ok, err = pcall(timer.after, 1, print)\n"
+				"server.log(tostring(ok) .. ' ' .. err)\n",
+				16 << 20, 0);
+	ck_assert_int_eq(F.nlogs, 1);
+	ck_assert_str_eq(F.log[0], "false timer: at most 10000 timers");
+	agent_rt_free(a);
+}
+END_TEST
+
+/* Every due timer runs in one round, once, in due order, though handlers add
+ * and cancel timers (which moves the others around). */
+START_TEST(timer_round_with_handlers_adding_and_cancelling)
+{
+	F.now = 0;
+	const int64_t round = 1000;
+	agent_rt *a = start("local x, y, z, w\n"
+			    "x = timer.every(1, function() device.send('x') timer.after(0.5, function() device.send('new') end) end)\n"
+			    "y = timer.after(1, function() device.send('y') end)\n"
+			    "z = timer.after(1, function() device.send('z') w:cancel() end)\n"
+			    "w = timer.after(1, function() device.send('w') end)\n"
+			    "timer.after(0.5, function() device.send('early') end)\n");
+	F.now = round; /* the clock timers are set by */
+	ck_assert_int_eq(agent_rt_run_timers(a, round), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 4);
+	ck_assert_str_eq(F.send_name[0], "early"); /* due at 500 */
+	ck_assert_str_eq(F.send_name[1], "x");
+	ck_assert_str_eq(F.send_name[2], "y");
+	ck_assert_str_eq(F.send_name[3], "z"); /* w cancelled by z, 'new' waits */
+	ck_assert_int_eq(agent_rt_next_timer(a), 1500);
+	ck_assert_int_eq(agent_rt_run_timers(a, 1500), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 5);
+	ck_assert_str_eq(F.send_name[4], "new");
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(timer_failures)
+{
+	F.now = 0;
+	agent_rt *a = start_lim("timer.after(1, function() error('in a timer') end)\n"
+				"timer.after(1, function() while true do end end)\n"
+				"timer.after(1, function() device.send('still') end)\n",
+				0, 200000);
+	ck_assert_int_eq(agent_rt_run_timers(a, 1000), AGENT_BUDGET); /* the worst of the round */
+	ck_assert_log("error in a timer: agent.lua:1: in a timer", 1);
+	ck_assert_log("a timer stopped: over its budget of 200000 instructions", 1);
+	ck_assert_int_eq(F.nsends, 1); /* each timer is its own event */
+	agent_rt_free(a);
+}
+END_TEST
+
+/* --- the sandbox ---------------------------------------------------------------- */
+
+static const char *probe_names =
+	"local function lookup(name)\n"
+	"  local v = _G\n"
+	"  for part in name:gmatch('[^.]+') do if type(v) ~= 'table' then return nil end v = v[part] end\n"
+	"  return v\n"
+	"end\n"
+	"device.on('m', function(names)\n"
+	"  local found = {}\n"
+	"  for _, n in ipairs(names) do if lookup(n) ~= nil then found[#found + 1] = n end end\n"
+	"  device.send('found', found)\n"
+	"end)\n";
+
+START_TEST(sandbox_absent)
+{
+	agent_rt *a = start(probe_names);
+	ck_sends(a,
+		 "[\"io\",\"os.execute\",\"os.exit\",\"os.getenv\",\"os.remove\",\"os.rename\",\"os.tmpname\","
+		 "\"os.setlocale\",\"require\",\"package\",\"dofile\",\"loadfile\",\"debug\",\"string.dump\","
+		 "\"collectgarbage\",\"loadstring\",\"module\",\"setfenv\",\"getfenv\"]",
+		 "found", "{}");
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(sandbox_present)
+{
+	const char *names = "[\"string.format\",\"string.rep\",\"string.find\",\"table.insert\",\"table.sort\","
+			    "\"table.concat\",\"table.unpack\",\"math.floor\",\"math.type\",\"utf8.char\","
+			    "\"coroutine.wrap\",\"os.time\",\"os.clock\",\"os.date\",\"pcall\",\"xpcall\",\"error\","
+			    "\"load\",\"setmetatable\",\"getmetatable\",\"pairs\",\"ipairs\",\"select\",\"tostring\","
+			    "\"tonumber\",\"type\",\"next\",\"rawget\",\"rawset\",\"print\",\"device.on\",\"server.log\","
+			    "\"timer.after\",\"http.onrequest\"]";
+	agent_rt *a = start(probe_names);
+	ck_sends(a, names, "found", names);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(sandbox_escape_attempts_fail)
+{
+	agent_rt *a = start("device.on('m', function() os.execute('touch /tmp/tender-escaped') end)\n"
+			    "device.on('req', function() require('io') end)\n"
+			    "device.on('meta', function()\n"
+			    "  device.send('meta', {tostring(getmetatable('')), tostring(pcall(setmetatable, 'x', {}))})\n"
+			    "end)\n");
+	ck_assert_int_eq(agent_rt_message(a, "m", NULL), AGENT_ERROR);
+	ck_assert_log("attempt to call a nil value (field 'execute')", 1);
+	ck_assert_int_eq(agent_rt_message(a, "req", NULL), AGENT_ERROR);
+	ck_assert_log("attempt to call a nil value (global 'require')", 1);
+	ck_assert_int_eq(agent_rt_message(a, "meta", NULL), AGENT_OK);
+	ck_assert_str_eq(F.send_data[0], "[\"false\",\"false\"]"); /* the string metatable is protected */
+	agent_rt_free(a);
+}
+END_TEST
+
+struct chunk {
+	char buf[4096];
+	size_t len;
+};
+
+static int chunk_writer(lua_State *L, const void *p, size_t sz, void *ud)
+{
+	struct chunk *c = ud;
+	ck_assert_uint_le(c->len + sz, sizeof c->buf);
+	memcpy(c->buf + c->len, p, sz);
+	c->len += sz;
+	return 0;
+}
+
+START_TEST(sandbox_binary_chunks_refused)
+{
+	/* Bytecode made by a plain Lua state, outside any agent. */
+	struct chunk c = { .len = 0 };
+	lua_State *plain = luaL_newstate();
+	ck_assert_int_eq(luaL_loadstring(plain, "device.send('bytecode', 1) return 1"), LUA_OK);
+	ck_assert_int_eq(lua_dump(plain, chunk_writer, &c, 0), 0);
+	lua_close(plain);
+	ck_assert_int_eq(c.buf[0], 0x1b);
+
+	agent_rt *a = start("http.onrequest(function(req, res)\n"
+			    "  local f1, e1 = load(req.body)\n"
+			    "  local f2, e2 = load(req.body, 'x', 'b')\n"
+			    "  local f3, e3 = load(function() local s = req.body req.body = nil return s end)\n"
+			    "  res.send(200, {tostring(f1), e1, tostring(f2), e2, tostring(f3), e3})\n"
+			    "end)\n");
+	agent_http_req req = { .method = "POST", .path = "/", .body = c.buf, .body_len = c.len };
+	agent_http_res res;
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	json_t *j = json_loads(res.body, 0, NULL);
+	ck_assert_ptr_nonnull(j);
+	for (size_t i = 0; i < 6; i += 2) {
+		ck_assert_str_eq(json_string_value(json_array_get(j, i)), "nil");
+		ck_assert_msg(strstr(json_string_value(json_array_get(j, i + 1)), "attempt to load a binary chunk"),
+			      "%s", res.body);
+	}
+	json_decref(j);
+	agent_http_res_clear(&res);
+	ck_assert_int_eq(F.nsends, 0);
+	agent_rt_free(a);
+
+	/* Nor as the agent's code. */
+	tn_error err = { 0 };
+	agent_rt *b = NULL;
+	ck_assert_int_eq(agent_rt_check(c.buf, c.len, &err), TN_EINVAL);
+	ck_assert_msg(strstr(err.msg, "binary") != NULL, "%s", err.msg);
+	ck_assert_int_eq(agent_rt_new(&b, c.buf, c.len, NULL, &host, &err), TN_EINVAL);
+	ck_assert_ptr_null(b);
+}
+END_TEST
+
+START_TEST(sandbox_text_load_works)
+{
+	agent_rt *a = start("local env = {x = 5}\n"
+			    "local f = load('return x * 2', 'calc', 't', env)\n"
+			    "local g, err = load('return +', 'broken')\n"
+			    "server.log(f() .. ' ' .. tostring(g) .. ' ' .. err)\n"
+			    "server.log(load('return 1 + 1')() .. ' ' .. load('return x', nil, nil, env)())\n");
+	ck_assert_int_eq(F.nlogs, 2);
+	ck_assert_str_eq(F.log[1], "2 5");
+	ck_assert_msg(strncmp(F.log[0], "10 nil [string \"broken\"]:1:", 27) == 0, "%s", F.log[0]);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(sandbox_no_finalizers)
+{
+	/* Lua runs __gc with hooks off, beyond any budget. */
+	agent_rt *a = start("local ok, err = pcall(setmetatable, {}, {__gc = function() while true do end end})\n"
+			    "local ok2 = pcall(setmetatable, {}, {__gc = true})\n"
+			    "local mt = {} local t = setmetatable({}, mt) mt.__gc = function() while true do end end\n"
+			    "server.log(tostring(ok) .. ' ' .. err .. ' ' .. tostring(ok2))\n");
+	ck_assert_int_eq(F.nlogs, 1);
+	ck_assert_str_eq(F.log[0], "false setmetatable: __gc is not available to agents false");
+	agent_rt_free(a); /* a __gc added later is never called */
+}
+END_TEST
+
+/* --- limits ------------------------------------------------------------------- */
+
+START_TEST(limit_budget_stops_a_loop_and_the_agent_goes_on)
+{
+	agent_rt *a = start_lim("device.on('spin', function() while true do end end)\n"
+				"device.on('m', function(d) device.send('r', d) end)\n",
+				0, 1000000);
+	ck_assert_int_eq(agent_rt_message(a, "spin", NULL), AGENT_BUDGET);
+	ck_assert_log("the 'spin' handler stopped: over its budget of 1000000 instructions", 1);
+	ck_sends(a, "7", "r", "7");
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(limit_budget_default_is_10_million)
+{
+	agent_rt *a = start("device.on('m', function(n) for i = 1, n do end end)\n");
+	/* A numeric for loop is about one instruction a turn. */
+	ck_assert_int_eq(agent_rt_message(a, "m", "9000000"), AGENT_OK);
+	ck_assert_int_eq(agent_rt_message(a, "m", "11000000"), AGENT_BUDGET);
+	ck_assert_log("over its budget of 10000000 instructions", 1);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(limit_budget_cannot_be_caught)
+{
+	static const char *const escapes[] = {
+		"pcall(function() while true do end end) device.send('after')",
+		"while true do pcall(function() while true do end end) end",
+		"while true do pcall(pcall, function() while true do end end) end",
+		"while true do coroutine.resume(coroutine.create(function() while true do end end)) end",
+		"while true do pcall(coroutine.wrap(function() while true do end end)) end",
+		"xpcall(function() while true do end end, function() while true do end end)",
+		"while true do xpcall(function() while true do end end, function(e) return e end) end",
+		"local co = coroutine.wrap(function() while true do pcall(function() while true do end end) "
+		"coroutine.yield() end end) while true do co() end",
+		"while true do pcall(string.gsub, 'aaaa', 'a', function() while true do end end) end",
+		"while true do pcall(table.sort, {3, 2, 1}, function() while true do end end) end",
+		"while true do pcall(load('while true do end')) end",
+	};
+	for (size_t i = 0; i < sizeof escapes / sizeof escapes[0]; i++) {
+		char src[600];
+		snprintf(src, sizeof src, "device.on('m', function() %s end)\ndevice.on('ok', function() device.send('ok') end)\n",
+			 escapes[i]);
+		agent_rt *a = start_lim(src, 0, 300000);
+		forget();
+		ck_assert_msg(agent_rt_message(a, "m", NULL) == AGENT_BUDGET, "escaped: %s", escapes[i]);
+		ck_assert_int_eq(agent_rt_message(a, "ok", NULL), AGENT_OK);
+		ck_assert_int_ge(F.nsends, 1);
+		ck_assert_str_eq(F.send_name[F.nsends - 1], "ok");
+		agent_rt_free(a);
+	}
+}
+END_TEST
+
+START_TEST(limit_budget_in_the_top_level)
+{
+	agent_rt *a = start_lim("device.on('m', function() device.send('r', 1) end)\nwhile true do end\n", 0, 200000);
+	ck_assert_log("the top level stopped: over its budget of 200000 instructions", 1);
+	ck_sends(a, NULL, "r", "1"); /* what it registered before still runs */
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(limit_out_of_memory)
+{
+	static const char *const hogs[] = {
+		"local t = {} while true do t[#t + 1] = string.rep('x', 1000) .. #t end",
+		"local t = {} while true do pcall(function() t[#t + 1] = string.rep('x', 1000) .. #t end) end",
+		"local s = 'x' while true do s = s .. s end",
+		"local t = {} for i = 1, 1e9 do t[i] = i end",
+		"xpcall(function() local t = {} while true do t[#t + 1] = string.rep('x', 1000) .. #t end end, "
+		"function() while true do end end)",
+		"local t = {} while true do coroutine.resume(coroutine.create(function() t[#t + 1] = {} end)) end",
+	};
+	for (size_t i = 0; i < sizeof hogs / sizeof hogs[0]; i++) {
+		char src[400];
+		snprintf(src, sizeof src, "device.on('hog', function() %s end)\n%s", hogs[i], echo);
+		agent_rt *a = start(src);
+		forget();
+		ck_assert_msg(agent_rt_message(a, "hog", NULL) == AGENT_OOM, "not out of memory: %s", hogs[i]);
+		ck_assert_uint_le(agent_rt_memory(a), 1 << 20);
+		/* Dead: nothing runs any more. */
+		ck_assert_int_eq(agent_rt_message(a, "m", "1"), AGENT_OOM);
+		ck_assert_int_eq(agent_rt_connect(a), AGENT_OOM);
+		ck_assert_int_eq(agent_rt_disconnect(a), AGENT_OOM);
+		ck_assert_int_eq(agent_rt_run_timers(a, 1 << 30), AGENT_OOM);
+		agent_http_req req = get("/");
+		agent_http_res res;
+		ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OOM);
+		ck_assert_int_eq(res.status, 0);
+		agent_http_res_clear(&res);
+		ck_assert_int_eq(F.nsends, 0);
+		agent_rt_free(a);
+	}
+}
+END_TEST
+
+/* Over the cap while the runtime itself builds an event's arguments: an
+ * error there, unprotected, would abort the whole process. */
+START_TEST(limit_out_of_memory_outside_handlers)
+{
+	agent_rt *a = start_lim(echo, 256 << 10, 0);
+	char *items = repeat("{},", 40000), *big = NULL;
+	items[strlen(items) - 1] = '\0';
+	ck_assert_int_ge(asprintf(&big, "[%s]", items), 0);
+	free(items);
+	ck_assert_int_eq(agent_rt_message(a, "m", big), AGENT_OOM);
+	agent_rt_free(a);
+	/* The same from server.load, even in a pcall. */
+	F.saved = big;
+	a = start_lim("device.on('m', function() while true do pcall(server.load) end end)\n", 256 << 10, 0);
+	ck_assert_int_eq(agent_rt_message(a, "m", NULL), AGENT_OOM);
+	agent_rt_free(a);
+
+	a = start_lim("http.onrequest(function(req, res) res.send(200, #req.body) end)\n", 256 << 10, 0);
+	size_t n = 300 << 10;
+	char *body = malloc(n);
+	ck_assert_ptr_nonnull(body);
+	memset(body, 'b', n);
+	agent_http_req req = { .method = "POST", .path = "/", .body = body, .body_len = n };
+	agent_http_res res;
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OOM);
+	ck_assert_int_eq(res.status, 0);
+	agent_http_res_clear(&res);
+	free(body);
+	agent_rt_free(a);
+
+	/* Too little to even start. */
+	for (size_t mem = 1024; mem <= 16384; mem *= 2) {
+		agent_rt *b = NULL;
+		tn_error err = { 0 };
+		agent_limits lim = { mem, 0 };
+		ck_assert_int_eq(agent_rt_new(&b, echo, strlen(echo), &lim, &host, &err), TN_ENOMEM);
+		ck_assert_ptr_null(b);
+	}
+}
+END_TEST
+
+START_TEST(limit_string_rep)
+{
+	agent_rt *a = start_lim("device.on('big', function() return string.rep('x', 1e9) end)\n"
+			    "device.on('method', function() return ('x'):rep(1e9) end)\n"
+			    "device.on('sep', function() return string.rep('', 1e9, 'x') end)\n"
+			    "device.on('m', function()\n"
+			    "  device.send('r', {string.rep('ab', 3, ','), #string.rep('', 1e15), #string.rep('x', 1 << 20),\n"
+			    "    string.rep('x', 0), string.rep('x', -1)})\n"
+			    "end)\n",
+			    4 << 20, 0);
+	ck_assert_int_eq(agent_rt_message(a, "big", NULL), AGENT_ERROR);
+	ck_assert_log("string.rep: the result would be over 1048576 bytes", 1);
+	forget();
+	ck_assert_int_eq(agent_rt_message(a, "method", NULL), AGENT_ERROR);
+	ck_assert_log("string.rep: the result would be over 1048576 bytes", 1);
+	forget();
+	ck_assert_int_eq(agent_rt_message(a, "sep", NULL), AGENT_ERROR);
+	ck_assert_log("string.rep: the result would be over 1048576 bytes", 1);
+	/* An empty string repeated for ever is empty, at once. */
+	ck_sends(a, NULL, "r", "[\"ab,ab,ab\",0,1048576,\"\",\"\"]");
+	agent_rt_free(a);
+}
+END_TEST
+
+/* table.insert/remove/move/sort/concat loop in C, out of the budget's reach. */
+START_TEST(limit_table_loops)
+{
+	agent_rt *a = start("device.on('move', function() table.move({}, 1, 1e15, 1, {}) end)\n"
+			    "device.on('len', function()\n"
+			    "  table.insert(setmetatable({}, {__len = function() return 1e15 end}), 1, 'x')\n"
+			    "end)\n"
+			    "device.on('sparse', function()\n"
+			    "  local t = {} for i = 40, 0, -1 do t[1 << i] = 1 end  -- #t is 2^40\n"
+			    "  table.remove(t, 1)\n"
+			    "end)\n"
+			    "device.on('m', function()\n"
+			    "  local t = {5, 3, 1}\n"
+			    "  table.insert(t, 4) table.insert(t, 1, 9) table.remove(t, 2) table.sort(t)\n"
+			    "  local u = table.move(t, 1, 3, 2, {0})\n"
+			    "  local obj = setmetatable({}, {__index = {}})\n"
+			    "  table.insert(obj, 'o')\n"
+			    "  device.send('r', {table.concat(t, ','), table.concat(u, ',', 2, 3), obj[1]})\n"
+			    "end)\n");
+	ck_assert_int_eq(agent_rt_message(a, "move", NULL), AGENT_ERROR);
+	ck_assert_log("table.move: over 65536 elements", 1);
+	ck_assert_int_eq(agent_rt_message(a, "len", NULL), AGENT_ERROR);
+	ck_assert_log("table.insert: not for a table with a __len metamethod", 1);
+	ck_assert_int_eq(agent_rt_message(a, "sparse", NULL), AGENT_ERROR);
+	ck_assert_log("table.remove: over 65536 elements", 1);
+	ck_sends(a, NULL, "r", "[\"1,3,4,9\",\"1,3\",\"o\"]");
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(limit_handler_error_has_a_traceback)
+{
+	agent_rt *a = start("local function inner(x)\n"
+			    "  error('boom ' .. x)\n"
+			    "end\n"
+			    "device.on('m', function(d) inner(d) end)\n"
+			    "device.on('obj', function() error({}) end)\n");
+	ck_assert_int_eq(agent_rt_message(a, "m", "\"now\""), AGENT_ERROR);
+	ck_assert_int_eq(F.nlogs, 1);
+	ck_assert_int_eq(F.log_err[0], 1);
+	const char *l = F.log[0];
+	ck_assert_msg(strncmp(l, "error in the 'm' handler: agent.lua:2: boom now\nstack traceback:\n", 64) == 0,
+		      "%s", l);
+	ck_assert_msg(strstr(l, "agent.lua:2: in ") != NULL && strstr(l, "agent.lua:4: in function") != NULL, "%s",
+		      l);
+	ck_assert_int_eq(agent_rt_message(a, "obj", NULL), AGENT_ERROR);
+	ck_assert_log("error in the 'obj' handler: (an error object that is not a string)", 1);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(limit_memory_of_a_small_agent)
+{
+	agent_rt *a = start(echo);
+	ck_assert_uint_gt(agent_rt_memory(a), 1000);
+	ck_assert_uint_lt(agent_rt_memory(a), 64 << 10);
+	agent_rt_free(a);
+	agent_rt_free(NULL);
+}
+END_TEST
+
+START_TEST(limit_thousand_agents)
+{
+	static agent_rt *agents[1000];
+	size_t total = 0;
+	for (int i = 0; i < 1000; i++) {
+		agents[i] = start(echo);
+		total += agent_rt_memory(agents[i]);
+	}
+	ck_assert_uint_lt(total, 1000u * (64 << 10));
+	ck_sends(agents[999], "[999]", "r", "[999]");
+	for (int i = 0; i < 1000; i++)
+		agent_rt_free(agents[i]);
+}
+END_TEST
+
+/* --- JSON ------------------------------------------------------------------------ */
+
+START_TEST(json_round_trips)
+{
+	static const char *const same[] = {
+		"{\"a\":{\"b\":{\"c\":[1,2,{\"d\":[true,false]}]}}}",
+		"[1,\"two\",true,false,1.5,-3,[[1],[2,[3]]]]",
+		"{}", "\"text\"", "\"\\u00fc\\u00f1\\u00ee \\u20ac \\ud83d\\ude00\"", "\"quote \\\" and \\\\ and \\n\"",
+		"0", "-42", "9223372036854775807", "-9223372036854775808", "9007199254740993",
+		"1.0", "-0.5", "1e+300", "2.5e-300", "true", "null", "{\"k\":\"\"}", "{\"1\":\"string key\"}",
+	};
+	agent_rt *a = start(echo);
+	for (size_t i = 0; i < sizeof same / sizeof same[0]; i++)
+		ck_sends(a, same[i], "r", same[i]);
+	/* What does not come back the same. */
+	ck_sends(a, "[]", "r", "{}");                 /* an empty table is an object */
+	ck_sends(a, "{\"a\":null,\"b\":1}", "r", "{\"b\":1}"); /* null is nil: no key */
+	ck_sends(a, "[1,2,null]", "r", "[1,2]");      /* a trailing nil is no element */
+	ck_sends(a, "{bad json", "r", "null");        /* malformed: nil */
+	ck_sends(a, "{\"a\":1,\"a\":2}", "r", "null"); /* duplicate keys: malformed */
+	ck_sends(a, "", "r", "null");
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(json_integers_and_floats)
+{
+	agent_rt *a = start("device.on('m', function(d)\n"
+			    "  device.send('r', {math.type(d[1]), math.type(d[2]), math.type(d[3]), d[1] == d[2]})\n"
+			    "end)\n"
+			    "device.on('lua', function() device.send('r', {1, 1.0, 2^53, 3 / 2, 7 // 2, 2^63, math.mininteger}) end)\n");
+	ck_sends(a, "[1,1.0,1e2]", "r", "[\"integer\",\"float\",\"float\",true]");
+	forget();
+	ck_assert_int_eq(agent_rt_message(a, "lua", NULL), AGENT_OK);
+	json_t *j = json_loads(F.send_data[0], 0, NULL);
+	ck_assert_ptr_nonnull(j);
+	ck_assert(json_is_integer(json_array_get(j, 0)));
+	ck_assert(json_is_real(json_array_get(j, 1)));
+	ck_assert(json_is_real(json_array_get(j, 2)));
+	ck_assert(json_real_value(json_array_get(j, 2)) == 9007199254740992.0);
+	ck_assert(json_is_real(json_array_get(j, 3)));
+	ck_assert(json_is_integer(json_array_get(j, 4)));
+	ck_assert_int_eq(json_integer_value(json_array_get(j, 4)), 3);
+	ck_assert(json_is_real(json_array_get(j, 5)));
+	ck_assert(json_integer_value(json_array_get(j, 6)) == INT64_MIN);
+	json_decref(j);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(json_refusals)
+{
+	agent_rt *a = start("local function nest(n) local t = {} for i = 1, n - 1 do t = {t} end return t end\n"
+			    "local function try(v) local ok, err = pcall(device.send, 'x', v) return ok and 'ok' or err end\n"
+			    "local holed = {1, nil, 3, 4} holed[0] = 0\n"
+			    "device.on('m', function()\n"
+			    "  server.log(table.concat({\n"
+			    "    try(print), try({f = print}), try(0 / 0), try(math.huge), try(-math.huge),\n"
+			    "    try({1, a = 2}), try({1, nil, 3}), try(holed), try({[1.5] = 1}), try({[true] = 1}),\n"
+			    "    try('\\xff'), try({['a\\0b'] = 1}), try({['\\xff'] = 1}), try(coroutine.create(print)),\n"
+			    "    try({[-1] = 1}), try(nest(33)), try(nest(34))}, '\\n'))\n"
+			    "end)\n");
+	ck_assert_int_eq(agent_rt_message(a, "m", NULL), AGENT_OK);
+	ck_assert_int_eq(F.nlogs, 1);
+	static const char *const want[] = {
+		"a function cannot be sent as JSON",
+		"a function cannot be sent as JSON",
+		"NaN and infinity cannot be sent as JSON",
+		"NaN and infinity cannot be sent as JSON",
+		"NaN and infinity cannot be sent as JSON",
+		"a table mixes string and integer keys",
+		"an array must have keys 1 to n with no holes",
+		"an array must have keys 1 to n with no holes",
+		"a table key must be a string or an integer",
+		"a table key must be a string or an integer",
+		"a string is not valid UTF-8 text",
+		"a key holds a NUL byte",
+		"a key is not valid UTF-8 text",
+		"a thread cannot be sent as JSON",
+		"an array must have keys 1 to n with no holes",
+		"ok", /* 33 tables: the top and 32 levels below it */
+		"data nested deeper than 32 levels",
+	};
+	char *lines = strdup(F.log[0]), *save = NULL, *line = strtok_r(lines, "\n", &save);
+	for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+		ck_assert_msg(line != NULL, "%zu lines only: %s", i, F.log[0]);
+		ck_assert_msg(strstr(line, want[i]) != NULL, "#%zu: '%s', want '%s'", i + 1, line, want[i]);
+		line = strtok_r(NULL, "\n", &save);
+	}
+	ck_assert_ptr_null(line);
+	free(lines);
+	ck_assert_int_eq(F.nsends, 1); /* nest(33) */
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(json_depth_of_incoming_data)
+{
+	agent_rt *a = start("device.on('m', function(d)\n"
+			    "  local n, v = 0, d\n"
+			    "  while type(v) == 'table' do n = n + 1 v = v[1] end\n"
+			    "  device.send('depth', n)\n"
+			    "end)\n");
+	char deep[81];
+	memset(deep, '[', 40);
+	memset(deep + 40, ']', 40);
+	deep[80] = '\0';
+	ck_sends(a, deep, "depth", "33"); /* the top and 32 levels; deeper ones arrive as nil */
+	ck_sends(a, "[[[[[]]]]]", "depth", "5");
+	agent_rt_free(a);
+}
+END_TEST
+
+/* --- lifecycle ------------------------------------------------------------------- */
+
+START_TEST(check_reports_line_numbers)
+{
+	tn_error err = { 0 };
+	const char *ok = "device.on('x', function() end)\n";
+	ck_assert_int_eq(agent_rt_check(ok, strlen(ok), &err), 0);
+	const char *bad = "device.on('x', function()\n  return = 1\nend)\n";
+	ck_assert_int_eq(agent_rt_check(bad, strlen(bad), &err), TN_EINVAL);
+	ck_assert_msg(strncmp(err.msg, "agent.lua:2:", 12) == 0, "%s", err.msg);
+	const char *unclosed = "x = 1\ny = 2\nfunction f()\n";
+	ck_assert_int_eq(agent_rt_check(unclosed, strlen(unclosed), &err), TN_EINVAL);
+	ck_assert_msg(strncmp(err.msg, "agent.lua:3:", 12) == 0 || strncmp(err.msg, "agent.lua:4:", 12) == 0,
+		      "%s", err.msg);
+	/* Runtime errors are not compile errors. */
+	const char *runtime = "error('only when run')\n";
+	ck_assert_int_eq(agent_rt_check(runtime, strlen(runtime), &err), 0);
+}
+END_TEST
+
+START_TEST(new_refuses_code_that_does_not_compile)
+{
+	agent_rt *a = NULL;
+	tn_error err = { 0 };
+	const char *bad = "x = 1\n\nlocal = 3\n";
+	ck_assert_int_eq(agent_rt_new(&a, bad, strlen(bad), NULL, &host, &err), TN_EINVAL);
+	ck_assert_ptr_null(a);
+	ck_assert_msg(strncmp(err.msg, "agent.lua:3:", 12) == 0, "%s", err.msg);
+	ck_assert_int_eq(F.nlogs, 0);
+}
+END_TEST
+
+/* runtime.c starts an agent whose top level raised: the error is logged like
+ * a handler's, and what the top level registered before it stays. */
+START_TEST(new_with_a_top_level_error_still_starts)
+{
+	agent_rt *a = NULL;
+	tn_error err = { 0 };
+	const char *src = "device.on('m', function(d) device.send('r', d) end)\nlocal x = nil + 1\n"
+			  "device.on('never', print)\n";
+	ck_assert_int_eq(agent_rt_new(&a, src, strlen(src), NULL, &host, &err), 0);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_int_eq(F.nlogs, 1);
+	ck_assert_int_eq(F.log_err[0], 1);
+	ck_assert_msg(strncmp(F.log[0], "error in the top level: agent.lua:2: attempt to perform arithmetic on a nil value",
+			      80) == 0, "%s", F.log[0]);
+	ck_assert_msg(strstr(F.log[0], "stack traceback:") != NULL, "%s", F.log[0]);
+	ck_sends(a, "1", "r", "1");
+	ck_assert_int_eq(agent_rt_message(a, "never", "1"), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	agent_rt_free(a);
+}
+END_TEST
+
+START_TEST(new_with_default_limits)
+{
+	/* lim NULL, or zero fields: 1 MiB and 10 million. */
+	agent_rt *a = NULL;
+	tn_error err = { 0 };
+	const char *src = "device.on('m', function(kb) local t = {} for i = 1, kb do t[i] = string.rep('x', 1024) .. i end end)\n";
+	ck_assert_int_eq(agent_rt_new(&a, src, strlen(src), NULL, &host, &err), 0);
+	ck_assert_int_eq(agent_rt_message(a, "m", "800"), AGENT_OK);
+	ck_assert_int_eq(agent_rt_message(a, "m", "1100"), AGENT_OOM);
+	agent_rt_free(a);
+}
+END_TEST
+
+/* --- the examples in agents/examples ------------------------------------------ */
+
+static char *read_example(const char *name)
+{
+	/* make check sets TN_SRCDIR; by hand, from the build or the source dir. */
+	const char *dirs[] = { getenv("TN_SRCDIR"), "..", "." };
+	for (size_t i = 0; i < 3; i++) {
+		char path[600];
+		if (!dirs[i])
+			continue;
+		snprintf(path, sizeof path, "%s/agents/examples/%s", dirs[i], name);
+		FILE *f = fopen(path, "rb");
+		if (!f)
+			continue;
+		char *buf = calloc(1, 65536);
+		ck_assert_ptr_nonnull(buf);
+		size_t n = fread(buf, 1, 65535, f);
+		fclose(f);
+		ck_assert_uint_gt(n, 0);
+		tn_error err = { 0 };
+		ck_assert_msg(agent_rt_check(buf, n, &err) == 0, "%s: %s", name, err.msg);
+		return buf;
+	}
+	ck_abort_msg("agents/examples/%s not found (set TN_SRCDIR)", name);
+	return NULL;
+}
+
+START_TEST(example_echo)
+{
+	char *src = read_example("echo.lua");
+	agent_rt *a = start(src);
+	ck_assert_int_eq(agent_rt_message(a, "echo", "{\"n\":[1,2,{\"x\":\"y\"}]}"), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	ck_assert_str_eq(F.send_name[0], "echo");
+	ck_json_eq(F.send_data[0], "{\"n\":[1,2,{\"x\":\"y\"}]}");
+	ck_assert_int_eq(agent_rt_connect(a), AGENT_OK);
+	ck_assert_log("device connected", 0);
+	ck_assert_int_eq(agent_rt_message(a, "other", "1"), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	agent_rt_free(a);
+	free(src);
+}
+END_TEST
+
+START_TEST(example_counter)
+{
+	char *src = read_example("counter.lua");
+	agent_rt *a = start(src);
+	for (int i = 0; i < 3; i++)
+		ck_assert_int_eq(agent_rt_message(a, "tick", NULL), AGENT_OK);
+	ck_json_eq(F.saved, "{\"count\":3}");
+	agent_http_req req = get("/count");
+	agent_http_res res;
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_assert_int_eq(res.status, 200);
+	ck_json_eq(res.body, "{\"count\":3}");
+	ck_assert_str_eq(res_header(&res, "Content-Type"), "application/json");
+	agent_http_res_clear(&res);
+	agent_rt_free(a);
+
+	/* Restarted, it carries on from what it saved. */
+	a = start(src);
+	ck_assert_int_eq(agent_rt_message(a, "tick", NULL), AGENT_OK);
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_json_eq(res.body, "{\"count\":4}");
+	agent_http_res_clear(&res);
+	req = (agent_http_req){ .method = "POST", .path = "/reset" };
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_assert_int_eq(res.status, 200);
+	ck_json_eq(res.body, "{\"count\":0}");
+	agent_http_res_clear(&res);
+	ck_json_eq(F.saved, "{\"count\":0}");
+	req = get("/nothing");
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_assert_int_eq(res.status, 404);
+	agent_http_res_clear(&res);
+	req = (agent_http_req){ .method = "DELETE", .path = "/count" };
+	ck_assert_int_eq(agent_rt_http(a, &req, &res), AGENT_OK);
+	ck_assert_int_eq(res.status, 405);
+	agent_http_res_clear(&res);
+	agent_rt_free(a);
+	free(src);
+}
+END_TEST
+
+START_TEST(example_heartbeat)
+{
+	char *src = read_example("heartbeat.lua");
+	F.now = 0;
+	F.connected = 1;
+	agent_rt *a = start(src);
+	ck_assert_int_eq(agent_rt_next_timer(a), 60000);
+	ck_assert_int_eq(agent_rt_run_timers(a, 60000), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	ck_assert_str_eq(F.send_name[0], "heartbeat");
+	ck_assert_int_eq(agent_rt_message(a, "heartbeat", "{\"uptime\":12}"), AGENT_OK);
+	ck_assert_log("heartbeat: uptime 12 s", 0);
+	/* Offline: no sends; one error line after five missed beats. */
+	F.connected = 0;
+	for (int i = 2; i <= 8; i++)
+		ck_assert_int_eq(agent_rt_run_timers(a, i * 60000), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	ck_assert_int_ge(find_log("offline for 5 minutes", 1), 0);
+	int errors = 0;
+	for (int i = 0; i < F.nlogs; i++)
+		errors += F.log_err[i];
+	ck_assert_int_eq(errors, 1);
+	/* Back: beats again, and says so. */
+	F.connected = 1;
+	ck_assert_int_eq(agent_rt_connect(a), AGENT_OK);
+	ck_assert_log("device back after 7 missed heartbeats", 0);
+	ck_assert_int_eq(agent_rt_run_timers(a, 9 * 60000), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 2);
+	agent_rt_free(a);
+	free(src);
+}
+END_TEST
+
+/* --- main --------------------------------------------------------------------------- */
+
+static TCase *tcase(const char *name)
+{
+	TCase *tc = tcase_create(name);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	return tc;
+}
+
+int main(void)
+{
+	Suite *su = suite_create("runtime");
+	TCase *tc = tcase("device");
+	tcase_add_test(tc, device_on_and_send);
+	tcase_add_test(tc, device_message_without_handler_is_ignored);
+	tcase_add_test(tc, device_on_replaces_the_handler);
+	tcase_add_test(tc, device_send_refusals);
+	tcase_add_test(tc, device_onconnect_ondisconnect_isconnected);
+	suite_add_tcase(su, tc);
+
+	tc = tcase("http");
+	tcase_add_test(tc, http_request_fields);
+	tcase_add_test(tc, http_res_header_and_send_string);
+	tcase_add_test(tc, http_res_send_table_is_json);
+	tcase_add_test(tc, http_without_answer_is_500);
+	tcase_add_test(tc, http_without_handler_is_status_0);
+	tcase_add_test(tc, http_handler_failures);
+	tcase_add_test(tc, http_res_misuse);
+	suite_add_tcase(su, tc);
+
+	tc = tcase("server");
+	tcase_add_test(tc, server_log_error_print);
+	tcase_add_test(tc, server_save_and_load);
+	tcase_add_test(tc, server_save_limits_and_failures);
+	suite_add_tcase(su, tc);
+
+	tc = tcase("timers");
+	tcase_add_test(tc, timer_after_fires_once);
+	tcase_add_test(tc, timer_every_repeats);
+	tcase_add_test(tc, timer_cancel_and_handle_cancel);
+	tcase_add_test(tc, timer_argument_refusals);
+	tcase_add_test(tc, timer_at_most_10000);
+	tcase_add_test(tc, timer_round_with_handlers_adding_and_cancelling);
+	tcase_add_test(tc, timer_failures);
+	suite_add_tcase(su, tc);
+
+	tc = tcase("sandbox");
+	tcase_add_test(tc, sandbox_absent);
+	tcase_add_test(tc, sandbox_present);
+	tcase_add_test(tc, sandbox_escape_attempts_fail);
+	tcase_add_test(tc, sandbox_binary_chunks_refused);
+	tcase_add_test(tc, sandbox_text_load_works);
+	tcase_add_test(tc, sandbox_no_finalizers);
+	suite_add_tcase(su, tc);
+
+	tc = tcase("limits");
+	tcase_add_test(tc, limit_budget_stops_a_loop_and_the_agent_goes_on);
+	tcase_add_test(tc, limit_budget_default_is_10_million);
+	tcase_add_test(tc, limit_budget_cannot_be_caught);
+	tcase_add_test(tc, limit_budget_in_the_top_level);
+	tcase_add_test(tc, limit_out_of_memory);
+	tcase_add_test(tc, limit_out_of_memory_outside_handlers);
+	tcase_add_test(tc, limit_string_rep);
+	tcase_add_test(tc, limit_table_loops);
+	tcase_add_test(tc, limit_handler_error_has_a_traceback);
+	tcase_add_test(tc, limit_memory_of_a_small_agent);
+	tcase_add_test(tc, limit_thousand_agents);
+	suite_add_tcase(su, tc);
+
+	tc = tcase("json");
+	tcase_add_test(tc, json_round_trips);
+	tcase_add_test(tc, json_integers_and_floats);
+	tcase_add_test(tc, json_refusals);
+	tcase_add_test(tc, json_depth_of_incoming_data);
+	suite_add_tcase(su, tc);
+
+	tc = tcase("lifecycle");
+	tcase_add_test(tc, check_reports_line_numbers);
+	tcase_add_test(tc, new_refuses_code_that_does_not_compile);
+	tcase_add_test(tc, new_with_a_top_level_error_still_starts);
+	tcase_add_test(tc, new_with_default_limits);
+	suite_add_tcase(su, tc);
+
+	tc = tcase("examples");
+	tcase_add_test(tc, example_echo);
+	tcase_add_test(tc, example_counter);
+	tcase_add_test(tc, example_heartbeat);
+	suite_add_tcase(su, tc);
+
+	SRunner *sr = srunner_create(su);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
