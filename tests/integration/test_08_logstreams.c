@@ -31,6 +31,18 @@ static pid_t stream(th_server *s, const char *path, const char *last_id, const c
 	return th_spawn(argv, out);
 }
 
+/* tenderd's resident memory, in KB. */
+static long rss_kb(pid_t pid)
+{
+	char path[64], *text;
+	snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+	text = th_read_file(path);
+	char *p = text ? strstr(text, "VmRSS:") : NULL;
+	long kb = p ? atol(p + 6) : -1;
+	free(text);
+	return kb;
+}
+
 static void logs_at(th_server *s, const char *secret, const char *text, int count, const char *rate)
 {
 	char n[16];
@@ -151,6 +163,7 @@ START_TEST(stalled_subscriber_is_cut_off_others_carry_on)
 	pid_t slow = stream(&s, "/v1/devices/" DEV "/logs?follow=1", NULL, stalled);
 	pid_t fast = stream(&s, "/v1/devices/" DEV "/logs?follow=1", NULL, good);
 	usleep(300 * 1000);
+	long rss_before = rss_kb(s.pid);
 	kill(slow, SIGSTOP);
 	/* Enough to fill the stalled socket's buffers and then its queue. */
 	/* A busy device (4000 lines a second): enough to fill the stalled
@@ -169,6 +182,11 @@ START_TEST(stalled_subscriber_is_cut_off_others_carry_on)
 	ck_assert(found);
 	ck_assert_int_ge(th_metric(&s, "tender_events_written_total"), 40002);
 	ck_assert_int_eq(th_metric(&s, "tender_log_stream_cutoffs_total"), 1); /* only the stalled one */
+	/* Bounded: the stalled reader's queue was dropped; 40,000 lines of 150
+	 * bytes held for it would be tens of MB with the parsed frames. */
+	long rss_after = rss_kb(s.pid);
+	ck_assert_msg(rss_before > 0 && rss_after - rss_before < 32 * 1024, "tenderd grew from %ld to %ld KB",
+		      rss_before, rss_after);
 	kill(slow, SIGCONT);
 	ck_assert_int_eq(th_wait_file(stalled, "closed: too slow", 10000), 0);
 	ck_assert_int_eq(th_wait_file(stalled, "reconnect with Last-Event-ID", 1000), 0);
