@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "enroll.h"
 #include "flashparts.h"
 #include "flashtable.h"
 #include "fwstore.h"
@@ -1015,6 +1016,38 @@ static enum MHD_Result api__logstream_route(struct req *r, const char *rest)
 	return api__send(r, 204, "application/json", strdup(""), 0);
 }
 
+/* --- /v1/enrollment-tokens ---------------------------------------------------- */
+
+static enum MHD_Result api__enroll_route(struct req *r, const char *rest)
+{
+	tn_error err = { 0 };
+	enum MHD_Result ret = MHD_NO;
+
+	if (!*rest) {
+		if (strcmp(r->method, "GET") == 0) {
+			json_t *out = enroll_token_list(r->a->st, &err);
+			return out ? api__json(r, 200, out) : api__store_error(r, &err);
+		}
+		if (strcmp(r->method, "POST") != 0)
+			return api__method_not_allowed(r, "GET, POST");
+		json_t *body = api__json_body(r, &ret), *out = NULL;
+		if (!body)
+			return ret;
+		int rc = enroll_token_create(r->a->st, body, &out, &err);
+		json_decref(body);
+		return rc ? api__store_error(r, &err) : api__json(r, 201, out);
+	}
+	char *end;
+	long long id = rest[0] == '/' ? strtoll(rest + 1, &end, 10) : 0;
+	if (id <= 0 || *end)
+		return api__error(r, 404, "no such enrollment token");
+	if (strcmp(r->method, "DELETE") != 0)
+		return api__method_not_allowed(r, "DELETE");
+	if (enroll_token_revoke(r->a->st, id, &err))
+		return api__store_error(r, &err);
+	return api__send(r, 204, "application/json", strdup(""), 0);
+}
+
 /* --- the dashboard's files ---------------------------------------------------- */
 
 static const char *api__mime(const char *path)
@@ -1132,6 +1165,8 @@ static enum MHD_Result api__route(struct req *r)
 	}
 	if (strncmp(url, "/v1/devices/", 12) == 0)
 		return api__device_route(r, url + 12);
+	if (strncmp(url, "/v1/enrollment-tokens", 21) == 0 && (url[21] == '\0' || url[21] == '/'))
+		return api__enroll_route(r, url + 21);
 	if (strcmp(url, "/v1/logs") == 0) {
 		if (strcmp(r->method, "GET") != 0)
 			return api__method_not_allowed(r, "GET");

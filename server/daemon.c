@@ -15,6 +15,7 @@
 #include "device.h"
 #include "log.h"
 #include "bus.h"
+#include "enroll.h"
 #include "flashtable.h"
 #include "logstream.h"
 #include "registry.h"
@@ -29,6 +30,7 @@ struct tenderd {
 	registry *reg;
 	scheduler *sched;
 	supervisor *sup;
+	enroller *enroll;
 	device_loop *dev;
 	api *http;
 	char *firmware_dir;
@@ -166,13 +168,14 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 		.limits = { .memory = (size_t)cfg->agent_memory, .instructions = (uint64_t)cfg->agent_budget },
 		.log_rate = cfg->agent_log_rate,
 	};
-	if ((rc = sup_start(&t->sup, &supopt, t->st, err)))
+	if ((rc = sup_start(&t->sup, &supopt, t->st, err)) || (rc = enroll_start(&t->enroll, t->st, t->reg, err)))
 		goto fail;
 
 	device_loop_options dopt = {
 		.bind = cfg->bind, .port = cfg->device_port, .ping_interval = cfg->ping_interval,
 		.idle_timeout = cfg->idle_timeout, .hello_timeout = cfg->hello_timeout,
 		.max_frame = cfg->max_frame, .sched = t->sched, .sup = t->sup, .log_rate = cfg->log_rate,
+		.enroll = t->enroll,
 	};
 	if ((rc = device_loop_start(&t->dev, &dopt, t->st, t->reg, err)))
 		goto fail;
@@ -223,6 +226,7 @@ void daemon_stop(tenderd *t)
 	 * still records every "Device disconnected". */
 	sched_stop(t->sched);
 	sup_stop(t->sup);  /* every agent: "Agent stopped: shutdown." */
+	enroll_stop(t->enroll);
 	device_loop_stop(t->dev);
 	sched_free(t->sched);
 	sup_free(t->sup);

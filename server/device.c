@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "enroll.h"
 #include "events.h"
 #include "frame.h"
 #include "idmap.h"
@@ -60,7 +61,7 @@ struct conn {
 	uint64_t serial;               /* this connection, once ONLINE (never reused) */
 	int replaced, forgotten;       /* closing without an offline event */
 	int closing, close_code;
-	char close_reason[100];
+	char close_reason[124];         /* a close frame carries at most 123 bytes */
 	int bad_streak;
 	char *rx;                      /* fragments of a frame so far, or NULL */
 	size_t rx_len;
@@ -70,9 +71,12 @@ struct conn {
 	lws_sorted_usec_list_t hello_timer;
 	device_loop *loop;
 	ratelimit logs;                /* log lines per second */
+	uint64_t ticket;               /* an enrollment under way, or 0 */
+	char *pending_hello;           /* its hello, parsed again once enrolled */
+	size_t pending_len;
 };
 
-enum cmd_kind { CMD_KICK, CMD_SEND };
+enum cmd_kind { CMD_KICK, CMD_SEND, CMD_ENROLLED };
 
 struct cmd {
 	struct cmd *next;
@@ -83,7 +87,9 @@ struct cmd {
 	uint64_t serial;               /* CMD_SEND: only on this connection */
 	int binary;
 	size_t len;
-	unsigned char *data;           /* CMD_SEND: owned */
+	unsigned char *data;           /* CMD_SEND: owned; CMD_ENROLLED: the secret */
+	uint64_t ticket;               /* CMD_ENROLLED */
+	int rc;
 };
 
 struct device_loop {
@@ -103,6 +109,8 @@ struct device_loop {
 	int stopping;
 	int64_t stop_deadline;
 	uint64_t next_serial;
+	uint64_t next_ticket;
+	idmap enrolling;         /* ticket -> struct conn waiting for its enrollment */
 	lws_sorted_usec_list_t cron;
 
 	/* any thread, under lock */
@@ -197,14 +205,38 @@ static void device__hello_timeout(lws_sorted_usec_list_t *sul)
 	device__close(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, "hello timeout");
 }
 
+static int device__go_online(struct conn *c, const frame *f, const char *new_secret);
+
 /* Returns -1 when the connection must close now (close reason set). */
-static int device__on_hello(struct conn *c, const frame *f)
+static int device__on_hello(struct conn *c, const frame *f, const char *text, size_t len)
 {
 	device_loop *d = c->loop;
 	char peer[64] = "", idhex[17];
 
 	tn_device_id_format(f->u.hello.id, idhex);
 	lws_get_peer_simple(c->wsi, peer, sizeof peer);
+	if (f->u.hello.enroll) {
+		/* Registration needs the disk: the enroll thread does it, and the
+		 * answer comes back as CMD_ENROLLED.  Nothing else is read meanwhile. */
+		int oom = 0;
+		if (!d->opt.enroll || c->ticket)
+			return device__close_now(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION,
+						 "enrollment refused: not available here");
+		c->pending_hello = malloc(len);
+		if (!c->pending_hello)
+			return device__close_now(c->wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+		memcpy(c->pending_hello, text, len);
+		c->pending_len = len;
+		c->ticket = ++d->next_ticket;
+		idmap_put(&d->enrolling, c->ticket, c, &oom);
+		if (oom || enroll_request(d->opt.enroll, c->ticket, f->u.hello.id, f->u.hello.enroll)) {
+			idmap_del(&d->enrolling, c->ticket);
+			c->ticket = 0;
+			return device__close_now(c->wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "enrollment failed");
+		}
+		log_info("device %s from %s: enrolling", idhex, peer);
+		return 0;
+	}
 	int rc = registry_check(d->reg, f->u.hello.id, f->u.hello.secret);
 	if (rc) {
 		metrics_error(ERR_AUTH_FAILED);
@@ -212,6 +244,17 @@ static int device__on_hello(struct conn *c, const frame *f)
 			 rc == TN_ENOTFOUND ? "unknown device" : "wrong secret");
 		return device__close_now(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, "authentication failed");
 	}
+	return device__go_online(c, f, NULL);
+}
+
+/* Authenticated (or just enrolled, with its new secret): online. */
+static int device__go_online(struct conn *c, const frame *f, const char *new_secret)
+{
+	device_loop *d = c->loop;
+	char peer[64] = "", idhex[17];
+
+	tn_device_id_format(f->u.hello.id, idhex);
+	lws_get_peer_simple(c->wsi, peer, sizeof peer);
 	lws_sul_cancel(&c->hello_timer);
 	c->state = ONLINE;
 	c->id = f->u.hello.id;
@@ -248,9 +291,11 @@ static int device__on_hello(struct conn *c, const frame *f)
 	if (d->opt.sup)
 		sup_device_online(d->opt.sup, c->id, c->serial);
 	log_debug("device %s connected from %s", idhex, peer);
-	device__send_json(c, json_pack("{ss ss ss si si}", "type", "welcome", "id", idhex,
-				       "server", "tender/" TN_VERSION, "ping_interval", d->opt.ping_interval,
-				       "idle_timeout", d->opt.idle_timeout));
+	json_t *welcome = json_pack("{ss ss ss si si}", "type", "welcome", "id", idhex, "server", "tender/" TN_VERSION,
+				    "ping_interval", d->opt.ping_interval, "idle_timeout", d->opt.idle_timeout);
+	if (welcome && new_secret)
+		json_object_set_new(welcome, "secret", json_string(new_secret)); /* shown this once */
+	device__send_json(c, welcome);
 	return 0;
 }
 
@@ -333,10 +378,16 @@ static int device__on_text(struct conn *c, const char *buf, size_t len)
 	metrics_inc(M_FRAMES_IN);
 	metrics_add(M_BYTES_IN, (int64_t)len);
 	int rc = frame_parse(buf, len, &f, &kind, &err);
+	if (c->state == AWAIT_HELLO && c->ticket) {
+		/* Enrolling: nothing is taken until the answer comes. */
+		frame_release(&f);
+		return device__close_now(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION,
+					 "hello required: wait for welcome before sending more");
+	}
 	if (c->state == AWAIT_HELLO) {
 		char reason[sizeof err.msg + 32];
 		if (rc == 0 && f.type == FRAME_HELLO) {
-			rc = device__on_hello(c, &f);
+			rc = device__on_hello(c, &f, buf, len);
 			frame_release(&f);
 			return rc;
 		}
@@ -431,6 +482,10 @@ static void device__on_established(device_loop *d, struct conn *c, struct lws *w
 static void device__on_closed(device_loop *d, struct conn *c)
 {
 	lws_sul_cancel(&c->hello_timer);
+	if (c->ticket)
+		idmap_del(&d->enrolling, c->ticket);
+	free(c->pending_hello);
+	c->pending_hello = NULL;
 	if (c->state == ONLINE && idmap_get(&d->online, c->id) == c) {
 		idmap_del(&d->online, c->id);
 		metrics_add(M_DEVICES_CONNECTED, -1);
@@ -484,6 +539,50 @@ static int device__on_writeable(struct conn *c, struct lws *wsi)
 
 /* --- commands from other threads -------------------------------------------- */
 
+static void device__on_enrolled(device_loop *d, struct cmd *cmd)
+{
+	struct conn *c = idmap_del(&d->enrolling, cmd->ticket);
+	if (!c)
+		return; /* it left meanwhile */
+	c->ticket = 0;
+	if (cmd->rc) {
+		char reason[124];
+		metrics_error(ERR_AUTH_FAILED);
+		snprintf(reason, sizeof reason, "enrollment refused: %.100s", cmd->reason);
+		device__close(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, reason);
+		return;
+	}
+	frame f;
+	metrics_error_kind kind;
+	tn_error err;
+	if (frame_parse(c->pending_hello, c->pending_len, &f, &kind, &err) == 0) {
+		if (device__go_online(c, &f, (const char *)cmd->data) < 0)
+			device__close(c, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+		frame_release(&f);
+	}
+	free(c->pending_hello);
+	c->pending_hello = NULL;
+}
+
+/* From the enroll thread: hand the answer to the loop. */
+static void device__enroll_done(void *arg, uint64_t ticket, int rc, const char *secret, const char *reason)
+{
+	device_loop *d = arg;
+	struct cmd *cmd = calloc(1, sizeof *cmd);
+	if (!cmd)
+		return;
+	cmd->kind = CMD_ENROLLED;
+	cmd->ticket = ticket;
+	cmd->rc = rc;
+	cmd->data = secret ? (unsigned char *)strdup(secret) : NULL;
+	snprintf(cmd->reason, sizeof cmd->reason, "%s", reason ? reason : "");
+	pthread_mutex_lock(&d->lock);
+	cmd->next = d->cmds;
+	d->cmds = cmd;
+	pthread_mutex_unlock(&d->lock);
+	lws_cancel_service(d->ctx);
+}
+
 static void device__run_commands(device_loop *d)
 {
 	pthread_mutex_lock(&d->lock);
@@ -508,6 +607,8 @@ static void device__run_commands(device_loop *d)
 			device__close(c, cmd->code, cmd->reason);
 		} else if (cmd->kind == CMD_SEND && c && c->serial == cmd->serial) {
 			device__queue(c, cmd->data, cmd->len, cmd->binary);
+		} else if (cmd->kind == CMD_ENROLLED) {
+			device__on_enrolled(d, cmd);
 		}
 		free(cmd->data);
 		free(cmd);
@@ -641,6 +742,8 @@ int device_loop_start(device_loop **out, const device_loop_options *opt, store *
 		goto fail;
 	}
 	d->port = lws_get_vhost_listen_port(d->vhost);
+	if (opt->enroll)
+		enroll_set_done(opt->enroll, device__enroll_done, d);
 	if (pthread_create(&d->thread, NULL, device__thread, d) != 0) {
 		rc = tn_err(err, TN_EIO, "cannot start the device loop thread");
 		goto fail;
@@ -719,6 +822,7 @@ void device_loop_stop(device_loop *d)
 		cmd = next;
 	}
 	idmap_free(&d->online);
+	idmap_free(&d->enrolling);
 	pthread_mutex_destroy(&d->lock);
 	free(d);
 }

@@ -26,6 +26,7 @@ typedef struct device_loop_options {
 	int log_rate;       /* device log lines per second (0: no limit) */
 	struct scheduler *sched; /* told of hellos, closes and update frames; may be NULL */
 	struct supervisor *sup;  /* told of hellos, closes and msg frames; may be NULL */
+	struct enroller *enroll; /* registers devices that say hello with a token; may be NULL */
 } device_loop_options;
 
 /* Listens and starts the service thread.  Borrows st and reg until stopped. */

@@ -129,8 +129,12 @@ static int frame__hello(frame *f, metrics_error_kind *kind, tn_error *err)
 		return rc;
 	if (tn_device_id_parse(id, &f->u.hello.id))
 		return frame__fail(kind, ERR_BAD_FRAME, err, "'id' must be 16 hex digits, not '%s'", id);
-	if ((rc = frame__str(o, "secret", 1, FRAME_MAX_SECRET, 1, &f->u.hello.secret, kind, err)) ||
-	    (rc = frame__str(o, "hw", 0, FRAME_MAX_SHORT, 1, &f->u.hello.hw, kind, err)) ||
+	if ((rc = frame__str(o, "enroll", 0, FRAME_MAX_SECRET, 1, &f->u.hello.enroll, kind, err)) ||
+	    (rc = frame__str(o, "secret", !f->u.hello.enroll, FRAME_MAX_SECRET, 1, &f->u.hello.secret, kind, err)))
+		return rc;
+	if (f->u.hello.enroll && f->u.hello.secret)
+		return frame__fail(kind, ERR_BAD_FRAME, err, "give 'secret' or 'enroll', not both");
+	if ((rc = frame__str(o, "hw", 0, FRAME_MAX_SHORT, 1, &f->u.hello.hw, kind, err)) ||
 	    (rc = frame__str(o, "fw", 0, FRAME_MAX_SHORT, 1, &f->u.hello.fw, kind, err)))
 		return rc;
 

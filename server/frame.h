@@ -28,6 +28,7 @@ typedef struct frame {
 		struct {
 			uint64_t id;
 			const char *secret, *hw, *fw; /* hw, fw may be NULL */
+			const char *enroll;           /* an enrollment token instead of a secret, or NULL */
 			int has_flash;
 			uint32_t jedec;        /* 0 when absent */
 			int has_jedec;

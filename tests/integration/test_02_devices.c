@@ -309,6 +309,90 @@ START_TEST(log_history_pages_newest_last)
 }
 END_TEST
 
+/* Enrolls `id` with `token` through the node client; returns its output. */
+static char *enroll(th_server *s, const char *id, const char *token)
+{
+	char hello[300], *out = NULL;
+	snprintf(hello, sizeof hello, "{\"type\":\"hello\",\"id\":\"%s\",\"enroll\":\"%s\",\"hw\":\"imp003\"}", id, token);
+	char *const argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"), "connect", s->ws_url,
+			       "send", hello, "wait", "1500", "close", NULL };
+	th_run(argv, &out, 30);
+	return out ? out : strdup("");
+}
+
+static char *enrollment_token(th_server *s, const char *body)
+{
+	th_resp r;
+	th_http(s, "POST", "/v1/enrollment-tokens", NULL, body, NULL, &r);
+	ck_assert_msg(r.status == 201, "%ld %s", r.status, r.body);
+	char *tok = strdup(json_string_value(json_object_get(r.json, "token")));
+	th_resp_free(&r);
+	return tok;
+}
+
+START_TEST(devices_enroll_themselves_with_a_token)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	char *tok = enrollment_token(&s, "{\"group\":\"lab\",\"max_uses\":1}");
+	char *out = enroll(&s, DEV1, tok);
+	char *sec = strstr(out, "\"secret\":\"");
+	ck_assert_msg(sec != NULL, "no secret in the welcome: %s", out);
+	char secret[128];
+	snprintf(secret, sizeof secret, "%.*s", (int)strcspn(sec + 10, "\""), sec + 10);
+	free(out);
+	json_t *d = th_get_json(&s, "/v1/devices/" DEV1, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(d, "group")), "lab");
+	json_decref(d);
+	/* The secret it was given works like any other. */
+	pid_t sim = sim_start(&s, DEV1, secret, th_tmp(&s, "sim.out"), NULL, NULL);
+	ck_assert_int_eq(th_wait_file(th_tmp(&s, "sim.out"), "welcome " DEV1, 10000), 0);
+	kill(sim, SIGKILL);
+	waitpid(sim, NULL, 0);
+	/* Used up, expired, revoked, unknown, already registered: refused, saying why. */
+	out = enroll(&s, DEV2, tok);
+	ck_assert_msg(strstr(out, "closed 1008 enrollment refused: enrollment token used up (1 of 1)") != NULL, "%s", out);
+	free(out);
+	char *brief = enrollment_token(&s, "{\"expires_in\":1}");
+	sleep(2);
+	out = enroll(&s, DEV2, brief);
+	ck_assert_msg(strstr(out, "closed 1008 enrollment refused: enrollment token expired") != NULL, "%s", out);
+	free(out);
+	char *revoked = enrollment_token(&s, "{}");
+	json_t *list = th_get_json(&s, "/v1/enrollment-tokens", 200);
+	long long rid = json_integer_value(json_object_get(json_array_get(json_object_get(list, "tokens"), 0), "id"));
+	char *listed = json_dumps(list, 0);
+	ck_assert_ptr_null(strstr(listed, "tde_")); /* listed without the tokens */
+	free(listed);
+	json_decref(list);
+	char path[64];
+	snprintf(path, sizeof path, "/v1/enrollment-tokens/%lld", rid);
+	th_resp r;
+	th_http(&s, "DELETE", path, NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 204);
+	th_resp_free(&r);
+	out = enroll(&s, DEV2, revoked);
+	ck_assert_msg(strstr(out, "closed 1008 enrollment refused: enrollment token revoked") != NULL, "%s", out);
+	free(out);
+	out = enroll(&s, DEV2, "tde_nothing_like_it");
+	ck_assert_msg(strstr(out, "closed 1008 enrollment refused: unknown enrollment token") != NULL, "%s", out);
+	free(out);
+	char *again = enrollment_token(&s, "{}");
+	out = enroll(&s, DEV1, again);
+	ck_assert_msg(strstr(out, "closed 1008 enrollment refused: device " DEV1 " is already registered") != NULL,
+		      "%s", out);
+	free(out);
+	json_t *none = th_get_json(&s, "/v1/devices?limit=10", 200);
+	ck_assert_int_eq((int)json_array_size(json_object_get(none, "devices")), 1);
+	json_decref(none);
+	free(tok);
+	free(brief);
+	free(revoked);
+	free(again);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -318,6 +402,7 @@ int main(void)
 		second_connection_replaces_the_first,
 		list_filter_page_patch_delete,
 		log_history_pages_newest_last,
+		devices_enroll_themselves_with_a_token,
 	};
 	return th_run_tests("02_devices", 90, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }
