@@ -12,9 +12,13 @@ TENDERD=${TENDERD:-$BENCH_DIR/../build/tenderd}
 TENDER_SIM=${TENDER_SIM:-$BENCH_DIR/../build/tender-sim}
 MOSQUITTO=${MOSQUITTO:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}
 ROUNDS=${BENCH_ROUNDS:-2}
+# An awk that handles each line as it arrives: mawk waits to fill its buffer.
+BENCH_AWK_LINES=awk
+awk -W version 2>&1 | grep -q mawk && BENCH_AWK_LINES="awk -W interactive"
 
 BENCH_PIDS=()
 BENCH_WORK=
+TD_ARGS=()		# options a benchmark adds to tenderd's defaults
 TABLE_ROWS=()
 
 bench_die() {
@@ -109,12 +113,13 @@ bench_free_port() {
 }
 
 # tenderd_start DATADIR: sets TD_PID, TD_DEV_PORT, TD_HTTP_PORT.  As shipped:
-# default options but ports 0 and the data dir.
+# default options but ports 0, the data dir and TD_ARGS.
 tenderd_start() {
 	local dir=$1 i
 	mkdir -p "$dir"
 	: >"$dir/tenderd.log"
-	"$TENDERD" --data-dir "$dir" --device-port 0 --http-port 0 2>>"$dir/tenderd.log" &
+	"$TENDERD" --data-dir "$dir" --device-port 0 --http-port 0 "${TD_ARGS[@]}" \
+		2>>"$dir/tenderd.log" &
 	TD_PID=$!
 	BENCH_PIDS+=("$TD_PID")
 	TD_DEV_PORT= TD_HTTP_PORT=
@@ -153,9 +158,16 @@ tenderd_register() {
 	[ "$(wc -l <"$creds")" -eq "$n" ] || bench_die "registered $(wc -l <"$creds") of $n devices"
 }
 
-# tenderd_metric NAME: the value of one unlabelled metric from /metrics.
+# tenderd_has_option OPTION: whether this tenderd's --help lists OPTION.
+tenderd_has_option() {
+	"$TENDERD" --help 2>&1 | grep -q -- "^ *$1 "
+}
+
+# tenderd_metric NAME: the value of one metric from /metrics (NAME with its
+# labels, as printed), 0 if it is not there.
 tenderd_metric() {
-	curl -sS "http://127.0.0.1:$TD_HTTP_PORT/metrics" | awk -v m="$1" '$1 == m { print $2 }'
+	curl -sS "http://127.0.0.1:$TD_HTTP_PORT/metrics" |
+		awk -v m="$1" '$1 == m { v = $2 } END { print v + 0 }'
 }
 
 # mosquitto_start DIR: sets MQ_PID, MQ_PORT.  Persistence off, anonymous,
@@ -204,7 +216,7 @@ sim_start() {
 	rm -f "$out.fifo" "$out.t"
 	mkfifo "$out.fifo"
 	t0=$(bench_now_us)
-	awk -v n="$n" -v t0="$t0" -v tf="$out.t" '
+	$BENCH_AWK_LINES -v n="$n" -v t0="$t0" -v tf="$out.t" '
 		$1 == "welcome" && !seen[$2]++ && ++c == n {
 			"date +%s%6N" | getline t
 			print t - t0 > tf
@@ -216,6 +228,7 @@ sim_start() {
 	BENCH_PIDS+=("$SIM_AWK")
 	"$TENDER_SIM" "$@" >"$out.fifo" 2>"$out.err" &
 	SIM_PID=$!
+	disown "$SIM_PID"	# no job notice when the storm kills it with -9
 	BENCH_PIDS+=("$SIM_PID")
 }
 

@@ -665,7 +665,10 @@ static int device__callback(struct lws *wsi, enum lws_callback_reasons reason, v
 static const struct lws_protocols device__protocols[] = {
 	/* First, so that it serves clients that name no subprotocol. */
 	{ .name = "tender-device", .callback = device__callback,
-	  .per_session_data_size = sizeof(struct conn), .rx_buffer_size = 4096 },
+	  .per_session_data_size = sizeof(struct conn),
+	  /* lws allocates this per connection: small, since frames are reassembled
+	   * here anyway (bench/README.md: memory per idle device). */
+	  .rx_buffer_size = 1024 },
 	{ 0 }
 };
 
