@@ -162,6 +162,9 @@ struct sim_upd {
 	lws_usec_t at;				/* PAUSED: next fetch; INSTALL: the end */
 };
 
+#define SIM_RTT_RING 256		/* --expect: msgs in flight a device can time */
+#define SIM_RTT_MAX (1 << 20)		/* latency samples kept */
+
 /* One simulated device.  Only touched on the service thread. */
 struct sim_dev {
 	char id[17];
@@ -195,6 +198,8 @@ struct sim_dev {
 	lws_usec_t retry_at, backoff;
 	lws_usec_t last_tx;			/* --mqtt: last packet written (keepalive) */
 	struct sim_upd *upd;			/* owned; NULL until the first offer */
+	uint64_t replies;			/* --expect: in order so far */
+	lws_usec_t sent_at[SIM_RTT_RING];	/* --expect: when seq % ring was queued */
 };
 
 struct sim_opts {
@@ -210,6 +215,7 @@ struct sim_opts {
 	double log_rate, msg_rate;
 	long long log_count, msg_count;		/* -1: unlimited */
 	const char *log_text, *log_level, *msg_name;
+	const char *expect;			/* --expect: reply name, or NULL */
 	double duration, stall_after;		/* < 0: not given */
 	bool exit_when_done, reconnect, no_pong, quiet, verbose;
 	const char *raw_first;
@@ -251,6 +257,9 @@ struct sim {
 	lws_usec_t cron_at;			/* when the cron runs next */
 	size_t n_state[SIM_NSTATES];
 	uint64_t n_welcomed, n_log_sent, n_msg_sent, n_received;
+	uint32_t *rtt_us;			/* --expect: latency samples (owned) */
+	size_t n_rtt;
+	uint64_t n_bad_replies;			/* --expect: out of order or unknown */
 	uint64_t n_upd_done, n_upd_failed;
 };
 
@@ -359,6 +368,12 @@ static void sim__usage(FILE *f)
 "                             {\"type\":\"msg\",\"name\":NAME,\"data\":{\"seq\":n}}\n"
 "  --msg-count N              stop after N msg frames (default unlimited)\n"
 "  --msg-name S               msg name (default ping)\n"
+"  --expect NAME              scripted round trips: every msg sent expects a msg\n"
+"                             NAME back with the same data.seq (an echo agent);\n"
+"                             --exit-when-done waits for the replies; the summary\n"
+"                             gives their count and latency (p50, p99, max); exit\n"
+"                             status 1 if any is missing, late past --duration, or\n"
+"                             out of order\n"
 "                             A rate of 0 with a count sends the count as fast as the\n"
 "                             connection takes it; a rate of 0 without a count sends none.\n"
 "                             Counts and sequence numbers go on across reconnects.\n"
@@ -579,7 +594,7 @@ bad:
 enum {
 	OPT_URL = 256, OPT_ID, OPT_SECRET, OPT_CREDS, OPT_DEVICES, OPT_ID_BASE, OPT_HW,
 	OPT_FW, OPT_JEDEC, OPT_FLASH_SIZE, OPT_SFDP, OPT_LOG_RATE, OPT_LOG_COUNT,
-	OPT_LOG_TEXT, OPT_LOG_LEVEL, OPT_MSG_RATE, OPT_MSG_COUNT, OPT_MSG_NAME,
+	OPT_LOG_TEXT, OPT_LOG_LEVEL, OPT_MSG_RATE, OPT_MSG_COUNT, OPT_MSG_NAME, OPT_EXPECT,
 	OPT_DURATION, OPT_EXIT_WHEN_DONE, OPT_RECONNECT, OPT_RAW_FIRST, OPT_RAW_AFTER,
 	OPT_OVERSIZE, OPT_NO_PONG, OPT_STALL_AFTER, OPT_QUIET, OPT_VERBOSE, OPT_HELP,
 	OPT_MAX_PENDING, OPT_UPDATE, OPT_UPDATE_CHUNK, OPT_UPDATE_DELAY, OPT_UPDATE_DROP_AFTER,
@@ -605,6 +620,7 @@ static const struct option sim_options[] = {
 	{ "msg-rate", required_argument, NULL, OPT_MSG_RATE },
 	{ "msg-count", required_argument, NULL, OPT_MSG_COUNT },
 	{ "msg-name", required_argument, NULL, OPT_MSG_NAME },
+	{ "expect", required_argument, NULL, OPT_EXPECT },
 	{ "duration", required_argument, NULL, OPT_DURATION },
 	{ "exit-when-done", no_argument, NULL, OPT_EXIT_WHEN_DONE },
 	{ "reconnect", no_argument, NULL, OPT_RECONNECT },
@@ -737,6 +753,7 @@ static int sim__parse_string_opt(struct sim_opts *o, int c, const char *arg)
 	case OPT_LOG_TEXT: o->log_text = arg; return 0;
 	case OPT_LOG_LEVEL: o->log_level = arg; return 0;
 	case OPT_MSG_NAME: o->msg_name = arg; return 0;
+	case OPT_EXPECT: o->expect = arg; return 0;
 	case OPT_MQTT_TOPIC:
 		if (!*arg || strlen(arg) > SIM_MQTT_TOPIC_MAX || strpbrk(arg, "+#")) {
 			sim__err("--mqtt-topic: '%s' is not 1 to %d bytes without + or #", arg,
@@ -1348,10 +1365,15 @@ static int sim__fill_kind(const struct sim *sim, struct sim_dev *d, struct sim_p
 			due = limit;
 	}
 	while (p->made < due && d->q_len < SIM_QUEUE_MAX) {
+		/* --expect: at most a ring's worth of msgs waiting for their reply */
+		if (kind != SIM_FRAME_LOG && sim->o.expect && p->made - d->replies >= SIM_RTT_RING)
+			break;
 		f = kind == SIM_FRAME_LOG ? sim__build_log(sim, p->made + 1)
 					  : sim__build_msg(sim, d, p->made + 1);
 		if (!f)
 			return -1;
+		if (kind != SIM_FRAME_LOG)
+			d->sent_at[(p->made + 1) % SIM_RTT_RING] = now;
 		sim__queue_push(d, f);
 		p->made++;
 		n++;
@@ -2029,10 +2051,35 @@ static int sim__on_welcome(struct sim *sim, struct sim_dev *d)
 	return 0;
 }
 
-static void sim__print_msg(const struct sim *sim, const struct sim_dev *d, json_t *root)
+/* --expect: a reply must carry the next seq; its latency is kept. */
+static void sim__expect_reply(struct sim *sim, struct sim_dev *d, json_t *data)
+{
+	json_t *seq = json_object_get(data, "seq");
+	uint64_t want = d->replies + 1;
+
+	if (!json_is_integer(seq) || (uint64_t)json_integer_value(seq) != want ||
+	    want > d->msg.made || d->msg.made - want >= SIM_RTT_RING) {
+		sim->n_bad_replies++;
+		return;
+	}
+	d->replies = want;
+	lws_usec_t now = lws_now_usecs();
+	if (sim->rtt_us && sim->n_rtt < SIM_RTT_MAX) {
+		lws_usec_t rtt = now - d->sent_at[want % SIM_RTT_RING];
+		sim->rtt_us[sim->n_rtt++] = rtt > UINT32_MAX ? UINT32_MAX : (uint32_t)rtt;
+	}
+	/* The window moved: queue what it now allows. */
+	if (d->state == SIM_WELCOMED && !sim__dev_fill(sim, d, now) && d->q_head)
+		lws_callback_on_writable(d->wsi);
+}
+
+static void sim__print_msg(struct sim *sim, struct sim_dev *d, json_t *root)
 {
 	const char *name = json_string_value(json_object_get(root, "name"));
 	json_t *data = json_object_get(root, "data");
+
+	if (sim->o.expect && name && strcmp(name, sim->o.expect) == 0)
+		sim__expect_reply(sim, d, data);
 	char *s = data ? json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
 
 	sim__event(sim, "msg %s %s %s", d->id, name ? name : "", s ? s : "null");
@@ -2381,7 +2428,8 @@ static const struct lws_protocols sim_protocols[] = {
 static bool sim__dev_finished(const struct sim *sim, const struct sim_dev *d, lws_usec_t now)
 {
 	return d->ever_welcomed && !d->q_head && d->log.sent >= sim->log_limit &&
-	       d->msg.sent >= sim->msg_limit && sim__upd_settled(sim, d, now);
+	       d->msg.sent >= sim->msg_limit && sim__upd_settled(sim, d, now) &&
+	       (!sim->o.expect || d->replies >= sim->msg_limit);
 }
 
 static void sim__begin_stop(struct sim *sim, enum sim_stop why)
@@ -2634,6 +2682,34 @@ static int sim__exit_status(const struct sim *sim)
 	return 0;
 }
 
+static int sim__cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* --expect: "tender-sim: N replies of M, K bad; latency p50 .. p99 .. max .. us".
+ * Returns nonzero when a reply is missing or bad. */
+static int sim__report_replies(struct sim *sim)
+{
+	uint64_t replies = 0, sent = 0;
+	for (size_t i = 0; i < sim->n_devs; i++) {
+		replies += sim->devs[i].replies;
+		sent += sim->devs[i].msg.made;
+	}
+	qsort(sim->rtt_us, sim->n_rtt, sizeof *sim->rtt_us, sim__cmp_u32);
+	uint32_t p50 = 0, p99 = 0, max = 0;
+	if (sim->n_rtt) {
+		p50 = sim->rtt_us[sim->n_rtt / 2];
+		p99 = sim->rtt_us[sim->n_rtt * 99 / 100];
+		max = sim->rtt_us[sim->n_rtt - 1];
+	}
+	fprintf(stderr, "tender-sim: %" PRIu64 " replies of %" PRIu64 " msgs, %" PRIu64
+		" bad; latency p50 %u us, p99 %u us, max %u us\n", replies, sent, sim->n_bad_replies,
+		p50, p99, max);
+	return replies < sent || sim->n_bad_replies > 0;
+}
+
 static void sim__free(struct sim *sim)
 {
 	for (size_t i = 0; i < sim->n_devs; i++) {
@@ -2647,6 +2723,7 @@ static void sim__free(struct sim *sim)
 		free(d->upd);
 	}
 	free(sim->devs);
+	free(sim->rtt_us);
 }
 
 int main(int argc, char **argv)
@@ -2672,6 +2749,10 @@ int main(int argc, char **argv)
 			 sim.n_devs, fd_limit);
 		sim__free(&sim);
 		return 2;
+	}
+	if (sim.o.expect && !(sim.rtt_us = malloc(SIM_RTT_MAX * sizeof *sim.rtt_us))) {
+		sim__free(&sim);
+		return 1;
 	}
 	srand48((long)time(NULL) ^ (long)getpid());
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -2700,6 +2781,8 @@ int main(int argc, char **argv)
 		" updates completed, %" PRIu64 " updates failed\n",
 		sim.n_devs, sim.n_welcomed, sim.n_log_sent, sim.n_msg_sent, sim.n_received,
 		sim.n_upd_done, sim.n_upd_failed);
+	if (sim.o.expect && sim__report_replies(&sim) && rc == 0)
+		rc = 1;
 	sim__free(&sim);
 	return rc;
 }

@@ -317,6 +317,41 @@ START_TEST(tenderctl_deploys_and_shows_agents)
 }
 END_TEST
 
+START_TEST(tender_sim_scripted_round_trips)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	/* The example echo agent, as shipped. */
+	char *code = th_read_file(th_src("agents/examples/echo.lua"));
+	ck_assert_ptr_nonnull(code);
+	deploy(&s, "lab", code, 200);
+	free(code);
+	char *sec = th_register(&s, DEV1, "lab");
+	const char *out = th_tmp(&s, "sim.out");
+	char errpath[700];
+	snprintf(errpath, sizeof errpath, "%s.err", out);
+	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DEV1, "--secret", sec,
+			       "--msg-count", "2000", "--msg-name", "echo", "--expect", "echo", "--exit-when-done",
+			       "--quiet", NULL };
+	pid_t pid = th_spawn(argv, out);
+	ck_assert_int_eq(th_wait_pid(pid, 60000), 0);
+	char *report = th_read_file(errpath);
+	ck_assert_msg(strstr(report, "2000 replies of 2000 msgs, 0 bad; latency p50 ") != NULL, "%s", report);
+	free(report);
+	/* A reply that never comes is an error, not a hang. */
+	char *const silent[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DEV1, "--secret", sec,
+				 "--msg-count", "3", "--msg-name", "unheard", "--expect", "echo", "--exit-when-done",
+				 "--duration", "2", "--quiet", NULL };
+	pid = th_spawn(silent, out);
+	ck_assert_int_eq(th_wait_pid(pid, 30000), 1);
+	report = th_read_file(errpath);
+	ck_assert_msg(strstr(report, "0 replies of 3 msgs") != NULL, "%s", report);
+	free(report);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -325,6 +360,7 @@ int main(void)
 		messages_for_an_offline_device_wait_in_order,
 		migration_under_traffic_loses_nothing,
 		tenderctl_deploys_and_shows_agents,
+		tender_sim_scripted_round_trips,
 	};
 	return th_run_tests("07_agents", 180, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }
