@@ -287,7 +287,7 @@ static int api__opt_string(struct req *r, json_t *obj, const char *key, size_t m
  * "parts" (names), "table" ("known", "unknown" or "shared id") and the
  * conservative "uniform_4k_erase" / "uniform_64k_erase" over those parts.
  * The verdict against a particular firmware is in a rollout's plan. */
-static void api__flash_facts(struct req *r, json_t *dev)
+static void api__flash_facts(struct req *r, json_t *dev, json_t *cache)
 {
 	json_t *flash = json_object_get(dev, "flash");
 	const char *jedec = json_string_value(json_object_get(flash, "jedec"));
@@ -297,6 +297,12 @@ static void api__flash_facts(struct req *r, json_t *dev)
 
 	if (!jedec)
 		return;
+	/* A page of devices shares few parts: one table read per JEDEC id. */
+	json_t *known = cache ? json_object_get(cache, jedec) : NULL;
+	if (known) {
+		json_object_update(flash, known);
+		return;
+	}
 	if (flashtable_rows(r->a->st, (uint32_t)strtoul(jedec, NULL, 16), &rows, &n, &err))
 		return;
 	json_t *names = json_array();
@@ -310,6 +316,11 @@ static void api__flash_facts(struct req *r, json_t *dev)
 	json_object_set_new(flash, "table", json_string(n == 0 ? "unknown" : n == 1 ? "known" : "shared id"));
 	json_object_set_new(flash, "uniform_4k_erase", n ? json_boolean(u4) : json_null());
 	json_object_set_new(flash, "uniform_64k_erase", n ? json_boolean(u64) : json_null());
+	if (cache)
+		json_object_set_new(cache, jedec, json_pack("{s:O, s:O, s:O, s:O}", "parts", names,
+			"table", json_object_get(flash, "table"),
+			"uniform_4k_erase", json_object_get(flash, "uniform_4k_erase"),
+			"uniform_64k_erase", json_object_get(flash, "uniform_64k_erase")));
 	free(rows);
 }
 
@@ -343,8 +354,10 @@ static enum MHD_Result api__devices_list(struct req *r)
 	if (!out)
 		return api__store_error(r, &err);
 	size_t i;
+	json_t *cache = json_object();
 	json_array_foreach(json_object_get(out, "devices"), i, dev)
-		api__flash_facts(r, dev);
+		api__flash_facts(r, dev, cache);
+	json_decref(cache);
 	return api__json(r, 200, out);
 }
 
@@ -574,7 +587,7 @@ static enum MHD_Result api__device_route(struct req *r, const char *rest)
 			json_t *dev = store_device_get(r->a->st, id);
 			if (!dev)
 				return api__error(r, 404, "no such device %s", idtext);
-			api__flash_facts(r, dev);
+			api__flash_facts(r, dev, NULL);
 			return api__json(r, 200, dev);
 		}
 		if (strcmp(r->method, "PATCH") == 0)

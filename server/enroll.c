@@ -275,34 +275,20 @@ int enroll_token_create(store *st, json_t *body, json_t **out, tn_error *err)
 	return 0;
 }
 
+static json_t *enroll__token_row(sqlite3 *db, sqlite3_stmt *q)
+{
+	char when[32];
+	logfmt_iso8601(when, sizeof when, sqlite3_column_int64(q, 2));
+	return json_pack("{sI s:s? ss sI sI sb}", "id", (json_int_t)sqlite3_column_int64(q, 0),
+			 "group", (const char *)sqlite3_column_text(q, 1), "expires", when,
+			 "max_uses", (json_int_t)sqlite3_column_int64(q, 3),
+			 "uses", (json_int_t)sqlite3_column_int64(q, 4), "revoked", sqlite3_column_int(q, 5));
+}
+
 json_t *enroll_token_list(store *st, tn_error *err)
 {
-	sqlite3 *db = store_reader_get(st);
-	sqlite3_stmt *q = NULL;
-	json_t *list = json_array(), *out = NULL;
-	if (!db) {
-		tn_err(err, TN_EIO, "no read connection");
-		goto done;
-	}
-	if (sqlite3_prepare_v2(db, "SELECT id, grp, expires, max_uses, uses, revoked FROM enrollment_tokens "
-			       "ORDER BY id DESC", -1, &q, NULL) != SQLITE_OK) {
-		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
-		goto done;
-	}
-	while (sqlite3_step(q) == SQLITE_ROW) {
-		char when[32];
-		logfmt_iso8601(when, sizeof when, sqlite3_column_int64(q, 2));
-		json_array_append_new(list, json_pack("{sI s:s? ss sI sI sb}", "id", (json_int_t)sqlite3_column_int64(q, 0),
-			"group", (const char *)sqlite3_column_text(q, 1), "expires", when,
-			"max_uses", (json_int_t)sqlite3_column_int64(q, 3), "uses", (json_int_t)sqlite3_column_int64(q, 4),
-			"revoked", sqlite3_column_int(q, 5)));
-	}
-	out = json_pack("{s:O}", "tokens", list);
-done:
-	sqlite3_finalize(q);
-	store_reader_put(st, db);
-	json_decref(list);
-	return out;
+	return store_list_json(st, "SELECT id, grp, expires, max_uses, uses, revoked FROM enrollment_tokens "
+			       "ORDER BY id DESC", "tokens", enroll__token_row, err);
 }
 
 struct enroll__revoke {

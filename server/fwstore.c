@@ -198,28 +198,15 @@ json_t *fwstore_get(store *st, int64_t id)
 	return out;
 }
 
+static json_t *fwstore__list_row(sqlite3 *db, sqlite3_stmt *q)
+{
+	return fwstore__row(q);
+}
+
 json_t *fwstore_list(store *st, tn_error *err)
 {
-	sqlite3 *db = store_reader_get(st);
-	sqlite3_stmt *q = NULL;
-	json_t *list = json_array(), *out = NULL;
-	if (!db) {
-		tn_err(err, TN_EIO, "no read connection");
-		goto done;
-	}
-	if (sqlite3_prepare_v2(db, "SELECT " FWSTORE_COLS " FROM firmware ORDER BY id DESC", -1, &q,
-			       NULL) != SQLITE_OK) {
-		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
-		goto done;
-	}
-	while (sqlite3_step(q) == SQLITE_ROW)
-		json_array_append_new(list, fwstore__row(q));
-	out = json_pack("{s:O}", "firmware", list);
-done:
-	sqlite3_finalize(q);
-	store_reader_put(st, db);
-	json_decref(list);
-	return out;
+	return store_list_json(st, "SELECT " FWSTORE_COLS " FROM firmware ORDER BY id DESC", "firmware",
+			       fwstore__list_row, err);
 }
 
 int fwstore_info_get(store *st, const char *dir, int64_t id, fwstore_info *out, tn_error *err)

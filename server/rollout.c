@@ -446,26 +446,8 @@ json_t *rollout_get(store *st, int64_t id)
 
 json_t *rollout_list(store *st, tn_error *err)
 {
-	sqlite3 *db = store_reader_get(st);
-	sqlite3_stmt *q = NULL;
-	json_t *list = json_array(), *out = NULL;
-	if (!db) {
-		tn_err(err, TN_EIO, "no read connection");
-		goto done;
-	}
-	if (sqlite3_prepare_v2(db, "SELECT " ROLLOUT_COLS " FROM rollouts r JOIN firmware f ON "
-			       "f.id = r.firmware ORDER BY r.id DESC LIMIT 1000", -1, &q, NULL) != SQLITE_OK) {
-		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
-		goto done;
-	}
-	while (sqlite3_step(q) == SQLITE_ROW)
-		json_array_append_new(list, rollout__row(db, q));
-	out = json_pack("{s:O}", "rollouts", list);
-done:
-	sqlite3_finalize(q);
-	store_reader_put(st, db);
-	json_decref(list);
-	return out;
+	return store_list_json(st, "SELECT " ROLLOUT_COLS " FROM rollouts r JOIN firmware f ON "
+			       "f.id = r.firmware ORDER BY r.id DESC LIMIT 1000", "rollouts", rollout__row, err);
 }
 
 json_t *rollout_plan(store *st, const char *fw_dir, int64_t id, tn_error *err)

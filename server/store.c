@@ -777,6 +777,38 @@ void store_reader_put(store *s, sqlite3 *db)
 	sqlite3_close(db); /* the pool is full: this one is surplus */
 }
 
+json_t *store_list_json(store *s, const char *sql, const char *key, store_row_fn row, tn_error *err)
+{
+	sqlite3 *db = store_reader_get(s);
+	sqlite3_stmt *q = NULL;
+	json_t *list = json_array(), *out = NULL;
+	int rc;
+
+	if (!db || !list) {
+		tn_err(err, TN_EIO, "no read connection");
+		goto done;
+	}
+	if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK) {
+		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+		goto done;
+	}
+	while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+		json_t *j = row(db, q);
+		if (j)
+			json_array_append_new(list, j);
+	}
+	if (rc != SQLITE_DONE) {
+		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+		goto done;
+	}
+	out = json_pack("{s:O}", key, list);
+done:
+	sqlite3_finalize(q);
+	store_reader_put(s, db);
+	json_decref(list);
+	return out;
+}
+
 /* --- devices ---------------------------------------------------------------- */
 
 static json_t *store__time_json(sqlite3_stmt *st, int col)

@@ -86,6 +86,11 @@ int store_flush(store *s);
 sqlite3 *store_reader_get(store *s);
 void store_reader_put(store *s, sqlite3 *db);
 
+/* Runs `sql` (no parameters) on a read connection and answers
+ * {key: [row(db, stmt) for each row]}.  owned: json_decref; NULL with err. */
+typedef json_t *(*store_row_fn)(sqlite3 *db, sqlite3_stmt *q);
+json_t *store_list_json(store *s, const char *sql, const char *key, store_row_fn row, tn_error *err);
+
 /* --- devices ---------------------------------------------------------------- */
 
 /* Registers a device with the hash of its secret.  TN_EEXIST if the id is taken. */

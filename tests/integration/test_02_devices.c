@@ -79,6 +79,10 @@ START_TEST(tender_sim_connects_logs_and_disconnects)
 	json_t *flash = json_object_get(d, "flash");
 	ck_assert_str_eq(json_string_value(json_object_get(flash, "jedec")), "012018");
 	ck_assert_int_eq(json_integer_value(json_object_get(flash, "size")), 16777216);
+	/* What the flash-parts table knows of that id, the most cautious answer. */
+	ck_assert_str_eq(json_string_value(json_object_get(flash, "table")), "shared id");
+	ck_assert_str_eq(json_string_value(json_array_get(json_object_get(flash, "parts"), 0)), "S25FL127S");
+	ck_assert(json_is_false(json_object_get(flash, "uniform_4k_erase")));
 	ck_assert_ptr_null(json_object_get(d, "secret")); /* shown once, at registration */
 	json_decref(d);
 
@@ -233,6 +237,8 @@ START_TEST(list_filter_page_patch_delete)
 	json_decref(online);
 	json_t *hw = th_get_json(&s, "/v1/devices?hw=imp003", 200);
 	ck_assert_int_eq(json_array_size(json_object_get(hw, "devices")), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(json_array_get(json_object_get(hw, "devices"), 0),
+									"flash"), "table")), "shared id");
 	json_decref(hw);
 	json_t *offline = th_get_json(&s, "/v1/devices?online=false&limit=1000", 200);
 	ck_assert_int_eq(json_array_size(json_object_get(offline, "devices")), 25);
