@@ -34,6 +34,7 @@
 #define API_MAX_LIMIT 1000
 #define API_MAX_NAME 128
 #define API_MAX_GROUP 64
+#define API_MAX_SEARCH 128
 
 struct api {
 	api_options opt;
@@ -324,6 +325,29 @@ static void api__flash_facts(struct req *r, json_t *dev, json_t *cache)
 	free(rows);
 }
 
+/* Adds "agent_state": the agent's state as GET .../agent shows it, or null
+ * when the device's group has no agent code.  groups caches, per page,
+ * which groups have code. */
+static void api__agent_state(struct req *r, json_t *dev, json_t *groups)
+{
+	json_t *state = json_null();
+	const char *id = json_string_value(json_object_get(dev, "id"));
+	const char *group = json_string_value(json_object_get(dev, "group"));
+	uint64_t dev_id;
+
+	if (group && !json_object_get(groups, group))
+		json_object_set_new(groups, group, json_boolean(store_group_has_agent(r->a->st, group)));
+	if (group && json_is_true(json_object_get(groups, group)) && r->a->sup && id &&
+	    tn_device_id_parse(id, &dev_id) == 0) {
+		json_t *info = sup_agent_info(r->a->sup, dev_id);
+		const char *s = json_string_value(json_object_get(info, "state"));
+		if (s)
+			state = json_string(s);
+		json_decref(info);
+	}
+	json_object_set_new(dev, "agent_state", state);
+}
+
 static enum MHD_Result api__devices_list(struct req *r)
 {
 	store_device_filter f = { .online = -1, .limit = API_DEFAULT_LIMIT };
@@ -350,14 +374,22 @@ static enum MHD_Result api__devices_list(struct req *r)
 	}
 	f.hw = api__arg(r, "hw");
 	f.group = api__arg(r, "group");
+	f.search = api__arg(r, "q");
+	if (f.search && strlen(f.search) > API_MAX_SEARCH)
+		return api__error(r, 400, "'q' is at most %d bytes", API_MAX_SEARCH);
+	if (f.search && !*f.search)
+		f.search = NULL;
 	json_t *out = store_device_list(r->a->st, &f, &err), *dev;
 	if (!out)
 		return api__store_error(r, &err);
 	size_t i;
-	json_t *cache = json_object();
-	json_array_foreach(json_object_get(out, "devices"), i, dev)
+	json_t *cache = json_object(), *groups = json_object();
+	json_array_foreach(json_object_get(out, "devices"), i, dev) {
 		api__flash_facts(r, dev, cache);
+		api__agent_state(r, dev, groups);
+	}
 	json_decref(cache);
+	json_decref(groups);
 	return api__json(r, 200, out);
 }
 
@@ -623,14 +655,61 @@ static int api__parse_jedec(const char *s, uint32_t *out)
 	return 0;
 }
 
+/* Adds to each part the verdict a device carrying its JEDEC id would get
+ * against fw from the table alone (no SFDP): the same flash_check() a
+ * rollout's plan runs, over every part sharing the id. */
+static int api__flash_verdicts(struct req *r, json_t *parts, const fwstore_info *fw, tn_error *err)
+{
+	json_t *by_jedec = json_object(), *part;
+	size_t i;
+	int rc = 0;
+
+	json_array_foreach(parts, i, part) {
+		const char *jedec = json_string_value(json_object_get(part, "jedec"));
+		if (!jedec)
+			continue;
+		json_t *verdict = json_object_get(by_jedec, jedec);
+		if (!verdict) {
+			flash_part *rows = NULL;
+			size_t n = 0;
+			char reason[512];
+			if ((rc = flashtable_rows(r->a->st, (uint32_t)strtoul(jedec, NULL, 16), &rows, &n, err)))
+				break;
+			flash_facts facts = { .has_jedec = 1, .jedec = (uint32_t)strtoul(jedec, NULL, 16),
+					      .rows = rows, .nrows = n };
+			flash_verdict v = flash_check(&facts, &fw->req, fw->version, reason, sizeof reason);
+			free(rows);
+			verdict = json_pack("{ss ss}", "decision", v == FLASH_COMPATIBLE ? "compatible" : "blocked",
+					    "reason", reason);
+			json_object_set_new(by_jedec, jedec, verdict);
+		}
+		json_object_set(part, "verdict", verdict);
+	}
+	json_decref(by_jedec);
+	return rc;
+}
+
 static enum MHD_Result api__flash_list(struct req *r)
 {
 	const char *j = api__arg(r, "jedec");
 	uint32_t jedec = 0;
+	long long fw_id = 0;
+	fwstore_info fw;
+	enum MHD_Result ret = MHD_NO;
 	tn_error err = { 0 };
 	if (j && api__parse_jedec(j, &jedec))
 		return api__error(r, 400, "'jedec' must be 6 hex digits, like ef4018");
+	if (api__int_arg(r, "firmware", 1, INT64_MAX, &fw_id, &ret))
+		return ret;
+	if (fw_id && fwstore_info_get(r->a->st, r->a->opt.firmware_dir, fw_id, &fw, &err))
+		return err.code == TN_ENOTFOUND ? api__error(r, 404, "%s", err.msg) : api__store_error(r, &err);
 	json_t *out = flashtable_list(r->a->st, j ? (int64_t)jedec : -1, &err);
+	if (out && fw_id && api__flash_verdicts(r, json_object_get(out, "parts"), &fw, &err)) {
+		json_decref(out);
+		out = NULL;
+	}
+	if (fw_id)
+		fwstore_info_clear(&fw);
 	return out ? api__json(r, 200, out) : api__store_error(r, &err);
 }
 
@@ -1178,6 +1257,13 @@ static enum MHD_Result api__route(struct req *r)
 	}
 	if (strncmp(url, "/v1/devices/", 12) == 0)
 		return api__device_route(r, url + 12);
+	if (strcmp(url, "/v1/fleet") == 0) {
+		if (strcmp(r->method, "GET") != 0)
+			return api__method_not_allowed(r, "GET");
+		tn_error err = { 0 };
+		json_t *out = store_fleet_summary(r->a->st, &err);
+		return out ? api__json(r, 200, out) : api__store_error(r, &err);
+	}
 	if (strncmp(url, "/v1/enrollment-tokens", 21) == 0 && (url[21] == '\0' || url[21] == '/'))
 		return api__enroll_route(r, url + 21);
 	if (strcmp(url, "/v1/logs") == 0) {

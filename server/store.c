@@ -874,7 +874,7 @@ json_t *store_device_get(store *s, uint64_t id)
 
 json_t *store_device_list(store *s, const store_device_filter *f, tn_error *err)
 {
-	char sql[512], after[17];
+	char sql[768], after[17];
 	sqlite3 *db = store_reader_get(s);
 	sqlite3_stmt *st = NULL;
 	json_t *list = json_array(), *out = NULL;
@@ -884,10 +884,13 @@ json_t *store_device_list(store *s, const store_device_filter *f, tn_error *err)
 		tn_err(err, TN_EIO, "no read connection");
 		goto done;
 	}
-	snprintf(sql, sizeof sql, "SELECT " STORE_DEVICE_COLS " FROM devices WHERE 1%s%s%s%s "
+	snprintf(sql, sizeof sql, "SELECT " STORE_DEVICE_COLS " FROM devices WHERE 1%s%s%s%s%s "
 		 "ORDER BY id LIMIT ?",
 		 f->online >= 0 ? " AND online = ?" : "", f->hw ? " AND hw = ?" : "",
-		 f->group ? " AND grp = ?" : "", f->has_after ? " AND id > ?" : "");
+		 f->group ? " AND grp = ?" : "",
+		 /* instr(), not LIKE: the operator's text holds no wildcards */
+		 f->search ? " AND (instr(id, lower(?)) > 0 OR instr(lower(coalesce(name, '')), lower(?)) > 0)" : "",
+		 f->has_after ? " AND id > ?" : "");
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
 		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
 		goto done;
@@ -898,6 +901,10 @@ json_t *store_device_list(store *s, const store_device_filter *f, tn_error *err)
 		sqlite3_bind_text(st, i++, f->hw, -1, SQLITE_STATIC);
 	if (f->group)
 		sqlite3_bind_text(st, i++, f->group, -1, SQLITE_STATIC);
+	if (f->search) {
+		sqlite3_bind_text(st, i++, f->search, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, i++, f->search, -1, SQLITE_STATIC);
+	}
 	if (f->has_after) {
 		tn_device_id_format(f->after, after);
 		sqlite3_bind_text(st, i++, after, -1, SQLITE_STATIC);
@@ -922,6 +929,70 @@ done:
 	store_reader_put(s, db);
 	json_decref(list);
 	return out;
+}
+
+/* counts[key] = n for each row of a "SELECT key, count(*) ... GROUP BY key". */
+static int store__count_by(sqlite3 *db, const char *sql, json_t *counts)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+		return -1;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		const char *key = (const char *)sqlite3_column_text(st, 0);
+		if (key)
+			json_object_set_new(counts, key, json_integer(sqlite3_column_int64(st, 1)));
+	}
+	sqlite3_finalize(st);
+	return rc == SQLITE_DONE ? 0 : -1;
+}
+
+json_t *store_fleet_summary(store *s, tn_error *err)
+{
+	sqlite3 *db = store_reader_get(s);
+	json_t *online = json_object(), *hw = json_object(), *groups = json_object(), *out = NULL;
+
+	if (!db) {
+		tn_err(err, TN_EIO, "no read connection");
+		goto done;
+	}
+	/* One snapshot: the counts add up even while devices come and go. */
+	if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+	    store__count_by(db, "SELECT CASE online WHEN 1 THEN 'online' ELSE 'offline' END, count(*) "
+			    "FROM devices GROUP BY 1", online) ||
+	    store__count_by(db, "SELECT hw, count(*) FROM devices WHERE hw IS NOT NULL GROUP BY hw", hw) ||
+	    store__count_by(db, "SELECT grp, count(*) FROM devices WHERE grp IS NOT NULL GROUP BY grp", groups)) {
+		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+		sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+		goto done;
+	}
+	sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+	json_int_t on = json_integer_value(json_object_get(online, "online"));
+	json_int_t off = json_integer_value(json_object_get(online, "offline"));
+	out = json_pack("{sI sI sI sO sO}", "devices", (json_int_t)(on + off), "online", on,
+			"offline", off, "hw", hw, "groups", groups);
+done:
+	store_reader_put(s, db);
+	json_decref(online);
+	json_decref(hw);
+	json_decref(groups);
+	return out;
+}
+
+int store_group_has_agent(store *s, const char *group)
+{
+	sqlite3 *db = store_reader_get(s);
+	sqlite3_stmt *st = NULL;
+	int has = 0;
+
+	if (db && sqlite3_prepare_v2(db, "SELECT 1 FROM agent_code WHERE grp = ?", -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_bind_text(st, 1, group, -1, SQLITE_STATIC);
+		has = sqlite3_step(st) == SQLITE_ROW;
+	}
+	sqlite3_finalize(st);
+	store_reader_put(s, db);
+	return has;
 }
 
 int store_device_foreach_secret(store *s, void (*fn)(void *arg, uint64_t id, const char *hash),

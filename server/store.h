@@ -110,6 +110,7 @@ typedef struct store_device_filter {
 	int online;          /* -1 any, 0 offline, 1 online */
 	const char *hw;      /* NULL: any */
 	const char *group;   /* NULL: any */
+	const char *search;  /* NULL: any; else a substring of the id or name (any case) */
 	uint64_t after;      /* paging cursor: ids greater than this */
 	int has_after;
 	int limit;
@@ -117,6 +118,14 @@ typedef struct store_device_filter {
 
 /* {"devices":[...], "next": cursor or null}.  owned: json_decref. */
 json_t *store_device_list(store *s, const store_device_filter *f, tn_error *err);
+
+/* The fleet at a glance: {"devices","online","offline","hw":{name:n},
+ * "groups":{name:n}} (devices without hw or group are not in those maps).
+ * owned: json_decref. */
+json_t *store_fleet_summary(store *s, tn_error *err);
+
+/* 1 when the group has agent code deployed, 0 when not (or on error). */
+int store_group_has_agent(store *s, const char *group);
 
 /* Calls fn for every device's id and secret hash (to load the registry). */
 int store_device_foreach_secret(store *s, void (*fn)(void *arg, uint64_t id, const char *hash),

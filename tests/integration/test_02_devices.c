@@ -399,6 +399,69 @@ START_TEST(devices_enroll_themselves_with_a_token)
 }
 END_TEST
 
+/* The dashboard's fleet view: search by id or name, counts at the top. */
+START_TEST(search_and_fleet_counts)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	free(th_register(&s, "00000000000000a1", "imps"));
+	free(th_register(&s, "00000000000000b2", "imps"));
+	char *secret = th_register(&s, DEV1, "lamps");
+	th_resp resp;
+	th_http(&s, "PATCH", "/v1/devices/00000000000000b2", NULL, "{\"name\":\"Kitchen Lamp\"}", NULL, &resp);
+	ck_assert_int_eq(resp.status, 200);
+	th_resp_free(&resp);
+
+	/* by name, any case; by part of the id; combined with a filter */
+	json_t *l = th_get_json(&s, "/v1/devices?q=kitchen", 200);
+	json_t *devs = json_object_get(l, "devices");
+	ck_assert_int_eq((int)json_array_size(devs), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(devs, 0), "id")), "00000000000000b2");
+	ck_assert(json_is_null(json_object_get(json_array_get(devs, 0), "agent_state")));
+	json_decref(l);
+	l = th_get_json(&s, "/v1/devices?q=0000A", 200);
+	ck_assert_int_eq((int)json_array_size(json_object_get(l, "devices")), 1);
+	json_decref(l);
+	l = th_get_json(&s, "/v1/devices?q=000000&group=lamps", 200);
+	ck_assert_int_eq((int)json_array_size(json_object_get(l, "devices")), 0);
+	json_decref(l);
+	l = th_get_json(&s, "/v1/devices?q=%25", 200);   /* no wildcards: '%' matches nothing */
+	ck_assert_int_eq((int)json_array_size(json_object_get(l, "devices")), 0);
+	json_decref(l);
+	l = th_get_json(&s, "/v1/devices?q=", 200);      /* empty: everything */
+	ck_assert_int_eq((int)json_array_size(json_object_get(l, "devices")), 3);
+	json_decref(l);
+
+	const char *out = th_tmp(&s, "sim.out");
+	pid_t pid = sim_start(&s, DEV1, secret, out, NULL, NULL);
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 1, 10000), 0);
+	json_t *f = th_get_json(&s, "/v1/fleet", 200);
+	ck_assert_int_eq((int)json_integer_value(json_object_get(f, "devices")), 3);
+	ck_assert_int_eq((int)json_integer_value(json_object_get(f, "online")), 1);
+	ck_assert_int_eq((int)json_integer_value(json_object_get(f, "offline")), 2);
+	ck_assert_int_eq((int)json_integer_value(json_object_get(json_object_get(f, "groups"), "imps")), 2);
+	ck_assert_int_eq((int)json_integer_value(json_object_get(json_object_get(f, "groups"), "lamps")), 1);
+	ck_assert_int_eq((int)json_object_size(json_object_get(f, "hw")), 1);
+	json_decref(f);
+	/* With agent code deployed, the list shows each agent's state. */
+	th_http(&s, "PUT", "/v1/groups/lamps/agent", "text/plain", "server.log('up')", NULL, &resp);
+	ck_assert_int_eq(resp.status, 200);
+	th_resp_free(&resp);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Agent started.", 10000), 1);
+	l = th_get_json(&s, "/v1/devices?group=lamps", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(l, "devices"), 0),
+							   "agent_state")), "running");
+	json_decref(l);
+	th_http(&s, "POST", "/v1/fleet", NULL, "{}", NULL, &resp);
+	ck_assert_int_eq(resp.status, 405);
+	th_resp_free(&resp);
+	kill(pid, SIGTERM);
+	th_wait_pid(pid, 5000);
+	free(secret);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -409,6 +472,7 @@ int main(void)
 		list_filter_page_patch_delete,
 		log_history_pages_newest_last,
 		devices_enroll_themselves_with_a_token,
+		search_and_fleet_counts,
 	};
 	return th_run_tests("02_devices", 90, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

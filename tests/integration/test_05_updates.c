@@ -313,6 +313,37 @@ START_TEST(flash_parts_and_firmware_api)
 	json_t *f = th_get_json(&s, path, 200);
 	ck_assert_str_eq(json_string_value(json_object_get(f, "version")), "9.9");
 	json_decref(f);
+
+	/* Each part's verdict against that firmware, from the table alone. */
+	snprintf(path, sizeof path, "/v1/flash-parts?firmware=%lld", fw);
+	parts = th_get_json(&s, path, 200);
+	size_t i;
+	json_t *p;
+	int seen = 0;
+	json_array_foreach(json_object_get(parts, "parts"), i, p) {
+		const char *name = json_string_value(json_object_get(p, "part"));
+		json_t *v = json_object_get(p, "verdict");
+		const char *decision = json_string_value(json_object_get(v, "decision"));
+		const char *reason = json_string_value(json_object_get(v, "reason"));
+		ck_assert_msg(decision && reason, "no verdict for %s", name);
+		if (strcmp(name, "S25FL127S") == 0) {
+			ck_assert_str_eq(decision, "blocked");
+			ck_assert_msg(strstr(reason, "has 4 KB erase in only 16 of 4096 4 KB blocks") != NULL, "%s", reason);
+			seen |= 1;
+		}
+		if (strcmp(name, "GOOD1") == 0) {
+			ck_assert_str_eq(decision, "compatible");
+			seen |= 2;
+		}
+	}
+	ck_assert_int_eq(seen, 3);
+	json_decref(parts);
+	th_http(&s, "GET", "/v1/flash-parts?firmware=999", NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 404);
+	th_resp_free(&r);
+	th_http(&s, "GET", "/v1/flash-parts?firmware=x", NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	th_resp_free(&r);
 	th_http(&s, "POST", "/v1/firmware", NULL, "{}", NULL, &r);
 	ck_assert_int_eq(r.status, 415);
 	th_resp_free(&r);
