@@ -3,9 +3,12 @@
  * Limits: a quota allocator refuses memory over the cap (the event then
  * reports AGENT_OOM and the supervisor stops the agent); a count hook stops a
  * handler over its instruction budget, and keeps raising until the event
- * ends, so a script's pcall cannot swallow it.  Sandbox: base (without
- * dofile, loadfile, collectgarbage; load forced to text; no __gc), string (without
- * dump; rep bounded), table (its C loops bounded), math, utf8, coroutine, and
+ * ends, so a script's pcall cannot swallow it; the pattern functions count
+ * their matcher's steps against the same budget (agents/lpattern.c), and so
+ * do the bytes an event allocates (what C builds in one instruction).
+ * Sandbox: base (without dofile, loadfile, collectgarbage; load forced to
+ * text; no __gc), string (without dump; rep bounded; find, match, gmatch and
+ * gsub counted), table (its C loops bounded), math, utf8, coroutine, and
  * os.time/clock/date.  No io, package, require or debug.
  * Every Lua call that can fail runs protected: an unprotected error (say, the
  * memory cap hit while decoding a message) would abort the whole server. */
@@ -21,7 +24,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lpattern.h"
+
 #define RT_HOOK_EVERY 1000
+#define RT_BYTES_PER_STEP 16    /* bytes allocated that count as one instruction */
 #define RT_MAX_TIMERS 10000
 #define RT_MAX_REP (1 << 20)
 #define RT_MAX_LOG 4096
@@ -40,8 +46,9 @@ struct agent_rt {
 	agent_limits lim;
 	size_t used;
 	int oom;
-	uint64_t count;         /* instructions in the current event */
+	uint64_t count;         /* instructions (and pattern steps) in the current event */
 	int over_budget;
+	int over_in_pattern;    /* the budget ran out in string.find/match/gmatch/gsub */
 	int in_event;
 	int ref_handlers, ref_connect, ref_disconnect, ref_http;
 	struct rt_timer *timers;
@@ -77,6 +84,11 @@ static void *rt__alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 		return NULL;
 	}
 	a->used = a->used - old + nsize;
+	/* What C builds (string.rep, upper, format, table.concat, the ..
+	 * operator) costs time in proportion to its size, in one instruction:
+	 * the bytes count towards the budget, which the hook checks. */
+	if (a->in_event && nsize > old)
+		a->count += (nsize - old) / RT_BYTES_PER_STEP;
 	return p;
 }
 
@@ -100,6 +112,25 @@ static void rt__hook(lua_State *L, lua_Debug *ar)
 			luaL_error(L, "over its memory cap");
 		luaL_error(L, "over its budget of %I instructions", (lua_Integer)a->lim.instructions);
 	}
+}
+
+/* Pattern matching (agents/lpattern.c) runs in C where the hook never fires:
+ * its steps are charged to the same budget, one step for one instruction, and
+ * past it the match stops and every instruction raises, as in the hook. */
+static void rt__pattern_charge(lua_State *L, size_t steps)
+{
+	agent_rt *a = rt__self(L);
+	if (!a->in_event)
+		return;
+	a->count += steps;
+	if (a->count <= a->lim.instructions && !a->over_budget && !a->oom)
+		return;
+	if (!a->over_budget && !a->oom)
+		a->over_in_pattern = 1;
+	a->over_budget = 1;
+	lua_sethook(L, rt__hook, LUA_MASKCOUNT, 1);
+	lua_sethook(a->L, rt__hook, LUA_MASKCOUNT, 1);
+	luaL_error(L, "pattern too complex: step budget exceeded");
 }
 
 /* --- JSON <-> Lua ------------------------------------------------------------------ */
@@ -672,6 +703,7 @@ static void rt__open_sandbox(lua_State *L)
 	lua_setfield(L, -2, "rep");
 	lua_pushcclosure(L, rt__string_rep, 1);
 	lua_setfield(L, -2, "rep");
+	lpat_open(L, rt__pattern_charge); /* find, match, gmatch, gsub: counted */
 	lua_pop(L, 1);
 	lua_getglobal(L, "table");
 	for (const char *const *f = (const char *const[]){ "insert", "remove", "move", "sort", "concat", NULL };
@@ -777,6 +809,7 @@ static int rt__call(agent_rt *a, int nargs, const char *what)
 	lua_insert(L, base);
 	a->count = 0;
 	a->over_budget = 0;
+	a->over_in_pattern = 0;
 	lua_sethook(L, rt__hook, LUA_MASKCOUNT, RT_HOOK_EVERY); /* the hook may have left it at 1 */
 	a->in_event = 1;
 	int rc = lua_pcall(L, nargs, 0, base);
@@ -785,9 +818,13 @@ static int rt__call(agent_rt *a, int nargs, const char *what)
 	if (a->oom || rc == LUA_ERRMEM) {
 		out = AGENT_OOM;
 	} else if (a->over_budget) {
-		char line[200];
-		snprintf(line, sizeof line, "%s stopped: over its budget of %llu instructions", what,
-			 (unsigned long long)a->lim.instructions);
+		char line[300];
+		if (a->over_in_pattern)
+			snprintf(line, sizeof line, "%s stopped: pattern too complex: step budget exceeded "
+				 "(over its budget of %llu instructions)", what, (unsigned long long)a->lim.instructions);
+		else
+			snprintf(line, sizeof line, "%s stopped: over its budget of %llu instructions", what,
+				 (unsigned long long)a->lim.instructions);
 		a->host.log(a->host.ctx, 1, line);
 		out = AGENT_BUDGET;
 	} else if (rc != LUA_OK) {
@@ -1038,6 +1075,52 @@ int agent_rt_run_timers(agent_rt *a, int64_t now)
 	}
 	free(due);
 	return worst;
+}
+
+int agent_rt_timers(const agent_rt *a, agent_timer **out, int *next_id)
+{
+	*next_id = a->next_timer_id + 1;
+	*out = NULL;
+	if (!a->ntimers)
+		return 0;
+	if (!(*out = malloc((size_t)a->ntimers * sizeof **out)))
+		return -1;
+	for (int i = 0; i < a->ntimers; i++)
+		(*out)[i] = (agent_timer){ a->timers[i].id, a->timers[i].due, a->timers[i].every };
+	return a->ntimers;
+}
+
+static int rt__timer_id_cmp(const void *x, const void *y)
+{
+	const agent_timer *p = x, *q = y;
+	return (p->id > q->id) - (p->id < q->id);
+}
+
+int agent_rt_rearm_timers(agent_rt *a, const agent_timer *t, int n, int next_id)
+{
+	int found = 0;
+	agent_timer *sorted = malloc((size_t)(n ? n : 1) * sizeof *sorted);
+	if (!sorted)
+		return -1; /* out of memory: the timers stay as they were */
+	if (n)
+		memcpy(sorted, t, (size_t)n * sizeof *sorted);
+	qsort(sorted, (size_t)n, sizeof *sorted, rt__timer_id_cmp);
+	for (int i = 0; i < a->ntimers;) {
+		agent_timer key = { .id = a->timers[i].id };
+		const agent_timer *k = n ? bsearch(&key, sorted, (size_t)n, sizeof *sorted, rt__timer_id_cmp) : NULL;
+		if (!k) {
+			rt__timer_remove(a, i); /* moves the last one here: look at i again */
+			continue;
+		}
+		a->timers[i].due = k->due;
+		a->timers[i].every = k->every;
+		found++;
+		i++;
+	}
+	free(sorted);
+	if (next_id - 1 > a->next_timer_id)
+		a->next_timer_id = next_id - 1;
+	return found;
 }
 
 size_t agent_rt_memory(const agent_rt *a)

@@ -39,7 +39,8 @@ typedef struct agent_host {
 
 typedef struct agent_limits {
 	size_t memory;          /* bytes the Lua state may allocate (default 1 MiB) */
-	uint64_t instructions;  /* VM instructions per event (default 10 million) */
+	uint64_t instructions;  /* VM instructions (and pattern matcher steps) per event
+				 * (default 10 million) */
 } agent_limits;
 
 /* Outcome of running an event. */
@@ -102,6 +103,25 @@ void agent_http_res_clear(agent_http_res *res);
 int64_t agent_rt_next_timer(agent_rt *a);
 /* Runs every timer due at `now` (each is one event with its own budget). */
 int agent_rt_run_timers(agent_rt *a, int64_t now);
+
+/* A timer as a migration moves it (agents/envelope.h): the callback stays
+ * in the Lua state, the id finds it again. */
+typedef struct agent_timer {
+	int id;
+	int64_t due;            /* host clock, ms */
+	int64_t every;          /* ms, 0 for a one-shot */
+} agent_timer;
+
+/* The agent's timers in *out (malloc'd; NULL when none), and the id the next
+ * new timer would get in *next_id.  Returns how many, or -1 (out of memory). */
+int agent_rt_timers(const agent_rt *a, agent_timer **out, int *next_id);
+
+/* Re-arms the timers a migration moved: each of the state's timers whose id
+ * is in t[0..n) takes that due time and interval; the state's others are
+ * cancelled (the sender did not have them); the next new timer gets an id
+ * of at least next_id.  Returns how many of t were found (-1: out of
+ * memory, nothing changed). */
+int agent_rt_rearm_timers(agent_rt *a, const agent_timer *t, int n, int next_id);
 
 /* Bytes the Lua state holds now. */
 size_t agent_rt_memory(const agent_rt *a);

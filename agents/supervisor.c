@@ -6,16 +6,25 @@
  *
  * Migration (worker A -> B), at an event boundary on A:
  *   1. A takes route_lock (no event can be routed meanwhile), takes out of
- *      its own queue every event still waiting for the agent, sets
- *      agent->worker = B, and pushes MIGRATE_IN(agent, those events) to B;
- *   2. events routed from then on land on B behind MIGRATE_IN.
- * So nothing queued is lost or reordered; timers and saved state move with
- * the agent (the Lua state itself moves: it is never used by two threads).
+ *      its own queue every event still waiting for the agent, and encodes
+ *      the agent -- saved state, counters, offline queue, timers, those
+ *      events, HTTP replies by handle id -- into an envelope
+ *      (agents/envelope.h); if that fails the events go back and the agent
+ *      stays;
+ *   2. A clears what it encoded from the agent, sets agent->worker = B and
+ *      pushes MIGRATE_IN(envelope, the live Lua state) to B, which decodes
+ *      the envelope, restores the agent from it, re-arms the state's timers
+ *      from it and queues its events first;
+ *   3. events routed from then on land on B behind MIGRATE_IN.
+ * So nothing queued is lost or reordered.  In process the Lua state goes
+ * along (it is never used by two threads); from another node there is none,
+ * and B rebuilds it from the code and the saved state (docs/agents.md).
  *
  * Lock order: route_lock, then a worker's queue lock. */
 #define _GNU_SOURCE
 #include "supervisor.h"
 
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +33,7 @@
 #include <unistd.h>
 
 #include "device.h"
+#include "envelope.h"
 #include "events.h"
 #include "idmap.h"
 #include "log.h"
@@ -35,7 +45,7 @@
 
 enum ev_kind {
 	EV_ONLINE, EV_OFFLINE, EV_MSG, EV_HTTP, EV_RELOAD, EV_RESTART, EV_MIGRATE_OUT, EV_MIGRATE_IN,
-	EV_INFO, EV_STOP_ALL,
+	EV_INFO, EV_STOP_ALL, EV_ADOPT,
 };
 
 struct sup_info_wait {
@@ -52,8 +62,11 @@ struct ev {
 	uint64_t conn;
 	char *name, *data;             /* EV_MSG (owned) */
 	int target;                    /* EV_MIGRATE_OUT */
-	struct agent *agent;           /* EV_MIGRATE_IN */
-	struct ev *carried;            /* EV_MIGRATE_IN: events that move with it */
+	struct agent *agent;           /* EV_ADOPT */
+	uint8_t *env;                  /* EV_MIGRATE_IN: the envelope (owned) */
+	size_t env_len;
+	int64_t env_sent;              /* EV_MIGRATE_IN: when it was encoded (tn_mono_ms) */
+	agent_rt *live;                /* EV_MIGRATE_IN: the Lua state, in process (owned) */
 	agent_http_req http;           /* EV_HTTP: strings owned (http_buf) */
 	char *http_buf[5];
 	char **http_headers;
@@ -76,6 +89,8 @@ struct agent {
 	agent_rt *rt;
 	char state[32];                /* running, stopped, no code, error, out of memory */
 	char group[80];
+	char agent_id[64];
+	unsigned char code_hash[32];   /* SHA-256 of the code rt runs */
 	int connected;
 	uint64_t conn;
 	struct qmsg *q_head, *q_tail;
@@ -109,6 +124,17 @@ struct supervisor {
 	idmap route;                   /* device -> struct agent (under route_lock) */
 	int next_worker;
 	int64_t last_rebalance;
+	pthread_mutex_t reply_lock;
+	idmap replies;                 /* handle id -> struct sup_reply, for envelopes */
+	uint64_t next_reply;
+};
+
+/* Where an HTTP answer or an info reply goes: node-local, so an envelope
+ * names it by a handle id. */
+struct sup_reply {
+	sup_http_done done;
+	void *done_arg;
+	struct sup_info_wait *wait;
 };
 
 /* --- queues ------------------------------------------------------------------- */
@@ -119,6 +145,8 @@ static void sup__ev_free(struct ev *e)
 		return;
 	free(e->name);
 	free(e->data);
+	free(e->env);
+	agent_rt_free(e->live);
 	for (int i = 0; i < 5; i++)
 		free(e->http_buf[i]);
 	if (e->http_headers) {
@@ -191,7 +219,7 @@ static void sup__route(supervisor *s, struct ev *e)
 		}
 		struct ev *adopt = calloc(1, sizeof *adopt);
 		if (adopt) {
-			adopt->kind = EV_MIGRATE_IN;
+			adopt->kind = EV_ADOPT;
 			adopt->device = e->device;
 			adopt->agent = a;
 			sup__push(&s->workers[best], adopt);
@@ -221,8 +249,8 @@ static void sup__route(supervisor *s, struct ev *e)
 
 /* --- the store ------------------------------------------------------------------ */
 
-/* The device's group (owned) or NULL. */
-static char *sup__group_of(supervisor *s, const char *hex, int *exists)
+/* The device's group (owned) or NULL, and its agent id. */
+static char *sup__group_of(supervisor *s, const char *hex, int *exists, char *agent_id, size_t cap)
 {
 	sqlite3 *db = store_reader_get(s->st);
 	sqlite3_stmt *q = NULL;
@@ -230,10 +258,12 @@ static char *sup__group_of(supervisor *s, const char *hex, int *exists)
 	*exists = 0;
 	if (!db)
 		return NULL;
-	if (sqlite3_prepare_v2(db, "SELECT grp FROM devices WHERE id = ?", -1, &q, NULL) == SQLITE_OK) {
+	if (sqlite3_prepare_v2(db, "SELECT grp, agent_id FROM devices WHERE id = ?", -1, &q, NULL) == SQLITE_OK) {
 		sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC);
 		if (sqlite3_step(q) == SQLITE_ROW) {
 			*exists = 1;
+			const unsigned char *id = sqlite3_column_text(q, 1);
+			snprintf(agent_id, cap, "%s", id ? (const char *)id : "");
 			if (sqlite3_column_text(q, 0))
 				group = strdup((const char *)sqlite3_column_text(q, 0));
 		}
@@ -427,7 +457,7 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 {
 	int exists;
 	size_t len = 0;
-	char *group = sup__group_of(a->sup, a->hex, &exists);
+	char *group = sup__group_of(a->sup, a->hex, &exists, a->agent_id, sizeof a->agent_id);
 	char *code = group ? sup__code_of(a->sup, group, &len) : NULL;
 	tn_error err = { 0 };
 
@@ -437,6 +467,8 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 		sup__stop_agent(a, NULL, exists ? "no code" : "no device");
 		return;
 	}
+	unsigned int hlen = 0;
+	EVP_Digest(code, len, a->code_hash, &hlen, EVP_sha256(), NULL);
 	agent_host host = {
 		.ctx = a, .log = sup__host_log, .send = sup__host_send, .is_connected = sup__host_connected,
 		.save = sup__host_save, .load = sup__host_load, .now_ms = sup__host_now,
@@ -543,28 +575,135 @@ static json_t *sup__info(struct agent *a, struct worker *w)
 			 "last_error", a->last_error[0] ? a->last_error : NULL);
 }
 
-/* Hands the agent and its waiting events to another worker (see the top). */
-static void sup__migrate_out(struct worker *w, struct agent *a, int target)
+/* --- migration: the envelope (see the top, and agents/envelope.h) ------------- */
+
+static uint64_t sup__reply_put(supervisor *s, const struct ev *e)
 {
-	supervisor *s = w->sup;
-	if (target < 0 || target >= s->nworkers || target == w->index)
-		target = (w->index + 1) % s->nworkers;
-	if (target == w->index)
-		return; /* one worker: nowhere to go */
-	if (a->rt)
-		sup__event(a, EV_STATUS, "Agent stopped: migrating.");
-	struct ev *in = sup__ev(EV_MIGRATE_IN, a->device);
-	if (!in)
-		return;
-	in->agent = a;
-	struct ev **tail = &in->carried;
-	pthread_mutex_lock(&s->route_lock);
-	pthread_mutex_lock(&w->lock);
-	struct ev **pp = &w->head;
+	struct sup_reply *r = malloc(sizeof *r);
+	int oom = 0;
+	if (!r)
+		return 0;
+	*r = (struct sup_reply){ e->done, e->done_arg, e->wait };
+	pthread_mutex_lock(&s->reply_lock);
+	uint64_t id = ++s->next_reply;
+	idmap_put(&s->replies, id, r, &oom);
+	pthread_mutex_unlock(&s->reply_lock);
+	if (oom) {
+		free(r);
+		return 0;
+	}
+	return id;
+}
+
+static struct sup_reply *sup__reply_take(supervisor *s, uint64_t id)
+{
+	pthread_mutex_lock(&s->reply_lock);
+	struct sup_reply *r = id ? idmap_del(&s->replies, id) : NULL;
+	pthread_mutex_unlock(&s->reply_lock);
+	return r;
+}
+
+/* Frees what sup__env_fill allocated; the strings it points to are borrowed
+ * from the agent and its events. */
+static void sup__env_release(agent_env *env)
+{
+	free(env->saved);
+	free(env->queued);
+	free(env->timers);
+	free(env->ev);
+	memset(env, 0, sizeof *env);
+}
+
+/* The agent as an envelope sees it, without its in-flight events. */
+static int sup__env_fill(struct agent *a, int64_t now, agent_env *env)
+{
+	memset(env, 0, sizeof *env);
+	env->device = a->device;
+	env->agent_id = a->agent_id;
+	env->group = a->group;
+	memcpy(env->code_hash, a->code_hash, sizeof env->code_hash);
+	env->state = a->state;
+	env->last_error = a->last_error;
+	env->saved = sup__host_load(a);
+	env->events = a->events;
+	env->restarts = a->restarts;
+	env->backoff_ms = a->backoff_ms;
+	env->restart_in_ms = a->restart_at ? (a->restart_at > now ? a->restart_at - now : 0) : -1;
+	env->started_ms = a->started_ms;
+	env->connected = a->connected;
+	env->conn = a->conn;
+	if (a->q_len && !(env->queued = calloc((size_t)a->q_len, sizeof *env->queued)))
+		return -1;
+	for (struct qmsg *m = a->q_head; m; m = m->next)
+		env->queued[env->nqueued++] = m->frame;
+	int next_id = 1;
+	agent_timer *t = NULL;
+	int n = a->rt ? agent_rt_timers(a->rt, &t, &next_id) : 0;
+	if (n < 0)
+		return -1;
+	env->next_timer_id = (uint32_t)next_id;
+	if (n && !(env->timers = calloc((size_t)n, sizeof *env->timers))) {
+		free(t);
+		return -1;
+	}
+	for (int i = 0; i < n; i++)
+		env->timers[i] = (agent_env_timer){ (uint32_t)t[i].id, t[i].due - now, t[i].every };
+	env->ntimers = (uint32_t)n;
+	free(t);
+	return 0;
+}
+
+/* Adds the carried events to env (their replies become handle ids). */
+static int sup__env_events(supervisor *s, agent_env *env, struct ev *carried)
+{
+	static const int kinds[] = {
+		[EV_ONLINE] = AGENT_ENV_ONLINE, [EV_OFFLINE] = AGENT_ENV_OFFLINE, [EV_MSG] = AGENT_ENV_MSG,
+		[EV_HTTP] = AGENT_ENV_HTTP, [EV_RELOAD] = AGENT_ENV_RELOAD, [EV_RESTART] = AGENT_ENV_RESTART,
+		[EV_MIGRATE_OUT] = AGENT_ENV_MIGRATE, [EV_INFO] = AGENT_ENV_INFO,
+	};
+	uint32_t n = 0;
+	for (struct ev *e = carried; e; e = e->next)
+		n++;
+	if (n && !(env->ev = calloc(n, sizeof *env->ev)))
+		return -1;
+	for (struct ev *e = carried; e; e = e->next) {
+		agent_env_event *x = &env->ev[env->nev++];
+		x->kind = kinds[e->kind];
+		x->conn = e->conn;
+		x->name = e->name;
+		x->data = e->data;
+		x->target = e->target;
+		if (e->kind == EV_HTTP) {
+			x->method = e->http_buf[0];
+			x->path = e->http_buf[1];
+			x->query = e->http_buf[2];
+			x->body = e->http_buf[3];
+			x->body_len = e->http.body_len;
+			x->headers = e->http_headers;
+			while (x->headers && x->headers[2 * x->nheaders] && x->headers[2 * x->nheaders + 1])
+				x->nheaders++;
+		}
+		if ((e->kind == EV_HTTP || e->kind == EV_INFO) && !(x->reply = sup__reply_put(s, e)))
+			return -1;
+	}
+	return 0;
+}
+
+/* After a failed encoding: the handles go, the events stay with their ev. */
+static void sup__env_unreply(supervisor *s, agent_env *env)
+{
+	for (uint32_t i = 0; env->ev && i < env->nev; i++)
+		free(sup__reply_take(s, env->ev[i].reply));
+}
+
+/* Takes the device's events out of w's queue, in order (w->lock held). */
+static struct ev *sup__take_events(struct worker *w, uint64_t device)
+{
+	struct ev *out = NULL, **tail = &out, **pp = &w->head;
 	w->tail = NULL;
 	while (*pp) {
 		struct ev *e = *pp;
-		if (e->device == a->device && e->kind != EV_STOP_ALL) {
+		if (e->device == device && e->kind != EV_STOP_ALL && e->kind != EV_MIGRATE_IN && e->kind != EV_ADOPT) {
 			*pp = e->next;
 			e->next = NULL;
 			*tail = e;
@@ -574,38 +713,256 @@ static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 			pp = &e->next;
 		}
 	}
+	return out;
+}
+
+/* Puts events back at the head of w's queue (w->lock held). */
+static void sup__put_back(struct worker *w, struct ev *c)
+{
+	if (!c)
+		return;
+	struct ev *last = c;
+	while (last->next)
+		last = last->next;
+	last->next = w->head;
+	if (!w->head)
+		w->tail = last;
+	w->head = c;
+}
+
+/* Forgets what the envelope took: the agent entry stays for routing. */
+static void sup__detach(struct agent *a)
+{
+	while (a->q_head) {
+		struct qmsg *m = a->q_head;
+		a->q_head = m->next;
+		free(m->frame);
+		free(m);
+	}
+	a->q_tail = NULL;
+	a->q_len = 0;
+	a->events = a->restarts = a->started_ms = a->restart_at = 0;
+	a->backoff_ms = 0;
+	a->connected = 0;
+	a->conn = 0;
+	a->last_error[0] = a->group[0] = a->agent_id[0] = '\0';
+	memset(a->code_hash, 0, sizeof a->code_hash);
+	snprintf(a->state, sizeof a->state, "migrating");
+}
+
+/* Hands the agent and its waiting events to another worker (see the top). */
+static void sup__migrate_out(struct worker *w, struct agent *a, int target)
+{
+	supervisor *s = w->sup;
+	tn_error err = { 0 };
+	agent_env env;
+	if (target < 0 || target >= s->nworkers || target == w->index)
+		target = (w->index + 1) % s->nworkers;
+	if (target == w->index)
+		return; /* one worker: nowhere to go */
+	int64_t now = tn_mono_ms();
+	struct ev *in = sup__ev(EV_MIGRATE_IN, a->device);
+	if (!in || sup__env_fill(a, now, &env)) {
+		if (in)
+			sup__env_release(&env);
+		free(in);
+		log_warn("agent of %s stays on worker %d: out of memory", a->hex, w->index);
+		return;
+	}
+	pthread_mutex_lock(&s->route_lock);
+	pthread_mutex_lock(&w->lock);
+	struct ev *carried = sup__take_events(w, a->device);
 	pthread_mutex_unlock(&w->lock);
+	int rc = sup__env_events(s, &env, carried) ? tn_err(&err, TN_ENOMEM, "out of memory")
+						   : agent_env_encode(&env, &in->env, &in->env_len, &err);
+	if (rc) {
+		sup__env_unreply(s, &env);
+		pthread_mutex_lock(&w->lock);
+		sup__put_back(w, carried);
+		pthread_mutex_unlock(&w->lock);
+		pthread_mutex_unlock(&s->route_lock);
+		log_warn("agent of %s stays on worker %d: %s", a->hex, w->index, err.msg);
+		sup__env_release(&env);
+		sup__ev_free(in);
+		return;
+	}
+	if (a->rt)
+		sup__event(a, EV_STATUS, "Agent stopped: migrating.");
+	in->env_sent = now;
+	in->live = a->rt;
+	a->rt = NULL;
+	sup__detach(a);
 	idmap_del(&w->local, a->device);
 	a->worker = target;
 	w->nagents--;
 	s->workers[target].nagents++;
 	sup__push(&s->workers[target], in);
 	pthread_mutex_unlock(&s->route_lock);
+	sup__env_release(&env);
+	while (carried) { /* in the envelope now, their replies behind handles */
+		struct ev *e = carried;
+		carried = e->next;
+		sup__ev_free(e);
+	}
+}
+
+/* An event of the envelope as the queue holds it (steals x's strings);
+ * NULL when out of memory or its reply handle is gone. */
+static struct ev *sup__ev_from_env(supervisor *s, uint64_t device, agent_env_event *x)
+{
+	static const enum ev_kind kinds[] = {
+		[AGENT_ENV_ONLINE] = EV_ONLINE, [AGENT_ENV_OFFLINE] = EV_OFFLINE, [AGENT_ENV_MSG] = EV_MSG,
+		[AGENT_ENV_HTTP] = EV_HTTP, [AGENT_ENV_RELOAD] = EV_RELOAD, [AGENT_ENV_RESTART] = EV_RESTART,
+		[AGENT_ENV_MIGRATE] = EV_MIGRATE_OUT, [AGENT_ENV_INFO] = EV_INFO,
+	};
+	struct ev *e = sup__ev(kinds[x->kind], device);
+	struct sup_reply *r = (x->kind == AGENT_ENV_HTTP || x->kind == AGENT_ENV_INFO) ? sup__reply_take(s, x->reply)
+										   : NULL;
+	if (!e || ((x->kind == AGENT_ENV_HTTP || x->kind == AGENT_ENV_INFO) && !r)) {
+		free(e);
+		free(r);
+		return NULL;
+	}
+	e->conn = x->conn;
+	e->target = x->target;
+	e->name = x->name;
+	e->data = x->data;
+	x->name = x->data = NULL;
+	if (r) {
+		e->done = r->done;
+		e->done_arg = r->done_arg;
+		e->wait = r->wait;
+		free(r);
+	}
+	if (x->kind == AGENT_ENV_HTTP) {
+		e->http_buf[0] = x->method;
+		e->http_buf[1] = x->path;
+		e->http_buf[2] = x->query;
+		e->http_buf[3] = x->body;
+		e->http_headers = x->headers;
+		e->http = (agent_http_req){ x->method, x->path, x->query, x->body, x->body_len,
+					    (const char *const *)x->headers };
+		x->method = x->path = x->query = x->body = NULL;
+		x->headers = NULL;
+		x->nheaders = 0;
+	}
+	return e;
+}
+
+/* The agent as the envelope says (steals its queued frames). */
+static void sup__env_apply(struct agent *a, agent_env *env, int64_t base)
+{
+	snprintf(a->agent_id, sizeof a->agent_id, "%s", env->agent_id);
+	snprintf(a->group, sizeof a->group, "%s", env->group);
+	snprintf(a->state, sizeof a->state, "%s", env->state);
+	snprintf(a->last_error, sizeof a->last_error, "%s", env->last_error);
+	memcpy(a->code_hash, env->code_hash, sizeof a->code_hash);
+	a->events = env->events;
+	a->restarts = env->restarts;
+	a->backoff_ms = (int)env->backoff_ms;
+	a->restart_at = env->restart_in_ms >= 0 ? base + env->restart_in_ms : 0;
+	if (env->restart_in_ms >= 0 && !a->restart_at)
+		a->restart_at = 1;
+	a->started_ms = env->started_ms;
+	a->connected = env->connected;
+	a->conn = env->conn;
+	for (uint32_t i = 0; i < env->nqueued; i++) {
+		struct qmsg *m = calloc(1, sizeof *m);
+		if (!m)
+			break;
+		m->frame = env->queued[i];
+		env->queued[i] = NULL;
+		if (a->q_tail)
+			a->q_tail->next = m;
+		else
+			a->q_head = m;
+		a->q_tail = m;
+		a->q_len++;
+	}
+}
+
+/* The state's timers as the envelope has them (due times from `base`). */
+static void sup__rearm(struct agent *a, const agent_env *env, int64_t base)
+{
+	agent_timer *t = calloc(env->ntimers ? env->ntimers : 1, sizeof *t);
+	if (!t)
+		return;
+	for (uint32_t i = 0; i < env->ntimers; i++)
+		t[i] = (agent_timer){ (int)env->timers[i].id, base + env->timers[i].due_in_ms,
+				      env->timers[i].every_ms };
+	agent_rt_rearm_timers(a->rt, t, (int)env->ntimers, (int)env->next_timer_id);
+	free(t);
+}
+
+/* With no Lua state (from another node), the cross-node rule: the saved
+ * state goes into this node's store, the agent starts from its group's code,
+ * and if that is the code it ran, its timers are re-armed by id. */
+static void sup__rebuild(struct agent *a, const agent_env *env, int64_t base)
+{
+	char *have = sup__host_load(a);
+	char err[300];
+	if (env->saved && (!have || strcmp(have, env->saved) != 0))
+		if (sup__host_save(a, env->saved, strlen(env->saved), err, sizeof err))
+			log_warn("agent of %s: its saved state did not move: %s", a->hex, err);
+	free(have);
+	snprintf(a->state, sizeof a->state, "stopped");
+	sup__start_agent(a, "Agent started.");
+	if (a->rt && memcmp(a->code_hash, env->code_hash, sizeof a->code_hash) == 0)
+		sup__rearm(a, env, base);
 }
 
 static void sup__migrate_in(struct worker *w, struct ev *e)
 {
-	struct agent *a = e->agent;
+	supervisor *s = w->sup;
+	tn_error err = { 0 };
+	agent_env env;
+	agent_rt *live = e->live;
 	int oom = 0;
+	e->live = NULL;
+	pthread_mutex_lock(&s->route_lock);
+	struct agent *a = idmap_get(&s->route, e->device);
+	pthread_mutex_unlock(&s->route_lock);
+	if (!a) {
+		agent_rt_free(live);
+		return;
+	}
 	idmap_put(&w->local, a->device, a, &oom);
-	if (a->rt)
+	int rc = agent_env_decode(e->env, e->env_len, &env, &err);
+	if (rc == 0 && env.device != a->device)
+		rc = tn_err(&err, TN_EINVAL, "migration envelope: for another device");
+	if (rc) {
+		log_err("agent of %s: %s; it starts again from its code", a->hex, err.msg);
+		agent_rt_free(live);
+		agent_env_clear(&env);
+		snprintf(a->state, sizeof a->state, "stopped");
+		return;
+	}
+	/* In process the clock is the same: due times count from the encoding. */
+	sup__env_apply(a, &env, e->env_sent);
+	if (live) {
+		a->rt = live;
+		sup__rearm(a, &env, e->env_sent);
 		sup__event(a, EV_STATUS, "Agent started.");
+	} else if (strcmp(a->state, "running") == 0) {
+		sup__rebuild(a, &env, tn_mono_ms());
+	}
 	/* The events that were waiting on the old worker go first, in order, at
 	 * the head of this worker's queue: the newer ones are behind them.  (Run
 	 * from the queue, not from here, so that a migration among them takes
 	 * the rest along.) */
-	struct ev *c = e->carried;
-	e->carried = NULL;
-	if (!c)
-		return;
-	struct ev *last = c;
-	while (last->next)
-		last = last->next;
+	struct ev *head = NULL, **tail = &head;
+	for (uint32_t i = 0; i < env.nev; i++) {
+		struct ev *x = sup__ev_from_env(s, a->device, &env.ev[i]);
+		if (!x) {
+			log_warn("agent of %s: an event was lost in its migration (out of memory)", a->hex);
+			continue;
+		}
+		*tail = x;
+		tail = &x->next;
+	}
+	agent_env_clear(&env);
 	pthread_mutex_lock(&w->lock);
-	last->next = w->head;
-	if (!w->head)
-		w->tail = last;
-	w->head = c;
+	sup__put_back(w, head);
 	pthread_mutex_unlock(&w->lock);
 }
 
@@ -613,6 +970,11 @@ static void sup__handle(struct worker *w, struct ev *e)
 {
 	if (e->kind == EV_MIGRATE_IN) {
 		sup__migrate_in(w, e);
+		return;
+	}
+	if (e->kind == EV_ADOPT) {
+		int oom = 0;
+		idmap_put(&w->local, e->device, e->agent, &oom);
 		return;
 	}
 	struct agent *a = idmap_get(&w->local, e->device);
@@ -794,6 +1156,7 @@ int sup_start(supervisor **out, const sup_options *opt, store *st, tn_error *err
 	if (s->nworkers > SUP_MAX_WORKERS)
 		s->nworkers = SUP_MAX_WORKERS;
 	pthread_mutex_init(&s->route_lock, NULL);
+	pthread_mutex_init(&s->reply_lock, NULL);
 	for (int i = 0; i < s->nworkers; i++) {
 		struct worker *w = &s->workers[i];
 		w->sup = s;
@@ -843,6 +1206,11 @@ static void sup__free_agent(void *arg, uint64_t key, void *val)
 	free(a);
 }
 
+static void sup__free_reply(void *arg, uint64_t key, void *val)
+{
+	free(val); /* an envelope that never arrived: as for a queued request, no answer */
+}
+
 void sup_free(supervisor *s)
 {
 	if (!s)
@@ -862,7 +1230,10 @@ void sup_free(supervisor *s)
 	}
 	idmap_foreach(&s->route, sup__free_agent, NULL);
 	idmap_free(&s->route);
+	idmap_foreach(&s->replies, sup__free_reply, NULL);
+	idmap_free(&s->replies);
 	pthread_mutex_destroy(&s->route_lock);
+	pthread_mutex_destroy(&s->reply_lock);
 	free(s);
 }
 

@@ -113,12 +113,15 @@ bench_free_port() {
 }
 
 # tenderd_start DATADIR: sets TD_PID, TD_DEV_PORT, TD_HTTP_PORT.  As shipped:
-# default options but ports 0, the data dir and TD_ARGS.
+# default options but ports 0, the data dir, TD_ARGS and, where tenderd has
+# it, --max-conns-per-ip 0: every simulated device comes from 127.0.0.1,
+# where real ones come from as many addresses.
 tenderd_start() {
 	local dir=$1 i
 	mkdir -p "$dir"
 	: >"$dir/tenderd.log"
-	"$TENDERD" --data-dir "$dir" --device-port 0 --http-port 0 "${TD_ARGS[@]}" \
+	[ -z "${TD_PER_IP+x}" ] && { TD_PER_IP=(); tenderd_has_option --max-conns-per-ip && TD_PER_IP=(--max-conns-per-ip 0); }
+	"$TENDERD" --data-dir "$dir" --device-port 0 --http-port 0 "${TD_PER_IP[@]}" "${TD_ARGS[@]}" \
 		2>>"$dir/tenderd.log" &
 	TD_PID=$!
 	BENCH_PIDS+=("$TD_PID")
@@ -138,24 +141,41 @@ tenderd_stop() {
 	bench_stop "$TD_PID"
 }
 
-# tenderd_register DATADIR N ID_BASE CREDS: registers N devices with
-# consecutive ids over the HTTP API (one curl, one kept-alive connection) and
-# writes "id secret" lines to CREDS.
+# tenderd_register DATADIR N ID_BASE CREDS [GROUP]: registers N devices with
+# consecutive ids (in GROUP if given) over the HTTP API (one curl, one
+# kept-alive connection) and writes "id secret" lines to CREDS.
 tenderd_register() {
-	local dir=$1 n=$2 base=$3 creds=$4 token i cfg
+	local dir=$1 n=$2 base=$3 creds=$4 group=${5:-} token i cfg grp=
 	cfg=$dir/register.curl
 	token=$(cat "$dir/admin.token") || bench_die "no admin token in $dir"
+	[ -n "$group" ] && grp=",\\\"group\\\":\\\"$group\\\""
 	for ((i = 0; i < n; i++)); do
 		((i)) && echo next
 		printf 'url = "http://127.0.0.1:%s/v1/devices"\n' "$TD_HTTP_PORT"
 		printf 'header = "Authorization: Bearer %s"\n' "$token"
 		printf 'header = "Content-Type: application/json"\n'
-		printf 'data = "{\\"id\\":\\"%016x\\"}"\n' $((base + i))
+		printf 'data = "{\\"id\\":\\"%016x\\"%s}"\n' $((base + i)) "$grp"
 		printf 'write-out = "\\n"\n'
 	done >"$cfg"
 	curl -sS -K "$cfg" |
 		sed -n 's/.*"id":"\([0-9a-f]*\)".*"secret":"\([^"]*\)".*/\1 \2/p' >"$creds"
 	[ "$(wc -l <"$creds")" -eq "$n" ] || bench_die "registered $(wc -l <"$creds") of $n devices"
+}
+
+# tenderd_deploy DATADIR GROUP FILE: deploys FILE as GROUP's agent code.
+tenderd_deploy() {
+	local out
+	out=$(curl -sS -X PUT -H "Authorization: Bearer $(cat "$1/admin.token")" \
+		-H 'Content-Type: text/plain' --data-binary "@$3" \
+		"http://127.0.0.1:$TD_HTTP_PORT/v1/groups/$2/agent") || bench_die "deploy to $2 failed"
+	case $out in *'"bytes"'*) ;; *) bench_die "deploy to $2: $out" ;; esac
+}
+
+# tenderd_api DATADIR METHOD PATH [JSON]: one API call, the body on stdout.
+tenderd_api() {
+	local args=(-sS -X "$2" -H "Authorization: Bearer $(cat "$1/admin.token")")
+	[ $# -ge 4 ] && args+=(-H 'Content-Type: application/json' -d "$4")
+	curl "${args[@]}" "http://127.0.0.1:$TD_HTTP_PORT$3"
 }
 
 # tenderd_has_option OPTION: whether this tenderd's --help lists OPTION.
@@ -171,7 +191,8 @@ tenderd_metric() {
 }
 
 # mosquitto_start DIR: sets MQ_PID, MQ_PORT.  Persistence off, anonymous,
-# logging errors and warnings only (no line per connection).
+# logging errors and warnings only (no line per connection); MQ_EXTRA_CONF
+# lines are added (the round trip sets set_tcp_nodelay).
 mosquitto_start() {
 	local dir=$1 try i
 	mkdir -p "$dir"
@@ -185,6 +206,7 @@ mosquitto_start() {
 			log_type error
 			log_type warning
 			connection_messages false
+			${MQ_EXTRA_CONF:-}
 		EOF
 		"$MOSQUITTO" -c "$dir/mosquitto.conf" 2>>"$dir/mosquitto.log" &
 		MQ_PID=$!
@@ -206,18 +228,91 @@ mosquitto_stop() {
 	bench_stop "$MQ_PID"
 }
 
+bench_need_nginx() {
+	NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+	[ -x "$NGINX" ] && return 0
+	bench_log "nginx missing: apt-get install -y nginx-light"
+	if [ "$(id -u)" = 0 ]; then
+		apt-get install -y -q nginx-light >/dev/null 2>&1 ||
+			{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q nginx-light >/dev/null 2>&1; }
+	fi
+	NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+	[ -x "$NGINX" ] || bench_die "nginx is needed: apt-get install nginx-light"
+}
+
+# nginx_start DIR ROOT: sets NG_PID, NG_PORT.  Serves ROOT on a free loopback
+# port, in the foreground, with Debian's defaults where they matter
+# (worker_processes auto, sendfile on, keepalive) but no access log and
+# enough worker_connections for the clients.
+nginx_start() {
+	local dir=$1 root=$2 try i
+	mkdir -p "$dir"
+	for ((try = 0; try < 5; try++)); do
+		NG_PORT=$(bench_free_port) || bench_die "no free port"
+		cat >"$dir/nginx.conf" <<-EOF
+			daemon off;
+			user root;
+			worker_processes auto;
+			pid $dir/nginx.pid;
+			error_log $dir/error.log warn;
+			events { worker_connections 8192; }
+			http {
+				access_log off;
+				sendfile on;
+				tcp_nopush on;
+				keepalive_requests 100000;
+				client_body_temp_path $dir/body;
+				proxy_temp_path $dir/proxy;
+				fastcgi_temp_path $dir/fastcgi;
+				uwsgi_temp_path $dir/uwsgi;
+				scgi_temp_path $dir/scgi;
+				server {
+					listen 127.0.0.1:$NG_PORT;
+					root $root;
+				}
+			}
+		EOF
+		"$NGINX" -p "$dir" -c "$dir/nginx.conf" 2>>"$dir/nginx.log" &
+		NG_PID=$!
+		BENCH_PIDS+=("$NG_PID")
+		for ((i = 0; i < 100; i++)); do
+			if (exec 3<>"/dev/tcp/127.0.0.1/$NG_PORT") 2>/dev/null; then
+				return 0
+			fi
+			kill -0 "$NG_PID" 2>/dev/null || break
+			sleep 0.05
+		done
+		bench_stop "$NG_PID"
+	done
+	cat "$dir/nginx.log" "$dir/error.log" >&2 2>/dev/null
+	bench_die "nginx did not start"
+}
+
+nginx_stop() {
+	bench_stop "$NG_PID"	# TERM: nginx stops its workers first
+}
+
 # sim_start OUT N ARGS...: starts tender-sim with ARGS and times its welcome
 # lines: SIM_PID is the sim; OUT.t gets, once N distinct devices have been
 # welcomed, the microseconds from the start to the Nth welcome.  The sim's
-# lines go through a fifo to awk, so counting costs no polling.
+# lines go through a fifo to awk, so counting costs no polling.  SIM_COUNT
+# names the line counted instead of welcome (e.g. downloaded); OUT.t0 then
+# gets the microseconds from the start to the first SIM_FIRST line.
 sim_start() {
 	local out=$1 n=$2 t0
 	shift 2
-	rm -f "$out.fifo" "$out.t"
+	rm -f "$out.fifo" "$out.t" "$out.t0"
 	mkfifo "$out.fifo"
 	t0=$(bench_now_us)
-	$BENCH_AWK_LINES -v n="$n" -v t0="$t0" -v tf="$out.t" '
-		$1 == "welcome" && !seen[$2]++ && ++c == n {
+	$BENCH_AWK_LINES -v n="$n" -v t0="$t0" -v tf="$out.t" -v tf0="$out.t0" \
+		-v word="${SIM_COUNT:-welcome}" -v first="${SIM_FIRST:-}" '
+		$1 == first && !f++ {
+			"date +%s%6N" | getline t
+			close("date +%s%6N")
+			print t - t0 > tf0
+			close(tf0)
+		}
+		$1 == word && !seen[$2]++ && ++c == n {
 			"date +%s%6N" | getline t
 			print t - t0 > tf
 			close(tf)

@@ -9,7 +9,8 @@ OUT=$(mktemp -d /tmp/tender-bench-all.XXXXXX) || exit 1
 trap 'rm -rf "$OUT"' EXIT
 set -o pipefail
 status=0
-for b in idle_memory events_persisted connect_rate; do
+BENCHES="idle_memory agent_memory connect_rate round_trip events_persisted log_fanout firmware_delivery"
+for b in $BENCHES; do
 	echo "== $b" >&2
 	if ! "$BENCH_DIR/$b.sh" | tee "$OUT/$b.txt"; then
 		echo "run-all: $b failed" >&2
@@ -18,5 +19,7 @@ for b in idle_memory events_persisted connect_rate; do
 done
 echo
 echo "== all tables"
-cat "$OUT"/idle_memory.txt "$OUT"/events_persisted.txt "$OUT"/connect_rate.txt 2>/dev/null
+for b in $BENCHES; do
+	cat "$OUT/$b.txt" 2>/dev/null
+done
 exit $status

@@ -9,6 +9,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@
 #include "rollout.h"
 #include "scheduler.h"
 #include "supervisor.h"
+#include "tokens.h"
 
 #define API_DEFAULT_LIMIT 100
 #define API_MAX_LIMIT 1000
@@ -48,6 +50,7 @@ struct api {
 	int fd;
 	int port;
 	_Atomic int suspended;  /* /agent/ requests a worker still has to answer */
+	authlimit *auth_limit;  /* failed token attempts per address */
 };
 
 /* One request in flight. */
@@ -66,9 +69,37 @@ struct req {
 	char *agent_body;
 	size_t agent_len;
 	char **agent_headers;
+	/* who made it (a /v1/ request with a valid token), and its audit entry */
+	tokens_who who;
+	char addr[48];
+	int audit;             /* 1: record it in the audit trail when answered */
+	char audit_detail[256];
+	int retry_after;       /* seconds, for a 429 */
 };
 
 /* --- responses -------------------------------------------------------------- */
+
+/* Records an audited request with the status it is answered with.  A change
+ * that cannot be recorded is still answered (the store is failing: the
+ * change itself most likely failed too), and the failure is logged. */
+static void api__audit(struct req *r, unsigned status)
+{
+	if (!r->audit)
+		return;
+	r->audit = 0;
+	char path[512];
+	snprintf(path, sizeof path, "%s", r->url);
+	audit_entry e = {
+		.token_id = r->who.id, .actor = r->who.id ? r->who.name : NULL,
+		.role = r->who.id ? tokens_role_name(r->who.role) : NULL, .addr = r->addr,
+		.method = r->method, .path = path, .status = (int)status,
+		.detail = r->audit_detail[0] ? r->audit_detail : NULL,
+	};
+	tn_error err = { 0 };
+	if (audit_append(r->a->st, &e, &err))
+		log_err("api: cannot record %s %s by token %lld in the audit trail: %s", r->method, r->url,
+			(long long)r->who.id, err.msg);
+}
 
 static enum MHD_Result api__send(struct req *r, unsigned status, const char *type, char *text,
 				 size_t len)
@@ -82,6 +113,12 @@ static enum MHD_Result api__send(struct req *r, unsigned status, const char *typ
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 	if (status == MHD_HTTP_UNAUTHORIZED)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"tender\"");
+	if (r->retry_after > 0) {
+		char secs[16];
+		snprintf(secs, sizeof secs, "%d", r->retry_after);
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, secs);
+	}
+	api__audit(r, status);
 	enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
 	MHD_destroy_response(resp);
 	metrics_inc(M_HTTP_REQUESTS);
@@ -107,11 +144,13 @@ static const struct {
 } api__errors[] = {
 	{ 400, "bad_request", ERR_HTTP_BAD_REQUEST },
 	{ 401, "unauthorized", ERR_HTTP_UNAUTHORIZED },
+	{ 403, "forbidden", ERR_HTTP_FORBIDDEN },
 	{ 404, "not_found", ERR_HTTP_NOT_FOUND },
 	{ 405, "method_not_allowed", ERR_HTTP_METHOD },
 	{ 409, "conflict", ERR_HTTP_BAD_REQUEST },
 	{ 413, "payload_too_large", ERR_HTTP_TOO_LARGE },
 	{ 415, "unsupported_media_type", ERR_HTTP_MEDIA_TYPE },
+	{ 429, "too_many_requests", ERR_HTTP_AUTH_THROTTLED },
 	{ 500, "internal", ERR_STORE },
 	{ 503, "unavailable", ERR_STORE },
 };
@@ -128,6 +167,16 @@ static enum MHD_Result api__error(struct req *r, unsigned status, const char *fm
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
+	/* Messages quote input (a compile error quotes the code): whatever the
+	 * input was, the answer must be valid JSON, so valid UTF-8. */
+	json_t *probe = json_string(msg);
+	if (!probe)
+		for (char *p = msg; *p; p++)
+			if ((unsigned char)*p >= 0x80 || (unsigned char)*p < 0x20)
+				*p = '?';
+	json_decref(probe);
+	if (r->audit && !r->audit_detail[0])
+		snprintf(r->audit_detail, sizeof r->audit_detail, "%.*s", (int)sizeof r->audit_detail - 1, msg);
 	for (size_t i = 0; i < TN_ARRAY_LEN(api__errors); i++)
 		if (api__errors[i].status == status) {
 			code = api__errors[i].code;
@@ -155,6 +204,7 @@ static enum MHD_Result api__method_not_allowed(struct req *r, const char *allow)
 	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+	api__audit(r, MHD_HTTP_METHOD_NOT_ALLOWED);
 	enum MHD_Result ret = MHD_queue_response(r->conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
 	MHD_destroy_response(resp);
 	metrics_inc(M_HTTP_REQUESTS);
@@ -1110,6 +1160,60 @@ static enum MHD_Result api__logstream_route(struct req *r, const char *rest)
 
 /* --- /v1/enrollment-tokens ---------------------------------------------------- */
 
+/* /v1/tokens and /v1/tokens/{id} (admin only: tokens_required_role). */
+static enum MHD_Result api__tokens_route(struct req *r, const char *rest)
+{
+	tn_error err = { 0 };
+	enum MHD_Result ret = MHD_NO;
+
+	if (!*rest) {
+		if (strcmp(r->method, "GET") == 0) {
+			json_t *out = tokens_list(r->a->st, &err);
+			return out ? api__json(r, 200, out) : api__store_error(r, &err);
+		}
+		if (strcmp(r->method, "POST") != 0)
+			return api__method_not_allowed(r, "GET, POST");
+		json_t *body = api__json_body(r, &ret), *out = NULL;
+		if (!body)
+			return ret;
+		int rc = tokens_create(r->a->st, body, &out, &err);
+		json_decref(body);
+		if (rc)
+			return api__store_error(r, &err);
+		snprintf(r->audit_detail, sizeof r->audit_detail, "created token %lld (%s)",
+			 (long long)json_integer_value(json_object_get(out, "id")),
+			 json_string_value(json_object_get(out, "role")));
+		return api__json(r, 201, out);
+	}
+	char *end;
+	long long id = rest[0] == '/' ? strtoll(rest + 1, &end, 10) : 0;
+	if (id <= 0 || *end)
+		return api__error(r, 404, "no such token");
+	if (strcmp(r->method, "DELETE") != 0)
+		return api__method_not_allowed(r, "DELETE");
+	if (tokens_revoke(r->a->st, id, &err))
+		return err.code == TN_ESTATE ? api__error(r, 409, "%s", err.msg) : api__store_error(r, &err);
+	snprintf(r->audit_detail, sizeof r->audit_detail, "revoked token %lld", id);
+	return api__send(r, 204, "application/json", strdup(""), 0);
+}
+
+/* GET /v1/audit?before=&token=&limit= */
+static enum MHD_Result api__audit_list(struct req *r)
+{
+	long long before = 0, token = 0, limit = API_DEFAULT_LIMIT;
+	enum MHD_Result ret = MHD_NO;
+	tn_error err = { 0 };
+
+	if (strcmp(r->method, "GET") != 0)
+		return api__method_not_allowed(r, "GET");
+	if (api__int_arg(r, "before", 1, INT64_MAX, &before, &ret) ||
+	    api__int_arg(r, "token", 1, INT64_MAX, &token, &ret) ||
+	    api__int_arg(r, "limit", 1, API_MAX_LIMIT, &limit, &ret))
+		return ret;
+	json_t *out = audit_list(r->a->st, before, token, (int)limit, &err);
+	return out ? api__json(r, 200, out) : api__store_error(r, &err);
+}
+
 static enum MHD_Result api__enroll_route(struct req *r, const char *rest)
 {
 	tn_error err = { 0 };
@@ -1191,32 +1295,82 @@ static enum MHD_Result api__static(struct req *r)
 
 /* --- routing ---------------------------------------------------------------- */
 
-static int api__authorized(struct req *r)
+/* The client's address as text, for the limiter and the audit trail. */
+static void api__client_addr(struct req *r)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+
+	snprintf(r->addr, sizeof r->addr, "unknown");
+	if (sa && sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, r->addr, sizeof r->addr);
+	else if (sa && sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, r->addr, sizeof r->addr);
+}
+
+/* The token a request presents: "Authorization: Bearer T", or for a GET
+ * ?access_token=T (a browser's EventSource cannot send headers; docs/api.md
+ * says so, and why).  NULL when it presents none. */
+static const char *api__presented_token(struct req *r)
 {
 	const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
 						    MHD_HTTP_HEADER_AUTHORIZATION);
-	char hash[AUTH_HASH_HEX], role[32];
+	if (!h && strcmp(r->method, "GET") == 0)
+		return api__arg(r, "access_token");
+	if (!h)
+		return NULL;
+	if (strncasecmp(h, "Bearer ", 7) != 0)
+		return "";
+	for (h += 7; *h == ' '; h++)
+		;
+	return h;
+}
 
-	/* A browser's EventSource cannot send headers: a GET may carry the
-	 * token as ?access_token= instead (docs/api.md says so, and why). */
-	if (!h && strcmp(r->method, "GET") == 0) {
-		const char *q = api__arg(r, "access_token");
-		if (q) {
-			auth_hash_hex(q, strlen(q), hash);
-			return strlen(q) <= 256 && store_token_lookup(r->a->st, hash, role) == 0 &&
-			       strcmp(role, "admin") == 0;
-		}
+/* Authenticates and authorizes a /v1/ request.  0 when it may go on; else
+ * answered (429 while its address is throttled, 401, 403) in *ret. */
+static int api__check_access(struct req *r, enum MHD_Result *ret)
+{
+	tn_error err = { 0 };
+	int64_t now = tn_now_ms();
+
+	api__client_addr(r);
+	int wait = authlimit_wait(r->a->auth_limit, r->addr, now);
+	if (wait) {
+		r->retry_after = wait;
+		*ret = api__error(r, 429, "too many failed authentication attempts from %s: try again in %d s",
+				  r->addr, wait);
+		return -1;
 	}
-	if (!h || strncasecmp(h, "Bearer ", 7) != 0)
-		return 0;
-	h += 7;
-	while (*h == ' ')
-		h++;
-	if (!*h || strlen(h) > 256)
-		return 0;
-	/* The lookup is by hash: timing reveals nothing about a valid token. */
-	auth_hash_hex(h, strlen(h), hash);
-	return store_token_lookup(r->a->st, hash, role) == 0 && strcmp(role, "admin") == 0;
+	const char *token = api__presented_token(r);
+	if (!token) {
+		*ret = api__error(r, 401, "a valid token is required: Authorization: Bearer TOKEN");
+		return -1;
+	}
+	int rc = tokens_check(r->a->st, token, &r->who, &err);
+	if (rc == TN_EIO) {
+		*ret = api__store_error(r, &err);
+		return -1;
+	}
+	if (rc) {
+		/* A wrong, expired or revoked token is an attempt: counted per
+		 * address, and recorded (with the token's id when it is known). */
+		authlimit_failed(r->a->auth_limit, r->addr, now);
+		r->audit = 1;
+		*ret = api__error(r, 401, "%s: a valid token is required (Authorization: Bearer TOKEN)", err.msg);
+		r->who.id = 0;
+		return -1;
+	}
+	tn_role need = tokens_required_role(r->method, r->url);
+	int change = strcmp(r->method, "GET") != 0 && strcmp(r->method, "HEAD") != 0;
+	if (change)
+		r->audit = 1;
+	if (r->who.role < need) {
+		r->audit = 1;
+		*ret = api__error(r, 403, "%s %s needs the %s role; this token (%lld) is %s", r->method, r->url,
+				  tokens_role_name(need), (long long)r->who.id, tokens_role_name(r->who.role));
+		return -1;
+	}
+	return 0;
 }
 
 static enum MHD_Result api__route(struct req *r)
@@ -1244,8 +1398,9 @@ static enum MHD_Result api__route(struct req *r)
 	}
 	if (strncmp(url, "/v1/", 4) != 0)
 		return api__static(r);
-	if (!api__authorized(r))
-		return api__error(r, 401, "a valid token is required: Authorization: Bearer TOKEN");
+	enum MHD_Result denied;
+	if (api__check_access(r, &denied))
+		return denied;
 	if (r->too_large)
 		return api__error(r, 413, "the body is larger than %zu bytes", r->max_body);
 	if (strcmp(url, "/v1/devices") == 0) {
@@ -1264,6 +1419,10 @@ static enum MHD_Result api__route(struct req *r)
 		json_t *out = store_fleet_summary(r->a->st, &err);
 		return out ? api__json(r, 200, out) : api__store_error(r, &err);
 	}
+	if (strncmp(url, "/v1/tokens", 10) == 0 && (url[10] == '\0' || url[10] == '/'))
+		return api__tokens_route(r, url + 10);
+	if (strcmp(url, "/v1/audit") == 0)
+		return api__audit_list(r);
 	if (strncmp(url, "/v1/enrollment-tokens", 21) == 0 && (url[21] == '\0' || url[21] == '/'))
 		return api__enroll_route(r, url + 21);
 	if (strcmp(url, "/v1/logs") == 0) {
@@ -1424,21 +1583,43 @@ int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error 
 	a->sup = deps->sup;
 	a->streams = deps->streams;
 	a->fd = -1;
+	if (!(a->auth_limit = authlimit_new(opt->auth_fail_limit, opt->auth_fail_window))) {
+		free(a);
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	}
+	int tls = opt->tls_cert_pem && opt->tls_key_pem;
+	if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+		rc = tn_err(err, TN_EINVAL, "--tls-cert: this libmicrohttpd was built without TLS");
+		goto fail;
+	}
+	/* MHD keeps these pointers: the PEM text is borrowed until api_stop.
+	 * GnuTLS's NORMAL still offers TLS 1.0 and 1.1; the device port
+	 * (OpenSSL) does not, and neither do we here. */
+	struct MHD_OptionItem tls_opts[4] = { { MHD_OPTION_END, 0, NULL } };
+	if (tls) {
+		tls_opts[0] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_CERT, 0, (void *)opt->tls_cert_pem };
+		tls_opts[1] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)opt->tls_key_pem };
+		tls_opts[2] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_PRIORITIES, 0,
+			(void *)"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2" };
+	}
 	if ((rc = api__listen(a, err)))
 		goto fail;
 	a->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-				  MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
+				  MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | (tls ? MHD_USE_TLS : 0),
 				  0, NULL, NULL, api__handler, a,
 				  /* first, so that MHD reports even option errors through it */
 				  MHD_OPTION_EXTERNAL_LOGGER, api__mhd_log, a,
 				  MHD_OPTION_LISTEN_SOCKET, a->fd,
 				  MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opt->threads,
 				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)opt->max_conns,
+				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)opt->max_conns_per_ip,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opt->conn_timeout,
 				  MHD_OPTION_NOTIFY_COMPLETED, api__completed, a,
+				  MHD_OPTION_ARRAY, tls_opts,
 				  MHD_OPTION_END);
 	if (!a->mhd) {
-		rc = tn_err(err, TN_EIO, "cannot start the HTTP server (libmicrohttpd)");
+		rc = tn_err(err, TN_EIO, "cannot start the HTTP server (libmicrohttpd%s)",
+			    tls ? ": the TLS certificate or key was refused" : "");
 		goto fail;
 	}
 	a->fd = -1; /* MHD_stop_daemon closes it now */
@@ -1467,5 +1648,6 @@ void api_stop(api *a)
 		MHD_stop_daemon(a->mhd);
 	if (a->fd >= 0)
 		close(a->fd);
+	authlimit_free(a->auth_limit);
 	free(a);
 }

@@ -23,6 +23,11 @@ typedef struct api_options {
 	int max_firmware;  /* bytes of a firmware upload */
 	const char *firmware_dir;
 	const char *web_dir;  /* the dashboard's files, served at / (NULL: none) */
+	int max_conns_per_ip; /* 0: no limit */
+	const char *tls_cert_pem; /* borrowed until api_stop; both set: https only */
+	const char *tls_key_pem;
+	int auth_fail_limit;  /* failed token attempts per address per window (0: no limit) */
+	int auth_fail_window; /* seconds */
 } api_options;
 
 /* The parts the API works with, borrowed until api_stop. */

@@ -5,6 +5,9 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +36,12 @@ static const struct opt config__opts[] = {
 	  "HTTP API and dashboard (default 8601; 0 picks a free port)" },
 	{ "admin-token-file", OPT_STR, OFF(admin_token_file), 0, 0, "FILE",
 	  "admin token file (default DATA_DIR/admin.token); an existing file's token is accepted" },
+	{ "tls-cert", OPT_STR, OFF(tls_cert), 0, 0, "FILE",
+	  "PEM certificate (chain): both ports speak TLS (wss, https); needs --tls-key" },
+	{ "tls-key", OPT_STR, OFF(tls_key), 0, 0, "FILE",
+	  "PEM private key (unencrypted) of --tls-cert; a restart picks up new files" },
+	{ "max-conns-per-ip", OPT_INT, OFF(max_conns_per_ip), 0, 1000000, "N",
+	  "connections one address may hold on each port (default 1000, 0: no limit)" },
 	{ "ping-interval", OPT_INT, OFF(ping_interval), 0, 3600, "S",
 	  "seconds of device silence before a ping (default 0: half the idle timeout, at most 20)" },
 	{ "idle-timeout", OPT_INT, OFF(idle_timeout), 2, 7200, "S",
@@ -45,6 +54,11 @@ static const struct opt config__opts[] = {
 	  "largest HTTP request body (default 1048576)" },
 	{ "max-firmware", OPT_INT, OFF(max_firmware), 1024, 1 << 30, "BYTES",
 	  "largest firmware image (default 67108864)" },
+	{ "auth-fail-limit", OPT_INT, OFF(auth_fail_limit), 0, 1000000, "N",
+	  "failed API token attempts one address may make per window before it is refused "
+	  "(429) until the window ends (default 20, 0: no limit)" },
+	{ "auth-fail-window", OPT_INT, OFF(auth_fail_window), 1, 86400, "S",
+	  "the window of --auth-fail-limit, in seconds (default 60)" },
 	{ "http-threads", OPT_INT, OFF(http_threads), 1, 256, "N", "HTTP worker threads (default 4)" },
 	{ "http-max-conns", OPT_INT, OFF(http_max_conns), 1, 100000, "N",
 	  "concurrent HTTP connections (default 1024)" },
@@ -90,6 +104,10 @@ void config_defaults(tn_config *cfg)
 	cfg->http_threads = 4;
 	cfg->http_max_conns = 1024;
 	cfg->http_timeout = 30;
+	/* Generous: a fleet behind one NAT shares an address (docs/security.md). */
+	cfg->max_conns_per_ip = 1000;
+	cfg->auth_fail_limit = 20;
+	cfg->auth_fail_window = 60;
 	cfg->batch_max = 1024;
 	cfg->agent_memory = 1 << 20;
 	cfg->stream_queue = 10000;
@@ -109,6 +127,12 @@ void config_free(tn_config *cfg)
 	free(cfg->bind);
 	free(cfg->admin_token_file);
 	free(cfg->web_dir);
+	free(cfg->tls_cert);
+	free(cfg->tls_key);
+	free(cfg->tls_cert_pem);
+	if (cfg->tls_key_pem)
+		explicit_bzero(cfg->tls_key_pem, strlen(cfg->tls_key_pem));
+	free(cfg->tls_key_pem);
 	memset(cfg, 0, sizeof *cfg);
 }
 
@@ -231,6 +255,78 @@ static int config__load_file(tn_config *cfg, const char *path, tn_error *err)
 	return rc;
 }
 
+/* --- TLS files --------------------------------------------------------------- */
+
+#define CONFIG_PEM_MAX (1 << 20)
+
+static int config__read_pem(const char *opt, const char *path, char **out, tn_error *err)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return tn_err(err, TN_EINVAL, "--%s: cannot read %s: %s", opt, path, strerror(errno));
+	char *buf = malloc(CONFIG_PEM_MAX + 1);
+	size_t n = buf ? fread(buf, 1, CONFIG_PEM_MAX + 1, f) : 0;
+	int bad = ferror(f);
+	fclose(f);
+	if (!buf)
+		return tn_err(err, TN_ENOMEM, "out of memory");
+	if (bad || n == 0 || n > CONFIG_PEM_MAX) {
+		free(buf);
+		return tn_err(err, TN_EINVAL, "--%s: %s is %s", opt, path,
+			      bad ? "unreadable" : n ? "too large for a PEM file" : "empty");
+	}
+	buf[n] = '\0';
+	free(*out);
+	*out = buf;
+	return 0;
+}
+
+/* An encrypted key would make OpenSSL prompt on the terminal: refuse instead. */
+static int config__no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+	return -1;
+}
+
+/* Reads both files and checks them with OpenSSL, so that a wrong file is
+ * named here, at start, rather than failing every handshake later. */
+static int config__check_tls(tn_config *cfg, tn_error *err)
+{
+	X509 *cert = NULL;
+	EVP_PKEY *key = NULL;
+	BIO *bio = NULL;
+	int rc;
+
+	if ((rc = config__read_pem("tls-cert", cfg->tls_cert, &cfg->tls_cert_pem, err)) ||
+	    (rc = config__read_pem("tls-key", cfg->tls_key, &cfg->tls_key_pem, err)))
+		return rc;
+	bio = BIO_new_mem_buf(cfg->tls_cert_pem, -1);
+	cert = bio ? PEM_read_bio_X509(bio, NULL, config__no_passphrase, NULL) : NULL;
+	BIO_free(bio);
+	if (!cert) {
+		rc = tn_err(err, TN_EINVAL, "--tls-cert: %s holds no PEM certificate", cfg->tls_cert);
+		goto done;
+	}
+	bio = BIO_new_mem_buf(cfg->tls_key_pem, -1);
+	key = bio ? PEM_read_bio_PrivateKey(bio, NULL, config__no_passphrase, NULL) : NULL;
+	BIO_free(bio);
+	if (!key) {
+		rc = tn_err(err, TN_EINVAL, "--tls-key: %s holds no PEM private key (or an encrypted one, "
+			    "which is not supported)", cfg->tls_key);
+		goto done;
+	}
+	if (X509_check_private_key(cert, key) != 1) {
+		rc = tn_err(err, TN_EINVAL, "--tls-key: the key in %s does not match the certificate in %s",
+			    cfg->tls_key, cfg->tls_cert);
+		goto done;
+	}
+	rc = 0;
+done:
+	ERR_clear_error();
+	X509_free(cert);
+	EVP_PKEY_free(key);
+	return rc;
+}
+
 void config_usage(FILE *out)
 {
 	fprintf(out,
@@ -307,6 +403,11 @@ int config_parse_args(tn_config *cfg, int argc, char **argv, tn_error *err)
 		if ((rc = config__set(cfg, o, val, origin, err)))
 			return rc;
 	}
+	if (!cfg->tls_cert != !cfg->tls_key)
+		return tn_err(err, TN_EINVAL, "--tls-cert and --tls-key go together: %s given without %s",
+			      cfg->tls_cert ? "--tls-cert" : "--tls-key", cfg->tls_cert ? "--tls-key" : "--tls-cert");
+	if (cfg->tls_cert && (rc = config__check_tls(cfg, err)))
+		return rc;
 	if (cfg->ping_interval == 0)
 		cfg->ping_interval = cfg->idle_timeout / 2 > 20 ? 20 : cfg->idle_timeout / 2;
 	if (cfg->ping_interval >= cfg->idle_timeout)

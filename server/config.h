@@ -13,6 +13,10 @@ typedef struct tn_config {
 	char *bind;              /* owned */
 	char *admin_token_file;  /* owned; NULL means DATA_DIR/admin.token */
 	char *web_dir;           /* owned; NULL: ./web if there, else the installed one */
+	char *tls_cert;          /* owned; PEM certificate chain, NULL: no TLS */
+	char *tls_key;           /* owned; PEM private key, given with tls_cert */
+	char *tls_cert_pem;      /* owned; tls_cert's contents, checked at parse time */
+	char *tls_key_pem;       /* owned; tls_key's contents (wiped by config_free) */
 	int device_port;
 	int http_port;
 	int ping_interval;       /* seconds of silence before the server pings */
@@ -24,6 +28,9 @@ typedef struct tn_config {
 	int http_threads;
 	int http_max_conns;
 	int http_timeout;        /* seconds an idle HTTP connection is kept */
+	int max_conns_per_ip;    /* connections one address may hold per port (0: no limit) */
+	int auth_fail_limit;     /* failed API token attempts per address per window (0: no limit) */
+	int auth_fail_window;    /* seconds */
 	int batch_max;           /* events per store transaction, at most */
 	int log_rate;            /* device log lines per second */
 	int agent_log_rate;      /* agent log lines per second */
@@ -42,8 +49,10 @@ typedef struct tn_config {
 void config_defaults(tn_config *cfg);
 
 /* Parses argv (and a --config FILE among them, whose settings the command line
- * overrides).  Returns 0, 1 when --help or --version was printed (exit 0), or
- * TN_EINVAL with err naming the bad option or line. */
+ * overrides).  With --tls-cert and --tls-key it also reads both files and
+ * checks that they hold a certificate and its key.  Returns 0, 1 when --help
+ * or --version was printed (exit 0), or TN_EINVAL with err naming the bad
+ * option, line or file. */
 int config_parse_args(tn_config *cfg, int argc, char **argv, tn_error *err);
 
 /* Parses "key = value" lines (keys are the long option names).  `origin`

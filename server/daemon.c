@@ -4,6 +4,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +118,27 @@ int daemon_admin_token(store *st, const char *path, int *created, tn_error *err)
 	return 0;
 }
 
+/* There is no reload: say early when the certificate needs replacing. */
+static void daemon__log_cert_expiry(const tn_config *cfg)
+{
+	BIO *bio = BIO_new_mem_buf(cfg->tls_cert_pem, -1);
+	X509 *cert = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+	int days = 0, secs = 0;
+
+	if (cert && ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(cert))) {
+		if (days < 0 || secs < 0)
+			log_warn("the TLS certificate %s has expired: clients that check will refuse it",
+				 cfg->tls_cert);
+		else if (days < 30)
+			log_warn("the TLS certificate %s expires in %d days: replace it and restart",
+				 cfg->tls_cert, days);
+		else
+			log_info("the TLS certificate %s expires in %d days", cfg->tls_cert, days);
+	}
+	X509_free(cert);
+	BIO_free(bio);
+}
+
 int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 {
 	tenderd *t = calloc(1, sizeof *t);
@@ -175,7 +198,8 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 		.bind = cfg->bind, .port = cfg->device_port, .ping_interval = cfg->ping_interval,
 		.idle_timeout = cfg->idle_timeout, .hello_timeout = cfg->hello_timeout,
 		.max_frame = cfg->max_frame, .sched = t->sched, .sup = t->sup, .log_rate = cfg->log_rate,
-		.enroll = t->enroll,
+		.enroll = t->enroll, .max_conns_per_ip = cfg->max_conns_per_ip,
+		.tls_cert = cfg->tls_cert, .tls_key = cfg->tls_key,
 	};
 	if ((rc = device_loop_start(&t->dev, &dopt, t->st, t->reg, err)))
 		goto fail;
@@ -193,6 +217,9 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 		.max_conns = cfg->http_max_conns, .conn_timeout = cfg->http_timeout,
 		.max_body = cfg->max_body, .max_firmware = cfg->max_firmware,
 		.firmware_dir = t->firmware_dir, .web_dir = web,
+		.max_conns_per_ip = cfg->max_conns_per_ip,
+		.tls_cert_pem = cfg->tls_cert_pem, .tls_key_pem = cfg->tls_key_pem,
+		.auth_fail_limit = cfg->auth_fail_limit, .auth_fail_window = cfg->auth_fail_window,
 	};
 	api_deps deps = { .st = t->st, .reg = t->reg, .dev = t->dev, .sched = t->sched, .sup = t->sup,
 			  .streams = t->streams };
@@ -203,10 +230,19 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 	log_info("data dir %s (schema version %d)", cfg->data_dir, store_schema_version(t->st));
 	log_info("device endpoint listening on %d", device_loop_port(t->dev));
 	log_info("http api listening on %d", api_port(t->http));
-	log_info("devices connect to ws://%s:%d/v1/device; the API is at http://%s:%d/v1/",
-		 cfg->bind, device_loop_port(t->dev), cfg->bind, api_port(t->http));
+	const char *sfx = cfg->tls_cert ? "s" : "";  /* wss, https */
+	if (cfg->tls_cert) {
+		log_info("TLS on both ports (device endpoint %d: wss, http api %d: https) with %s; "
+			 "a restart picks up a renewed certificate", device_loop_port(t->dev),
+			 api_port(t->http), cfg->tls_cert);
+		daemon__log_cert_expiry(cfg);
+	} else {
+		log_info("no TLS: both ports speak plain text (see --tls-cert)");
+	}
+	log_info("devices connect to ws%s://%s:%d/v1/device; the API is at http%s://%s:%d/v1/",
+		 sfx, cfg->bind, device_loop_port(t->dev), sfx, cfg->bind, api_port(t->http));
 	if (web)
-		log_info("dashboard at http://%s:%d/ (files from %s)", cfg->bind, api_port(t->http), web);
+		log_info("dashboard at http%s://%s:%d/ (files from %s)", sfx, cfg->bind, api_port(t->http), web);
 	free(token_path);
 	*out = t;
 	return 0;

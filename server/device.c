@@ -11,6 +11,10 @@
  *                                                                            "Device disconnected"
  *                                                                            unless replaced/forgotten)
  *
+ * Before the handshake completes, a connection from an address that already
+ * holds --max-conns-per-ip connections is answered 503 and closed: counted
+ * per address in `per_ip` from ESTABLISHED to CLOSED.
+ *
  * Invariants: a device id maps to at most one ONLINE connection (`online`);
  * only that connection's close marks the device offline.  Connections are
  * closed from their own WRITEABLE callback (mark `closing`, ask for
@@ -74,6 +78,7 @@ struct conn {
 	uint64_t ticket;               /* an enrollment under way, or 0 */
 	char *pending_hello;           /* its hello, parsed again once enrolled */
 	size_t pending_len;
+	uint64_t ip_key;               /* its address, hashed: the key in per_ip */
 };
 
 enum cmd_kind { CMD_KICK, CMD_SEND, CMD_ENROLLED };
@@ -106,11 +111,13 @@ struct device_loop {
 	idmap online;            /* device id -> struct conn in ONLINE */
 	struct conn *conns;      /* all connections */
 	int nconns;
+	int max_conns, at_limit;  /* the cap from RLIMIT_NOFILE; refusing now */
 	int stopping;
 	int64_t stop_deadline;
 	uint64_t next_serial;
 	uint64_t next_ticket;
 	idmap enrolling;         /* ticket -> struct conn waiting for its enrollment */
+	idmap per_ip;            /* address hash -> connections from it (as a pointer-sized int) */
 	lws_sorted_usec_list_t cron;
 
 	/* any thread, under lock */
@@ -121,6 +128,8 @@ struct device_loop {
 
 /* --- sending ---------------------------------------------------------------- */
 
+static void device__close(struct conn *c, int code, const char *reason);
+
 static void device__queue(struct conn *c, const void *data, size_t len, int binary)
 {
 	if (c->closing)
@@ -128,10 +137,10 @@ static void device__queue(struct conn *c, const void *data, size_t len, int bina
 	if (c->out_bytes + len > DEVICE_MAX_OUT_BYTES) {
 		/* A device that does not read cannot hold the server's memory. */
 		metrics_error(ERR_DEVICE_QUEUE_FULL);
-		c->closing = 1;
-		c->close_code = LWS_CLOSE_STATUS_POLICY_VIOLATION;
-		snprintf(c->close_reason, sizeof c->close_reason, "send queue full");
-		lws_callback_on_writable(c->wsi);
+		log_info("device %016llx: send queue full (%zu bytes unsent): closing",
+			 (unsigned long long)c->id, c->out_bytes);
+		/* device__close's timeout ends it even if it never reads again. */
+		device__close(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, "send queue full");
 		return;
 	}
 	struct outmsg *m = malloc(sizeof *m + LWS_PRE + len);
@@ -174,8 +183,11 @@ static void device__close(struct conn *c, int code, const char *reason)
 	c->close_code = code;
 	snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
 	lws_callback_on_writable(c->wsi);
-	/* Backstop: a peer that never lets us write still goes. */
-	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_REASON_BASE + 1, 5);
+	/* Backstop: a peer that never lets us write still goes.  Not while
+	 * stopping: the stop deadline is the backstop then, and lws inserts each
+	 * timeout into a sorted list, O(n) a time (10,000 devices took 15 s). */
+	if (!c->loop->stopping)
+		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_REASON_BASE + 1, 5);
 }
 
 static int device__close_now(struct lws *wsi, int code, const char *reason)
@@ -459,6 +471,89 @@ binary:
 	return 0;
 }
 
+/* --- connections per address ------------------------------------------------ */
+
+#define DEVICE_PER_IP_REFUSED "too many connections from this address"
+
+/* FNV-1a of the peer's address text: 64 bits make a collision (two addresses
+ * sharing one count) too unlikely to matter. */
+static uint64_t device__ip_key(struct lws *wsi)
+{
+	char peer[64] = "";
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	lws_get_peer_simple(wsi, peer, sizeof peer);
+	for (const char *p = peer; *p; p++)
+		h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+	return h;
+}
+
+static uintptr_t device__ip_count(device_loop *d, uint64_t key)
+{
+	return (uintptr_t)idmap_get(&d->per_ip, key);
+}
+
+static void device__ip_add(device_loop *d, uint64_t key, int delta)
+{
+	uintptr_t n = device__ip_count(d, key) + (uintptr_t)(intptr_t)delta;
+	int oom = 0;
+
+	if (n == 0 || n > UINTPTR_MAX / 2)
+		idmap_del(&d->per_ip, key);
+	else
+		idmap_put(&d->per_ip, key, (void *)n, &oom); /* oom: this one goes uncounted */
+}
+
+/* Returns 1 (refused: answered 503) when the address is at its limit. */
+static int device__over_ip_limit(device_loop *d, struct lws *wsi)
+{
+	if (!d->opt.max_conns_per_ip ||
+	    device__ip_count(d, device__ip_key(wsi)) < (uintptr_t)d->opt.max_conns_per_ip)
+		return 0;
+	char peer[64] = "";
+	lws_get_peer_simple(wsi, peer, sizeof peer);
+	metrics_error(ERR_CONNS_PER_IP);
+	log_debug("device connection from %s refused: it holds %d already (--max-conns-per-ip)",
+		  peer, d->opt.max_conns_per_ip);
+	lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, DEVICE_PER_IP_REFUSED);
+	return 1;
+}
+
+/* --- file descriptors -------------------------------------------------------- */
+
+/* The device endpoint gets RLIMIT_NOFILE less a quarter (at least 32) kept for
+ * SQLite, the HTTP API and agents; lws stops accepting at that budget.  Below
+ * it DEVICE_FD_SLACK are kept for handshakes under way, so a connection past
+ * max_conns is still accepted and refused with a 503, rather than left to
+ * fail accept() with EMFILE in a busy loop. */
+#define DEVICE_FD_SLACK 16
+#define DEVICE_REFUSED_FULL "server at its connection limit, try again later"
+
+static unsigned device__fd_budget(void)
+{
+	struct rlimit rl;
+	rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
+	if (n == RLIM_INFINITY || n > 1048576)
+		n = 1048576;
+	rlim_t keep = n / 4 > 32 ? n / 4 : 32;
+	return n > keep + 2 * DEVICE_FD_SLACK ? (unsigned)(n - keep) : 2 * DEVICE_FD_SLACK;
+}
+
+/* Returns 1 (refused: answered 503) when the loop holds max_conns. */
+static int device__over_fd_limit(device_loop *d, struct lws *wsi)
+{
+	if (d->nconns < d->max_conns) {
+		d->at_limit = 0;
+		return 0;
+	}
+	if (!d->at_limit)
+		log_warn("device connections at the limit of %d (from RLIMIT_NOFILE, see "
+			 "docs/operations.md): refusing new ones until some close", d->max_conns);
+	d->at_limit = 1;
+	lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, DEVICE_REFUSED_FULL);
+	return 1;
+}
+
 /* --- connection lifecycle --------------------------------------------------- */
 
 static void device__on_established(device_loop *d, struct conn *c, struct lws *wsi)
@@ -472,6 +567,8 @@ static void device__on_established(device_loop *d, struct conn *c, struct lws *w
 		d->conns->prev = c;
 	d->conns = c;
 	d->nconns++;
+	c->ip_key = device__ip_key(wsi);
+	device__ip_add(d, c->ip_key, 1);
 	metrics_inc(M_CONNECTIONS_TOTAL);
 	lws_sul_schedule(d->ctx, 0, &c->hello_timer, device__hello_timeout,
 			 (lws_usec_t)d->opt.hello_timeout * LWS_US_PER_SEC);
@@ -512,6 +609,7 @@ static void device__on_closed(device_loop *d, struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	d->nconns--;
+	device__ip_add(d, c->ip_key, -1);
 	c->wsi = NULL;
 }
 
@@ -641,7 +739,7 @@ static int device__callback(struct lws *wsi, enum lws_callback_reasons reason, v
 			metrics_error(ERR_BAD_PATH);
 			return 1;
 		}
-		return 0;
+		return device__over_fd_limit(d, wsi) || device__over_ip_limit(d, wsi);
 	case LWS_CALLBACK_ESTABLISHED:
 		device__on_established(d, c, wsi);
 		return 0;
@@ -704,7 +802,6 @@ int device_loop_start(device_loop **out, const device_loop_options *opt, store *
 		      registry *reg, tn_error *err)
 {
 	struct lws_context_creation_info info;
-	struct rlimit rl;
 	device_loop *d = calloc(1, sizeof *d);
 	int rc;
 
@@ -719,8 +816,10 @@ int device_loop_start(device_loop **out, const device_loop_options *opt, store *
 
 	memset(&info, 0, sizeof info);
 	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
-		info.fd_limit_per_thread = (unsigned int)(rl.rlim_cur > 100 ? rl.rlim_cur : 100);
+	if (opt->tls_cert)
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+	info.fd_limit_per_thread = device__fd_budget();
+	d->max_conns = (int)info.fd_limit_per_thread - DEVICE_FD_SLACK;
 	d->ctx = lws_create_context(&info);
 	if (!d->ctx) {
 		rc = tn_err(err, TN_EIO, "cannot create the libwebsockets context");
@@ -738,10 +837,23 @@ int device_loop_start(device_loop **out, const device_loop_options *opt, store *
 	info.timeout_secs = 10; /* for the handshake */
 	if (!strchr(opt->bind, ':'))
 		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+	if (opt->tls_cert) {
+		/* A chain file: lws loads it with SSL_CTX_use_certificate_chain_file.
+		 * A plain ws client on this port fails its handshake. */
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT; /* lws reads it per vhost too */
+		info.ssl_cert_filepath = opt->tls_cert;
+		info.ssl_private_key_filepath = opt->tls_key;
+		/* Devices speak WebSocket over HTTP/1.1: offering h2 would only add
+		 * a protocol to attack. */
+		info.alpn = "http/1.1";
+		/* TLS 1.2 and up, whatever the system's OpenSSL policy says. */
+		info.ssl_options_set = SSL_OP_NO_SSLv3 | SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1;
+	}
 	d->vhost = lws_create_vhost(d->ctx, &info);
 	if (!d->vhost) {
-		rc = tn_err(err, TN_EIO, "cannot listen on %s port %d for devices (in use, or a bad "
-			    "--bind address?)", opt->bind, opt->port);
+		rc = tn_err(err, TN_EIO, "cannot listen on %s port %d for devices (in use, a bad "
+			    "--bind address%s?)", opt->bind, opt->port,
+			    opt->tls_cert ? ", or --tls-cert/--tls-key refused by OpenSSL" : "");
 		goto fail;
 	}
 	d->port = lws_get_vhost_listen_port(d->vhost);
@@ -826,6 +938,7 @@ void device_loop_stop(device_loop *d)
 	}
 	idmap_free(&d->online);
 	idmap_free(&d->enrolling);
+	idmap_free(&d->per_ip);
 	pthread_mutex_destroy(&d->lock);
 	free(d);
 }

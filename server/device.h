@@ -24,6 +24,9 @@ typedef struct device_loop_options {
 	int hello_timeout;  /* seconds */
 	int max_frame;      /* bytes */
 	int log_rate;       /* device log lines per second (0: no limit) */
+	int max_conns_per_ip; /* connections one address may hold (0: no limit) */
+	const char *tls_cert; /* PEM files, already checked: wss instead of ws; NULL: plain */
+	const char *tls_key;
 	struct scheduler *sched; /* told of hellos, closes and update frames; may be NULL */
 	struct supervisor *sup;  /* told of hellos, closes and msg frames; may be NULL */
 	struct enroller *enroll; /* registers devices that say hello with a token; may be NULL */

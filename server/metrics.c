@@ -20,6 +20,8 @@ static const char *const metrics__error_names[ERR__COUNT] = {
 	[ERR_HTTP_TOO_LARGE] = "http_too_large", [ERR_HTTP_NOT_FOUND] = "http_not_found",
 	[ERR_HTTP_METHOD] = "http_method_not_allowed", [ERR_HTTP_MEDIA_TYPE] = "http_unsupported_media_type",
 	[ERR_LOG_RATE] = "device_log_rate", [ERR_AGENT_LOG_RATE] = "agent_log_rate",
+	[ERR_CONNS_PER_IP] = "device_conns_per_ip",
+	[ERR_HTTP_FORBIDDEN] = "http_forbidden", [ERR_HTTP_AUTH_THROTTLED] = "http_auth_throttled",
 };
 
 static const struct {

@@ -12,6 +12,9 @@ typedef enum {
 	ERR_FRAME_TOO_LARGE, ERR_BAD_PATH, ERR_DEVICE_QUEUE_FULL, ERR_STORE,
 	ERR_HTTP_UNAUTHORIZED, ERR_HTTP_BAD_REQUEST, ERR_HTTP_TOO_LARGE, ERR_HTTP_NOT_FOUND,
 	ERR_HTTP_METHOD, ERR_HTTP_MEDIA_TYPE, ERR_LOG_RATE, ERR_AGENT_LOG_RATE,
+	ERR_CONNS_PER_IP,   /* a device connection over --max-conns-per-ip */
+	ERR_HTTP_FORBIDDEN,        /* a token without the role a call needs */
+	ERR_HTTP_AUTH_THROTTLED,   /* refused: too many failed token attempts from the address */
 	ERR__COUNT
 } metrics_error_kind;
 

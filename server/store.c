@@ -74,6 +74,7 @@ struct store {
 	 * thread only), published once it commits */
 	tn_event *tx_events;
 	size_t ntx_events, cap_tx_events;
+	char write_err[256];        /* writer thread: why the last commit failed */
 };
 
 /* --- opening ---------------------------------------------------------------- */
@@ -414,11 +415,55 @@ static int store__commit_chunk(store *s, struct store_op *first, struct store_op
 	return 0;
 fail:
 	store__tx_events_done(s, 0);
+	snprintf(s->write_err, sizeof s->write_err, "%s", err.msg);
 	log_err("store: a write transaction failed and will be retried: %s", err.msg);
 	metrics_error(ERR_STORE);
 	if (!sqlite3_get_autocommit(s->wdb))
 		store__exec(s->wdb, "ROLLBACK", NULL);
 	return TN_EIO;
+}
+
+/* Fails one sync op (under the lock): its waiter may return at once. */
+static void store__fail_sync_locked(store *s, struct store_op *op)
+{
+	op->result = tn_err(op->err, TN_ESTATE, "the store cannot write now, try again (%s)", s->write_err);
+	op->done = 1;
+}
+
+/* After a failed commit: the sync ops taken (list onwards) and those queued
+ * since (API calls, agents' server.save) fail at once with TN_ESTATE (a 503)
+ * rather than wait for the disk to recover; the events are kept and
+ * retried.  Returns the list without them; *end moves past removed ones. */
+static struct store_op *store__fail_syncs(store *s, struct store_op *list, struct store_op **end)
+{
+	struct store_op **pp = &list, *prev = NULL;
+	pthread_mutex_lock(&s->lock);
+	while (*pp) {
+		struct store_op *op = *pp;
+		if (op->kind != OP_SYNC) {
+			pp = &op->next;
+			continue;
+		}
+		*pp = op->next; /* read before `done` */
+		if (*end == op)
+			*end = op->next;
+		store__fail_sync_locked(s, op);
+	}
+	for (pp = &s->head; *pp;) {
+		struct store_op *op = *pp;
+		if (op->kind != OP_SYNC) {
+			prev = op;
+			pp = &op->next;
+			continue;
+		}
+		*pp = op->next;
+		if (s->tail == op)
+			s->tail = prev;
+		store__fail_sync_locked(s, op);
+	}
+	pthread_cond_broadcast(&s->done);
+	pthread_mutex_unlock(&s->lock);
+	return list;
 }
 
 /* Commits a list taken off the queue, batch_max events at a time. */
@@ -434,6 +479,9 @@ static void store__commit_list(store *s, struct store_op *list)
 		/* Retry a failed commit (disk full, I/O error) rather than drop it.
 		 * While stopping, give up after a few seconds so shutdown ends. */
 		while (store__commit_chunk(s, list, end, &nevents) != 0) {
+			list = store__fail_syncs(s, list, &end);
+			if (list == end)
+				break; /* only sync ops: nothing left to retry */
 			pthread_mutex_lock(&s->lock);
 			int stopping = s->stopping;
 			pthread_mutex_unlock(&s->lock);

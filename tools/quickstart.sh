@@ -9,7 +9,7 @@ top=$(pwd)
 
 PKGS="build-essential autoconf automake pkg-config \
   libwebsockets-dev libmicrohttpd-dev libsqlite3-dev libjansson-dev liblua5.4-dev \
-  libssl-dev libcurl4-openssl-dev check nodejs node-ws curl sqlite3"
+  libssl-dev libcurl4-openssl-dev check nodejs node-ws curl sqlite3 openssl"
 # only for `test`: the libFuzzer runs, and the browser tests (Debian's
 # chromium driven by playwright-core from the npm registry)
 TEST_PKGS="clang libclang-rt-14-dev chromium"

@@ -231,6 +231,8 @@ struct sim_opts {
 	bool mqtt;
 	long mqtt_keepalive;			/* seconds; 0: no PINGREQ */
 	const char *mqtt_topic;			/* prefix: each device uses PREFIX/ID */
+	bool tls, insecure;			/* --tls (or a wss:// URL), --insecure */
+	const char *ca;				/* --ca FILE: trust this, not the system's */
 };
 
 enum sim_stop {
@@ -259,6 +261,7 @@ struct sim {
 	uint64_t n_welcomed, n_log_sent, n_msg_sent, n_received;
 	uint32_t *rtt_us;			/* --expect: latency samples (owned) */
 	size_t n_rtt;
+	lws_usec_t rtt_first, rtt_last;		/* --expect: first and last reply */
 	uint64_t n_bad_replies;			/* --expect: out of order or unknown */
 	uint64_t n_upd_done, n_upd_failed;
 };
@@ -340,8 +343,13 @@ static void sim__usage(FILE *f)
 "                             (--mqtt needs no --secret)\n"
 "\n"
 "Connection:\n"
-"  --url URL                  server (default " SIM_DEFAULT_URL "; ws:// only;\n"
+"  --url URL                  server (default " SIM_DEFAULT_URL "; ws:// or wss://;\n"
 "                             with --mqtt mqtt://HOST[:PORT], default " SIM_DEFAULT_MQTT_URL ")\n"
+"  --tls                      TLS (wss), as a wss:// URL also says; the server's certificate\n"
+"                             is verified against the system's CAs, and its name or IP\n"
+"                             address against the URL's host\n"
+"  --ca FILE                  with --tls: trust the CA certificate(s) in FILE (PEM) instead\n"
+"  --insecure                 with --tls: skip verification (tests and benchmarks only)\n"
 "  --reconnect                reconnect after a close or a failed connect: backoff from\n"
 "                             0.5 s, doubling to 30 s, +-20% jitter, reset by a welcome.\n"
 "                             Without it a closed device stays closed, and the process\n"
@@ -362,7 +370,9 @@ static void sim__usage(FILE *f)
 "  --log-rate R               log frames per second (default 0)\n"
 "  --log-count N              stop after N log frames (default unlimited)\n"
 "  --log-text S               log text; %n is the device's log sequence number from 1,\n"
-"                             %% is %  (default 'hello from sim %n')\n"
+"                             %t the wall-clock time the line was made, in microseconds\n"
+"                             since the epoch (latency benches), %% is %\n"
+"                             (default 'hello from sim %n')\n"
 "  --log-level info|error     log level (default info)\n"
 "  --msg-rate R               msg frames per second (default 0), each\n"
 "                             {\"type\":\"msg\",\"name\":NAME,\"data\":{\"seq\":n}}\n"
@@ -371,7 +381,9 @@ static void sim__usage(FILE *f)
 "  --expect NAME              scripted round trips: every msg sent expects a msg\n"
 "                             NAME back with the same data.seq (an echo agent);\n"
 "                             --exit-when-done waits for the replies; the summary\n"
-"                             gives their count and latency (p50, p99, max); exit\n"
+"                             gives their count, latency (p50, p99, max) and rate\n"
+"                             from the first reply to the last (with --mqtt every\n"
+"                             PUBLISH received is a reply, whatever NAME); exit\n"
 "                             status 1 if any is missing, late past --duration, or\n"
 "                             out of order\n"
 "                             A rate of 0 with a count sends the count as fast as the\n"
@@ -546,6 +558,12 @@ static int sim__parse_url(struct sim_opts *o)
 
 	if (!o->url)
 		o->url = o->mqtt ? SIM_DEFAULT_MQTT_URL : SIM_DEFAULT_URL;
+	if (!o->mqtt && strncmp(o->url, "wss://", 6) == 0) {
+		scheme = "wss://";
+		o->tls = true;
+	}
+	if (o->tls && !o->mqtt && port == 80)
+		port = 443;
 	if (strncmp(o->url, scheme, strlen(scheme))) {
 		sim__err("--url: '%s': only %s URLs are supported%s", o->url, scheme,
 			 o->mqtt ? " with --mqtt" : "");
@@ -587,7 +605,7 @@ static int sim__parse_url(struct sim_opts *o)
 	return 0;
 bad:
 	sim__err("--url: '%s' is not %s", o->url, o->mqtt ? "mqtt://HOST[:PORT]"
-							  : "ws://HOST[:PORT][/PATH]");
+							  : "ws[s]://HOST[:PORT][/PATH]");
 	return -1;
 }
 
@@ -599,6 +617,7 @@ enum {
 	OPT_OVERSIZE, OPT_NO_PONG, OPT_STALL_AFTER, OPT_QUIET, OPT_VERBOSE, OPT_HELP,
 	OPT_MAX_PENDING, OPT_UPDATE, OPT_UPDATE_CHUNK, OPT_UPDATE_DELAY, OPT_UPDATE_DROP_AFTER,
 	OPT_INSTALL_TIME, OPT_WAIT_UPDATE, OPT_MQTT, OPT_MQTT_KEEPALIVE, OPT_MQTT_TOPIC,
+	OPT_TLS, OPT_CA, OPT_INSECURE,
 };
 
 static const struct option sim_options[] = {
@@ -639,6 +658,9 @@ static const struct option sim_options[] = {
 	{ "mqtt", no_argument, NULL, OPT_MQTT },
 	{ "mqtt-keepalive", required_argument, NULL, OPT_MQTT_KEEPALIVE },
 	{ "mqtt-topic", required_argument, NULL, OPT_MQTT_TOPIC },
+	{ "tls", no_argument, NULL, OPT_TLS },
+	{ "ca", required_argument, NULL, OPT_CA },
+	{ "insecure", no_argument, NULL, OPT_INSECURE },
 	{ "quiet", no_argument, NULL, OPT_QUIET },
 	{ "verbose", no_argument, NULL, OPT_VERBOSE },
 	{ "help", no_argument, NULL, OPT_HELP },
@@ -754,6 +776,7 @@ static int sim__parse_string_opt(struct sim_opts *o, int c, const char *arg)
 	case OPT_LOG_LEVEL: o->log_level = arg; return 0;
 	case OPT_MSG_NAME: o->msg_name = arg; return 0;
 	case OPT_EXPECT: o->expect = arg; return 0;
+	case OPT_CA: o->ca = arg; return 0;
 	case OPT_MQTT_TOPIC:
 		if (!*arg || strlen(arg) > SIM_MQTT_TOPIC_MAX || strpbrk(arg, "+#")) {
 			sim__err("--mqtt-topic: '%s' is not 1 to %d bytes without + or #", arg,
@@ -784,6 +807,8 @@ static int sim__parse_flag_opt(struct sim_opts *o, int c)
 	case OPT_QUIET: o->quiet = true; return 0;
 	case OPT_VERBOSE: o->verbose = true; return 0;
 	case OPT_MQTT: o->mqtt = true; return 0;
+	case OPT_TLS: o->tls = true; return 0;
+	case OPT_INSECURE: o->insecure = true; return 0;
 	}
 	return 1;
 }
@@ -842,9 +867,31 @@ static int sim__check_mqtt_opts(const struct sim_opts *o)
 }
 
 /* Cross-option rules once everything is parsed. */
+static int sim__check_tls_opts(const struct sim_opts *o)
+{
+	if (o->tls && o->mqtt) {
+		sim__err("--tls is for the WebSocket protocol, not --mqtt");
+		return -1;
+	}
+	if ((o->ca || o->insecure) && !o->tls) {
+		sim__err("%s needs --tls (or a wss:// --url)", o->ca ? "--ca" : "--insecure");
+		return -1;
+	}
+	if (o->ca && o->insecure) {
+		sim__err("--ca and --insecure exclude each other");
+		return -1;
+	}
+	if (o->ca && access(o->ca, R_OK)) {
+		sim__err("--ca: cannot read %s: %s", o->ca, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 static int sim__check_opts(struct sim_opts *o)
 {
-	if (sim__check_device_opts(o) || sim__parse_url(o) || sim__check_mqtt_opts(o))
+	if (sim__check_device_opts(o) || sim__parse_url(o) || sim__check_mqtt_opts(o) ||
+	    sim__check_tls_opts(o))
 		return -1;
 	if (o->jedec && !sim__is_hex(o->jedec, 6)) {
 		sim__err("--jedec: '%s' is not 6 hex digits", o->jedec);
@@ -1113,14 +1160,15 @@ static struct sim_frame *sim__build_hello(const struct sim *sim, const struct si
 	return sim__frame_json(o, SIM_FRAME_HELLO);
 }
 
-/* The log text with %n replaced by seq and %% by %.  Owned: caller frees. */
+/* The log text with %n replaced by seq, %t by the wall-clock time in
+ * microseconds and %% by %.  Owned: caller frees. */
 static char *sim__expand_text(const char *tmpl, uint64_t seq)
 {
 	size_t cap = strlen(tmpl) + 1;
 	const char *p;
 	char *out, *w;
 
-	for (p = tmpl; (p = strstr(p, "%n")); p += 2)
+	for (p = tmpl; (p = strchr(p, '%')); p++)
 		cap += 20;
 	out = malloc(cap);
 	if (!out)
@@ -1128,6 +1176,12 @@ static char *sim__expand_text(const char *tmpl, uint64_t seq)
 	for (p = tmpl, w = out; *p; p++) {
 		if (p[0] == '%' && p[1] == 'n') {
 			w += sprintf(w, "%" PRIu64, seq);
+			p++;
+		} else if (p[0] == '%' && p[1] == 't') {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			w += sprintf(w, "%lld", (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
 			p++;
 		} else if (p[0] == '%' && p[1] == '%') {
 			*w++ = '%';
@@ -1966,6 +2020,10 @@ static void sim__dev_connect(struct sim *sim, struct sim_dev *d)
 	ci.ietf_version_or_minus_one = -1;
 	ci.local_protocol_name = "tender-sim";	/* no Sec-WebSocket-Protocol sent */
 	ci.method = sim->o.mqtt ? "RAW" : NULL;	/* RAW: a bare TCP connection */
+	if (sim->o.tls)
+		ci.ssl_connection = LCCSCF_USE_SSL |
+			(sim->o.insecure ? LCCSCF_ALLOW_SELFSIGNED | LCCSCF_ALLOW_EXPIRED |
+			 LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK | LCCSCF_ALLOW_INSECURE : 0);
 	ci.opaque_user_data = d;
 	sim__dev_set_state(sim, d, SIM_CONNECTING);
 	wsi = lws_client_connect_via_info(&ci);
@@ -2064,6 +2122,9 @@ static void sim__expect_reply(struct sim *sim, struct sim_dev *d, json_t *data)
 	}
 	d->replies = want;
 	lws_usec_t now = lws_now_usecs();
+	if (!sim->rtt_first)
+		sim->rtt_first = now;
+	sim->rtt_last = now;
 	if (sim->rtt_us && sim->n_rtt < SIM_RTT_MAX) {
 		lws_usec_t rtt = now - d->sent_at[want % SIM_RTT_RING];
 		sim->rtt_us[sim->n_rtt++] = rtt > UINT32_MAX ? UINT32_MAX : (uint32_t)rtt;
@@ -2206,8 +2267,11 @@ static int sim__mqtt_on_connack(struct sim *sim, struct sim_dev *d, const unsign
 	return 0;
 }
 
-/* PUBLISH: a msg line with its topic and payload. */
-static int sim__mqtt_on_publish(const struct sim *sim, const struct sim_dev *d, unsigned hdr,
+static void sim__expect_reply(struct sim *sim, struct sim_dev *d, json_t *data);
+
+/* PUBLISH: a msg line with its topic and payload.  With --expect every
+ * PUBLISH is a reply: its payload is the {"seq":n} we published. */
+static int sim__mqtt_on_publish(struct sim *sim, struct sim_dev *d, unsigned hdr,
 				const unsigned char *b, size_t len)
 {
 	size_t tlen, skip;
@@ -2218,6 +2282,12 @@ static int sim__mqtt_on_publish(const struct sim *sim, const struct sim_dev *d, 
 	skip = 2 + tlen + ((hdr >> 1 & 3) ? 2 : 0);	/* QoS 1 and 2 have a packet id */
 	if (skip > len)
 		return -1;
+	if (sim->o.expect) {
+		json_t *data = json_loadb((const char *)b + skip, len - skip, 0, NULL);
+
+		sim__expect_reply(sim, d, data);
+		json_decref(data);
+	}
 	sim__event(sim, "msg %s %.*s %.*s", d->id, (int)tlen, (const char *)b + 2,
 		   (int)(len - skip), (const char *)b + skip);
 	return 0;
@@ -2653,6 +2723,10 @@ static int sim__start(struct sim *sim, unsigned fd_limit)
 	info.gid = -1;
 	info.uid = -1;
 	info.user = sim;
+	if (sim->o.tls) {
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+		info.client_ssl_ca_filepath = sim->o.ca;	/* NULL: the system's CAs */
+	}
 	/* no info.extensions: permessage-deflate stays off */
 	sim->ctx = lws_create_context(&info);
 	if (!sim->ctx) {
@@ -2704,9 +2778,10 @@ static int sim__report_replies(struct sim *sim)
 		p99 = sim->rtt_us[sim->n_rtt * 99 / 100];
 		max = sim->rtt_us[sim->n_rtt - 1];
 	}
+	double span = (double)(sim->rtt_last - sim->rtt_first) / 1e6;
 	fprintf(stderr, "tender-sim: %" PRIu64 " replies of %" PRIu64 " msgs, %" PRIu64
-		" bad; latency p50 %u us, p99 %u us, max %u us\n", replies, sent, sim->n_bad_replies,
-		p50, p99, max);
+		" bad; latency p50 %u us, p99 %u us, max %u us; %.0f replies/s\n", replies, sent,
+		sim->n_bad_replies, p50, p99, max, span > 0 ? (double)(replies - 1) / span : 0.0);
 	return replies < sent || sim->n_bad_replies > 0;
 }
 

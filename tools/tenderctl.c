@@ -46,7 +46,7 @@
 enum { CTL_EAPI = -1, CTL_EUSAGE = -2 };
 
 static const char ctl__usage[] =
-	"Usage: tenderctl [--url URL] [--token TOKEN | --token-file FILE] COMMAND\n"
+	"Usage: tenderctl [--url URL] [--cacert FILE] [--token TOKEN | --token-file FILE] COMMAND\n"
 	"  devices [--online|--offline] [--hw HW] [--group G] [--limit N]   list devices (follows paging to the end unless --limit)\n"
 	"  device ID                                    show one device (pretty JSON)\n"
 	"  register ID [--group G] [--name NAME]        register a device; prints its id and secret\n"
@@ -75,7 +75,8 @@ static const char ctl__usage[] =
 	"\n"
 	"ID is 16 hex digits; RID and FWID are rollout and firmware numbers.\n"
 	"Options may come before or after the command.\n"
-	"URL defaults to $TENDER_URL, else " CTL_DEFAULT_URL ".\n"
+	"URL defaults to $TENDER_URL, else " CTL_DEFAULT_URL "; an https URL's certificate is\n"
+	"checked against the system's CAs, or only the CA certificate(s) in --cacert FILE (PEM).\n"
 	"The token comes from --token, else $TENDER_TOKEN, else --token-file,\n"
 	"else $TENDER_TOKEN_FILE, else " CTL_DEFAULT_TOKEN_FILE ".\n"
 	"Exit status: 0 ok, 1 API or network error, 2 usage error.\n";
@@ -88,12 +89,12 @@ enum ctl_optid {
 	CTL_OPT_LIMIT, CTL_OPT_NAME, CTL_OPT_COUNT, CTL_OPT_JEDEC,
 	CTL_OPT_WORKER, CTL_OPT_VERSION, CTL_OPT_REQUIRES, CTL_OPT_FIRMWARE,
 	CTL_OPT_DEVICES, CTL_OPT_STAGES, CTL_OPT_START, CTL_OPT_ALLOW_UNKNOWN,
-	CTL_OPT_FOLLOW,
+	CTL_OPT_FOLLOW, CTL_OPT_CACERT,
 };
 #define CTL_BIT(id) (1u << (id))
 /* Accepted with any command; the rest must belong to the command given. */
 #define CTL_GLOBAL_OPTS (CTL_BIT(CTL_OPT_URL) | CTL_BIT(CTL_OPT_TOKEN) | \
-			 CTL_BIT(CTL_OPT_TOKEN_FILE) | CTL_BIT(CTL_OPT_HELP))
+			 CTL_BIT(CTL_OPT_TOKEN_FILE) | CTL_BIT(CTL_OPT_HELP) | CTL_BIT(CTL_OPT_CACERT))
 
 static const struct ctl_optdef {
 	const char *name;
@@ -101,7 +102,7 @@ static const struct ctl_optdef {
 	int has_arg;
 } ctl__optdefs[] = {
 	{ "--url", CTL_OPT_URL, 1 },       { "--token", CTL_OPT_TOKEN, 1 },
-	{ "--token-file", CTL_OPT_TOKEN_FILE, 1 },
+	{ "--token-file", CTL_OPT_TOKEN_FILE, 1 }, { "--cacert", CTL_OPT_CACERT, 1 },
 	{ "--help", CTL_OPT_HELP, 0 },     { "-h", CTL_OPT_HELP, 0 },
 	{ "--online", CTL_OPT_ONLINE, 0 }, { "--offline", CTL_OPT_OFFLINE, 0 },
 	{ "--hw", CTL_OPT_HW, 1 },         { "--group", CTL_OPT_GROUP, 1 },
@@ -257,6 +258,9 @@ static int ctl__device_id(const char *s, char *out)
 	return 0;
 }
 
+/* --cacert: set once while parsing, read by every transfer. */
+static const char *ctl__cacert;
+
 static int ctl__set_opt(ctl_opts *o, const struct ctl_optdef *d, const char *val)
 {
 	o->given |= CTL_BIT(d->id);
@@ -264,6 +268,7 @@ static int ctl__set_opt(ctl_opts *o, const struct ctl_optdef *d, const char *val
 	case CTL_OPT_URL:        o->url = val; break;
 	case CTL_OPT_TOKEN:      o->token = val; break;
 	case CTL_OPT_TOKEN_FILE: o->token_file = val; break;
+	case CTL_OPT_CACERT:     ctl__cacert = val; break;
 	case CTL_OPT_HELP:       break;
 	case CTL_OPT_ONLINE:     o->online = 1; break;
 	case CTL_OPT_OFFLINE:    o->online = 0; break;
@@ -654,9 +659,12 @@ static int ctl__header_list(const ctl_client *c, const char *type_hdr, struct cu
 	return 0;
 }
 
-/* Only http and https, whatever a redirect or a typo in --url says. */
+/* Only http and https, whatever a redirect or a typo in --url says; https
+ * verified against --cacert when given. */
 static void ctl__limit_protocols(CURL *h)
 {
+	if (ctl__cacert)
+		curl_easy_setopt(h, CURLOPT_CAINFO, ctl__cacert);
 #if LIBCURL_VERSION_NUM >= 0x075500
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
 #else

@@ -1,87 +1,93 @@
 // The dashboard: plain modules over the public HTTP API, no build step.
-// The admin token lives in this browser session only (sessionStorage).
+// The admin token lives in this browser tab only (sessionStorage).  Views are
+// chosen by the hash (#/, #/devices/ID, #/flash-parts, #/rollouts, #/rollouts/ID)
+// so the back button and links work and a reload keeps the place.
+import { api, token, setToken, setUnauthorizedHandler, notice, h } from './lib.js';
+import { fleetView } from './fleet.js';
+import { deviceView } from './device.js';
+import { flashView } from './flash.js';
+import { rolloutsView, rolloutView } from './rollouts.js';
+
 const $ = (sel) => document.querySelector(sel);
-const token = () => sessionStorage.getItem('tender.token');
+let current = null; // the open view: { el, stop() }
 
-async function api(path) {
-  const res = await fetch(path, { headers: { Authorization: `Bearer ${token()}` } });
-  if (!res.ok) {
-    let message = `${res.status}`;
-    try { message = (await res.json()).error.message; } catch (e) { /* not JSON */ }
-    throw new Error(message);
+function stopView() {
+  if (current && current.stop) current.stop();
+  current = null;
+  $('#main').replaceChildren();
+}
+
+function showSignIn(message) {
+  stopView();
+  setToken(null);
+  $('#signin').hidden = false;
+  $('#nav').hidden = true;
+  $('#logout').hidden = true;
+  notice($('#signin-msg'), message || '', 'error');
+  $('#token').focus();
+}
+
+const routes = [
+  [/^#?\/?$/, () => fleetView(), 'fleet'],
+  [/^#\/devices\/([0-9a-fA-F]{16})$/, (m) => deviceView(m[1].toLowerCase()), 'fleet'],
+  [/^#\/flash-parts$/, () => flashView(), 'flash'],
+  [/^#\/rollouts$/, () => rolloutsView(), 'rollouts'],
+  [/^#\/rollouts\/(\d+)$/, (m) => rolloutView(Number(m[1])), 'rollouts'],
+];
+
+function route() {
+  if (!token()) return showSignIn('');
+  stopView();
+  $('#signin').hidden = true;
+  $('#nav').hidden = false;
+  $('#logout').hidden = false;
+  const hash = location.hash;
+  for (const [re, make, nav] of routes) {
+    const m = hash.match(re);
+    if (!m) continue;
+    for (const a of document.querySelectorAll('[data-nav]'))
+      if (a.dataset.nav === nav) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+    current = make(m);
+    $('#main').replaceChildren(current.el);
+    // Move focus to the new view's heading so keyboard and screen-reader
+    // users start there, as after a page load.
+    const heading = current.el.querySelector('h2');
+    if (heading && document.activeElement !== $('#token')) {
+      heading.tabIndex = -1;
+      heading.focus({ preventScroll: true });
+    }
+    return;
   }
-  return res.json();
+  $('#main').replaceChildren(h('section', h('h2', 'Not found'),
+    h('p', 'There is no such page. ', h('a', { href: '#/' }, 'Back to the fleet'), '.')));
 }
 
-function showSignedIn(on) {
-  $('#login').hidden = on;
-  $('#who').hidden = !on;
-}
-
-async function loadDevices() {
-  const body = $('#devices tbody');
+$('#login').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const t = $('#token').value.trim();
+  if (!t) return;
+  setToken(t);
+  notice($('#signin-msg'), 'Checking the token…', 'info');
   try {
-    const { devices } = await api('/v1/devices?limit=1000');
-    body.replaceChildren(...devices.map((d) => {
-      const tr = document.createElement('tr');
-      const flash = d.flash ? `${d.flash.jedec ?? '?'}${d.flash.parts?.length ? ' ' + d.flash.parts.join(' / ') : ''}` : '-';
-      for (const v of [d.id, d.online ? 'online' : 'offline', d.hw ?? '-', d.fw ?? '-', flash]) {
-        const td = document.createElement('td');
-        td.textContent = v;
-        tr.append(td);
-      }
-      return tr;
-    }));
-    $('#devices').hidden = devices.length === 0;
-    $('#devices-empty').textContent = devices.length ? '' : 'No devices yet: register one with tenderctl register.';
-  } catch (e) {
-    $('#devices-empty').textContent = `Cannot list devices: ${e.message}`;
+    await api('/v1/devices?limit=1', { noAuthRedirect: true });
+  } catch (err) {
+    setToken(null);
+    notice($('#signin-msg'), err.status === 401 ? 'That token was refused: check DATA_DIR/admin.token.'
+      : `Cannot sign in: ${err.message}`, 'error');
+    $('#token').select();
+    return;
   }
-}
-
-let stream = null;
-
-// EventSource cannot send headers: the token goes in the query, and the
-// browser resumes with Last-Event-ID by itself after a drop.
-function follow(device) {
-  if (stream) stream.close();
-  $('#log').replaceChildren();
-  const url = `/v1/devices/${encodeURIComponent(device)}/logs?follow=1&access_token=${encodeURIComponent(token())}`;
-  stream = new EventSource(url);
-  $('#log-state').textContent = `Following ${device}…`;
-  stream.addEventListener('open', () => { $('#log-state').textContent = `Following ${device}: live.`; });
-  stream.addEventListener('message', (e) => {
-    const ev = JSON.parse(e.data);
-    const li = document.createElement('li');
-    const label = ev.type.charAt(0).toUpperCase() + ev.type.slice(1);
-    li.className = `t-${ev.type}`;
-    li.dataset.id = ev.id;
-    li.textContent = `${new Date(ev.ts).toLocaleString()} [${label}] ${ev.msg}`;
-    $('#log').append(li);
-    li.scrollIntoView({ block: 'nearest' });
-  });
-  stream.addEventListener('state_change', (e) => { $('#log-state').textContent = e.data; });
-  stream.addEventListener('error', () => { $('#log-state').textContent = `Reconnecting to ${device}…`; });
-}
-
-$('#login').addEventListener('submit', (e) => {
-  e.preventDefault();
-  sessionStorage.setItem('tender.token', $('#token').value.trim());
   $('#token').value = '';
-  showSignedIn(true);
-  loadDevices();
-});
-$('#logout').addEventListener('click', () => {
-  sessionStorage.removeItem('tender.token');
-  if (stream) stream.close();
-  showSignedIn(false);
-});
-$('#follow').addEventListener('submit', (e) => {
-  e.preventDefault();
-  follow($('#device').value.trim().toLowerCase());
+  notice($('#signin-msg'), '', 'info');
+  route();
 });
 
-if (token()) {
-  showSignedIn(true);
-  loadDevices();
-}
+$('#logout').addEventListener('click', () => showSignIn('Signed out.'));
+// The skip link must not touch the hash: the hash is the route.
+$('.skip').addEventListener('click', (e) => {
+  e.preventDefault();
+  ($('#signin').hidden ? $('#main') : $('#token')).focus();
+});
+setUnauthorizedHandler((message) => showSignIn(message));
+window.addEventListener('hashchange', route);
+route();

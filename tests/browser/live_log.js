@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Browser test: Debian's chromium, driven by playwright-core, signs in to the
-// dashboard served by tenderd, follows a device's log with EventSource and
-// waits for the lines the test harness makes the device send.
+// dashboard served by tenderd, opens a device's view (its log follows with
+// EventSource) and waits for the lines the test harness makes the device send.
 //   node live_log.js BASE_URL TOKEN DEVICE_ID COUNT SCREENSHOT
 // Prints "following" once the stream is open, then "browser ok N".
 'use strict';
@@ -22,9 +22,9 @@ const [base, token, device, count, shot] = process.argv.slice(2);
     await page.goto(base + '/');
     await page.getByLabel('Admin token').fill(token);
     await page.getByRole('button', { name: 'Sign in' }).click();
-    await page.getByLabel('Device id').fill(device);
-    await page.getByRole('button', { name: 'Follow' }).click();
-    await page.waitForFunction(() => document.querySelector('#log-state').textContent.includes('live'),
+    await page.getByRole('heading', { name: 'Fleet', level: 2 }).waitFor({ timeout: 15000 });
+    await page.goto(`${base}/#/devices/${device}`);
+    await page.waitForFunction(() => document.querySelector('#log-state')?.textContent.includes('Live'),
                                null, { timeout: 15000 });
     console.log('following');
     const want = parseInt(count, 10);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -145,6 +146,13 @@ int th_run(char *const argv[], char **out, int timeout_s)
 
 /* --- tenderd ---------------------------------------------------------------- */
 
+static rlim_t th__nofile; /* RLIMIT_NOFILE for tenderd, or 0: inherited */
+
+void th_set_daemon_nofile(long n)
+{
+	th__nofile = n > 0 ? (rlim_t)n : 0;
+}
+
 static int th__port_from_log(const char *log, const char *prefix)
 {
 	const char *p = strstr(log, prefix);
@@ -155,12 +163,19 @@ static void th__launch(th_server *s, int same_ports)
 {
 	char cmd[2048];
 	int dport = same_ports ? s->device_port : 0, hport = same_ports ? s->http_port : 0;
+	/* TENDERD_WRAPPER prefixes the daemon (tools/valgrind.sh: valgrind ...). */
+	const char *wrapper = getenv("TENDERD_WRAPPER");
+	int start_ms = wrapper && *wrapper ? 60000 : 15000;
 	/* exec through sh so that `extra` can hold several options. */
-	snprintf(cmd, sizeof cmd, "exec '%s' --data-dir '%s' --device-port %d --http-port %d %s 2>>'%s'",
-		 th_bin("tenderd"), s->dir, dport, hport, s->extra, s->log);
+	snprintf(cmd, sizeof cmd, "exec %s '%s' --data-dir '%s' --device-port %d --http-port %d %s 2>>'%s'",
+		 wrapper ? wrapper : "", th_bin("tenderd"), s->dir, dport, hport, s->extra, s->log);
 	pid_t pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
+		if (th__nofile) {
+			struct rlimit rl = { th__nofile, th__nofile };
+			setrlimit(RLIMIT_NOFILE, &rl);
+		}
 		int null = open("/dev/null", O_RDWR);
 		dup2(null, 0);
 		dup2(null, 1);
@@ -168,7 +183,7 @@ static void th__launch(th_server *s, int same_ports)
 		_exit(127);
 	}
 	s->pid = pid;
-	long long end = th__now_ms() + 15000;
+	long long end = th__now_ms() + start_ms;
 	for (;;) {
 		char *log = th_read_file(s->log);
 		/* Only this launch's lines count: find the last "ready". */
@@ -187,13 +202,14 @@ static void th__launch(th_server *s, int same_ports)
 			char *text = th_read_file(s->log);
 			ck_abort_msg("tenderd exited at start: %s", text ? text : "");
 		}
-		ck_assert_msg(th__now_ms() < end, "tenderd did not start within 15 s");
+		ck_assert_msg(th__now_ms() < end, "tenderd did not start within %d s", start_ms / 1000);
 		th__sleep_ms(20);
 	}
 	ck_assert_int_gt(s->device_port, 0);
 	ck_assert_int_gt(s->http_port, 0);
-	snprintf(s->ws_url, sizeof s->ws_url, "ws://127.0.0.1:%d/v1/device", s->device_port);
-	snprintf(s->http_url, sizeof s->http_url, "http://127.0.0.1:%d", s->http_port);
+	const char *tls = strstr(s->extra, "--tls-cert") ? "s" : "";
+	snprintf(s->ws_url, sizeof s->ws_url, "ws%s://127.0.0.1:%d/v1/device", tls, s->device_port);
+	snprintf(s->http_url, sizeof s->http_url, "http%s://127.0.0.1:%d", tls, s->http_port);
 	char path[600];
 	snprintf(path, sizeof path, "%s/admin.token", s->dir);
 	/* Absent when the test chose --admin-token-file: it then brings its own. */
@@ -240,7 +256,7 @@ int th_server_stop(th_server *s)
 	if (s->pid <= 0)
 		return -1;
 	kill(s->pid, SIGTERM);
-	int rc = th_wait_pid(s->pid, 15000);
+	int rc = th_wait_pid(s->pid, getenv("TENDERD_WRAPPER") ? 60000 : 15000);
 	if (rc < 0) {
 		kill(s->pid, SIGKILL);
 		waitpid(s->pid, NULL, 0);
@@ -330,6 +346,8 @@ void th_http(th_server *s, const char *method, const char *path, const char *cty
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, th__header);
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, out);
+	if (s->cacert[0])
+		curl_easy_setopt(c, CURLOPT_CAINFO, s->cacert);
 	if (strcmp(method, "HEAD") == 0)
 		curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
 	if (!token)

@@ -17,13 +17,19 @@ typedef struct th_server {
 	char extra[512];     /* extra command-line options */
 	int http_port, device_port;
 	char token[128];     /* the admin token */
-	char ws_url[128];    /* ws://127.0.0.1:PORT/v1/device */
-	char http_url[128];  /* http://127.0.0.1:PORT */
+	char ws_url[128];    /* ws://127.0.0.1:PORT/v1/device (wss:// with --tls-cert) */
+	char http_url[128];  /* http://127.0.0.1:PORT (https:// with --tls-cert) */
+	char cacert[300];    /* set by the test: th_http trusts this CA file */
 } th_server;
 
 /* Starts tenderd with a new data dir and `extra` options (may be NULL);
- * fails the test if it is not listening within 15 s. */
+ * fails the test if it is not listening within 15 s (60 s with
+ * $TENDERD_WRAPPER, a command that prefixes tenderd's, e.g. valgrind). */
 void th_server_start(th_server *s, const char *extra);
+
+/* Every tenderd started after this runs with RLIMIT_NOFILE n (soft and
+ * hard; 0: inherited), set in the child before exec. */
+void th_set_daemon_nofile(long n);
 
 /* Starts it again on the same data dir (after a stop or a kill). */
 void th_server_restart(th_server *s);
@@ -32,7 +38,7 @@ void th_server_restart(th_server *s);
  * reconnect find it where it was). */
 void th_server_restart_same_ports(th_server *s);
 
-/* SIGTERM and wait (15 s at most); returns the exit status, or -1. */
+/* SIGTERM and wait (15 s at most, 60 with $TENDERD_WRAPPER); returns the exit status, or -1. */
 int th_server_stop(th_server *s);
 
 /* SIGKILL and reap. */

@@ -2,7 +2,8 @@
  * clients: a device -> agent -> device round trip, an HTTP request answered
  * by the agent, server.save across a restart, a deploy reloading agents,
  * sandbox and resource limits that stop one agent while the others carry on,
- * messages queued for an offline device, and migration under traffic. */
+ * messages queued for an offline device, migration under traffic (with a
+ * timer moving along), and a catastrophic pattern stopped by the budget. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <signal.h>
@@ -25,9 +26,13 @@ static const char *echo_agent =
 	"device.on('spin', function() while true do end end)\n"
 	"device.on('hog', function() local t = {} while true do t[#t + 1] = string.rep('x', 1000) .. #t end end)\n"
 	"device.on('escape', function() os.execute('touch /tmp/tender-escaped') end)\n"
+	"device.on('regex', function() return string.rep('a', 5000):find('.-.-.-.-.-b') end)\n"
+
 	"http.onrequest(function(req, res)\n"
 	"  if req.path == '/count' then res.send(200, {count = count, method = req.method, query = req.query}) return end\n"
 	"  if req.path == '/seq' then seq = seq + 1 res.send(200, {seq = seq}) return end\n"
+	"  if req.path == '/arm' then timer.after(0.5, function() fired = (fired or 0) + 1 end) res.send(200) return end\n"
+	"  if req.path == '/fired' then res.send(200, {fired = fired or 0}) return end\n"
 	"  if req.path == '/push' then device.send('pushed', {n = tonumber(req.body)}) res.send(202, 'queued') return end\n"
 	"  res.send(404, 'nothing at ' .. req.path)\n"
 	"end)\n";
@@ -176,6 +181,48 @@ START_TEST(bad_agents_are_stopped_and_others_carry_on)
 }
 END_TEST
 
+/* A backtracking pattern runs in C, where only the matcher's step count can
+ * stop it: it must, with an [Agent] error line, and the worker it shares with
+ * another agent must go on serving both. */
+START_TEST(a_catastrophic_pattern_is_stopped)
+{
+	th_server s;
+	th_server_start(&s, "--agent-workers 1");
+	deploy(&s, "lab", echo_agent, 200);
+	char *sec1 = th_register(&s, DEV1, "lab"), *sec2 = th_register(&s, DEV2, "lab");
+	const char *bad[] = { "send", "{\"type\":\"msg\",\"name\":\"regex\"}",
+			      "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":7}", "expectmsg", "pong",
+			      "close", NULL };
+	char *out = node(&s, DEV1, sec1, bad, 60);
+	ck_assert_msg(strstr(out, "{\"type\":\"msg\",\"name\":\"pong\",\"data\":7}") != NULL,
+		      "the agent did not carry on after its pattern: %s", out);
+	free(out);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "agent",
+				       "ERROR: the 'regex' handler stopped: pattern too complex: step budget exceeded "
+				       "(over its budget of 10000000 instructions)", 5000), 1);
+	/* The other agent on the same worker: messages and HTTP. */
+	const char *good[] = { "pingpong", "50", "close", NULL };
+	out = node(&s, DEV2, sec2, good, 60);
+	ck_assert_msg(strstr(out, "pingpong ok 50") != NULL, "%s", out);
+	free(out);
+	char *aid = agent_id_of(&s, DEV2), path[160];
+	th_resp r;
+	snprintf(path, sizeof path, "/agent/%s/seq", aid);
+	th_http(&s, "GET", path, NULL, NULL, "", &r);
+	ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "seq")), 1);
+	th_resp_free(&r);
+	json_t *info = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(info, "state")), "running");
+	ck_assert_int_eq(json_integer_value(json_object_get(info, "worker")), 0);
+	json_decref(info);
+	free(aid);
+	free(sec1);
+	free(sec2);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 START_TEST(messages_for_an_offline_device_wait_in_order)
 {
 	th_server s;
@@ -223,6 +270,13 @@ START_TEST(migration_under_traffic_loses_nothing)
 	 * numbered HTTP requests too: each answer must be the next number. */
 	char *aid = agent_id_of(&s, DEV1), seq_path[160];
 	snprintf(seq_path, sizeof seq_path, "/agent/%s/seq", aid);
+	char arm_path[160], fired_path[160];
+	snprintf(arm_path, sizeof arm_path, "/agent/%s/arm", aid);
+	snprintf(fired_path, sizeof fired_path, "/agent/%s/fired", aid);
+	th_resp r0;
+	th_http(&s, "GET", arm_path, NULL, NULL, "", &r0);
+	ck_assert_int_eq(r0.status, 200);
+	th_resp_free(&r0);
 	int moves = 0;
 	for (int i = 0; i < 2000; i++) {
 		th_resp r;
@@ -237,6 +291,17 @@ START_TEST(migration_under_traffic_loses_nothing)
 			th_resp_free(&r);
 		}
 	}
+	/* The timer armed before the moves went with them, and fired once. */
+	long long fired = 0;
+	for (int tries = 0; tries < 100 && fired == 0; tries++) {
+		th_http(&s, "GET", fired_path, NULL, NULL, "", &r0);
+		ck_assert_int_eq(r0.status, 200);
+		fired = json_integer_value(json_object_get(r0.json, "fired"));
+		th_resp_free(&r0);
+		if (!fired)
+			usleep(100 * 1000);
+	}
+	ck_assert_int_eq(fired, 1);
 	free(aid);
 	ck_assert_int_eq(th_wait_pid(pid, 120000), 0);
 	char *out = th_read_file(out_path);
@@ -358,6 +423,7 @@ int main(void)
 		round_trip_http_save_reload,
 		bad_agents_are_stopped_and_others_carry_on,
 		messages_for_an_offline_device_wait_in_order,
+		a_catastrophic_pattern_is_stopped,
 		migration_under_traffic_loses_nothing,
 		tenderctl_deploys_and_shows_agents,
 		tender_sim_scripted_round_trips,

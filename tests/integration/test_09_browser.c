@@ -1,31 +1,106 @@
 /* tests/integration/test_09_browser.c -- a real browser (Debian's chromium,
- * driven by playwright-core from tests/browser) signs in to the dashboard
- * tenderd serves, follows a device with EventSource and sees its lines live,
- * each once.  Skipped (exit 77) only where chromium or playwright-core is not
- * installed; tools/quickstart.sh test installs both. */
+ * driven by playwright-core from tests/browser) against the dashboard tenderd
+ * serves: EventSource live lines; keyboard-only sign-in; a device coming
+ * online without a reload, its log, deploying agent code and a compile error;
+ * a rollout's plan with the block reason; paging, search and filters; a
+ * phone-width layout.  Each case
+ * sets up the server and simulated devices, then runs one scenario of
+ * tests/browser/dashboard.js.  Screenshots go to
+ * $TN_BUILDDIR/tests/integration/screenshots/.  Skipped (exit 77) only where
+ * chromium or playwright-core is not installed; tools/quickstart.sh test
+ * installs both. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
 
 #define DEV "00000000000f0001"
+#define S25 "30000c2a690c77c5"  /* the imp003 of the seed report: S25FL127S */
+#define W25 "30000c2a690c77c6"  /* a W25Q128FV: takes the update */
+
+static const char *shot_dir(void)
+{
+	static char dir[600];
+	const char *build = getenv("TN_BUILDDIR");
+	snprintf(dir, sizeof dir, "%s/tests/integration/screenshots", build ? build : ".");
+	mkdir(dir, 0755); /* its parent exists: the test binary lives there */
+	return dir;
+}
+
+/* Starts tenderd serving the dashboard from the source tree. */
+static void start(th_server *s)
+{
+	char extra[700];
+	snprintf(extra, sizeof extra, "--web-dir %s", th_src("web"));
+	th_server_start(s, extra);
+}
+
+/* Starts `node dashboard.js SCENARIO ...` with up to two more arguments. */
+static pid_t scenario(th_server *s, const char *name, const char *a1, const char *a2, const char **out)
+{
+	*out = th_tmp(s, "browser.out");
+	char *argv[] = { "/usr/bin/node", (char *)th_src("tests/browser/dashboard.js"), (char *)name, s->http_url,
+			 s->token, (char *)shot_dir(), (char *)a1, (char *)a2, NULL };
+	return th_spawn(argv, *out);
+}
+
+/* Waits for the scenario to finish and asserts that it passed. */
+static void scenario_passed(pid_t browser, const char *out, const char *name, int timeout_ms)
+{
+	int rc = th_wait_pid(browser, timeout_ms);
+	char *text = th_read_file(out);
+	char want[64];
+	snprintf(want, sizeof want, "ok %s", name);
+	ck_assert_msg(rc == 0 && text && strstr(text, want), "browser (%s): %s", name, text ? text : "no output");
+	free(text);
+}
+
+/* A simulated device that stays connected (and takes updates) until killed. */
+static pid_t device(th_server *s, const char *id, const char *secret, const char *jedec, const char *name,
+		    const char *log_count)
+{
+	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s->ws_url, "--id", (char *)id,
+			       "--secret", (char *)secret, "--hw", "imp003", "--fw", "36.10",
+			       "--jedec", (char *)jedec, "--flash-size", "16777216", "--update", "accept",
+			       "--update-chunk", "32768", "--reconnect", "--log-count", (char *)log_count,
+			       "--log-text", "from the test %n", NULL };
+	pid_t pid = th_spawn(argv, th_tmp(s, name));
+	char line[64];
+	snprintf(line, sizeof line, "welcome %s", id);
+	ck_assert_int_eq(th_wait_file(th_tmp(s, name), line, 10000), 0);
+	return pid;
+}
+
+static void stop(pid_t pid)
+{
+	kill(pid, SIGTERM);
+	th_wait_pid(pid, 10000);
+}
+
+static void patch(th_server *s, const char *id, const char *body)
+{
+	char path[64];
+	th_resp r;
+	snprintf(path, sizeof path, "/v1/devices/%s", id);
+	th_http(s, "PATCH", path, NULL, body, NULL, &r);
+	ck_assert_msg(r.status == 200, "patch %s: %ld %s", id, r.status, r.body);
+	th_resp_free(&r);
+}
 
 START_TEST(eventsource_in_chromium_gets_live_lines)
 {
 	th_server s;
-	char extra[700];
-	snprintf(extra, sizeof extra, "--web-dir %s", th_src("web"));
-	th_server_start(&s, extra);
+	start(&s);
 	char *sec = th_register(&s, DEV, NULL);
-	char shot[600];
-	const char *build = getenv("TN_BUILDDIR");
-	snprintf(shot, sizeof shot, "%s/tests/browser-live-log.png", build ? build : ".");
+	char shot[700];
+	snprintf(shot, sizeof shot, "%s/live-log.png", shot_dir());
 	const char *out = th_tmp(&s, "browser.out");
 	char *argv[] = { "/usr/bin/node", (char *)th_src("tests/browser/live_log.js"), s.http_url, s.token,
 			 DEV, "5", shot, NULL };
@@ -45,6 +120,111 @@ START_TEST(eventsource_in_chromium_gets_live_lines)
 }
 END_TEST
 
+START_TEST(keyboard_sign_in_and_401)
+{
+	th_server s;
+	start(&s);
+	free(th_register(&s, S25, "imps"));
+	free(th_register(&s, W25, "imps"));
+	const char *out;
+	pid_t browser = scenario(&s, "signin", NULL, NULL, &out);
+	scenario_passed(browser, out, "signin", 90000);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* The device connects only once the fleet view shows it offline, so the
+ * browser sees it come online live; its 150 lines make the history two pages. */
+START_TEST(device_online_live_log_and_agent_code)
+{
+	th_server s;
+	start(&s);
+	char *sec = th_register(&s, DEV, "web");
+	patch(&s, DEV, "{\"name\":\"bench imp\"}");
+	char *sec1 = th_register(&s, S25, "imps"), *sec2 = th_register(&s, W25, "imps");
+	pid_t d1 = device(&s, S25, sec1, "012018", "s25.out", "0");
+	pid_t d2 = device(&s, W25, sec2, "ef4018", "w25.out", "0");
+	ck_assert_int_eq(th_wait_online(&s, W25, 1, 10000), 0);
+	th_resp r;
+	th_http(&s, "PUT", "/v1/groups/web/agent", "text/plain", "server.log(\"agent v1\")\n", NULL, &r);
+	ck_assert_msg(r.status == 200, "deploy: %ld %s", r.status, r.body);
+	th_resp_free(&r);
+	const char *out;
+	pid_t browser = scenario(&s, "live", DEV, NULL, &out);
+	ck_assert_msg(th_wait_file(out, "fleet ready", 60000) == 0, "the fleet view never showed the device");
+	pid_t sim = device(&s, DEV, sec, "ef4018", "dev.out", "150");
+	scenario_passed(browser, out, "live", 180000);
+	stop(sim);
+	stop(d1);
+	stop(d2);
+	free(sec);
+	free(sec1);
+	free(sec2);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(rollout_plan_shows_the_block_reason)
+{
+	th_server s;
+	start(&s);
+	char *sec1 = th_register(&s, S25, "imps"), *sec2 = th_register(&s, W25, "imps");
+	pid_t d1 = device(&s, S25, sec1, "012018", "s25.out", "0");
+	pid_t d2 = device(&s, W25, sec2, "ef4018", "w25.out", "0");
+	ck_assert_int_eq(th_wait_online(&s, S25, 1, 10000), 0);
+	ck_assert_int_eq(th_wait_online(&s, W25, 1, 10000), 0);
+	const char *out;
+	pid_t browser = scenario(&s, "rollout", S25, W25, &out);
+	scenario_passed(browser, out, "rollout", 180000);
+	ck_assert_int_ge(th_wait_event(&s, W25, "status", "firmware update completed: 36.10 -> 36.11", 1000), 1);
+	ck_assert_int_eq(th_count_events(&s, S25, "firmware update triggered"), 0);
+	stop(d1);
+	stop(d2);
+	free(sec1);
+	free(sec2);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* 120 devices: three pages by the server's cursor, search and a group
+ * filter done by the server, counts from GET /v1/fleet. */
+START_TEST(fleet_pages_search_and_filters)
+{
+	th_server s;
+	start(&s);
+	for (int i = 1; i <= 120; i++) {
+		char body[160];
+		th_resp r;
+		snprintf(body, sizeof body, "{\"id\":\"00000000000a%04x\",\"name\":\"sensor %d\",\"group\":\"%s\"}", i, i,
+			 i % 2 ? "odd" : "even");
+		th_http(&s, "POST", "/v1/devices", NULL, body, NULL, &r);
+		ck_assert_msg(r.status == 201, "register: %ld %s", r.status, r.body);
+		th_resp_free(&r);
+	}
+	const char *out;
+	pid_t browser = scenario(&s, "paging", NULL, NULL, &out);
+	scenario_passed(browser, out, "paging", 90000);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+START_TEST(phone_width_has_no_sideways_scroll)
+{
+	th_server s;
+	start(&s);
+	char *sec = th_register(&s, S25, "imps");
+	patch(&s, S25, "{\"name\":\"the imp003 with a Spansion flash from the seed report\"}");
+	free(th_register(&s, W25, NULL));
+	pid_t sim = device(&s, S25, sec, "012018", "s25.out", "3");
+	const char *out;
+	pid_t browser = scenario(&s, "phone", S25, NULL, &out);
+	scenario_passed(browser, out, "phone", 90000);
+	stop(sim);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	char module[600];
@@ -53,6 +233,8 @@ int main(void)
 		printf("SKIP: chromium or playwright-core is not installed (tools/quickstart.sh test installs them)\n");
 		return 77;
 	}
-	const TTest *tests[] = { eventsource_in_chromium_gets_live_lines };
-	return th_run_tests("09_browser", 120, tests, 1, NULL, NULL);
+	const TTest *tests[] = { eventsource_in_chromium_gets_live_lines, keyboard_sign_in_and_401,
+				 device_online_live_log_and_agent_code, rollout_plan_shows_the_block_reason,
+				 fleet_pages_search_and_filters, phone_width_has_no_sideways_scroll };
+	return th_run_tests("09_browser", 240, tests, sizeof tests / sizeof *tests, NULL, NULL);
 }

@@ -12,6 +12,7 @@
 #include "idmap.h"
 #include "log.h"
 #include "registry.h"
+#include "tokens.h"
 
 /* --- auth ------------------------------------------------------------------- */
 
@@ -313,6 +314,85 @@ START_TEST(registry_empty_store)
 }
 END_TEST
 
+/* --- scopes and the failed-attempt limiter -------------------------------------- */
+
+START_TEST(roles_parse_and_order)
+{
+	ck_assert_int_eq(tokens_role_parse("admin"), ROLE_ADMIN);
+	ck_assert_int_eq(tokens_role_parse("operator"), ROLE_OPERATOR);
+	ck_assert_int_eq(tokens_role_parse("viewer"), ROLE_VIEWER);
+	ck_assert_int_eq(tokens_role_parse("Admin"), ROLE_NONE);
+	ck_assert_int_eq(tokens_role_parse("none"), ROLE_NONE);
+	ck_assert_int_eq(tokens_role_parse(NULL), ROLE_NONE);
+	ck_assert_str_eq(tokens_role_name(ROLE_OPERATOR), "operator");
+	ck_assert(ROLE_VIEWER < ROLE_OPERATOR && ROLE_OPERATOR < ROLE_ADMIN);
+}
+END_TEST
+
+START_TEST(required_roles)
+{
+	ck_assert_int_eq(tokens_required_role("GET", "/v1/devices"), ROLE_VIEWER);
+	ck_assert_int_eq(tokens_required_role("HEAD", "/v1/rollouts/3"), ROLE_VIEWER);
+	ck_assert_int_eq(tokens_required_role("POST", "/v1/logstreams"), ROLE_VIEWER);
+	ck_assert_int_eq(tokens_required_role("DELETE", "/v1/logstreams/ls_x/devices/1"), ROLE_VIEWER);
+	ck_assert_int_eq(tokens_required_role("POST", "/v1/devices"), ROLE_OPERATOR);
+	ck_assert_int_eq(tokens_required_role("PUT", "/v1/groups/g/agent"), ROLE_OPERATOR);
+	ck_assert_int_eq(tokens_required_role("POST", "/v1/rollouts"), ROLE_OPERATOR);
+	ck_assert_int_eq(tokens_required_role("GET", "/v1/flash-parts"), ROLE_VIEWER);
+	ck_assert_int_eq(tokens_required_role("POST", "/v1/flash-parts/import"), ROLE_ADMIN);
+	ck_assert_int_eq(tokens_required_role("PUT", "/v1/flash-parts/ef4018"), ROLE_ADMIN);
+	ck_assert_int_eq(tokens_required_role("GET", "/v1/tokens"), ROLE_ADMIN);
+	ck_assert_int_eq(tokens_required_role("DELETE", "/v1/tokens/2"), ROLE_ADMIN);
+	ck_assert_int_eq(tokens_required_role("GET", "/v1/audit"), ROLE_ADMIN);
+	/* a prefix is a whole path segment, not a substring */
+	ck_assert_int_eq(tokens_required_role("POST", "/v1/tokensx"), ROLE_OPERATOR);
+	ck_assert_int_eq(tokens_required_role("POST", "/v1/logstreamsx"), ROLE_OPERATOR);
+}
+END_TEST
+
+START_TEST(authlimit_throttles_within_a_window)
+{
+	authlimit *l = authlimit_new(3, 10);
+	ck_assert_ptr_nonnull(l);
+	int64_t t = 1000000;
+	for (int i = 0; i < 3; i++) {
+		ck_assert_int_eq(authlimit_wait(l, "10.0.0.1", t), 0);
+		authlimit_failed(l, "10.0.0.1", t);
+	}
+	ck_assert_int_eq(authlimit_wait(l, "10.0.0.1", t), 10);
+	ck_assert_int_eq(authlimit_wait(l, "10.0.0.1", t + 4500), 6);
+	ck_assert_int_eq(authlimit_wait(l, "10.0.0.2", t), 0);     /* others are not affected */
+	ck_assert_int_eq(authlimit_wait(l, "10.0.0.1", t + 10000), 0); /* a new window */
+	authlimit_failed(l, "10.0.0.1", t + 10000);
+	ck_assert_int_eq(authlimit_wait(l, "10.0.0.1", t + 10001), 0);
+	authlimit_free(l);
+
+	l = authlimit_new(0, 10);   /* no limit */
+	for (int i = 0; i < 100; i++)
+		authlimit_failed(l, "10.0.0.1", t);
+	ck_assert_int_eq(authlimit_wait(l, "10.0.0.1", t), 0);
+	authlimit_free(l);
+}
+END_TEST
+
+START_TEST(authlimit_many_addresses_stay_bounded)
+{
+	/* More addresses than slots: the table reuses the oldest windows and a
+	 * fresh attacker is still throttled. */
+	authlimit *l = authlimit_new(2, 60);
+	char addr[48];
+	int64_t t = 5000000;
+	for (int i = 0; i < 20000; i++) {
+		snprintf(addr, sizeof addr, "10.%d.%d.%d", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+		authlimit_failed(l, addr, t + i);
+	}
+	authlimit_failed(l, "192.0.2.7", t + 30000);
+	authlimit_failed(l, "192.0.2.7", t + 30000);
+	ck_assert_int_gt(authlimit_wait(l, "192.0.2.7", t + 30001), 0);
+	authlimit_free(l);
+}
+END_TEST
+
 static Suite *auth_suite(void)
 {
 	Suite *s = suite_create("auth");
@@ -331,6 +411,13 @@ static Suite *auth_suite(void)
 	tcase_add_test(tc, idmap_many_random);
 	tcase_add_test(tc, idmap_many_consecutive);
 	tcase_add_test(tc, idmap_backward_shift);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("tokens");
+	tcase_add_test(tc, roles_parse_and_order);
+	tcase_add_test(tc, required_roles);
+	tcase_add_test(tc, authlimit_throttles_within_a_window);
+	tcase_add_test(tc, authlimit_many_addresses_stay_bounded);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("registry");

@@ -61,6 +61,9 @@ START_TEST(defaults)
 	ck_assert_int_eq(c.http_threads, 4);
 	ck_assert_int_eq(c.http_max_conns, 1024);
 	ck_assert_int_eq(c.http_timeout, 30);
+	ck_assert_int_eq(c.max_conns_per_ip, 1000);
+	ck_assert_ptr_null(c.tls_cert);
+	ck_assert_ptr_null(c.tls_key);
 	ck_assert_int_eq(c.batch_max, 1024);
 	ck_assert_int_eq(c.sync_full, 0);
 	ck_assert_int_eq(c.log_level, LOG_INFO);
@@ -86,7 +89,7 @@ START_TEST(every_option)
 			       "--ping-interval", "5", "--idle-timeout", "60", "--hello-timeout", "3",
 			       "--max-frame", "1024", "--max-body", "2048", "--http-threads", "2",
 			       "--http-max-conns", "10", "--http-timeout", "7", "--batch-max", "50",
-			       "--sync-full", "--log-level", "debug", NULL), 0);
+			       "--sync-full", "--log-level", "debug", "--max-conns-per-ip", "0", NULL), 0);
 	ck_assert_str_eq(c.data_dir, "/var/lib/tender");
 	ck_assert_str_eq(c.bind, "0.0.0.0");
 	ck_assert_int_eq(c.device_port, 0);
@@ -103,6 +106,7 @@ START_TEST(every_option)
 	ck_assert_int_eq(c.batch_max, 50);
 	ck_assert_int_eq(c.sync_full, 1);
 	ck_assert_int_eq(c.log_level, LOG_DEBUG);
+	ck_assert_int_eq(c.max_conns_per_ip, 0);
 	config_free(&c);
 }
 END_TEST
@@ -151,6 +155,9 @@ static const struct { const char *arg, *val, *name; } bad_values[] = {
 	{ "--batch-max", "1.5", "batch-max" },       { "--log-level", "loud", "log-level" },
 	{ "--sync-full=maybe", NULL, "sync-full" },  { "--data-dir=", NULL, "data-dir" },
 	{ "--device-port=0x10", NULL, "device-port" },
+	{ "--max-conns-per-ip", "-1", "max-conns-per-ip" },
+	{ "--max-conns-per-ip", "1000001", "max-conns-per-ip" },
+	{ "--tls-cert=", NULL, "tls-cert" },
 };
 
 START_TEST(bad_value)
@@ -192,6 +199,38 @@ START_TEST(bad_arguments)
 	ck_assert_int_eq(parse(&c, &err, "--config", "/nonexistent/tender.conf", NULL), TN_EINVAL);
 	ck_assert_msg(strstr(err.msg, "/nonexistent/tender.conf"), "%s", err.msg);
 	config_free(&c);
+}
+END_TEST
+
+/* The TLS files are read and checked while parsing; a good pair is tested
+ * with real certificates in tests/integration/test_10_tls.c. */
+START_TEST(tls_files)
+{
+	tn_config c;
+	tn_error err;
+	char junk[96], empty[96], missing[128];
+
+	ck_assert_int_eq(parse(&c, &err, "--tls-cert", "/x/cert.pem", NULL), TN_EINVAL);
+	ck_assert_msg(strstr(err.msg, "--tls-cert and --tls-key go together"), "%s", err.msg);
+	config_free(&c);
+	ck_assert_int_eq(parse(&c, &err, "--tls-key", "/x/key.pem", NULL), TN_EINVAL);
+	ck_assert_msg(strstr(err.msg, "--tls-key given without --tls-cert"), "%s", err.msg);
+	config_free(&c);
+
+	write_file(junk, "not a certificate\n");
+	write_file(empty, "");
+	snprintf(missing, sizeof missing, "%s/missing.pem", root);
+	ck_assert_int_eq(parse(&c, &err, "--tls-cert", missing, "--tls-key", junk, NULL), TN_EINVAL);
+	ck_assert_msg(strstr(err.msg, "--tls-cert: cannot read") && strstr(err.msg, missing), "%s", err.msg);
+	config_free(&c);
+	ck_assert_int_eq(parse(&c, &err, "--tls-cert", junk, "--tls-key", empty, NULL), TN_EINVAL);
+	ck_assert_msg(strstr(err.msg, "--tls-key") && strstr(err.msg, "empty"), "%s", err.msg);
+	config_free(&c);
+	ck_assert_int_eq(parse(&c, &err, "--tls-cert", junk, "--tls-key", junk, NULL), TN_EINVAL);
+	ck_assert_msg(strstr(err.msg, "holds no PEM certificate") && strstr(err.msg, junk), "%s", err.msg);
+	config_free(&c);
+	unlink(junk);
+	unlink(empty);
 }
 END_TEST
 
@@ -334,6 +373,7 @@ START_TEST(usage_lists_every_option)
 		"--admin-token-file FILE", "--ping-interval S", "--idle-timeout S", "--hello-timeout S",
 		"--max-frame BYTES", "--max-body BYTES", "--http-threads N", "--http-max-conns N",
 		"--http-timeout S", "--batch-max N", "--sync-full ", "--log-level LEVEL", "--help",
+		"--tls-cert FILE", "--tls-key FILE", "--max-conns-per-ip N",
 		"--version",
 	};
 	char *text = NULL;
@@ -368,6 +408,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, config_file);
 	tcase_add_test(tc, config_file_errors);
 	tcase_add_test(tc, parse_text);
+	tcase_add_test(tc, tls_files);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -2,6 +2,7 @@
  * against docs/agents.md, with a fake host that records log lines, sends and
  * saves, and a fake clock: every API function, the sandbox, the instruction
  * budget and the memory cap (including the ways a script might escape them),
+ * the counted pattern functions (Lua 5.4.4's results, runaways stopped),
  * the Lua <-> JSON mapping, the lifecycle, and the example agents in
  * agents/examples. */
 #define _GNU_SOURCE
@@ -9,6 +10,7 @@
 #include <jansson.h>
 #include <lauxlib.h>
 #include <lua.h>
+#include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -836,6 +838,36 @@ START_TEST(limit_budget_cannot_be_caught)
 }
 END_TEST
 
+/* A C function that builds a big string costs one instruction but time in
+ * proportion to the string: the bytes count towards the budget, so a loop
+ * of them stops after a few thousand turns, not millions. */
+START_TEST(limit_budget_counts_what_c_builds)
+{
+	static const char *const loops[] = {
+		"string.rep('x', 300000)", "big:upper()", "big:reverse()", "big .. 'x'",
+		"table.concat({big, big})", "string.format('%s%s', big, 'y')", "big:sub(2)",
+		"big:gsub('x', 'y')",
+	};
+	for (size_t i = 0; i < sizeof loops / sizeof loops[0]; i++) {
+		char src[600];
+		snprintf(src, sizeof src, "local big = string.rep('x', 300000)\nn = 0\n"
+			 "device.on('m', function() while true do n = n + 1 local _ = %s end end)\n"
+			 "device.on('n', function() device.send('n', n) end)\n", loops[i]);
+		agent_rt *a = start_lim(src, 4 << 20, 0);
+		forget();
+		ck_assert_msg(agent_rt_message(a, "m", NULL) == AGENT_BUDGET, "%s was not stopped", loops[i]);
+		ck_assert_log("over its budget of 10000000 instructions", 1); /* gsub's: as a pattern */
+		forget();
+		ck_assert_int_eq(agent_rt_message(a, "n", NULL), AGENT_OK);
+		long turns = strtol(F.send_data[0], NULL, 10);
+		/* 300,000 bytes count as 18,750 instructions: ~530 turns (without
+		 * the count, about a million). */
+		ck_assert_msg(turns >= 1 && turns < 2000, "%s: %ld turns", loops[i], turns);
+		agent_rt_free(a);
+	}
+}
+END_TEST
+
 START_TEST(limit_budget_in_the_top_level)
 {
 	agent_rt *a = start_lim("device.on('m', function() device.send('r', 1) end)\nwhile true do end\n", 0, 200000);
@@ -1318,6 +1350,237 @@ START_TEST(example_heartbeat)
 }
 END_TEST
 
+/* What a migration moves of the timers: exported with stable ids, then
+ * re-armed by id, in the same state or in one rebuilt from the code. */
+START_TEST(timer_export_and_rearm_by_id)
+{
+	const char *src = "timer.after(1, function() device.send('t', 1) end)\n"
+			  "timer.every(2, function() device.send('t', 2) end)\n"
+			  "timer.after(3, function() device.send('t', 3) end)\n"
+			  "device.on('new', function() device.send('id', timer.after(1, function() end).id) end)\n";
+	agent_rt *a = start(src);
+	agent_timer *t = NULL;
+	int next_id = 0;
+	ck_assert_int_eq(agent_rt_timers(a, &t, &next_id), 3);
+	ck_assert_int_eq(next_id, 4);
+	for (int i = 0; i < 3; i++) {
+		ck_assert_int_eq(t[i].id, i + 1);
+		ck_assert_int_eq(t[i].due, 1000 + 1000 * (i + 1));
+		ck_assert_int_eq(t[i].every, i == 1 ? 2000 : 0);
+	}
+	/* A rebuilt state (another node) finds them by id; one the sender no
+	 * longer had is cancelled, one it had that the code did not make is
+	 * not invented. */
+	agent_rt *b = start(src);
+	agent_timer moved[] = { { 2, 1500, 500 }, { 3, 1600, 0 }, { 99, 1000, 0 } };
+	ck_assert_int_eq(agent_rt_rearm_timers(b, moved, 3, 50), 2);
+	ck_assert_int_eq(agent_rt_next_timer(b), 1500);
+	forget();
+	ck_assert_int_eq(agent_rt_run_timers(b, 1600), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 2);
+	ck_assert_str_eq(F.send_data[0], "2");
+	ck_assert_str_eq(F.send_data[1], "3");
+	ck_assert_int_eq(agent_rt_next_timer(b), 2100); /* the every, from when it ran, at its new interval */
+	for (int id = 50; id <= 51; id++) { /* ids go on after the sender's */
+		char want[8];
+		forget();
+		ck_assert_int_eq(agent_rt_message(b, "new", NULL), AGENT_OK);
+		snprintf(want, sizeof want, "%d", id);
+		ck_assert_str_eq(F.send_data[0], want);
+	}
+	/* Re-armed with none: all cancelled. */
+	ck_assert_int_ge(agent_rt_rearm_timers(a, NULL, 0, 1), 0);
+	ck_assert_int_eq(agent_rt_next_timer(a), -1);
+	free(t);
+	agent_rt_free(a);
+	agent_rt_free(b);
+}
+END_TEST
+
+/* --- pattern matching: Lua 5.4.4's behaviour, within the budget --------------- */
+
+/* Serialises a call's results, types included, so that two states compare. */
+#define PAT_SER \
+	"local function ser(...)\n" \
+	"  local t = {}\n" \
+	"  for i = 1, select('#', ...) do local v = select(i, ...) t[i] = type(v) .. ':' .. tostring(v) end\n" \
+	"  return table.concat(t, '|')\n" \
+	"end\n"
+
+/* Each is an expression; the agent's counted find/match/gmatch/gsub must
+ * give what the stock string library of the system's Lua gives. */
+static const char *const pattern_cases[] = {
+	/* find */
+	"string.find('hello world', 'o w')", "string.find('hello world', 'o', 6)",
+	"string.find('hello', 'l+')", "string.find('hello', '(h)(e)')", "string.find('a.b', '.', 1, true)",
+	"string.find('a+b', '+', 1, true)", "string.find('abc', 'b', -1)", "string.find('abc', 'c', -1)",
+	"string.find('abc', '', 10)", "string.find('abc', '', 4)", "string.find('abc', 'x')",
+	"('hello'):find('l')", "string.find('a\\0b', '\\0')", "string.find('a\\0b', 'b', 1, true)",
+	"string.find('a\\0b', '%z')", "string.find('', '')", "string.find('abc', '()b()')",
+	"string.find('abc', 'b', -100)", "string.find('abc', '[a-', 1)",
+	/* match: captures, anchors, classes, %b, %f, back references, positions */
+	"string.match('key = value', '(%w+)%s*=%s*(%w+)')", "string.match('hello', '()ll()')",
+	"string.match('THE (quick) fox', '%((%a+)%)')", "string.match('f(a(b)c)d', '%b()')",
+	"string.match('f(a(b)c', '%b()')", "string.match('THE (quick) fox', '%f[%a]%a+', 5)",
+	"string.match('  trim  ', '^%s*(.-)%s*$')", "string.match('2024-05-01', '^(%d+)-(%d+)-(%d+)$')",
+	"string.match('abc', '^b')", "string.match('aaa', 'a-b')", "string.match('aaab', 'a-b')",
+	"string.match('xyz1', '[^%a]')", "string.match('x]y', '[]]')", "string.match('a-b', '[a%-]+')",
+	"string.match('hello hello', '(%w+) %1')", "string.match('abc', '((a)(b))')",
+	"string.match('x = 10', '(%a)%s*=%s*(%d+)$')", "string.match('hello', '.-(l+)(.*)')",
+	"string.match('ab', '[%a-z]+')", "string.match('a$b', 'a$b')", "string.match('ab', 'b$')",
+	"string.match('aXb', '%u')", "string.match('a b\\tc', '%s+(%S+)$')", "string.match('0x1F', '%x+$')",
+	"string.match('hi!', '%p')", "string.match('a\\1b', '%c')", "string.match('a.b', '%.')",
+	"string.match('aaa', 'a?a?a?a')", "string.match('abc', 'a*b?c+')", "string.match('THE END', '%f[%w]%w+$')",
+	"string.match('word', '%f[%W]')", "string.match('abc', '()', 4)", "string.match('abc', 'b', 10)",
+	/* gmatch */
+	"(function() local t = {} for w in string.gmatch('one two  three', '%a+') do t[#t + 1] = w end "
+	"return table.concat(t, ',') end)()",
+	"(function() local t = {} for k, v in string.gmatch('k1=v1, k2=v2', '(%w+)=(%w+)') do "
+	"t[#t + 1] = k .. ':' .. v end return table.concat(t, ',') end)()",
+	"(function() local n = 0 for _ in string.gmatch('abc', '') do n = n + 1 end return n end)()",
+	"(function() local t = {} for p in string.gmatch('hello', '()l') do t[#t + 1] = p end "
+	"return table.concat(t, ',') end)()",
+	"(function() local t = {} for w in string.gmatch('hello world from lua', '%a+', 7) do t[#t + 1] = w end "
+	"return table.concat(t, ',') end)()",
+	"(function() local t = {} for a in ('aXbXc'):gmatch('[^X]*') do t[#t + 1] = '<' .. a .. '>' end "
+	"return table.concat(t) end)()",
+	"(function() local t = {} for w in string.gmatch('abc', '.', 10) do t[#t + 1] = w end return #t end)()",
+	/* gsub with strings, tables and functions */
+	"string.gsub('hello world', 'o', '0')", "string.gsub('hello world', '(%w+)', '<%1>')",
+	"string.gsub('hello world', '%w+', '%0 %0', 1)", "string.gsub('abc', '', '-')",
+	"string.gsub('hello world', '(%w+) (%w+)', '%2 %1')",
+	"string.gsub('$name is $age', '%$(%w+)', {name = 'bob', age = 42})",
+	"string.gsub('$name $x', '%$(%w+)', {name = 'bob'})",
+	"string.gsub('abc', '%w', function(c) return c:upper() .. '.' end)",
+	"string.gsub('abc', '%w', function(c) if c == 'b' then return false end return 'X' end)",
+	"string.gsub('hello', 'l', '%%')", "string.gsub('abc', '^a', 'X')", "string.gsub('abc', '^b', 'X')",
+	"string.gsub('hello', '()', '%1')", "string.gsub('abc', 'b', 5)", "string.gsub('hello world', '%s', '_', 0)",
+	"string.gsub('abc', '()', {[1] = 'x', [3] = 'y'})", "string.gsub('a,b,,c', ',,', ',nil,')",
+	"string.gsub('abc', 'x', 'y')", "string.gsub('abc', '.', {a = 1, b = true})",
+	"string.gsub('hello', '(l)(l)', function(a, b) return b .. a .. '!' end)",
+	"string.gsub('abc', '%w', '%0%0', 2)", "string.gsub('  x  ', '^%s+', '')",
+	"string.gsub('abc', '%f[%w]', '^')", "string.gsub('abc', '.', '%1')", "string.find('a]b', '[%]]')",
+	"string.match('[]', '[%[]')", "string.find('aaa', 'a-', 2)", "string.match('hello', '(h)(e)(l)(l)(o)')",
+	"string.gsub('hello world', 'o', {o = 0})", "string.gsub('abc', '(b)', '[%0|%1]')",
+	"string.gsub(string.rep('ab', 100), 'b', '')", "string.find(string.rep('a', 100) .. 'b', 'a+b')",
+	/* errors, with their messages */
+	"string.find('a', '%')", "string.find('a', '[a')", "string.match('a', '%b')", "string.match('a', '%f')",
+	"string.gsub('a', 'a', '%2')", "string.gsub('a', 'a', true)", "string.match('a', '(a')",
+	"string.match('a', 'a)')", "string.gsub('abc', '%w', '%x')", "string.find('a', '%1')",
+	"string.gsub('abc', 'a', function() return {} end)", "string.find(nil, 'a')", "string.gmatch('a')",
+	"string.match(string.rep('a', 40), string.rep('(a)', 33))",
+	"string.match(string.rep('a', 300), string.rep('a?', 300) .. string.rep('a', 300))",
+	"string.match('abc', '%g+')",
+	NULL,
+};
+
+/* What the system's own Lua says for code. */
+static char *stock_result(const char *code)
+{
+	lua_State *L = luaL_newstate();
+	ck_assert_ptr_nonnull(L);
+	luaL_openlibs(L);
+	int rc = luaL_loadstring(L, "local code = ...\n" PAT_SER
+				    "local f = assert(load('return ' .. code))\n"
+				    "return ser(pcall(f))\n");
+	ck_assert_int_eq(rc, LUA_OK);
+	lua_pushstring(L, code);
+	ck_assert_int_eq(lua_pcall(L, 1, 1, 0), LUA_OK);
+	char *out = strdup(lua_tostring(L, -1));
+	lua_close(L);
+	return out;
+}
+
+START_TEST(pattern_behaves_as_lua_5_4)
+{
+	agent_rt *a = start(PAT_SER "device.on('c', function(code)\n"
+				    "  local f = assert(load('return ' .. code))\n"
+				    "  device.send('r', ser(pcall(f)))\n"
+				    "end)\n");
+	for (const char *const *c = pattern_cases; *c; c++) {
+		forget();
+		json_t *code = json_string(*c);
+		char *data = json_dumps(code, JSON_ENCODE_ANY);
+		json_decref(code);
+		int rc = agent_rt_message(a, "c", data);
+		free(data);
+		ck_assert_msg(rc == AGENT_OK, "%s: rc %d, %s", *c, rc, F.nlogs ? F.log[0] : "-");
+		ck_assert_int_eq(F.nsends, 1);
+		json_t *got = json_loads(F.send_data[0], JSON_DECODE_ANY, NULL);
+		char *want = stock_result(*c);
+		ck_assert_msg(json_is_string(got) && strcmp(json_string_value(got), want) == 0,
+			      "%s:\n  agent: %s\n  lua:   %s", *c, F.send_data[0], want);
+		free(want);
+		json_decref(got);
+	}
+	agent_rt_free(a);
+}
+END_TEST
+
+/* Each runaway match stops with the pattern error, whatever wraps it, and
+ * the agent goes on with its next event. */
+START_TEST(pattern_runaway_is_stopped)
+{
+	static const char *const runaways[] = {
+		"find", "match", "gmatch", "gsub", "plain", "class", "pcall_loop", "coroutine", "gsub_fn", NULL,
+	};
+	agent_rt *a = start_lim(
+		"local s = string.rep('a', 5000)\n"
+		"device.on('find', function() return s:find('.-.-.-.-.-b') end)\n"
+		"device.on('match', function() return s:match('(.*)(.*)(.*)(.*)b') end)\n"
+		"device.on('gmatch', function() for w in s:gmatch('.-.-.-.-b') do end end)\n"
+		"device.on('gsub', function() return s:gsub('a-a-a-a-b', 'x') end)\n"
+		"device.on('plain', function()\n"
+		"  local big = string.rep('a', 400000)\n"
+		"  return big:find(string.rep('a', 200000) .. 'b', 1, true)\n"
+		"end)\n"
+		"device.on('class', function()\n"
+		"  local big = string.rep('a', 100000)\n"
+		"  return big:find('[' .. string.rep('b', 100000) .. ']*c')\n"
+		"end)\n"
+		"device.on('pcall_loop', function()\n"
+		"  for i = 1, 1e9 do pcall(string.find, s, '.-.-.-.-.-b') end\n"
+		"end)\n"
+		"device.on('coroutine', function()\n"
+		"  local co = coroutine.wrap(function() return s:find('.-.-.-.-.-b') end)\n"
+		"  pcall(co)\n"
+		"end)\n"
+		"device.on('gsub_fn', function()\n"
+		"  s:gsub('a', function() return s:find('.-.-.-.-b') end)\n"
+		"end)\n"
+		"device.on('m', function() device.send('r', {('k=v'):match('(%w)=(%w)')}) end)\n",
+		8 << 20, 0);
+	for (const char *const *r = runaways; *r; r++) {
+		forget();
+		ck_assert_msg(agent_rt_message(a, *r, NULL) == AGENT_BUDGET, "%s was not stopped", *r);
+		ck_assert_int_eq(F.nlogs, 1);
+		char want[200];
+		snprintf(want, sizeof want, "the '%s' handler stopped: pattern too complex: step budget exceeded "
+			 "(over its budget of 10000000 instructions)", *r);
+		ck_assert_msg(strcmp(F.log[0], want) == 0, "%s: %s", *r, F.log[0]);
+		ck_assert_int_eq(F.log_err[0], 1);
+		ck_sends(a, NULL, "r", "[\"k\",\"v\"]");
+	}
+	agent_rt_free(a);
+}
+END_TEST
+
+/* Matcher steps and VM instructions share the one budget: a handler whose
+ * loop alone fits runs out when its patterns add their steps. */
+START_TEST(pattern_steps_share_the_budget)
+{
+	agent_rt *a = start_lim("local s = string.rep('a', 200)\n"
+				"device.on('small', function() for i = 1, 10 do s:find('.-b') end end)\n"
+				"device.on('many', function() for i = 1, 200 do s:find('.-.-b') end end)\n",
+				0, 1000000);
+	ck_assert_int_eq(agent_rt_message(a, "small", NULL), AGENT_OK);
+	ck_assert_int_eq(agent_rt_message(a, "many", NULL), AGENT_BUDGET);
+	ck_assert_log("the 'many' handler stopped: pattern too complex: step budget exceeded", 1);
+	ck_assert_int_eq(agent_rt_message(a, "small", NULL), AGENT_OK);
+	agent_rt_free(a);
+}
+END_TEST
+
 /* --- main --------------------------------------------------------------------------- */
 
 static TCase *tcase(const char *name)
@@ -1363,6 +1626,7 @@ int main(void)
 	tcase_add_test(tc, timer_at_most_10000);
 	tcase_add_test(tc, timer_round_with_handlers_adding_and_cancelling);
 	tcase_add_test(tc, timer_failures);
+	tcase_add_test(tc, timer_export_and_rearm_by_id);
 	suite_add_tcase(su, tc);
 
 	tc = tcase("sandbox");
@@ -1379,6 +1643,7 @@ int main(void)
 	tcase_add_test(tc, limit_budget_default_is_10_million);
 	tcase_add_test(tc, limit_budget_cannot_be_caught);
 	tcase_add_test(tc, limit_budget_in_the_top_level);
+	tcase_add_test(tc, limit_budget_counts_what_c_builds);
 	tcase_add_test(tc, limit_out_of_memory);
 	tcase_add_test(tc, limit_out_of_memory_outside_handlers);
 	tcase_add_test(tc, limit_string_rep);
@@ -1386,6 +1651,12 @@ int main(void)
 	tcase_add_test(tc, limit_handler_error_has_a_traceback);
 	tcase_add_test(tc, limit_memory_of_a_small_agent);
 	tcase_add_test(tc, limit_thousand_agents);
+	suite_add_tcase(su, tc);
+
+	tc = tcase("patterns");
+	tcase_add_test(tc, pattern_behaves_as_lua_5_4);
+	tcase_add_test(tc, pattern_runaway_is_stopped);
+	tcase_add_test(tc, pattern_steps_share_the_budget);
 	suite_add_tcase(su, tc);
 
 	tc = tcase("json");

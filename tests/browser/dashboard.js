@@ -1,0 +1,301 @@
+#!/usr/bin/env node
+// Browser tests of the dashboard: Debian's chromium, driven by playwright-core,
+// against the real tenderd that tests/integration/test_09_browser.c starts.
+//   node dashboard.js SCENARIO BASE_URL TOKEN SHOT_DIR [ARGS...]
+// Scenarios (the C test sets up what each needs first):
+//   signin              keyboard-only sign-in, a refused token, a 401 mid-session
+//   live DEV            DEV (group web, agent code deployed) comes online without a
+//                       reload; its log, history paging, deploy, compile error,
+//                       restart and migrate.  Prints "fleet ready" when the C test
+//                       should start the device.
+//   rollout S25 W25     upload firmware, create a rollout, read the plan's block
+//                       reason, start it and watch it complete; flash-part
+//                       verdicts and a CSV import with a line-numbered error
+//   paging              120 devices: three pages, search, group and state filters
+//   phone DEV           390 px wide: no view scrolls sideways
+// Prints progress lines and, last, "ok SCENARIO" or "fail: why".
+// Waits are playwright waits with generous timeouts, never sleeps.
+'use strict';
+const fs = require('fs');
+const path = require('path');
+const { chromium } = require(path.join(__dirname, 'node_modules', 'playwright-core'));
+
+const [scenario, base, token, shots, ...args] = process.argv.slice(2);
+const T = 30000; // generous: the machine is shared and may be slow
+
+function check(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
+async function signIn(page) {
+  await page.goto(base + '/');
+  await page.getByLabel('Admin token').fill(token);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Fleet', level: 2 }).waitFor({ timeout: T });
+}
+
+const logLines = (page) => page.$$eval('#log li', (lis) => lis.map((li) => ({ id: li.dataset.id, text: li.textContent })));
+
+async function waitLog(page, text, count = 1) {
+  await page.waitForFunction(([t, n]) => [...document.querySelectorAll('#log li')]
+    .filter((li) => li.textContent.includes(t)).length >= n, [text, count], { timeout: T });
+}
+
+const countLog = async (page, text) => (await logLines(page)).filter((l) => l.text.includes(text)).length;
+
+async function signin(page) {
+  await page.goto(base + '/');
+  // Keyboard only: Tab to the token field (past the skip link), type, Enter.
+  let focused = '';
+  for (let i = 0; i < 10 && focused !== 'token'; i++) {
+    await page.keyboard.press('Tab');
+    focused = await page.evaluate(() => document.activeElement.id);
+  }
+  check(focused === 'token', 'Tab never reached the token field');
+  const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  check(outline !== 'none', 'the focused field shows no focus outline');
+  await page.keyboard.type('not-the-token');
+  await page.keyboard.press('Enter');
+  await page.locator('#signin-msg', { hasText: 'That token was refused' }).waitFor({ timeout: T });
+  console.log('refused token shown');
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type(token);
+  await page.keyboard.press('Enter');
+  await page.getByRole('heading', { name: 'Fleet', level: 2 }).waitFor({ timeout: T });
+  await page.locator('tr[data-id]').nth(1).waitFor({ timeout: T });
+  await page.locator('.counts', { hasText: '2 devices' }).waitFor({ timeout: T });
+  console.log('signed in with the keyboard');
+  // The keyboard reaches a device and opens it.
+  for (let i = 0; i < 30; i++) {
+    await page.keyboard.press('Tab');
+    if (await page.evaluate(() => document.activeElement.matches('tr[data-id] a'))) break;
+  }
+  const id = await page.evaluate(() => document.activeElement.closest('tr').dataset.id);
+  await page.keyboard.press('Enter');
+  await page.waitForFunction((d) => location.hash === `#/devices/${d}` &&
+    document.activeElement.id === 'device-title', id, { timeout: T });
+  console.log('opened a device with the keyboard');
+  // A token that stops working sends the user back to sign in, saying why.
+  await page.evaluate(() => sessionStorage.setItem('tender.token', 'revoked'));
+  await page.evaluate(() => { location.hash = '#/flash-parts'; });
+  await page.locator('#signin-msg', { hasText: '401' }).waitFor({ timeout: T });
+  check(await page.locator('#token').isVisible(), 'no sign-in form after a 401');
+  await page.screenshot({ path: path.join(shots, 'signin-401.png') });
+}
+
+async function live(page, dev) {
+  await signIn(page);
+  const row = page.locator(`tr[data-id="${dev}"]`);
+  await row.waitFor({ timeout: T });
+  check(await row.getAttribute('data-online') === 'false', 'the device is online before it connected');
+  await page.locator('.live', { hasText: 'Live' }).waitFor({ timeout: T });
+  await page.evaluate(() => { window.notReloaded = true; });
+  console.log('fleet ready');
+  // The C test starts the device now: its row turns online with no reload.
+  await page.locator(`tr[data-id="${dev}"][data-online="true"]`).waitFor({ timeout: T });
+  check(await page.evaluate(() => window.notReloaded === true), 'the page was reloaded');
+  await row.getByText('online', { exact: true }).waitFor({ timeout: T });
+  await page.locator('#count-online', { hasText: '3' }).waitFor({ timeout: T });
+  await row.getByText('imp003').waitFor({ timeout: T });
+  console.log('came online live');
+  await page.locator('body').screenshot({ path: path.join(shots, 'fleet.png') });
+
+  await row.getByRole('link').click();
+  await page.getByRole('heading', { name: new RegExp(dev) }).waitFor({ timeout: T });
+  await waitLog(page, '[Device] from the test 150');
+  console.log('live log shown');
+  // History: the newest 100 lines first, older ones on demand.
+  for (let i = 0; i < 5; i++) {
+    const lines = await logLines(page);
+    if (lines.some((l) => l.text.endsWith('[Device] from the test 1'))) break;
+    await page.getByRole('button', { name: 'Load older lines' }).click();
+    await page.waitForFunction((n) => document.querySelectorAll('#log li').length > n, lines.length, { timeout: T });
+  }
+  await waitLog(page, '[Status] Device connected');
+  const lines = await logLines(page);
+  check(new Set(lines.map((l) => l.id)).size === lines.length, 'a log line is shown twice');
+  for (let i = 1; i <= 150; i++)
+    check(lines.filter((l) => l.text.endsWith(`[Device] from the test ${i}`)).length === 1, `log line ${i} missing or repeated`);
+  const ids = lines.map((l) => Number(l.id));
+  check(ids.every((v, i) => i === 0 || v > ids[i - 1]), 'the log is out of order');
+  console.log('history paged back');
+
+  await page.locator('#agent-state', { hasText: 'running' }).waitFor({ timeout: T });
+  await page.getByLabel('Agent code (Lua) for group web').fill(
+    'server.log("agent v2 ready")\ndevice.on("reading", function (data)\n  server.log("reading " .. tostring(data))\nend)\n');
+  await page.getByRole('button', { name: 'Deploy to group web' }).click();
+  await waitLog(page, '[Status] Agent restarted: reload.');
+  await waitLog(page, '[Agent] agent v2 ready');
+  await page.locator('#code-result', { hasText: 'Deployed' }).waitFor({ timeout: T });
+  console.log('deployed');
+
+  await page.getByLabel('Agent code (Lua) for group web').fill('local x = 1\nx = = 2\n');
+  await page.getByRole('button', { name: 'Deploy to group web' }).click();
+  const err = page.getByRole('alert').filter({ hasText: 'line 2' });
+  await err.waitFor({ timeout: T });
+  check((await err.textContent()).includes('x = = 2'), 'the compile error does not show the line');
+  check(await page.locator('#code').getAttribute('aria-invalid') === 'true', 'the editor is not marked invalid');
+  await page.getByRole('button', { name: 'Go to line 2' }).click();
+  check(await page.evaluate(() => { const c = document.querySelector('#code'); return document.activeElement === c &&
+    c.value.slice(c.selectionStart, c.selectionEnd) === 'x = = 2'; }), 'Go to line does not select the line');
+  console.log('compile error shown at its line');
+
+  const started = await countLog(page, '[Status] Agent started.');
+  await page.getByRole('button', { name: 'Restart agent' }).click();
+  await waitLog(page, '[Status] Agent started.', started + 1);
+  const worker = await page.locator('dt:text-is("Worker") + dd').textContent();
+  await page.getByRole('button', { name: 'Migrate agent' }).click();
+  await page.waitForFunction((w) => {
+    const dt = [...document.querySelectorAll('dt')].find((d) => d.textContent === 'Worker');
+    return dt && dt.nextElementSibling.textContent !== w;
+  }, worker, { timeout: T });
+  await page.locator('#agent-state', { hasText: 'running' }).waitFor({ timeout: T });
+  console.log('restarted and migrated');
+  await page.locator('#log').evaluate((el) => { el.scrollTop = el.scrollHeight; });
+  await page.screenshot({ path: path.join(shots, 'device.png'), fullPage: true });
+}
+
+async function rollout(page, s25, w25) {
+  await signIn(page);
+  await page.getByRole('link', { name: 'Firmware & rollouts' }).click();
+  await page.getByRole('heading', { name: 'Firmware & rollouts' }).waitFor({ timeout: T });
+  await page.getByLabel('Image file').setInputFiles({ name: 'fw-36.11.bin', mimeType: 'application/octet-stream',
+                                                      buffer: Buffer.alloc(70000, 0x5a) });
+  await page.getByLabel('Version').fill('36.11');
+  await page.getByLabel('Hardware models (comma-separated)').fill('imp003');
+  await page.getByLabel('Needs 4 KB erase across the whole chip').check();
+  await page.getByLabel('Needs 64 KB erase across the whole chip').check();
+  await page.getByLabel('Minimum flash size (bytes)').fill('524288');
+  await page.getByRole('button', { name: 'Upload firmware' }).click();
+  await page.locator('#up-result', { hasText: 'Uploaded firmware 36.11' }).waitFor({ timeout: T });
+  await page.getByRole('cell', { name: 'uniform 4 KiB + 64 KiB erase, at least 512 KiB' }).waitFor({ timeout: T });
+  console.log('uploaded');
+
+  await page.getByRole('combobox', { name: 'Firmware', exact: true }).selectOption({ label: '36.11 (imp003)' });
+  await page.getByLabel('Devices, group or hardware').fill(`${s25} ${w25}`);
+  await page.getByRole('button', { name: 'Create rollout (paused)' }).click();
+  await page.waitForFunction(() => /^#\/rollouts\/\d+$/.test(location.hash), null, { timeout: T });
+  await page.locator('#rollout-state', { hasText: 'paused' }).waitFor({ timeout: T });
+  const blocked = page.locator(`tr[data-device="${s25}"]`);
+  await blocked.waitFor({ timeout: T });
+  check(await blocked.getAttribute('data-decision') === 'blocked', 'the S25FL127S device is not blocked');
+  const why = 'flash S25FL127S (JEDEC 01 20 18) has 4 KB erase in only 16 of 4096 4 KB blocks; ' +
+              'firmware 36.11 needs 4 KB and 64 KB erase across the whole chip, at least 512 KB';
+  check((await blocked.textContent()).includes(why), `no block reason in the plan: ${await blocked.textContent()}`);
+  check(await page.locator(`tr[data-device="${w25}"]`).getAttribute('data-decision') === 'eligible',
+        'the W25Q128FV device is not eligible');
+  await page.getByText('1 eligible, 1 blocked, 0 up to date').waitFor({ timeout: T });
+  console.log('plan shows the block reason');
+  await page.screenshot({ path: path.join(shots, 'rollout-plan.png'), fullPage: true });
+
+  await page.getByRole('button', { name: 'Start rollout' }).click();
+  await page.locator('#rollout-state', { hasText: 'completed' }).waitFor({ timeout: 90000 });
+  await page.locator('li[data-state="completed"]', { hasText: '1 completed' }).waitFor({ timeout: T });
+  await page.locator('li[data-state="blocked"]', { hasText: '1 blocked' }).waitFor({ timeout: T });
+  check(!(await page.getByRole('button', { name: 'Abort' }).count()), 'a completed rollout offers Abort');
+  console.log('rollout completed');
+  await page.screenshot({ path: path.join(shots, 'rollout-done.png'), fullPage: true });
+
+  await page.getByRole('link', { name: 'Flash parts' }).click();
+  await page.getByLabel('Verdict for firmware').selectOption({ label: '36.11 (imp003)' });
+  const s25row = page.locator('tr', { hasText: 'S25FL127S' }).first();
+  await s25row.getByText('blocked', { exact: true }).waitFor({ timeout: T });
+  await page.locator('tr', { hasText: 'W25Q128FV' }).first().getByText('compatible', { exact: true }).waitFor({ timeout: T });
+  console.log('flash verdicts shown');
+  const header = 'vendor,part,jedec_mfr,jedec_dev,size_bytes,uniform_4k_erase,uniform_64k_erase\n';
+  await page.getByLabel('or CSV text').fill(header + 'Acme,AC25Q16,0xAC,0x4015,2M,maybe,yes\n');
+  await page.getByRole('button', { name: 'Import' }).click();
+  await page.getByRole('alert').filter({ hasText: 'Line 2, column uniform_4k_erase' }).waitFor({ timeout: T });
+  await page.getByLabel('or CSV text').fill(header + 'Acme,AC25Q16,0xAC,0x4015,2M,no,yes\n');
+  await page.getByRole('button', { name: 'Import' }).click();
+  await page.locator('#fp-result', { hasText: 'Imported 1 part.' }).waitFor({ timeout: T });
+  await page.locator('tr', { hasText: 'AC25Q16' }).first().waitFor({ timeout: T });
+  console.log('csv import errors and success shown');
+}
+
+const rowNames = (page) => page.$$eval('tr[data-id] a', (as) => as.map((a) => a.firstChild.textContent));
+
+async function paging(page) {
+  await signIn(page);
+  await page.locator('.counts', { hasText: '120 devices' }).waitFor({ timeout: T });
+  const seen = new Set();
+  for (const [n, more] of [[50, true], [50, true], [20, false]]) {
+    await page.locator('.page-info', { hasText: `Page ${seen.size / 50 + 1}` }).waitFor({ timeout: T });
+    await page.waitForFunction((k) => document.querySelectorAll('tr[data-id]').length === k &&
+      !document.querySelector('.list[aria-busy]'), n, { timeout: T });
+    for (const name of await rowNames(page)) seen.add(name);
+    const next = page.getByRole('button', { name: 'Next page' });
+    check(await next.isEnabled() === more, `Next page is ${more ? 'disabled' : 'enabled'} on a page of ${n}`);
+    if (more) await next.click();
+  }
+  check(seen.size === 120, `the pages showed ${seen.size} different devices, not 120`);
+  await page.getByRole('button', { name: 'Previous page' }).click();
+  await page.locator('.page-info', { hasText: 'Page 2' }).waitFor({ timeout: T });
+  console.log('paged through 120 devices');
+  // The search is the server's: it finds devices on every page.
+  await page.getByLabel('Search').fill('SENSOR 11');
+  await page.locator('.page-info', { hasText: 'Page 1' }).waitFor({ timeout: T });
+  await page.waitForFunction(() => document.querySelectorAll('tr[data-id]').length === 11, null, { timeout: T });
+  const found = await rowNames(page);
+  check(found.every((n) => n.startsWith('sensor 11')), `search found ${found.join(', ')}`);
+  console.log('searched');
+  await page.getByLabel('Search').fill('');
+  await page.getByLabel('Group').fill('even');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await page.waitForFunction(() => document.querySelectorAll('tr[data-id]').length === 50 &&
+    [...document.querySelectorAll('tr[data-id] td:last-child')].every((td) => td.textContent === 'even'), null, { timeout: T });
+  await page.getByLabel('State').selectOption('true');
+  await page.getByText('No device matches these filters.').waitFor({ timeout: T });
+  console.log('filtered');
+}
+
+async function noSideScroll(page, what) {
+  const [sw, w] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+  check(sw <= w, `${what} scrolls sideways at ${w} px: ${sw} px wide`);
+  await page.screenshot({ path: path.join(shots, `phone-${what}.png`), fullPage: true });
+}
+
+async function phone(page, dev) {
+  await signIn(page);
+  await page.locator(`tr[data-id="${dev}"][data-online="true"]`).waitFor({ timeout: T });
+  await noSideScroll(page, 'fleet');
+  await page.locator(`tr[data-id="${dev}"]`).getByRole('link').click();
+  await waitLog(page, '[Status] Device connected');
+  await page.locator('#agent-state').waitFor({ timeout: T });
+  await noSideScroll(page, 'device');
+  await page.getByRole('link', { name: 'Flash parts' }).click();
+  await page.getByRole('cell', { name: 'W25Q128FV' }).first().waitFor({ timeout: T });
+  await noSideScroll(page, 'flash-parts');
+  await page.getByRole('link', { name: 'Firmware & rollouts' }).click();
+  await page.getByText('No rollouts yet.').waitFor({ timeout: T });
+  await noSideScroll(page, 'rollouts');
+  console.log('no view scrolls sideways');
+}
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+           '--disable-quic', '--no-first-run', '--disable-component-update', '--disable-sync'],
+  });
+  let page;
+  fs.rmSync(path.join(shots, `${scenario}-failed.png`), { force: true });
+  try {
+    const phoneSize = scenario === 'phone';
+    page = await browser.newPage({ viewport: phoneSize ? { width: 390, height: 844 } : { width: 1280, height: 900 } });
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    const run = { signin, live, rollout, paging, phone }[scenario];
+    check(run, `no scenario ${scenario}`);
+    await run(page, ...args);
+    check(!errors.length, `script errors in the page: ${errors.join('; ')}`);
+    console.log(`ok ${scenario}`);
+  } catch (e) {
+    if (page) await page.screenshot({ path: path.join(shots, `${scenario}-failed.png`), fullPage: true }).catch(() => {});
+    console.log(`fail: ${e.message.split('\n')[0]}`);
+    process.exitCode = 1;
+  } finally {
+    await browser.close();
+  }
+})();
