@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "lpattern.h"
 
@@ -49,6 +50,8 @@ struct agent_rt {
 	uint64_t count;         /* instructions (and pattern steps) in the current event */
 	int over_budget;
 	int over_in_pattern;    /* the budget ran out in string.find/match/gmatch/gsub */
+	int over_cpu;           /* the event ran out of CPU time (lim.cpu_ms) */
+	int64_t cpu_start_us;   /* the thread's CPU clock when the event began */
 	int in_event;
 	int ref_handlers, ref_connect, ref_disconnect, ref_http;
 	struct rt_timer *timers;
@@ -92,6 +95,13 @@ static void *rt__alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	return p;
 }
 
+static int64_t rt__cpu_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void rt__hook(lua_State *L, lua_Debug *ar)
 {
 	agent_rt *a = rt__self(L);
@@ -100,6 +110,13 @@ static void rt__hook(lua_State *L, lua_Debug *ar)
 		return;
 	if (a->count > a->lim.instructions)
 		a->over_budget = 1;
+	/* Some single instructions take time in proportion to their operands
+	 * (== on two long strings compares them whole): counting instructions
+	 * cannot bound those, the thread's CPU clock can. */
+	if (!a->over_budget && rt__cpu_us() - a->cpu_start_us > (int64_t)a->lim.cpu_ms * 1000) {
+		a->over_budget = 1;
+		a->over_cpu = 1;
+	}
 	/* Past the budget, or the memory cap (the agent is dead, and a pcall
 	 * loop would retry with a full collection on every refused allocation),
 	 * every instruction raises, in this coroutine and in the main thread: a
@@ -110,6 +127,8 @@ static void rt__hook(lua_State *L, lua_Debug *ar)
 		lua_sethook(a->L, rt__hook, LUA_MASKCOUNT, 1);
 		if (a->oom)
 			luaL_error(L, "over its memory cap");
+		if (a->over_cpu)
+			luaL_error(L, "over its CPU time limit of %d ms", (int)a->lim.cpu_ms);
 		luaL_error(L, "over its budget of %I instructions", (lua_Integer)a->lim.instructions);
 	}
 }
@@ -810,6 +829,8 @@ static int rt__call(agent_rt *a, int nargs, const char *what)
 	a->count = 0;
 	a->over_budget = 0;
 	a->over_in_pattern = 0;
+	a->over_cpu = 0;
+	a->cpu_start_us = rt__cpu_us();
 	lua_sethook(L, rt__hook, LUA_MASKCOUNT, RT_HOOK_EVERY); /* the hook may have left it at 1 */
 	a->in_event = 1;
 	int rc = lua_pcall(L, nargs, 0, base);
@@ -819,7 +840,10 @@ static int rt__call(agent_rt *a, int nargs, const char *what)
 		out = AGENT_OOM;
 	} else if (a->over_budget) {
 		char line[300];
-		if (a->over_in_pattern)
+		if (a->over_cpu)
+			snprintf(line, sizeof line, "%s stopped: over its CPU time limit of %u ms", what,
+				 (unsigned)a->lim.cpu_ms);
+		else if (a->over_in_pattern)
 			snprintf(line, sizeof line, "%s stopped: pattern too complex: step budget exceeded "
 				 "(over its budget of %llu instructions)", what, (unsigned long long)a->lim.instructions);
 		else
@@ -861,6 +885,7 @@ int agent_rt_new(agent_rt **out, const char *source, size_t len, const agent_lim
 	a->host = *host;
 	a->lim.memory = lim && lim->memory ? lim->memory : 1 << 20;
 	a->lim.instructions = lim && lim->instructions ? lim->instructions : 10000000;
+	a->lim.cpu_ms = lim && lim->cpu_ms ? lim->cpu_ms : 2000;
 	a->L = lua_newstate(rt__alloc, a);
 	if (!a->L) {
 		free(a);

@@ -41,6 +41,8 @@ typedef struct agent_limits {
 	size_t memory;          /* bytes the Lua state may allocate (default 1 MiB) */
 	uint64_t instructions;  /* VM instructions (and pattern matcher steps) per event
 				 * (default 10 million) */
+	uint32_t cpu_ms;        /* the thread's CPU time per event, a backstop for what one
+				 * instruction can cost (comparing long strings); default 2000 */
 } agent_limits;
 
 /* Outcome of running an event. */

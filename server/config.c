@@ -84,6 +84,8 @@ static const struct opt config__opts[] = {
 	  "memory each agent's Lua state may use (default 1048576)" },
 	{ "agent-budget", OPT_INT, OFF(agent_budget), 1000, 2000000000, "N",
 	  "Lua instructions an agent may run per event (default 10000000)" },
+	{ "agent-cpu-ms", OPT_INT, OFF(agent_cpu_ms), 10, 600000, "MS",
+	  "CPU time an agent may use per event, a backstop to --agent-budget (default 2000)" },
 	{ "sync-full", OPT_BOOL, OFF(sync_full), 0, 1, NULL,
 	  "PRAGMA synchronous=FULL: survive power loss, not only crashes (slower)" },
 	{ "log-level", OPT_LEVEL, OFF(log_level), 0, 0, "LEVEL", "error, warn, info (default) or debug" },
@@ -116,6 +118,7 @@ void config_defaults(tn_config *cfg)
 	cfg->log_rate = 100;
 	cfg->agent_log_rate = 100;
 	cfg->agent_budget = 10000000;
+	cfg->agent_cpu_ms = 2000;
 	cfg->log_level = LOG_INFO;
 }
 

@@ -41,6 +41,7 @@ typedef struct tn_config {
 	int agent_workers;       /* 0: one per core */
 	int agent_memory;        /* bytes per agent */
 	int agent_budget;        /* Lua instructions per agent event */
+	int agent_cpu_ms;        /* CPU time per agent event, ms */
 	int sync_full;           /* PRAGMA synchronous=FULL instead of NORMAL */
 	int log_level;
 } tn_config;

@@ -188,7 +188,8 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 		goto fail;
 	sup_options supopt = {
 		.workers = cfg->agent_workers,
-		.limits = { .memory = (size_t)cfg->agent_memory, .instructions = (uint64_t)cfg->agent_budget },
+		.limits = { .memory = (size_t)cfg->agent_memory, .instructions = (uint64_t)cfg->agent_budget,
+			    .cpu_ms = (uint32_t)cfg->agent_cpu_ms },
 		.log_rate = cfg->agent_log_rate,
 	};
 	if ((rc = sup_start(&t->sup, &supopt, t->st, err)) || (rc = enroll_start(&t->enroll, t->st, t->reg, err)))

@@ -796,6 +796,28 @@ START_TEST(limit_budget_stops_a_loop_and_the_agent_goes_on)
 }
 END_TEST
 
+START_TEST(limit_cpu_time_stops_costly_instructions)
+{
+	/* == on two long strings that differ at the end compares them whole, in
+	 * one instruction: the instruction budget alone would let this run for
+	 * minutes; the CPU time backstop stops it. */
+	agent_rt *a = NULL;
+	tn_error err = { 0 };
+	agent_limits lim = { .memory = 4 << 20, .instructions = 2000000000, .cpu_ms = 200 };
+	const char *src = "local x = string.rep('a', 1000000) .. 'b'\n"
+			  "local y = string.rep('a', 1000000) .. 'c'\n"
+			  "device.on('spin', function() local n = 0 while true do if x == y then n = n + 1 end end end)\n"
+			  "device.on('m', function(d) device.send('r', d) end)\n";
+	ck_assert_int_eq(agent_rt_new(&a, src, strlen(src), &lim, &host, &err), 0);
+	ck_assert_int_eq(agent_rt_message(a, "spin", NULL), AGENT_BUDGET);
+	ck_assert_log("the 'spin' handler stopped: over its CPU time limit of 200 ms", 1);
+	ck_sends(a, "7", "r", "7");
+	/* and it cannot be caught either */
+	ck_assert_int_eq(agent_rt_message(a, "spin", NULL), AGENT_BUDGET);
+	agent_rt_free(a);
+}
+END_TEST
+
 START_TEST(limit_budget_default_is_10_million)
 {
 	agent_rt *a = start("device.on('m', function(n) for i = 1, n do end end)\n");
@@ -1641,6 +1663,7 @@ int main(void)
 	tc = tcase("limits");
 	tcase_add_test(tc, limit_budget_stops_a_loop_and_the_agent_goes_on);
 	tcase_add_test(tc, limit_budget_default_is_10_million);
+	tcase_add_test(tc, limit_cpu_time_stops_costly_instructions);
 	tcase_add_test(tc, limit_budget_cannot_be_caught);
 	tcase_add_test(tc, limit_budget_in_the_top_level);
 	tcase_add_test(tc, limit_budget_counts_what_c_builds);
