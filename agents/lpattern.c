@@ -2,8 +2,10 @@
  * lpattern.h, docs/agents.md).
  *
  * The matcher below is the PATTERN MATCHING part of Lua 5.4.4's lstrlib.c,
- * kept as it is apart from the layout, the step counting (LPAT_STEP) and
- * gmatch's state, which also keeps the step charge:
+ * kept as it is apart from the layout and the step counting: LPAT_STEP in
+ * the loops, the MatchState fields ctx and steps (lmemfind takes it too),
+ * reprepstate resetting the depth a raised charge may leave low, and
+ * gmatch's iterator keeping the charge as an upvalue:
  *
  *   Copyright (C) 1994-2022 Lua.org, PUC-Rio.
  *
