@@ -550,6 +550,7 @@ static int device__over_fd_limit(device_loop *d, struct lws *wsi)
 		log_warn("device connections at the limit of %d (from RLIMIT_NOFILE, see "
 			 "docs/operations.md): refusing new ones until some close", d->max_conns);
 	d->at_limit = 1;
+	metrics_error(ERR_DEVICE_CONNS_FULL);
 	lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, DEVICE_REFUSED_FULL);
 	return 1;
 }
@@ -766,7 +767,10 @@ static const struct lws_protocols device__protocols[] = {
 	  .per_session_data_size = sizeof(struct conn),
 	  /* lws allocates this per connection: small, since frames are reassembled
 	   * here anyway (bench/README.md: memory per idle device). */
-	  .rx_buffer_size = 1024 },
+	  .rx_buffer_size = 1024,
+	  /* lws caps each send at rx_buffer_size unless told: a 16 KiB firmware
+	   * chunk would go out in 16 send() calls (docs/performance.md). */
+	  .tx_packet_size = 65536 + 64 },
 	{ 0 }
 };
 

@@ -22,6 +22,7 @@ static const char *const metrics__error_names[ERR__COUNT] = {
 	[ERR_LOG_RATE] = "device_log_rate", [ERR_AGENT_LOG_RATE] = "agent_log_rate",
 	[ERR_CONNS_PER_IP] = "device_conns_per_ip",
 	[ERR_HTTP_FORBIDDEN] = "http_forbidden", [ERR_HTTP_AUTH_THROTTLED] = "http_auth_throttled",
+	[ERR_DEVICE_CONNS_FULL] = "device_conns_full",
 };
 
 static const struct {

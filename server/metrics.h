@@ -15,6 +15,7 @@ typedef enum {
 	ERR_CONNS_PER_IP,   /* a device connection over --max-conns-per-ip */
 	ERR_HTTP_FORBIDDEN,        /* a token without the role a call needs */
 	ERR_HTTP_AUTH_THROTTLED,   /* refused: too many failed token attempts from the address */
+	ERR_DEVICE_CONNS_FULL,     /* a device connection refused: tenderd is at its descriptor budget */
 	ERR__COUNT
 } metrics_error_kind;
 

@@ -407,7 +407,7 @@ static void sched__on_online_active(scheduler *s, struct row *r, const struct li
 		snprintf(line, sizeof line, "firmware update completed: %s -> %s",
 			 r->from_fw[0] ? r->from_fw : "unknown", fw.version);
 		sched__transition(s, &SCHED_TX(.rollout = r->rollout, .device = r->device, .from = r->state,
-					       .to = "completed", .reason = line + 17, .event = line));
+					       .to = "completed", .reason = line + 16, .event = line));
 		sched_kick(s);
 	} else if (strcmp(r->state, "installing") == 0) {
 		snprintf(line, sizeof line, "the device came back running %s after installing %s",

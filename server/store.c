@@ -75,6 +75,7 @@ struct store {
 	tn_event *tx_events;
 	size_t ntx_events, cap_tx_events;
 	char write_err[256];        /* writer thread: why the last commit failed */
+	int queued_syncs;           /* sync ops in the queue (under lock) */
 };
 
 /* --- opening ---------------------------------------------------------------- */
@@ -430,15 +431,17 @@ static void store__fail_sync_locked(store *s, struct store_op *op)
 	op->done = 1;
 }
 
-/* After a failed commit: the sync ops taken (list onwards) and those queued
- * since (API calls, agents' server.save) fail at once with TN_ESTATE (a 503)
- * rather than wait for the disk to recover; the events are kept and
- * retried.  Returns the list without them; *end moves past removed ones. */
-static struct store_op *store__fail_syncs(store *s, struct store_op *list, struct store_op **end)
+/* After a failed commit: the sync ops taken (list onwards, when `taken`:
+ * the first failure) and those queued since (API calls, agents'
+ * server.save) fail at once with TN_ESTATE (a 503) rather than wait for the
+ * disk to recover; the events are kept and retried.  Returns the list
+ * without them; *end moves past removed ones. */
+static struct store_op *store__fail_syncs(store *s, struct store_op *list, struct store_op **end,
+					  int taken)
 {
 	struct store_op **pp = &list, *prev = NULL;
 	pthread_mutex_lock(&s->lock);
-	while (*pp) {
+	while (taken && *pp) {
 		struct store_op *op = *pp;
 		if (op->kind != OP_SYNC) {
 			pp = &op->next;
@@ -449,7 +452,8 @@ static struct store_op *store__fail_syncs(store *s, struct store_op *list, struc
 			*end = op->next;
 		store__fail_sync_locked(s, op);
 	}
-	for (pp = &s->head; *pp;) {
+	/* The queue grows while the disk is full: walk it only for a sync op. */
+	for (pp = &s->head; s->queued_syncs && *pp;) {
 		struct store_op *op = *pp;
 		if (op->kind != OP_SYNC) {
 			prev = op;
@@ -459,6 +463,7 @@ static struct store_op *store__fail_syncs(store *s, struct store_op *list, struc
 		*pp = op->next;
 		if (s->tail == op)
 			s->tail = prev;
+		s->queued_syncs--;
 		store__fail_sync_locked(s, op);
 	}
 	pthread_cond_broadcast(&s->done);
@@ -471,7 +476,7 @@ static void store__commit_list(store *s, struct store_op *list)
 {
 	while (list) {
 		struct store_op *end = list;
-		int n = 0, nevents = 0, tries = 0;
+		int n = 0, nevents = 0, tries = 0, failures = 0;
 		while (end && n < s->opt.batch_max) {
 			n += end->kind == OP_EVENT;
 			end = end->next;
@@ -479,7 +484,7 @@ static void store__commit_list(store *s, struct store_op *list)
 		/* Retry a failed commit (disk full, I/O error) rather than drop it.
 		 * While stopping, give up after a few seconds so shutdown ends. */
 		while (store__commit_chunk(s, list, end, &nevents) != 0) {
-			list = store__fail_syncs(s, list, &end);
+			list = store__fail_syncs(s, list, &end, failures++ == 0);
 			if (list == end)
 				break; /* only sync ops: nothing left to retry */
 			pthread_mutex_lock(&s->lock);
@@ -604,6 +609,7 @@ static void *store__writer_main(void *arg)
 			break; /* stopping, and everything is written */
 		struct store_op *list = s->head;
 		s->head = s->tail = NULL;
+		s->queued_syncs = 0;
 		pthread_mutex_unlock(&s->lock);
 		store__commit_list(s, list);
 		pthread_mutex_lock(&s->lock);
@@ -754,6 +760,7 @@ int store_sync(store *s, store_sync_fn fn, void *arg, tn_error *err)
 		return tn_err(err, TN_ESTATE, "the store is closed");
 	}
 	store__push_locked(s, &op);
+	s->queued_syncs++;
 	while (!op.done)
 		pthread_cond_wait(&s->done, &s->lock);
 	pthread_mutex_unlock(&s->lock);

@@ -10,9 +10,9 @@ top=$(pwd)
 PKGS="build-essential autoconf automake pkg-config \
   libwebsockets-dev libmicrohttpd-dev libsqlite3-dev libjansson-dev liblua5.4-dev \
   libssl-dev libcurl4-openssl-dev check nodejs node-ws curl sqlite3 openssl"
-# only for `test`: the libFuzzer runs, and the browser tests (Debian's
-# chromium driven by playwright-core from the npm registry)
-TEST_PKGS="clang libclang-rt-14-dev chromium"
+# only for `test`: the libFuzzer runs, the browser tests (Debian's
+# chromium driven by playwright-core from the npm registry), tools/valgrind.sh
+TEST_PKGS="clang libclang-rt-14-dev chromium valgrind"
 
 install_packages() {
   missing=""
@@ -64,7 +64,9 @@ test)
     make -C "$top/build-asan" -j"$(nproc)" check || status=1
   # Every parser's fuzzer, for a bounded time (FUZZ_SECONDS each, default 30).
   sh "$top/tools/fuzz.sh" "${FUZZ_SECONDS:-30}" || status=1
-  sh "$top/tools/test-summary.sh" "$top/build" "$top/build-asan" || status=1
+  # Two integration tests with tenderd under valgrind memcheck (a few minutes).
+  sh "$top/tools/valgrind.sh" "$top/build" || status=1
+  sh "$top/tools/test-summary.sh" "$top/build" "$top/build-asan" "$top/build/valgrind" || status=1
   exit $status
   ;;
 *)

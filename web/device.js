@@ -71,7 +71,7 @@ export function deviceView(id) {
       ...detail('Flash size', f ? bytes(f.size) : null),
       ...detail('Uniform erase', f ? `4 KB: ${f.uniform_4k_erase ? 'yes' : 'no'}, 64 KB: ${f.uniform_64k_erase ? 'yes' : 'no'}` : null),
       ...detail('Connected', d.online ? when(d.connected_at) : null),
-      ...detail('Last seen', d.online ? 'now' : `${ago(d.last_seen)} (${when(d.last_seen)})`),
+      ...detail('Last seen', d.online ? 'now' : d.last_seen ? `${ago(d.last_seen)} (${when(d.last_seen)})` : 'never'),
       ...detail('Registered', when(d.created)));
   }
 
@@ -245,10 +245,10 @@ export function deviceView(id) {
       log.append(eventLine(ev));
       if (stick) log.scrollTop = log.scrollHeight;
       if (ev.type === 'status' && /^Agent /.test(ev.msg)) agentSoon();
-      if (ev.type === 'status' && /^Device (connected|disconnected)$/.test(ev.msg)) {
-        device.online = ev.msg === 'Device connected';
-        if (device.online) device.connected_at = ev.ts; else device.last_seen = ev.ts;
-        renderDetails();
+      // A hello may bring new hw, fw or flash (after an update, say).
+      if ((ev.type === 'status' && /^Device (connected|disconnected)$/.test(ev.msg)) ||
+          /^firmware update completed/.test(ev.msg)) {
+        loadDevice();
         agentSoon();
       }
     });

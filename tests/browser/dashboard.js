@@ -3,16 +3,18 @@
 // against the real tenderd that tests/integration/test_09_browser.c starts.
 //   node dashboard.js SCENARIO BASE_URL TOKEN SHOT_DIR [ARGS...]
 // Scenarios (the C test sets up what each needs first):
-//   signin              keyboard-only sign-in, a refused token, a 401 mid-session
+//   signin VIEWER DEV   keyboard-only sign-in, a refused token, a 401 mid-session,
+//                       a viewer token refused a restart with the reason
 //   live DEV            DEV (group web, agent code deployed) comes online without a
 //                       reload; its log, history paging, deploy, compile error,
 //                       restart and migrate.  Prints "fleet ready" when the C test
 //                       should start the device.
 //   rollout S25 W25     upload firmware, create a rollout, read the plan's block
-//                       reason, start it and watch it complete; flash-part
-//                       verdicts and a CSV import with a line-numbered error
+//                       reason, start it and watch it complete; abort a second
+//                       one; flash-part verdicts and a CSV import with a
+//                       line-numbered error
 //   paging              120 devices: three pages, search, group and state filters
-//   phone DEV           390 px wide: no view scrolls sideways
+//   phone DEV           390 px wide: no view scrolls sideways, every control is labelled
 // Prints progress lines and, last, "ok SCENARIO" or "fail: why".
 // Waits are playwright waits with generous timeouts, never sleeps.
 'use strict';
@@ -43,7 +45,7 @@ async function waitLog(page, text, count = 1) {
 
 const countLog = async (page, text) => (await logLines(page)).filter((l) => l.text.includes(text)).length;
 
-async function signin(page) {
+async function signin(page, viewer, dev) {
   await page.goto(base + '/');
   // Keyboard only: Tab to the token field (past the skip link), type, Enter.
   let focused = '';
@@ -81,6 +83,17 @@ async function signin(page) {
   await page.locator('#signin-msg', { hasText: '401' }).waitFor({ timeout: T });
   check(await page.locator('#token').isVisible(), 'no sign-in form after a 401');
   await page.screenshot({ path: path.join(shots, 'signin-401.png') });
+  console.log('401 sends back to sign in');
+  // A viewer token looks but cannot change: the 403 says why, in place.
+  await page.getByLabel('Admin token').fill(viewer);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  // Signing in again returns to the page that was open.
+  await page.getByRole('heading', { name: 'Flash parts', level: 2 }).waitFor({ timeout: T });
+  await page.evaluate((d) => { location.hash = `#/devices/${d}`; }, dev);
+  await page.locator('#agent-state').waitFor({ timeout: T });
+  await page.getByRole('button', { name: 'Restart agent' }).click();
+  await page.getByRole('status').filter({ hasText: 'Cannot restart' }).filter({ hasText: 'operator' }).waitFor({ timeout: T });
+  console.log('a viewer is told why it cannot restart');
 }
 
 async function live(page, dev) {
@@ -196,6 +209,22 @@ async function rollout(page, s25, w25) {
   console.log('rollout completed');
   await page.screenshot({ path: path.join(shots, 'rollout-done.png'), fullPage: true });
 
+  // A second rollout, by hardware model: nothing left to do, and aborted
+  // from its page after the confirmation.
+  await page.getByRole('link', { name: '← Firmware & rollouts' }).click();
+  await page.getByRole('link', { name: 'Rollout 1' }).waitFor({ timeout: T });
+  await page.getByRole('combobox', { name: 'Firmware', exact: true }).selectOption({ label: '36.11 (imp003)' });
+  await page.getByRole('combobox', { name: 'Target' }).selectOption('hw');
+  await page.getByLabel('Devices, group or hardware').fill('imp003');
+  await page.getByRole('button', { name: 'Create rollout (paused)' }).click();
+  await page.getByRole('heading', { name: 'Rollout 2' }).waitFor({ timeout: T });
+  await page.getByText('0 eligible, 1 blocked, 1 up to date').waitFor({ timeout: T });
+  page.once('dialog', (d) => d.accept());
+  await page.getByRole('button', { name: 'Abort' }).click();
+  await page.locator('#rollout-state', { hasText: 'aborted' }).waitFor({ timeout: T });
+  await page.getByText('This rollout has been aborted.').waitFor({ timeout: T });
+  console.log('second rollout aborted');
+
   await page.getByRole('link', { name: 'Flash parts' }).click();
   await page.getByLabel('Verdict for firmware').selectOption({ label: '36.11 (imp003)' });
   const s25row = page.locator('tr', { hasText: 'S25FL127S' }).first();
@@ -249,9 +278,15 @@ async function paging(page) {
   console.log('filtered');
 }
 
+// Also: every visible control has a label or a name a screen reader reads.
 async function noSideScroll(page, what) {
   const [sw, w] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
   check(sw <= w, `${what} scrolls sideways at ${w} px: ${sw} px wide`);
+  const unlabelled = await page.$$eval('input, select, textarea, button', (els) => els
+    .filter((el) => el.offsetParent !== null && !(el.labels && el.labels.length) &&
+      !el.getAttribute('aria-label') && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+    .map((el) => el.outerHTML.slice(0, 80)));
+  check(!unlabelled.length, `${what} has controls without a label: ${unlabelled.join(' ')}`);
   await page.screenshot({ path: path.join(shots, `phone-${what}.png`), fullPage: true });
 }
 

@@ -156,6 +156,18 @@ START_TEST(seed_report_story)
 	ck_assert_int_eq(json_integer_value(json_object_get(counts, "completed")), 1);
 	ck_assert_int_eq(json_integer_value(json_object_get(counts, "blocked")), 1);
 	json_decref(ro);
+	/* The plan says how the completed one ended, whole. */
+	snprintf(path, sizeof path, "/v1/rollouts/%lld/plan", id);
+	json_t *done_plan = th_get_json(&s, path, 200), *pd;
+	size_t pi;
+	int reason_seen = 0;
+	json_array_foreach(json_object_get(done_plan, "devices"), pi, pd)
+		if (strcmp(json_string_value(json_object_get(pd, "id")), W25) == 0) {
+			ck_assert_str_eq(json_string_value(json_object_get(pd, "state_reason")), "completed: 36.10 -> 36.11");
+			reason_seen = 1;
+		}
+	ck_assert(reason_seen);
+	json_decref(done_plan);
 
 	kill(d1, SIGKILL);
 	kill(d2, SIGKILL);

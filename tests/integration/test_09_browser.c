@@ -1,14 +1,13 @@
 /* tests/integration/test_09_browser.c -- a real browser (Debian's chromium,
  * driven by playwright-core from tests/browser) against the dashboard tenderd
- * serves: EventSource live lines; keyboard-only sign-in; a device coming
- * online without a reload, its log, deploying agent code and a compile error;
- * a rollout's plan with the block reason; paging, search and filters; a
- * phone-width layout.  Each case
- * sets up the server and simulated devices, then runs one scenario of
- * tests/browser/dashboard.js.  Screenshots go to
- * $TN_BUILDDIR/tests/integration/screenshots/.  Skipped (exit 77) only where
- * chromium or playwright-core is not installed; tools/quickstart.sh test
- * installs both. */
+ * serves: EventSource live lines; keyboard-only sign-in, a 401 and a viewer's
+ * 403; a device coming online without a reload, its log, deploying agent code
+ * and a compile error; a rollout's plan with the block reason; paging, search
+ * and filters; a phone-width layout.  Each case sets up the server and
+ * simulated devices, then runs one scenario of tests/browser/dashboard.js.
+ * Screenshots go to $TN_BUILDDIR/tests/integration/screenshots/.  Skipped
+ * (exit 77) only where chromium or playwright-core is not installed;
+ * tools/quickstart.sh test installs both. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <signal.h>
@@ -126,8 +125,14 @@ START_TEST(keyboard_sign_in_and_401)
 	start(&s);
 	free(th_register(&s, S25, "imps"));
 	free(th_register(&s, W25, "imps"));
+	th_resp r;
+	th_http(&s, "POST", "/v1/tokens", NULL, "{\"role\":\"viewer\",\"name\":\"wall display\"}", NULL, &r);
+	ck_assert_msg(r.status == 201, "viewer token: %ld %s", r.status, r.body);
+	char viewer[200];
+	snprintf(viewer, sizeof viewer, "%s", json_string_value(json_object_get(r.json, "token")));
+	th_resp_free(&r);
 	const char *out;
-	pid_t browser = scenario(&s, "signin", NULL, NULL, &out);
+	pid_t browser = scenario(&s, "signin", viewer, S25, &out);
 	scenario_passed(browser, out, "signin", 90000);
 	th_server_cleanup(&s);
 }
