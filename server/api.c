@@ -965,14 +965,23 @@ static enum MHD_Result api__deploy(struct req *r, const char *rest)
 		return api__error(r, 404, "no such resource: %s", r->url);
 	memcpy(group, rest, (size_t)(slash - rest));
 	group[slash - rest] = '\0';
+	if (strcmp(r->method, "GET") == 0) {
+		json_t *code = store_group_agent(r->a->st, group, &err);
+		return code ? api__json(r, 200, code) : api__store_error(r, &err);
+	}
 	if (strcmp(r->method, "PUT") != 0)
-		return api__method_not_allowed(r, "PUT");
+		return api__method_not_allowed(r, "GET, PUT");
 	const char *type = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
 	if (!type || (strncasecmp(type, "text/plain", 10) != 0 && strncasecmp(type, "text/x-lua", 10) != 0))
 		return api__error(r, 415, "agent code is Lua source: Content-Type: text/plain, not '%s'",
 				  type ? type : "none");
 	if (!r->body_len)
 		return api__error(r, 400, "the agent code is empty");
+	/* Text, so that GET can give it back as JSON, and the dashboard edit it. */
+	json_t *text = json_stringn(r->body, r->body_len);
+	if (!text || memchr(r->body, '\0', r->body_len))
+		return json_decref(text), api__error(r, 400, "the agent code is not UTF-8 text");
+	json_decref(text);
 	if (sup_deploy(r->a->sup, group, r->body, r->body_len, &err))
 		return err.code == TN_EINVAL ? api__error(r, 400, "%s", err.msg) : api__store_error(r, &err);
 	return api__json(r, 200, json_pack("{ss sI}", "group", group, "bytes", (json_int_t)r->body_len));

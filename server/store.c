@@ -1050,6 +1050,41 @@ int store_group_has_agent(store *s, const char *group)
 	return has;
 }
 
+json_t *store_group_agent(store *s, const char *group, tn_error *err)
+{
+	sqlite3 *db = store_reader_get(s);
+	sqlite3_stmt *st = NULL;
+	json_t *out = NULL;
+	char when[32];
+
+	if (!db) {
+		tn_err(err, TN_EIO, "no read connection");
+		return NULL;
+	}
+	if (sqlite3_prepare_v2(db, "SELECT source, version, updated FROM agent_code WHERE grp = ?", -1, &st,
+			       NULL) != SQLITE_OK) {
+		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	} else {
+		sqlite3_bind_text(st, 1, group, -1, SQLITE_STATIC);
+		int rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW) {
+			logfmt_iso8601(when, sizeof when, sqlite3_column_int64(st, 2));
+			out = json_pack("{ss s:s% sI ss}", "group", group, "source",
+					(const char *)sqlite3_column_text(st, 0), (size_t)sqlite3_column_bytes(st, 0),
+					"version", (json_int_t)sqlite3_column_int64(st, 1), "updated", when);
+			if (!out)
+				tn_err(err, TN_EIO, "the stored agent code of group %s is not valid UTF-8", group);
+		} else if (rc == SQLITE_DONE) {
+			tn_err(err, TN_ENOTFOUND, "group %s has no agent code", group);
+		} else {
+			tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+		}
+	}
+	sqlite3_finalize(st);
+	store_reader_put(s, db);
+	return out;
+}
+
 int store_device_foreach_secret(store *s, void (*fn)(void *arg, uint64_t id, const char *hash),
 				void *arg, tn_error *err)
 {

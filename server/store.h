@@ -127,6 +127,10 @@ json_t *store_fleet_summary(store *s, tn_error *err);
 /* 1 when the group has agent code deployed, 0 when not (or on error). */
 int store_group_has_agent(store *s, const char *group);
 
+/* The group's agent code: {"group","source","version","updated"}, or NULL
+ * with TN_ENOTFOUND (none deployed) or TN_EIO in err.  owned. */
+json_t *store_group_agent(store *s, const char *group, tn_error *err);
+
 /* Calls fn for every device's id and secret hash (to load the registry). */
 int store_device_foreach_secret(store *s, void (*fn)(void *arg, uint64_t id, const char *hash),
 				void *arg, tn_error *err);

@@ -132,18 +132,20 @@ export function deviceView(id) {
       codeSection.replaceChildren(h('p.empty', 'Agent code belongs to a group, and this device has none: set one first.'), groupForm);
       return;
     }
-    const draftKey = `tender.code.${group}`;
     const code = h('textarea#code', {
       rows: 14, spellcheck: 'false', autocomplete: 'off', 'aria-describedby': 'code-help code-result',
       placeholder: 'device.on("reading", function (data)\n  server.log(data)\nend)',
     });
-    code.value = sessionStorage.getItem(draftKey) || '';
+    // The box starts with the code the group runs (unless typing began first).
+    api(`/v1/groups/${encodeURIComponent(group)}/agent`).then((c) => {
+      if (!code.value && c && typeof c.source === 'string') code.value = c.source;
+    }).catch(() => { /* 404: no code yet; other errors show on deploy */ });
     const result = h('div#code-result', { 'aria-live': 'polite' });
     const deploy = h('button', { type: 'submit' }, `Deploy to group ${group}`);
     const form = h('form.code', { onsubmit: async (e) => { e.preventDefault(); await deployCode(); } },
       h('label', { for: 'code' }, `Agent code (Lua) for group ${group}`),
       h('p#code-help.hint', 'Deploying replaces the code of every device in the group; its running agents restart with it. ' +
-        'The server does not give back the code deployed now: this box keeps what this tab deployed last.'),
+        'The box starts with the code the group runs now.'),
       code, h('div.actions', deploy));
     codeSection.replaceChildren(form, result, h('details', h('summary', 'Move this device to another group'), groupForm));
 
@@ -152,7 +154,6 @@ export function deviceView(id) {
       result.replaceChildren(h('p.notice.info', 'Deploying…'));
       try {
         const r = await api(`/v1/groups/${encodeURIComponent(group)}/agent`, { method: 'PUT', body: code.value, type: 'text/plain' });
-        sessionStorage.setItem(draftKey, code.value);
         result.replaceChildren(h('p.notice.ok', `Deployed ${r.bytes} bytes to group ${r.group}.`));
         agentSoon();
       } catch (e) {

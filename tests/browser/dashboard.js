@@ -141,6 +141,11 @@ async function live(page, dev) {
   await waitLog(page, '[Agent] agent v2 ready');
   await page.locator('#code-result', { hasText: 'Deployed' }).waitFor({ timeout: T });
   console.log('deployed');
+  // A fresh view starts from the code the group runs.
+  await page.reload();
+  await page.waitForFunction(() => { const c = document.querySelector('#code');
+    return c && c.value.includes('agent v2 ready'); }, null, { timeout: T });
+  console.log('the code box starts with the deployed code');
 
   await page.getByLabel('Agent code (Lua) for group web').fill('local x = 1\nx = = 2\n');
   await page.getByRole('button', { name: 'Deploy to group web' }).click();

@@ -448,6 +448,18 @@ START_TEST(search_and_fleet_counts)
 	ck_assert_int_eq(resp.status, 200);
 	th_resp_free(&resp);
 	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Agent started.", 10000), 1);
+	/* The group's code can be read back (the dashboard's editor starts from it). */
+	json_t *code = th_get_json(&s, "/v1/groups/lamps/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(code, "source")), "server.log('up')");
+	ck_assert_int_eq(json_integer_value(json_object_get(code, "version")), 1);
+	json_decref(code);
+	th_http(&s, "GET", "/v1/groups/nocode/agent", NULL, NULL, NULL, &resp);
+	ck_assert_int_eq(resp.status, 404);
+	th_resp_free(&resp);
+	th_http(&s, "PUT", "/v1/groups/lamps/agent", "text/plain", "-- \xff\xfe", NULL, &resp);
+	ck_assert_int_eq(resp.status, 400);
+	ck_assert_ptr_nonnull(strstr(resp.body, "not UTF-8 text"));
+	th_resp_free(&resp);
 	l = th_get_json(&s, "/v1/devices?group=lamps", 200);
 	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(l, "devices"), 0),
 							   "agent_state")), "running");

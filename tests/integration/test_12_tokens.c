@@ -58,6 +58,7 @@ static const struct {
 	{ "GET", "/v1/firmware", NULL, NULL, "viewer" },
 	{ "GET", "/v1/rollouts", NULL, NULL, "viewer" },
 	{ "GET", "/v1/enrollment-tokens", NULL, NULL, "viewer" },
+	{ "GET", "/v1/groups/imps/agent", NULL, NULL, "viewer" },
 	{ "POST", "/v1/logstreams", NULL, "{\"devices\":[\"" DEV1 "\"]}", "viewer" },
 	{ "POST", "/v1/devices", NULL, "{\"id\":\"00000000000000c3\"}", "operator" },
 	{ "PATCH", "/v1/devices/" DEV1, NULL, "{\"name\":\"renamed\"}", "operator" },
