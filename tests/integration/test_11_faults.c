@@ -634,6 +634,82 @@ START_TEST(fd_exhaustion_refuses_cleanly_and_recovers)
 }
 END_TEST
 
+/* An agent that tries every way out of its sandbox, over its HTTP handler
+ * (the real daemon, the real request path): each is refused, the refusal
+ * does not stop the agent, and another agent sees nothing of what it tried. */
+static const char *escape_agent =
+	"local function try(f) local ok, e = pcall(f) return ok and 'ALLOWED' or tostring(e) end\n"
+	"http.onrequest(function(req, res)\n"
+	"  if req.path == '/probe' then res.send(200, {evil = (('abc').evil ~= nil), rep = string.rep ~= nil}) return end\n"
+	"  local r = {}\n"
+	"  r.dump = try(function() return string.dump(function() end) end)\n"
+	"  r.bytecode = try(function() assert(load('\\27Lua\\84\\0', 'x', 'b')) end)\n"
+	"  r.bytecode_mode = try(function() assert(load('return 1', 'x', 'bt')) end)\n"
+	"  r.debug = try(function() return debug.getregistry() end)\n"
+	"  r.io = try(function() return io.open('/etc/passwd') end)\n"
+	"  r.execute = try(function() return os.execute('touch /tmp/tender-escaped') end)\n"
+	"  r.require = try(function() return require('os') end)\n"
+	"  r.dofile = try(function() return dofile('/etc/passwd') end)\n"
+	"  r.strmeta = try(function() getmetatable('').__index.evil = function() return 1 end end)\n"
+	"  r.strmeta_set = try(function() setmetatable(getmetatable(''), {}) end)\n"
+	"  r.string_lib = try(function() string.evil = true; string.rep = nil end)\n"
+	"  r.rawset_G = try(function() rawset(_G, 'io', {}) end)\n"
+	"  res.send(200, r)\n"
+	"end)\n";
+
+START_TEST(an_agent_cannot_escape_its_sandbox)
+{
+	th_server s;
+	th_server_start(&s, "--agent-workers 1");
+	th_resp r;
+	th_http(&s, "PUT", "/v1/groups/jail/agent", "text/plain", escape_agent, NULL, &r);
+	ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+	th_resp_free(&r);
+	free(th_register(&s, "00000000000000e1", "jail"));
+	free(th_register(&s, "00000000000000e2", "jail"));
+	char *ids[2];
+	for (int i = 0; i < 2; i++) {
+		json_t *a = th_get_json(&s, i ? "/v1/devices/00000000000000e2/agent" : "/v1/devices/00000000000000e1/agent", 200);
+		ids[i] = strdup(json_string_value(json_object_get(a, "agent_id")));
+		json_decref(a);
+	}
+	char path[256];
+	snprintf(path, sizeof path, "/agent/%s/try", ids[0]);
+	unlink("/tmp/tender-escaped");
+	th_http(&s, "GET", path, NULL, NULL, "", &r);
+	ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+	const char *key;
+	json_t *v;
+	json_object_foreach(r.json, key, v) {
+		const char *got = json_string_value(v);
+		/* string.rep = nil and string.evil only change this agent's own
+		 * copy of the string table: allowed, and checked below. */
+		if (strcmp(key, "string_lib") == 0 || strcmp(key, "rawset_G") == 0 || strcmp(key, "bytecode_mode") == 0)
+			continue;
+		ck_assert_msg(got && strcmp(got, "ALLOWED") != 0, "%s was allowed: %s", key, r.body);
+	}
+	ck_assert_int_ge((int)json_object_size(r.json), 12);
+	/* text chunks still load; a binary one never does, whatever the mode says */
+	ck_assert_str_eq(json_string_value(json_object_get(r.json, "bytecode_mode")), "ALLOWED");
+	th_resp_free(&r);
+	ck_assert_int_ne(access("/tmp/tender-escaped", F_OK), 0);
+	/* The agent is still there, and the other agent's strings are its own. */
+	for (int i = 0; i < 2; i++) {
+		snprintf(path, sizeof path, "/agent/%s/probe", ids[i]);
+		th_http(&s, "GET", path, NULL, NULL, "", &r);
+		ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+		if (i == 1) {
+			ck_assert(json_is_false(json_object_get(r.json, "evil")));
+			ck_assert(json_is_true(json_object_get(r.json, "rep")));
+		}
+		th_resp_free(&r);
+	}
+	free(ids[0]);
+	free(ids[1]);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -641,6 +717,7 @@ int main(void)
 		device_that_stops_reading_is_cut_off_alone,
 		disk_full_refuses_clearly_and_recovers,
 		fd_exhaustion_refuses_cleanly_and_recovers,
+		an_agent_cannot_escape_its_sandbox,
 	};
 	/* TN_ONLY=WORD runs only the tests whose name holds WORD. */
 	const TTest *chosen[sizeof tests / sizeof tests[0]];
