@@ -54,6 +54,11 @@ struct agent_rt {
 	int64_t cpu_start_us;   /* the thread's CPU clock when the event began */
 	int in_event;
 	int ref_handlers, ref_connect, ref_disconnect, ref_http;
+	unsigned libs_done;     /* rt__lazy_names opened or assigned (bit i) */
+	size_t reserved;        /* what the libraries not opened yet would take */
+	int refused;            /* the last request was over the cap: Lua may retry it */
+	void *refused_ptr;
+	size_t refused_nsize;
 	struct rt_timer *timers;
 	int ntimers, next_timer_id;
 	agent_http_res *res;    /* the response being built, during http */
@@ -77,8 +82,23 @@ static void *rt__alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 		free(ptr);
 		return NULL;
 	}
-	if (nsize > old && a->used + (nsize - old) > a->lim.memory) {
+	/* Over the cap, Lua collects all its garbage (an emergency collection,
+	 * which frees blocks meanwhile) and asks again for the same block: only
+	 * a second refusal, or a refusal Lua could not retry, is out of memory.
+	 * So garbage never stops an agent that a full collection would keep
+	 * under its cap, however far the incremental collector lags behind. */
+	int retry = a->refused && ptr == a->refused_ptr && nsize == a->refused_nsize;
+	if (a->refused && !retry)
 		a->oom = 1;
+	a->refused = 0;
+	if (nsize > old && a->used + a->reserved + (nsize - old) > a->lim.memory) {
+		if (retry || a->oom) {
+			a->oom = 1;
+		} else {
+			a->refused = 1;
+			a->refused_ptr = ptr;
+			a->refused_nsize = nsize;
+		}
 		return NULL;
 	}
 	void *p = realloc(ptr, nsize);
@@ -93,6 +113,16 @@ static void *rt__alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 	if (a->in_event && nsize > old)
 		a->count += (nsize - old) / RT_BYTES_PER_STEP;
 	return p;
+}
+
+/* A refusal still pending after Lua returned was not retried: the error it
+ * raised was out of memory, even if a pcall caught it. */
+static void rt__settle(agent_rt *a)
+{
+	if (a->refused) {
+		a->refused = 0;
+		a->oom = 1;
+	}
 }
 
 static int64_t rt__cpu_us(void)
@@ -613,13 +643,49 @@ static int rt__table_guard(lua_State *L)
 /* Lua runs finalizers (__gc) with hooks off, where no budget can stop them:
  * no __gc for agents.  An object is marked for finalization only if its
  * metatable has a __gc field when setmetatable is called. */
+static void rt__lazy_all(lua_State *L);
+
+/* Whether index holds the globals while they still have rt__open_lazy's
+ * metatable (upvalue 2 of setmetatable and getmetatable). */
+static int rt__lazy_globals(lua_State *L, int index)
+{
+	if (!lua_istable(L, index))
+		return 0;
+	lua_pushglobaltable(L);
+	int is = lua_rawequal(L, index, -1);
+	lua_pop(L, 1);
+	if (!is || !lua_getmetatable(L, index))
+		return 0;
+	is = lua_rawequal(L, -1, lua_upvalueindex(2));
+	lua_pop(L, 1);
+	return is;
+}
+
 static int rt__setmetatable(lua_State *L)
 {
+	/* The agent's own metatable on the globals replaces the lazy one: every
+	 * library not opened yet is opened first. */
+	if (rt__lazy_globals(L, 1))
+		rt__lazy_all(L);
 	if (lua_istable(L, 2)) {
 		lua_pushliteral(L, "__gc");
 		if (lua_rawget(L, 2) != LUA_TNIL)
 			return luaL_error(L, "setmetatable: __gc is not available to agents");
 		lua_pop(L, 1);
+	}
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+/* The globals' lazy metatable is not the agent's: getmetatable(_G) is nil,
+ * as if every library had been opened at the start. */
+static int rt__getmetatable(lua_State *L)
+{
+	if (rt__lazy_globals(L, 1)) {
+		lua_pushnil(L);
+		return 1;
 	}
 	lua_pushvalue(L, lua_upvalueindex(1));
 	lua_insert(L, 1);
@@ -680,26 +746,143 @@ static void rt__set_funcs(lua_State *L, const char *global, const luaL_Reg *fns)
 	lua_setglobal(L, global);
 }
 
+/* --- the libraries ----------------------------------------------------------- */
+
+/* Opened at their first use (the globals' __index, rt__lazy_index), which
+ * saves an agent that never uses them about 6 KB of its heap (math alone is
+ * 3.8 KB); what the agent sees is the same as if they were opened at the
+ * start, but for rawget(_G, name) and next(_G) before that first use. */
+static const char *const rt__lazy_names[] = { "table", "math", "utf8", "coroutine", "os", NULL };
+/* What each takes when opened (Lua 5.4, 64 bits; os with its full table,
+ * garbage until the next collection).  The memory cap counts it for every
+ * library not opened yet (agent_rt.reserved), so an agent fits under its cap
+ * exactly when it would with every library opened at the start, and the
+ * first use of a library never runs out of memory where that would not. */
+static const size_t rt__lazy_bytes[] = { 720, 2840, 420, 500, 940 };
+
+/* Library i is the agent's now (opened, or its name assigned). */
+static void rt__lazy_done(agent_rt *a, int i)
+{
+	a->libs_done |= 1u << i;
+	a->reserved -= rt__lazy_bytes[i];
+}
+
+/* Pushes library i of rt__lazy_names, as the sandbox has it. */
+static void rt__open_lib(lua_State *L, int i)
+{
+	switch (i) {
+	case 0:
+		luaopen_table(L);
+		for (const char *const *f = (const char *const[]){ "insert", "remove", "move", "sort", "concat",
+								  NULL };
+		     *f; f++) {
+			lua_getfield(L, -1, *f);
+			lua_pushstring(L, *f);
+			lua_pushcclosure(L, rt__table_guard, 2);
+			lua_setfield(L, -2, *f);
+		}
+		break;
+	case 1:
+		luaopen_math(L);
+		break;
+	case 2:
+		luaopen_utf8(L);
+		break;
+	case 3:
+		luaopen_coroutine(L);
+		break;
+	default: /* os: only the clock */
+		luaopen_os(L);
+		lua_createtable(L, 0, 3);
+		for (const char *const *f = (const char *const[]){ "time", "clock", "date", NULL }; *f; f++) {
+			lua_getfield(L, -2, *f);
+			lua_setfield(L, -2, *f);
+		}
+		lua_remove(L, -2);
+		break;
+	}
+}
+
+static int rt__lazy_find(lua_State *L, int index)
+{
+	if (lua_type(L, index) != LUA_TSTRING)
+		return -1;
+	const char *k = lua_tostring(L, index);
+	for (int i = 0; rt__lazy_names[i]; i++)
+		if (strcmp(k, rt__lazy_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/* __index of the globals: a library at its first use, else nil. */
+static int rt__lazy_index(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	int i = rt__lazy_find(L, 2);
+	if (i < 0 || (a->libs_done & (1u << i))) {
+		lua_pushnil(L);
+		return 1;
+	}
+	rt__lazy_done(a, i);
+	rt__open_lib(L, i);
+	lua_pushvalue(L, 2);
+	lua_pushvalue(L, -2);
+	lua_rawset(L, 1);
+	return 1;
+}
+
+/* __newindex of the globals: a library's name assigned before its first
+ * use is the agent's from then on (`math = nil` stays nil). */
+static int rt__lazy_newindex(lua_State *L)
+{
+	int i = rt__lazy_find(L, 2);
+	if (i >= 0 && !(rt__self(L)->libs_done & (1u << i)))
+		rt__lazy_done(rt__self(L), i);
+	lua_settop(L, 3);
+	lua_rawset(L, 1);
+	return 0;
+}
+
+static void rt__lazy_all(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	lua_pushglobaltable(L);
+	for (int i = 0; rt__lazy_names[i]; i++) {
+		if (a->libs_done & (1u << i))
+			continue;
+		rt__lazy_done(a, i);
+		rt__open_lib(L, i);
+		lua_setfield(L, -2, rt__lazy_names[i]); /* the key is absent: a raw set */
+	}
+	lua_pop(L, 1);
+}
+
+/* Pushes the globals' metatable: __index and __newindex above. */
+static void rt__open_lazy(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	for (int i = 0; rt__lazy_names[i]; i++)
+		a->reserved += rt__lazy_bytes[i];
+	lua_createtable(L, 0, 2);
+	lua_pushcfunction(L, rt__lazy_index);
+	lua_setfield(L, -2, "__index");
+	lua_pushcfunction(L, rt__lazy_newindex);
+	lua_setfield(L, -2, "__newindex");
+	lua_pushglobaltable(L);
+	lua_pushvalue(L, -2);
+	lua_setmetatable(L, -2);
+	lua_pop(L, 1);
+}
+
 static void rt__open_sandbox(lua_State *L)
 {
-	static const struct { const char *name; lua_CFunction open; } libs[] = {
-		{ LUA_GNAME, luaopen_base }, { LUA_TABLIBNAME, luaopen_table },
-		{ LUA_STRLIBNAME, luaopen_string }, { LUA_MATHLIBNAME, luaopen_math },
-		{ LUA_UTF8LIBNAME, luaopen_utf8 }, { LUA_COLIBNAME, luaopen_coroutine },
-	};
-	for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
-		luaL_requiref(L, libs[i].name, libs[i].open, 1);
-		lua_pop(L, 1);
-	}
-	/* os: only the clock. */
-	luaopen_os(L);
-	lua_createtable(L, 0, 3);
-	for (const char *const *f = (const char *const[]){ "time", "clock", "date", NULL }; *f; f++) {
-		lua_getfield(L, -2, *f);
-		lua_setfield(L, -2, *f);
-	}
-	lua_setglobal(L, "os");
+	/* Not through luaL_requiref: without require, package.loaded would
+	 * only hold memory. */
+	luaopen_base(L);
 	lua_pop(L, 1);
+	luaopen_string(L);
+	lua_setglobal(L, LUA_STRLIBNAME);
+	rt__open_lazy(L); /* its metatable stays on the stack for the wrappers */
 	for (const char *const *g = (const char *const[]){ "dofile", "loadfile", "collectgarbage", "require",
 							  "print", NULL }; *g; g++) {
 		lua_pushnil(L);
@@ -709,8 +892,14 @@ static void rt__open_sandbox(lua_State *L)
 	lua_pushcclosure(L, rt__load, 1);
 	lua_setglobal(L, "load");
 	lua_getglobal(L, "setmetatable");
-	lua_pushcclosure(L, rt__setmetatable, 1);
+	lua_pushvalue(L, -2);
+	lua_pushcclosure(L, rt__setmetatable, 2);
 	lua_setglobal(L, "setmetatable");
+	lua_getglobal(L, "getmetatable");
+	lua_pushvalue(L, -2);
+	lua_pushcclosure(L, rt__getmetatable, 2);
+	lua_setglobal(L, "getmetatable");
+	lua_pop(L, 1);
 	lua_getglobal(L, "xpcall");
 	lua_pushcclosure(L, rt__xpcall, 1);
 	lua_setglobal(L, "xpcall");
@@ -723,15 +912,6 @@ static void rt__open_sandbox(lua_State *L)
 	lua_pushcclosure(L, rt__string_rep, 1);
 	lua_setfield(L, -2, "rep");
 	lpat_open(L, rt__pattern_charge); /* find, match, gmatch, gsub: counted */
-	lua_pop(L, 1);
-	lua_getglobal(L, "table");
-	for (const char *const *f = (const char *const[]){ "insert", "remove", "move", "sort", "concat", NULL };
-	     *f; f++) {
-		lua_getfield(L, -1, *f);
-		lua_pushstring(L, *f);
-		lua_pushcclosure(L, rt__table_guard, 2);
-		lua_setfield(L, -2, *f);
-	}
 	lua_pop(L, 1);
 	/* The string metatable cannot be read or replaced. */
 	lua_pushliteral(L, "");
@@ -796,6 +976,7 @@ static int rt__protect(agent_rt *a, lua_CFunction fn, void *ud)
 	lua_pushcfunction(L, fn);
 	lua_pushlightuserdata(L, ud);
 	int rc = lua_pcall(L, 1, LUA_MULTRET, 0);
+	rt__settle(a);
 	if (rc == LUA_OK && !a->oom)
 		return AGENT_OK;
 	if (rc != LUA_OK && rc != LUA_ERRMEM && !a->oom) {
@@ -835,6 +1016,7 @@ static int rt__call(agent_rt *a, int nargs, const char *what)
 	a->in_event = 1;
 	int rc = lua_pcall(L, nargs, 0, base);
 	a->in_event = 0;
+	rt__settle(a);
 	int out = AGENT_OK;
 	if (a->oom || rc == LUA_ERRMEM) {
 		out = AGENT_OOM;
@@ -898,7 +1080,9 @@ int agent_rt_new(agent_rt **out, const char *source, size_t len, const agent_lim
 		agent_rt_free(a);
 		return tn_err(err, TN_ENOMEM, "over the memory cap while starting");
 	}
-	if (luaL_loadbufferx(a->L, source, len, "=agent.lua", "t") != LUA_OK) {
+	int loaded = luaL_loadbufferx(a->L, source, len, "=agent.lua", "t");
+	rt__settle(a);
+	if (loaded != LUA_OK) {
 		tn_err(err, a->oom ? TN_ENOMEM : TN_EINVAL, "%s", lua_tostring(a->L, -1));
 		int code = a->oom ? TN_ENOMEM : TN_EINVAL;
 		agent_rt_free(a);
@@ -910,6 +1094,10 @@ int agent_rt_new(agent_rt **out, const char *source, size_t len, const agent_lim
 		agent_rt_free(a);
 		return tn_err(err, TN_ENOMEM, "over the memory cap while starting");
 	}
+	/* The compiler's and the top level's garbage (about 2 KB) would stay
+	 * until the collector's next cycle, which an idle agent may not reach
+	 * for a long time. */
+	lua_gc(a->L, LUA_GCCOLLECT);
 	*out = a;
 	return 0;
 }

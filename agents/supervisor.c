@@ -43,6 +43,14 @@
 #define SUP_MAX_WORKERS 64
 #define SUP_BACKOFF_MAX_MS 60000
 
+/* An agent's state, as GET /v1/devices/{id}/agent names it (sup__states). */
+enum sup_state { ST_STOPPED, ST_RUNNING, ST_NO_CODE, ST_NO_DEVICE, ST_ERROR, ST_OOM, ST_MIGRATING };
+static const char *const sup__states[] = {
+	[ST_STOPPED] = "stopped", [ST_RUNNING] = "running", [ST_NO_CODE] = "no code",
+	[ST_NO_DEVICE] = "no device", [ST_ERROR] = "error", [ST_OOM] = "out of memory",
+	[ST_MIGRATING] = "migrating",
+};
+
 enum ev_kind {
 	EV_ONLINE, EV_OFFLINE, EV_MSG, EV_HTTP, EV_RELOAD, EV_RESTART, EV_MIGRATE_OUT, EV_MIGRATE_IN,
 	EV_INFO, EV_STOP_ALL, EV_ADOPT,
@@ -87,9 +95,9 @@ struct agent {
 	supervisor *sup;
 	/* the rest: owning worker only */
 	agent_rt *rt;
-	char state[32];                /* running, stopped, no code, error, out of memory */
-	char group[80];
-	char agent_id[64];
+	enum sup_state state;
+	const char *group;             /* interned (sup__intern): NULL until started */
+	char *agent_id;                /* owned, NULL until started */
 	unsigned char code_hash[32];   /* SHA-256 of the code rt runs */
 	int connected;
 	uint64_t conn;
@@ -98,8 +106,17 @@ struct agent {
 	int64_t events, restarts, started_ms;
 	int64_t restart_at;            /* ms (monotonic): restart after out of memory */
 	int backoff_ms;
-	char last_error[512];
+	char *last_error;              /* owned, NULL until the first error */
 	ratelimit logs;
+};
+
+/* A group name, interned once for every agent of the group; `has_code` says
+ * whether the group has agent code (under group_lock).  Never freed before
+ * sup_free: there are as many as groups ever seen. */
+struct sup_group {
+	struct sup_group *next;
+	int has_code;
+	char name[];
 };
 
 struct worker {
@@ -122,6 +139,14 @@ struct supervisor {
 	struct worker workers[SUP_MAX_WORKERS];
 	pthread_mutex_t route_lock;
 	idmap route;                   /* device -> struct agent (under route_lock) */
+	/* Devices seen online whose group had no code, so no struct agent:
+	 * device -> SUP_SEEN(conn, online) (under route_lock).  An agent entry
+	 * is made for them when code is deployed to their group, or an event
+	 * other than online, offline or a message needs one. */
+	idmap seen;
+	pthread_mutex_t group_lock;    /* innermost: taken under route_lock too */
+	struct sup_group *groups;
+	int ncode;                     /* groups with code (under group_lock) */
 	int next_worker;
 	int64_t last_rebalance;
 	pthread_mutex_t reply_lock;
@@ -136,6 +161,76 @@ struct sup_reply {
 	void *done_arg;
 	struct sup_info_wait *wait;
 };
+
+/* A seen device's connection, as `seen` holds it (never NULL). */
+#define SUP_SEEN(conn, online) ((void *)(uintptr_t)(((uint64_t)(conn) << 2) | 2u | ((online) ? 1u : 0u)))
+#define SUP_SEEN_CONN(v) ((uint64_t)(uintptr_t)(v) >> 2)
+#define SUP_SEEN_ONLINE(v) ((int)((uintptr_t)(v) & 1u))
+
+/* --- groups -------------------------------------------------------------------- */
+
+/* The interned name of `group` (NULL when out of memory); group_lock held. */
+static struct sup_group *sup__group_locked(supervisor *s, const char *group)
+{
+	for (struct sup_group *g = s->groups; g; g = g->next)
+		if (strcmp(g->name, group) == 0)
+			return g;
+	size_t len = strlen(group);
+	struct sup_group *g = malloc(sizeof *g + len + 1);
+	if (!g)
+		return NULL;
+	g->has_code = 0;
+	memcpy(g->name, group, len + 1);
+	g->next = s->groups;
+	s->groups = g;
+	return g;
+}
+
+static const char *sup__intern(supervisor *s, const char *group)
+{
+	pthread_mutex_lock(&s->group_lock);
+	struct sup_group *g = sup__group_locked(s, group);
+	pthread_mutex_unlock(&s->group_lock);
+	return g ? g->name : NULL;
+}
+
+static int sup__has_code(supervisor *s, const char *group)
+{
+	int has = 0;
+	pthread_mutex_lock(&s->group_lock);
+	for (struct sup_group *g = s->groups; g; g = g->next)
+		if (strcmp(g->name, group) == 0) {
+			has = g->has_code;
+			break;
+		}
+	pthread_mutex_unlock(&s->group_lock);
+	return has;
+}
+
+static void sup__set_code(supervisor *s, const char *group)
+{
+	pthread_mutex_lock(&s->group_lock);
+	struct sup_group *g = sup__group_locked(s, group);
+	if (g && !g->has_code) {
+		g->has_code = 1;
+		s->ncode++;
+	}
+	pthread_mutex_unlock(&s->group_lock);
+}
+
+static int sup__any_code(supervisor *s)
+{
+	pthread_mutex_lock(&s->group_lock);
+	int n = s->ncode;
+	pthread_mutex_unlock(&s->group_lock);
+	return n;
+}
+
+static void sup__set_error(struct agent *a, const char *msg)
+{
+	free(a->last_error);
+	a->last_error = msg && *msg ? strdup(msg) : NULL;
+}
 
 /* --- queues ------------------------------------------------------------------- */
 
@@ -185,13 +280,63 @@ static struct ev *sup__ev(enum ev_kind kind, uint64_t device)
 	return e;
 }
 
+static char *sup__group_of(supervisor *s, const char *hex, int *exists, char **agent_id);
+
+/* With no agent entry for the device (route_lock held, may be released and
+ * taken again): 1 if the event needs one, created by the caller; else 0, and
+ * the event only updates `seen`.  Only a device whose group has code gets an
+ * agent when it comes online or sends a message; the group is looked up only
+ * when some group has code. */
+static int sup__wants_agent(supervisor *s, struct ev *e, struct agent **found)
+{
+	int oom = 0;
+	if (e->kind == EV_OFFLINE) {
+		void *v = idmap_get(&s->seen, e->device);
+		if (v && SUP_SEEN_CONN(v) == e->conn)
+			idmap_put(&s->seen, e->device, SUP_SEEN(e->conn, 0), &oom);
+		return 0;
+	}
+	if (e->kind != EV_ONLINE && e->kind != EV_MSG)
+		return 1;
+	/* Seen online without an agent: its group had no code at its hello, and
+	 * a deploy since would have made its agent.  No store read per message. */
+	void *seen = idmap_get(&s->seen, e->device);
+	if (e->kind == EV_MSG && seen && SUP_SEEN_ONLINE(seen))
+		return 0;
+	int has = 0;
+	if (sup__any_code(s)) {
+		char hex[17];
+		int exists;
+		tn_device_id_format(e->device, hex);
+		pthread_mutex_unlock(&s->route_lock);
+		char *group = sup__group_of(s, hex, &exists, NULL);
+		pthread_mutex_lock(&s->route_lock);
+		/* sup_deploy marks the group under route_lock before it looks for
+		 * the group's seen devices: either it finds this one or has is 1. */
+		has = group && sup__has_code(s, group);
+		free(group);
+		if ((*found = idmap_get(&s->route, e->device)))
+			return 1;
+	}
+	if (has)
+		return 1;
+	if (e->kind == EV_ONLINE)
+		idmap_put(&s->seen, e->device, SUP_SEEN(e->conn, 1), &oom);
+	return 0;
+}
+
 /* Routes an event to the worker owning the device's agent, creating the
- * agent's entry (not started yet) on first use. */
+ * agent's entry (not started yet) on first use when it needs one. */
 static void sup__route(supervisor *s, struct ev *e)
 {
 	int oom = 0;
 	pthread_mutex_lock(&s->route_lock);
 	struct agent *a = idmap_get(&s->route, e->device);
+	if (!a && !sup__wants_agent(s, e, &a)) {
+		pthread_mutex_unlock(&s->route_lock);
+		sup__ev_free(e);
+		return;
+	}
 	if (!a) {
 		a = calloc(1, sizeof *a);
 		if (!a) {
@@ -202,7 +347,14 @@ static void sup__route(supervisor *s, struct ev *e)
 		a->device = e->device;
 		tn_device_id_format(e->device, a->hex);
 		a->sup = s;
-		snprintf(a->state, sizeof a->state, "stopped");
+		a->state = ST_STOPPED;
+		/* Online before its agent was needed: connected, as EV_ONLINE
+		 * would have made it (the worker adopts it before any event). */
+		void *seen = idmap_get(&s->seen, e->device);
+		if (seen) {
+			a->connected = SUP_SEEN_ONLINE(seen);
+			a->conn = SUP_SEEN_CONN(seen);
+		}
 		/* The least loaded worker. */
 		int best = 0;
 		for (int i = 1; i < s->nworkers; i++)
@@ -217,6 +369,8 @@ static void sup__route(supervisor *s, struct ev *e)
 			sup__ev_free(e);
 			return;
 		}
+		if (seen)
+			idmap_del(&s->seen, e->device);
 		struct ev *adopt = calloc(1, sizeof *adopt);
 		if (adopt) {
 			adopt->kind = EV_ADOPT;
@@ -249,8 +403,9 @@ static void sup__route(supervisor *s, struct ev *e)
 
 /* --- the store ------------------------------------------------------------------ */
 
-/* The device's group (owned) or NULL, and its agent id. */
-static char *sup__group_of(supervisor *s, const char *hex, int *exists, char *agent_id, size_t cap)
+/* The device's group (owned) or NULL, and its agent id (owned, NULL when
+ * empty) if agent_id is not NULL. */
+static char *sup__group_of(supervisor *s, const char *hex, int *exists, char **agent_id)
 {
 	sqlite3 *db = store_reader_get(s->st);
 	sqlite3_stmt *q = NULL;
@@ -263,7 +418,8 @@ static char *sup__group_of(supervisor *s, const char *hex, int *exists, char *ag
 		if (sqlite3_step(q) == SQLITE_ROW) {
 			*exists = 1;
 			const unsigned char *id = sqlite3_column_text(q, 1);
-			snprintf(agent_id, cap, "%s", id ? (const char *)id : "");
+			if (agent_id)
+				*agent_id = id && *id ? strdup((const char *)id) : NULL;
 			if (sqlite3_column_text(q, 0))
 				group = strdup((const char *)sqlite3_column_text(q, 0));
 		}
@@ -317,7 +473,7 @@ static void sup__host_log(void *ctx, int is_error, const char *msg)
 	if (!ratelimit_take(&a->logs, a->sup->opt.log_rate, tn_mono_ms())) {
 		metrics_error(ERR_AGENT_LOG_RATE);
 		if (is_error)
-			snprintf(a->last_error, sizeof a->last_error, "%s", msg);
+			sup__set_error(a, msg);
 		return;
 	}
 	sup__report_drops(a);
@@ -327,7 +483,7 @@ static void sup__host_log(void *ctx, int is_error, const char *msg)
 			sup__event(a, EV_AGENT, line);
 			free(line);
 		}
-		snprintf(a->last_error, sizeof a->last_error, "%s", msg);
+		sup__set_error(a, msg);
 	} else {
 		sup__event(a, EV_AGENT, msg);
 	}
@@ -441,7 +597,7 @@ static int64_t sup__host_now(void *ctx)
 
 /* --- lifecycle ------------------------------------------------------------------ */
 
-static void sup__stop_agent(struct agent *a, const char *status_line, const char *state)
+static void sup__stop_agent(struct agent *a, const char *status_line, enum sup_state state)
 {
 	if (a->rt) {
 		agent_rt_free(a->rt);
@@ -449,7 +605,7 @@ static void sup__stop_agent(struct agent *a, const char *status_line, const char
 		if (status_line)
 			sup__event(a, EV_STATUS, status_line);
 	}
-	snprintf(a->state, sizeof a->state, "%s", state);
+	a->state = state;
 }
 
 /* Starts (or restarts) the agent with its group's current code. */
@@ -457,14 +613,17 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 {
 	int exists;
 	size_t len = 0;
-	char *group = sup__group_of(a->sup, a->hex, &exists, a->agent_id, sizeof a->agent_id);
+	char *agent_id = NULL;
+	char *group = sup__group_of(a->sup, a->hex, &exists, &agent_id);
 	char *code = group ? sup__code_of(a->sup, group, &len) : NULL;
 	tn_error err = { 0 };
 
-	snprintf(a->group, sizeof a->group, "%s", group ? group : "");
+	free(a->agent_id);
+	a->agent_id = agent_id;
+	a->group = group ? sup__intern(a->sup, group) : NULL;
 	free(group);
 	if (!code) {
-		sup__stop_agent(a, NULL, exists ? "no code" : "no device");
+		sup__stop_agent(a, NULL, exists ? ST_NO_CODE : ST_NO_DEVICE);
 		return;
 	}
 	unsigned int hlen = 0;
@@ -478,7 +637,7 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 	if (rc == TN_ENOMEM) {
 		a->rt = NULL;
 		sup__event(a, EV_STATUS, "Agent stopped: out of memory.");
-		snprintf(a->state, sizeof a->state, "out of memory");
+		a->state = ST_OOM;
 		a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : 1000;
 		if (a->backoff_ms > SUP_BACKOFF_MAX_MS)
 			a->backoff_ms = SUP_BACKOFF_MAX_MS;
@@ -490,13 +649,13 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 		char line[400];
 		snprintf(line, sizeof line, "ERROR: the agent failed to start: %s", err.msg);
 		sup__event(a, EV_AGENT, line);
-		snprintf(a->last_error, sizeof a->last_error, "%s", err.msg);
-		snprintf(a->state, sizeof a->state, "error");
+		sup__set_error(a, err.msg);
+		a->state = ST_ERROR;
 		return;
 	}
 	a->started_ms = tn_now_ms();
 	a->restart_at = 0;
-	snprintf(a->state, sizeof a->state, "running");
+	a->state = ST_RUNNING;
 	sup__event(a, EV_STATUS, status_line);
 }
 
@@ -505,7 +664,7 @@ static void sup__after(struct agent *a, int rc)
 {
 	a->events++;
 	if (rc == AGENT_OOM) {
-		sup__stop_agent(a, "Agent stopped: out of memory.", "out of memory");
+		sup__stop_agent(a, "Agent stopped: out of memory.", ST_OOM);
 		a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : 1000;
 		if (a->backoff_ms > SUP_BACKOFF_MAX_MS)
 			a->backoff_ms = SUP_BACKOFF_MAX_MS;
@@ -519,7 +678,7 @@ static void sup__after(struct agent *a, int rc)
 /* The agent runs if it can: started lazily, on its first event. */
 static int sup__ensure_running(struct agent *a)
 {
-	if (!a->rt && (strcmp(a->state, "stopped") == 0))
+	if (!a->rt && a->state == ST_STOPPED)
 		sup__start_agent(a, "Agent started.");
 	return a->rt != NULL;
 }
@@ -567,12 +726,12 @@ static void sup__on_http(struct agent *a, struct ev *e)
 
 static json_t *sup__info(struct agent *a, struct worker *w)
 {
-	return json_pack("{ss ss ss si sI sI sI sb si ss?}", "device", a->hex, "state", a->state,
-			 "group", a->group, "worker", w->index,
+	return json_pack("{ss ss ss si sI sI sI sb si ss?}", "device", a->hex,
+			 "state", sup__states[a->state], "group", a->group ? a->group : "", "worker", w->index,
 			 "memory", (json_int_t)(a->rt ? agent_rt_memory(a->rt) : 0),
 			 "events", (json_int_t)a->events, "restarts", (json_int_t)a->restarts,
 			 "device_connected", a->connected, "queued_messages", a->q_len,
-			 "last_error", a->last_error[0] ? a->last_error : NULL);
+			 "last_error", a->last_error);
 }
 
 /* --- migration: the envelope (see the top, and agents/envelope.h) ------------- */
@@ -619,11 +778,12 @@ static int sup__env_fill(struct agent *a, int64_t now, agent_env *env)
 {
 	memset(env, 0, sizeof *env);
 	env->device = a->device;
-	env->agent_id = a->agent_id;
-	env->group = a->group;
+	/* Borrowed for the encoding, never written to (nor freed). */
+	env->agent_id = a->agent_id ? a->agent_id : (char *)"";
+	env->group = (char *)(a->group ? a->group : "");
 	memcpy(env->code_hash, a->code_hash, sizeof env->code_hash);
-	env->state = a->state;
-	env->last_error = a->last_error;
+	env->state = (char *)sup__states[a->state];
+	env->last_error = a->last_error ? a->last_error : (char *)"";
 	env->saved = sup__host_load(a);
 	env->events = a->events;
 	env->restarts = a->restarts;
@@ -745,9 +905,12 @@ static void sup__detach(struct agent *a)
 	a->backoff_ms = 0;
 	a->connected = 0;
 	a->conn = 0;
-	a->last_error[0] = a->group[0] = a->agent_id[0] = '\0';
+	sup__set_error(a, NULL);
+	free(a->agent_id);
+	a->agent_id = NULL;
+	a->group = NULL;
 	memset(a->code_hash, 0, sizeof a->code_hash);
-	snprintf(a->state, sizeof a->state, "migrating");
+	a->state = ST_MIGRATING;
 }
 
 /* Hands the agent and its waiting events to another worker (see the top). */
@@ -852,10 +1015,14 @@ static struct ev *sup__ev_from_env(supervisor *s, uint64_t device, agent_env_eve
 /* The agent as the envelope says (steals its queued frames). */
 static void sup__env_apply(struct agent *a, agent_env *env, int64_t base)
 {
-	snprintf(a->agent_id, sizeof a->agent_id, "%s", env->agent_id);
-	snprintf(a->group, sizeof a->group, "%s", env->group);
-	snprintf(a->state, sizeof a->state, "%s", env->state);
-	snprintf(a->last_error, sizeof a->last_error, "%s", env->last_error);
+	free(a->agent_id);
+	a->agent_id = env->agent_id && *env->agent_id ? strdup(env->agent_id) : NULL;
+	a->group = env->group && *env->group ? sup__intern(a->sup, env->group) : NULL;
+	a->state = ST_STOPPED; /* a state this node does not know: stopped */
+	for (size_t i = 0; env->state && i < sizeof sup__states / sizeof *sup__states; i++)
+		if (strcmp(env->state, sup__states[i]) == 0)
+			a->state = (enum sup_state)i;
+	sup__set_error(a, env->last_error);
 	memcpy(a->code_hash, env->code_hash, sizeof a->code_hash);
 	a->events = env->events;
 	a->restarts = env->restarts;
@@ -905,7 +1072,7 @@ static void sup__rebuild(struct agent *a, const agent_env *env, int64_t base)
 		if (sup__host_save(a, env->saved, strlen(env->saved), err, sizeof err))
 			log_warn("agent of %s: its saved state did not move: %s", a->hex, err);
 	free(have);
-	snprintf(a->state, sizeof a->state, "stopped");
+	a->state = ST_STOPPED;
 	sup__start_agent(a, "Agent started.");
 	if (a->rt && memcmp(a->code_hash, env->code_hash, sizeof a->code_hash) == 0)
 		sup__rearm(a, env, base);
@@ -934,7 +1101,7 @@ static void sup__migrate_in(struct worker *w, struct ev *e)
 		log_err("agent of %s: %s; it starts again from its code", a->hex, err.msg);
 		agent_rt_free(live);
 		agent_env_clear(&env);
-		snprintf(a->state, sizeof a->state, "stopped");
+		a->state = ST_STOPPED;
 		return;
 	}
 	/* In process the clock is the same: due times count from the encoding. */
@@ -943,7 +1110,7 @@ static void sup__migrate_in(struct worker *w, struct ev *e)
 		a->rt = live;
 		sup__rearm(a, &env, e->env_sent);
 		sup__event(a, EV_STATUS, "Agent started.");
-	} else if (strcmp(a->state, "running") == 0) {
+	} else if (a->state == ST_RUNNING) {
 		sup__rebuild(a, &env, tn_mono_ms());
 	}
 	/* The events that were waiting on the old worker go first, in order, at
@@ -1015,13 +1182,13 @@ static void sup__handle(struct worker *w, struct ev *e)
 			a->rt = NULL;
 			sup__start_agent(a, "Agent restarted: reload.");
 		} else {
-			snprintf(a->state, sizeof a->state, "stopped");
+			a->state = ST_STOPPED;
 			a->backoff_ms = 0;
 			sup__ensure_running(a);
 		}
 		break;
 	case EV_RESTART:
-		sup__stop_agent(a, NULL, "stopped");
+		sup__stop_agent(a, NULL, ST_STOPPED);
 		a->backoff_ms = 0;
 		a->restarts++;
 		sup__start_agent(a, "Agent started.");
@@ -1080,7 +1247,7 @@ static void sup__due_one(void *arg, uint64_t key, void *val)
 static void sup__stop_one(void *arg, uint64_t key, void *val)
 {
 	struct agent *a = val;
-	sup__stop_agent(a, "Agent stopped: shutdown.", "stopped");
+	sup__stop_agent(a, "Agent stopped: shutdown.", ST_STOPPED);
 }
 
 static void *sup__worker_main(void *arg)
@@ -1157,6 +1324,18 @@ int sup_start(supervisor **out, const sup_options *opt, store *st, tn_error *err
 		s->nworkers = SUP_MAX_WORKERS;
 	pthread_mutex_init(&s->route_lock, NULL);
 	pthread_mutex_init(&s->reply_lock, NULL);
+	pthread_mutex_init(&s->group_lock, NULL);
+	/* The groups with code: only their devices get an agent when they come
+	 * online (sup__wants_agent). */
+	sqlite3 *db = store_reader_get(st);
+	sqlite3_stmt *q = NULL;
+	if (db && sqlite3_prepare_v2(db, "SELECT grp FROM agent_code", -1, &q, NULL) == SQLITE_OK)
+		while (sqlite3_step(q) == SQLITE_ROW)
+			if (sqlite3_column_text(q, 0))
+				sup__set_code(s, (const char *)sqlite3_column_text(q, 0));
+	sqlite3_finalize(q);
+	if (db)
+		store_reader_put(st, db);
 	for (int i = 0; i < s->nworkers; i++) {
 		struct worker *w = &s->workers[i];
 		w->sup = s;
@@ -1203,6 +1382,8 @@ static void sup__free_agent(void *arg, uint64_t key, void *val)
 		free(m->frame);
 		free(m);
 	}
+	free(a->agent_id);
+	free(a->last_error);
 	free(a);
 }
 
@@ -1230,6 +1411,13 @@ void sup_free(supervisor *s)
 	}
 	idmap_foreach(&s->route, sup__free_agent, NULL);
 	idmap_free(&s->route);
+	idmap_free(&s->seen);
+	while (s->groups) {
+		struct sup_group *g = s->groups;
+		s->groups = g->next;
+		free(g);
+	}
+	pthread_mutex_destroy(&s->group_lock);
 	idmap_foreach(&s->replies, sup__free_reply, NULL);
 	idmap_free(&s->replies);
 	pthread_mutex_destroy(&s->route_lock);
@@ -1294,7 +1482,14 @@ int sup_deploy(supervisor *s, const char *group, const char *source, size_t len,
 	struct sup__deploy d = { group, source, len };
 	if ((rc = store_sync(s->st, sup__deploy_tx, &d, err)))
 		return rc;
-	/* Reload every agent of the group that has an entry (running or not). */
+	/* From now on the group's devices get an agent as they come online; the
+	 * ones online already are in `seen` (see sup__wants_agent). */
+	pthread_mutex_lock(&s->route_lock);
+	sup__set_code(s, group);
+	pthread_mutex_unlock(&s->route_lock);
+	/* Reload every agent of the group that has an entry (running or not),
+	 * or that would have had one before (seen online): sup__route makes
+	 * the entry, connected as its device is. */
 	sqlite3 *db = store_reader_get(s->st);
 	sqlite3_stmt *q = NULL;
 	if (db && sqlite3_prepare_v2(db, "SELECT id FROM devices WHERE grp = ?", -1, &q, NULL) == SQLITE_OK) {
@@ -1304,7 +1499,7 @@ int sup_deploy(supervisor *s, const char *group, const char *source, size_t len,
 			if (tn_device_id_parse((const char *)sqlite3_column_text(q, 0), &id))
 				continue;
 			pthread_mutex_lock(&s->route_lock);
-			int known = idmap_get(&s->route, id) != NULL;
+			int known = idmap_get(&s->route, id) || idmap_get(&s->seen, id);
 			pthread_mutex_unlock(&s->route_lock);
 			if (known) {
 				struct ev *e = sup__ev(EV_RELOAD, id);
@@ -1331,7 +1526,7 @@ int sup_restart(supervisor *s, uint64_t device, tn_error *err)
 int sup_migrate(supervisor *s, uint64_t device, int worker, tn_error *err)
 {
 	pthread_mutex_lock(&s->route_lock);
-	int known = idmap_get(&s->route, device) != NULL;
+	int known = idmap_get(&s->route, device) || idmap_get(&s->seen, device);
 	pthread_mutex_unlock(&s->route_lock);
 	if (!known)
 		return tn_err(err, TN_ESTATE, "the device's agent has not started yet");
@@ -1347,7 +1542,17 @@ json_t *sup_agent_info(supervisor *s, uint64_t device)
 {
 	pthread_mutex_lock(&s->route_lock);
 	int known = idmap_get(&s->route, device) != NULL;
+	void *seen = known ? NULL : idmap_get(&s->seen, device);
 	pthread_mutex_unlock(&s->route_lock);
+	if (seen) {
+		/* Seen online, its group without code: what its agent entry said
+		 * when there was one for every device. */
+		char hex[17];
+		tn_device_id_format(device, hex);
+		return json_pack("{ss ss ss si sI sI sI sb si}", "device", hex, "state", "no code", "group", "",
+				 "worker", 0, "memory", (json_int_t)0, "events", (json_int_t)0, "restarts",
+				 (json_int_t)0, "device_connected", SUP_SEEN_ONLINE(seen), "queued_messages", 0);
+	}
 	if (!known)
 		return json_pack("{ss}", "state", "not started");
 	struct sup_info_wait wait = { .done = 0 };

@@ -417,6 +417,48 @@ START_TEST(tender_sim_scripted_round_trips)
 }
 END_TEST
 
+/* A device online in a group without code has no agent ("no code"); a deploy
+ * to its group starts one at once, connected to it, and the next reloads it. */
+START_TEST(deploy_starts_agents_of_online_devices)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	deploy(&s, "lab", echo_agent, 200); /* some group has code, not DEV2's */
+	char *sec = th_register(&s, DEV2, "later");
+	const char *out = th_tmp(&s, "node.out");
+	char *const argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"), "connect",
+			       s.ws_url, "hello", DEV2, sec, "expect", "welcome", "expectmsg", "pushed",
+			       "close", NULL };
+	pid_t pid = th_spawn(argv, out);
+	ck_assert_int_eq(th_wait_online(&s, DEV2, 1, 10000), 0);
+	json_t *a = th_get_json(&s, "/v1/devices/" DEV2 "/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(a, "state")), "no code");
+	ck_assert(json_is_true(json_object_get(a, "device_connected")));
+	json_decref(a);
+	deploy(&s, "later", echo_agent, 200);
+	ck_assert_int_ge(th_wait_event(&s, DEV2, "status", "Agent started.", 5000), 1);
+	a = th_get_json(&s, "/v1/devices/" DEV2 "/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(a, "state")), "running");
+	ck_assert(json_is_true(json_object_get(a, "device_connected")));
+	json_decref(a);
+	char *aid = agent_id_of(&s, DEV2), path[160];
+	th_resp r;
+	snprintf(path, sizeof path, "/agent/%s/push", aid);
+	th_http(&s, "POST", path, "text/plain", "7", "", &r);
+	ck_assert_int_eq(r.status, 202);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_wait_pid(pid, 20000), 0);
+	char *got = th_read_file(out);
+	ck_assert_msg(got && strstr(got, "\"data\":{\"n\":7}"), "not delivered: %s", got ? got : "");
+	free(got);
+	deploy(&s, "later", echo_agent, 200);
+	ck_assert_int_ge(th_wait_event(&s, DEV2, "status", "Agent restarted: reload.", 5000), 1);
+	free(aid);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -427,6 +469,7 @@ int main(void)
 		migration_under_traffic_loses_nothing,
 		tenderctl_deploys_and_shows_agents,
 		tender_sim_scripted_round_trips,
+		deploy_starts_agents_of_online_devices,
 	};
 	return th_run_tests("07_agents", 180, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }
