@@ -767,7 +767,7 @@ static const struct lws_protocols device__protocols[] = {
 	  .per_session_data_size = sizeof(struct conn),
 	  /* lws allocates this per connection: small, since frames are reassembled
 	   * here anyway (bench/README.md: memory per idle device). */
-	  .rx_buffer_size = 1024,
+	  .rx_buffer_size = 512,
 	  /* lws caps each send at rx_buffer_size unless told: a 16 KiB firmware
 	   * chunk would go out in 16 send() calls (docs/performance.md). */
 	  .tx_packet_size = 65536 + 64 },
