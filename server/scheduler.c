@@ -27,7 +27,16 @@
  *   rollout_decide(); the device loop drops it if that connection is gone.
  *   Unknown or ambiguous flash is blocked unless allow_unknown_flash is set,
  *   and that override is logged in the device's log.
- * ONLY the scheduler thread touches `live` and drives transitions. */
+ * - A fetch is answered from memory (`downloads`, `images`) only with what
+ *   the database said since the device's last transition: its entry is
+ *   dropped by every transition of that device (sched__transition), by its
+ *   hello and its disconnect, and all entries by an operator's sched_kick
+ *   (rollout created, paused, resumed, aborted).  Rows in triggered or
+ *   downloading change only through the scheduler's own transitions (an
+ *   abort touches pending and retry_wait only; deleting a device closes its
+ *   connection), so a fetch sees the same row as a query would.
+ * ONLY the scheduler thread touches `live`, `downloads`, `images` and
+ * `chunk`, and drives transitions. */
 #define _GNU_SOURCE
 #include "scheduler.h"
 
@@ -83,8 +92,12 @@ struct scheduler {
 	pthread_cond_t wake;
 	struct sched_msg *head, *tail;
 	int stopping, kicked;
+	int flush;                /* an operator's kick: forget every download */
 
 	idmap live;               /* scheduler thread only */
+	idmap downloads;          /* device id -> struct download; scheduler thread only */
+	idmap images;             /* firmware id -> struct image; scheduler thread only */
+	unsigned char chunk[8 + SCHED_MAX_CHUNK]; /* the frame being built; scheduler thread only */
 };
 
 /* A device's row in its one unfinished rollout, with what it needs. */
@@ -97,6 +110,23 @@ struct row {
 	char from_fw[65];
 	int64_t firmware;
 	rollout_options opt;
+};
+
+/* One firmware image being downloaded: its info and an open descriptor,
+ * shared by every download of that firmware (firmware rows and images are
+ * never changed once stored) and closed when the last one ends. */
+struct image {
+	fwstore_info fw;
+	int fd;                   /* -1: not open (yet, or after a failed read) */
+	int users;                /* downloads holding it */
+};
+
+/* A device's download in progress: its row as last read (state triggered or
+ * downloading), kept until the device's next transition or connection change
+ * so that a fetch costs no SQL and no open(). */
+struct download {
+	struct row r;
+	struct image *img;        /* one of its users */
 };
 
 /* --- queue ------------------------------------------------------------------- */
@@ -191,12 +221,90 @@ void sched_fetch(scheduler *s, uint64_t device, uint64_t conn, const char *updat
 	sched__push(s, m);
 }
 
-void sched_kick(scheduler *s)
+static void sched__kick(scheduler *s, int flush)
 {
 	pthread_mutex_lock(&s->lock);
 	s->kicked = 1;
+	s->flush |= flush;
 	pthread_cond_signal(&s->wake);
 	pthread_mutex_unlock(&s->lock);
+}
+
+/* From outside (the API): rollouts may have changed under the scheduler, so
+ * what it keeps of downloads is read again. */
+void sched_kick(scheduler *s)
+{
+	sched__kick(s, 1);
+}
+
+/* --- downloads in memory ------------------------------------------------------- */
+
+/* The image of firmware `id`, one more user of it: from memory, or its info
+ * read from the store (the file is opened at its first read).  NULL with
+ * *err when the store cannot say. */
+static struct image *sched__image_hold(scheduler *s, int64_t id, tn_error *err)
+{
+	struct image *img = idmap_get(&s->images, (uint64_t)id);
+	int oom = 0;
+
+	if (!img) {
+		if (!(img = calloc(1, sizeof *img))) {
+			tn_err(err, TN_ENOMEM, "out of memory");
+			return NULL;
+		}
+		img->fd = -1;
+		if (fwstore_info_get(s->st, s->opt.firmware_dir, id, &img->fw, err))
+			goto fail;
+		idmap_put(&s->images, (uint64_t)id, img, &oom);
+		if (oom) {
+			tn_err(err, TN_ENOMEM, "out of memory");
+			goto fail;
+		}
+	}
+	img->users++;
+	return img;
+fail:
+	fwstore_info_clear(&img->fw);
+	free(img);
+	return NULL;
+}
+
+static void sched__image_release(scheduler *s, struct image *img)
+{
+	if (!img || --img->users > 0)
+		return;
+	idmap_del(&s->images, (uint64_t)img->fw.id);
+	if (img->fd >= 0)
+		close(img->fd);
+	fwstore_info_clear(&img->fw);
+	free(img);
+}
+
+static void sched__download_free(scheduler *s, struct download *dl)
+{
+	if (!dl)
+		return;
+	sched__image_release(s, dl->img);
+	free(dl);
+}
+
+/* Forgets what a fetch of this device would have used: the next one reads
+ * the database again. */
+static void sched__download_drop(scheduler *s, uint64_t device)
+{
+	sched__download_free(s, idmap_del(&s->downloads, device));
+}
+
+static void sched__download_free_cb(void *arg, uint64_t key, void *val)
+{
+	sched__download_free(arg, val);
+}
+
+static void sched__downloads_flush(scheduler *s)
+{
+	idmap_foreach(&s->downloads, sched__download_free_cb, s);
+	idmap_free(&s->downloads);
+	memset(&s->downloads, 0, sizeof s->downloads);
 }
 
 /* --- rows and transitions ---------------------------------------------------- */
@@ -300,17 +408,23 @@ static int sched__tx_apply(sqlite3 *db, void *arg, tn_error *err)
 	return 0;
 }
 
-/* Returns 1 when the transition happened (and is committed). */
+/* Returns 1 when the transition happened (and is committed).  Whatever the
+ * outcome, the device's download in memory is dropped: t's strings must not
+ * point into it. */
 static int sched__transition(scheduler *s, struct sched__tx *t)
 {
 	tn_error err = { 0 };
+	uint64_t dev;
+	int rc = 0;
 	t->st = s->st;
-	if (store_sync(s->st, sched__tx_apply, t, &err)) {
+	if (store_sync(s->st, sched__tx_apply, t, &err))
 		log_err("scheduler: rollout %lld device %s: %s -> %s not recorded: %s",
 			(long long)t->rollout, t->device, t->from, t->to, err.msg);
-		return 0;
-	}
-	return t->changed;
+	else
+		rc = t->changed;
+	if (tn_device_id_parse(t->device, &dev) == 0)
+		sched__download_drop(s, dev);
+	return rc;
 }
 
 /* A transition with "unchanged" defaults that the arguments override (the
@@ -371,7 +485,7 @@ static void sched__fail(scheduler *s, const struct row *r, const char *why)
 					       .to = "failed", .reason = why, .failures = r->failures + 1,
 					       .event = line));
 	}
-	sched_kick(s);
+	sched__kick(s, 0);
 }
 
 /* --- messages from the device loop -------------------------------------------- */
@@ -408,7 +522,7 @@ static void sched__on_online_active(scheduler *s, struct row *r, const struct li
 			 r->from_fw[0] ? r->from_fw : "unknown", fw.version);
 		sched__transition(s, &SCHED_TX(.rollout = r->rollout, .device = r->device, .from = r->state,
 					       .to = "completed", .reason = line + 16, .event = line));
-		sched_kick(s);
+		sched__kick(s, 0);
 	} else if (strcmp(r->state, "installing") == 0) {
 		snprintf(line, sizeof line, "the device came back running %s after installing %s",
 			 l->fw ? l->fw : "an unknown version", fw.version);
@@ -449,6 +563,7 @@ static void sched__on_online(scheduler *s, struct sched_msg *m)
 	l->has_jedec = m->has_jedec;
 	l->jedec = m->jedec;
 	l->flash_size = m->flash_size;
+	sched__download_drop(s, m->device);
 	sched__live_free(idmap_put(&s->live, m->device, l, &oom));
 	if (oom) {
 		sched__live_free(l);
@@ -463,6 +578,7 @@ static void sched__on_online(scheduler *s, struct sched_msg *m)
 static void sched__on_offline(scheduler *s, struct sched_msg *m)
 {
 	struct live *l = idmap_get(&s->live, m->device);
+	sched__download_drop(s, m->device);
 	if (l && l->conn == m->conn)
 		sched__live_free(idmap_del(&s->live, m->device));
 }
@@ -515,55 +631,112 @@ static void sched__on_status(scheduler *s, struct sched_msg *m)
 				       .to = m->state, .offset = m->offset, .deadline = deadline));
 }
 
+/* The device's download: from memory, or its row and its firmware read from
+ * the store and kept (only while the row is triggered or downloading).
+ * Returns 1 with *out set and *r a copy of its row; 0 with *r the row when it
+ * is not kept (another state, or *err says why the firmware is not there);
+ * -1 when the device has no update in progress (the error is answered). */
+static int sched__download_get(scheduler *s, struct sched_msg *m, struct row *r, struct download **out,
+			       tn_error *err)
+{
+	struct download *dl = idmap_get(&s->downloads, m->device);
+	char hex[17];
+	int oom = 0;
+
+	if (dl) {
+		*r = dl->r;
+		*out = dl;
+		return 1;
+	}
+	tn_device_id_format(m->device, hex);
+	if (!sched__active_row(s, hex, r)) {
+		sched__send_error(s, m->device, m->conn, "no firmware update is in progress for this device");
+		return -1;
+	}
+	if (!(dl = calloc(1, sizeof *dl))) {
+		tn_err(err, TN_ENOMEM, "out of memory");
+		return 0;
+	}
+	dl->r = *r;
+	if (strcmp(r->state, "triggered") == 0 || strcmp(r->state, "downloading") == 0)
+		dl->img = sched__image_hold(s, r->firmware, err);
+	if (dl->img)
+		idmap_put(&s->downloads, m->device, dl, &oom);
+	if (!dl->img || oom) {
+		if (oom)
+			tn_err(err, TN_ENOMEM, "out of memory");
+		sched__download_free(s, dl);
+		return 0;
+	}
+	*out = dl;
+	return 1;
+}
+
+/* Reads len bytes at offset of the image into s->chunk + 8 (opening the file
+ * on first use, and closing it after a failed read so the next one reopens). */
+static int sched__image_read(scheduler *s, struct image *img, int64_t offset, size_t len)
+{
+	if (img->fd < 0)
+		img->fd = open(img->fw.path, O_RDONLY | O_CLOEXEC);
+	ssize_t got = img->fd >= 0 ? pread(img->fd, s->chunk + 8, len, offset) : -1;
+	if (got == (ssize_t)len)
+		return 0;
+	log_err("scheduler: cannot read %s: %s", img->fw.path, got < 0 ? strerror(errno) : "short read");
+	if (img->fd >= 0)
+		close(img->fd);
+	img->fd = -1;
+	return -1;
+}
+
+/* A fetch: the same checks, in the same order, as when each one read the
+ * row and the firmware from the store; only the reading is from memory. */
 static void sched__on_fetch(scheduler *s, struct sched_msg *m)
 {
 	struct row r;
-	fwstore_info fw;
 	tn_error err = { 0 };
-	char msg[200];
+	char id[40], msg[200];
+	struct download *dl = NULL;
 
-	if (!sched__row_for(s, m, &r))
+	if (sched__download_get(s, m, &r, &dl, &err) < 0)
 		return;
+	sched__update_id(&r, id, sizeof id);
+	if (strcmp(id, m->update_id) != 0) {
+		snprintf(msg, sizeof msg, "update %s is not the current one (%s)", m->update_id, id);
+		sched__send_error(s, m->device, m->conn, msg);
+		return;
+	}
 	if (strcmp(r.state, "triggered") != 0 && strcmp(r.state, "downloading") != 0) {
 		snprintf(msg, sizeof msg, "update %s is %s: nothing more to fetch", m->update_id, r.state);
 		sched__send_error(s, m->device, m->conn, msg);
 		return;
 	}
-	if (fwstore_info_get(s->st, s->opt.firmware_dir, r.firmware, &fw, &err)) {
-		sched__send_error(s, m->device, m->conn, err.msg);
+	if (!dl) {
+		sched__send_error(s, m->device, m->conn, err.msg[0] ? err.msg : "out of memory");
 		return;
 	}
-	if (m->offset < 0 || (uint64_t)m->offset >= fw.size) {
+	const fwstore_info *fw = &dl->img->fw;
+	if (m->offset < 0 || (uint64_t)m->offset >= fw->size) {
 		snprintf(msg, sizeof msg, "offset %lld is past the image's %llu bytes", (long long)m->offset,
-			 (unsigned long long)fw.size);
+			 (unsigned long long)fw->size);
 		sched__send_error(s, m->device, m->conn, msg);
-		fwstore_info_clear(&fw);
 		return;
 	}
 	size_t len = (size_t)(m->length > SCHED_MAX_CHUNK ? SCHED_MAX_CHUNK : m->length);
-	if ((uint64_t)m->offset + len > fw.size)
-		len = (size_t)(fw.size - (uint64_t)m->offset);
-	unsigned char *buf = malloc(8 + len);
-	int fd = open(fw.path, O_RDONLY | O_CLOEXEC);
-	ssize_t got = (buf && fd >= 0) ? pread(fd, buf + 8, len, m->offset) : -1;
-	if (fd >= 0)
-		close(fd);
-	if (got != (ssize_t)len) {
-		log_err("scheduler: cannot read %s: %s", fw.path, strerror(errno));
+	if ((uint64_t)m->offset + len > fw->size)
+		len = (size_t)(fw->size - (uint64_t)m->offset);
+	if (sched__image_read(s, dl->img, m->offset, len)) {
 		sched__send_error(s, m->device, m->conn, "the server cannot read the firmware image");
-	} else {
-		/* A chunk: 8-byte big-endian offset, then the bytes. */
-		for (int i = 0; i < 8; i++)
-			buf[i] = (unsigned char)((uint64_t)m->offset >> (56 - 8 * i));
-		if (s->dev)
-			device_loop_send(s->dev, m->device, m->conn, buf, 8 + len, 1);
-		if (strcmp(r.state, "triggered") == 0)
-			sched__transition(s, &SCHED_TX(.rollout = r.rollout, .device = r.device,
-						       .from = "triggered", .to = "downloading", .offset = m->offset,
-						       .deadline = tn_now_ms() + 1000LL * r.opt.deadline_download));
+		return;
 	}
-	free(buf);
-	fwstore_info_clear(&fw);
+	/* A chunk: 8-byte big-endian offset, then the bytes. */
+	for (int i = 0; i < 8; i++)
+		s->chunk[i] = (unsigned char)((uint64_t)m->offset >> (56 - 8 * i));
+	if (s->dev)
+		device_loop_send(s->dev, m->device, m->conn, s->chunk, 8 + len, 1);
+	if (strcmp(r.state, "triggered") == 0) /* drops dl: r is a copy */
+		sched__transition(s, &SCHED_TX(.rollout = r.rollout, .device = r.device, .from = "triggered",
+					       .to = "downloading", .offset = m->offset,
+					       .deadline = tn_now_ms() + 1000LL * r.opt.deadline_download));
 }
 
 /* --- the cron: deadlines, retries, decisions, stages ---------------------------- */
@@ -768,7 +941,7 @@ static void sched__stages(scheduler *s, int64_t rollout, int stage, int nstages,
 		if (sched__write(s, "UPDATE rollouts SET stage = ?2, updated = ?3 WHERE id = ?1 AND "
 				 "state = 'running' AND stage = ?2 - 1", rollout, stage + 1, tn_now_ms(), NULL) > 0) {
 			log_info("rollout %lld: stage %d of %d", (long long)rollout, stage + 2, nstages);
-			sched_kick(s);
+			sched__kick(s, 0);
 		}
 	} else if (sched__write(s, "UPDATE rollouts SET state = 'completed', reason = 'every targeted "
 				"device is done', updated = ?2 WHERE id = ?1 AND state = 'running'", rollout,
@@ -854,9 +1027,11 @@ static void *sched__main(void *arg)
 		}
 		struct sched_msg *list = s->head;
 		s->head = s->tail = NULL;
-		int kicked = s->kicked;
-		s->kicked = 0;
+		int kicked = s->kicked, flush = s->flush;
+		s->kicked = s->flush = 0;
 		pthread_mutex_unlock(&s->lock);
+		if (flush)
+			sched__downloads_flush(s);
 		while (list) {
 			struct sched_msg *next = list->next;
 			sched__handle(s, list);
@@ -931,6 +1106,8 @@ void sched_free(scheduler *s)
 	}
 	idmap_foreach(&s->live, sched__free_live, NULL);
 	idmap_free(&s->live);
+	sched__downloads_flush(s); /* releases every image too */
+	idmap_free(&s->images);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->wake);
 	free(s);

@@ -3,7 +3,9 @@
  * and only then triggers; drives each device's update state machine from its
  * frames; serves firmware chunks; fails steps past their deadline.
  * Owns: its thread, the live facts of online devices (from their hello), the
- * rollout_devices rows of running rollouts.
+ * rollout_devices rows of running rollouts, and, while devices download, each
+ * one's row as last read and the firmware images they fetch (info and one
+ * open descriptor per firmware, shared), so that a fetch costs no SQL.
  * Threads: sched_* notifications may be called from any thread (the device
  * loop calls them); they queue to the scheduler thread and wake it. */
 #ifndef TN_SCHEDULER_H
@@ -50,7 +52,8 @@ void sched_update_status(scheduler *s, uint64_t device, uint64_t conn, const cha
 void sched_fetch(scheduler *s, uint64_t device, uint64_t conn, const char *update_id,
 		 int64_t offset, int64_t length);
 
-/* Wakes the scheduler now (a rollout was created, resumed, paused...). */
+/* Wakes the scheduler now (a rollout was created, resumed, paused...); what it
+ * keeps in memory of downloads in progress is read again from the store. */
 void sched_kick(scheduler *s);
 
 #endif

@@ -413,6 +413,61 @@ START_TEST(dropped_download_resumes_and_silent_device_times_out)
 }
 END_TEST
 
+/* An update already offered runs its course when its rollout is paused and
+ * then aborted in the middle of the download: what the scheduler keeps in
+ * memory of a download answers fetches as the database would.  Two devices
+ * fetch the one image at once (shared, then released). */
+START_TEST(offered_update_runs_its_course_through_pause_and_abort)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	const char *ida = "30000c2a690c77d1", *idb = "30000c2a690c77d2";
+	char *seca = th_register(&s, ida, NULL), *secb = th_register(&s, idb, NULL);
+	long long fw = upload(&s, "60.1", "imp003", NEEDS_4K_64K);
+	/* About 10 chunks of 32 KB, 300 ms apart: 3 s of downloading. */
+	pid_t da = device_ex(&s, ida, seca, "ef4018", "accept", th_tmp(&s, "slow-a.out"), "--update-delay", "300");
+	pid_t db = device_ex(&s, idb, secb, "ef4018", "accept", th_tmp(&s, "slow-b.out"), "--update-delay", "300");
+	char body[256], path[64];
+	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\",\"%s\"],\"start\":true}", fw, ida, idb);
+	th_resp r;
+	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_int_eq(r.status, 201);
+	long long id = json_integer_value(json_object_get(r.json, "id"));
+	th_resp_free(&r);
+	snprintf(path, sizeof path, "/v1/rollouts/%lld", id);
+	for (int waited = 0;; waited += 50) {
+		json_t *ro = th_get_json(&s, path, 200);
+		json_int_t n = json_integer_value(json_object_get(json_object_get(ro, "counts"), "downloading"));
+		json_decref(ro);
+		if (n == 2)
+			break;
+		ck_assert_msg(waited < 10000, "the two devices never were downloading at once");
+		usleep(50 * 1000);
+	}
+	snprintf(path, sizeof path, "/v1/rollouts/%lld/pause", id);
+	th_http(&s, "POST", path, NULL, "", NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+	usleep(400 * 1000); /* a fetch or two while paused */
+	snprintf(path, sizeof path, "/v1/rollouts/%lld/abort", id);
+	th_http(&s, "POST", path, NULL, "", NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+	ck_assert_int_ge(th_wait_event(&s, ida, "status", "firmware update completed: 36.10 -> 60.1", 20000), 1);
+	ck_assert_int_ge(th_wait_event(&s, idb, "status", "firmware update completed: 36.10 -> 60.1", 20000), 1);
+	ck_assert_int_eq(th_count_events(&s, ida, "firmware update triggered"), 1);
+	ck_assert_int_eq(th_count_events(&s, idb, "firmware update triggered"), 1);
+	wait_rollout_state(&s, id, "aborted", 1000);
+	kill(da, SIGKILL);
+	kill(db, SIGKILL);
+	waitpid(da, NULL, 0);
+	waitpid(db, NULL, 0);
+	free(seca);
+	free(secb);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -421,6 +476,7 @@ int main(void)
 		unknown_flash_blocked_unless_overridden,
 		flash_parts_and_firmware_api,
 		dropped_download_resumes_and_silent_device_times_out,
+		offered_update_runs_its_course_through_pause_and_abort,
 	};
 	return th_run_tests("05_updates", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }
