@@ -2,7 +2,9 @@
 #define _GNU_SOURCE
 #include "bus.h"
 
+#include <assert.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,20 +13,30 @@
 #include "log.h"
 #include "metrics.h"
 
-struct item {
-	struct item *next;
-	int is_notice;
-	tn_event ev;          /* ev.msg owned */
-	char *notice;         /* owned */
+/* An event's wire form, made once (bus_event_frame). */
+struct bus_frame {
+	size_t len;
+	char text[];
 };
+
+struct bus_event {
+	atomic_int refs;      /* one per queue slot holding it, one per reader */
+	tn_event ev;          /* ev.msg points into msg[] */
+	_Atomic(struct bus_frame *) frame[BUS_FORMS];
+	char msg[];
+};
+
+/* Rings above this many slots are freed when they drain, so that one burst
+ * does not pin a subscriber's memory. */
+#define BUS_RING_KEEP 256
 
 struct bus_sub {
 	bus_sub *prev, *next;
 	pthread_mutex_t lock;
 	int all;
 	idmap devices;        /* device -> (void *)1 */
-	struct item *head, *tail;
-	size_t len;
+	bus_item *q;          /* ring of cap slots (0 or a power of two) */
+	size_t cap, head, len;
 	int waiting;          /* the reader found nothing and waits for `wake` */
 	int ended;            /* cut off or closed: no more events */
 	char cut[160];
@@ -52,6 +64,66 @@ int bus_new(bus **out, const bus_options *opt)
 	return 0;
 }
 
+/* --- shared events ---------------------------------------------------------------- */
+
+static bus_event *bus__event_new(const tn_event *ev)
+{
+	size_t n = strlen(ev->msg);
+	bus_event *e = malloc(sizeof *e + n + 1);
+	if (!e)
+		return NULL;
+	atomic_init(&e->refs, 1);
+	e->ev = *ev;
+	memcpy(e->msg, ev->msg, n + 1);
+	e->ev.msg = e->msg;
+	for (int i = 0; i < BUS_FORMS; i++)
+		atomic_init(&e->frame[i], NULL);
+	return e;
+}
+
+const tn_event *bus_event_get(const bus_event *e)
+{
+	return &e->ev;
+}
+
+const char *bus_event_frame(bus_event *e, int form, bus_format_fn format, size_t *len)
+{
+	assert(form >= 0 && form < BUS_FORMS);
+	struct bus_frame *f = atomic_load_explicit(&e->frame[form], memory_order_acquire);
+	if (!f) {
+		/* Readers on other threads may format it at the same moment: the
+		 * first to store its frame wins, the others free theirs. */
+		char *text = format(&e->ev, form);
+		size_t n = text ? strlen(text) : 0;
+		struct bus_frame *mine = text ? malloc(sizeof *mine + n + 1) : NULL;
+		if (!mine) {
+			free(text);
+			return NULL;
+		}
+		mine->len = n;
+		memcpy(mine->text, text, n + 1);
+		free(text);
+		if (atomic_compare_exchange_strong_explicit(&e->frame[form], &f, mine, memory_order_acq_rel,
+							    memory_order_acquire))
+			f = mine;
+		else
+			free(mine);
+	}
+	*len = f->len;
+	return f->text;
+}
+
+void bus_event_release(bus_event *e)
+{
+	if (!e || atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	for (int i = 0; i < BUS_FORMS; i++)
+		free(atomic_load_explicit(&e->frame[i], memory_order_relaxed));
+	free(e);
+}
+
+/* --- a subscriber's queue ----------------------------------------------------------- */
+
 static void bus__wake_locked(bus_sub *s)
 {
 	if (s->waiting) {
@@ -61,29 +133,55 @@ static void bus__wake_locked(bus_sub *s)
 	}
 }
 
-static void bus__append_locked(bus_sub *s, struct item *it)
+/* Appends a slot (the caller's reference or notice passes to the queue). */
+static int bus__append_locked(bus_sub *s, bus_item sl)
 {
-	it->next = NULL;
-	if (s->tail)
-		s->tail->next = it;
-	else
-		s->head = it;
-	s->tail = it;
+	if (s->len == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 16;
+		bus_item *q = malloc(cap * sizeof *q);
+		if (!q)
+			return TN_ENOMEM;
+		for (size_t i = 0; i < s->len; i++)
+			q[i] = s->q[(s->head + i) & (s->cap - 1)];
+		free(s->q);
+		s->q = q;
+		s->cap = cap;
+		s->head = 0;
+	}
+	s->q[(s->head + s->len) & (s->cap - 1)] = sl;
 	s->len++;
 	bus__wake_locked(s);
+	return 0;
 }
 
 static void bus__free_items(bus_sub *s)
 {
-	while (s->head) {
-		struct item *it = s->head;
-		s->head = it->next;
-		free((char *)it->ev.msg);
-		free(it->notice);
-		free(it);
+	for (size_t i = 0; i < s->len; i++) {
+		bus_item *sl = &s->q[(s->head + i) & (s->cap - 1)];
+		bus_event_release(sl->ev);
+		free(sl->notice);
 	}
-	s->tail = NULL;
-	s->len = 0;
+	s->head = s->len = 0;
+}
+
+/* Appends a notice; a copy of text is owned by the queue. */
+static void bus__notice_locked(bus_sub *s, const char *text)
+{
+	bus_item sl = { .notice = strdup(text) };
+	if (sl.notice && bus__append_locked(s, sl))
+		free(sl.notice);
+}
+
+/* The id before the oldest event it has waiting (or before `next`, the one
+ * being published, if none waits): it has seen everything up to there. */
+static int64_t bus__seen_locked(bus_sub *s, int64_t next)
+{
+	for (size_t i = 0; i < s->len; i++) {
+		bus_item *sl = &s->q[(s->head + i) & (s->cap - 1)];
+		if (sl->ev)
+			return sl->ev->ev.id - 1;
+	}
+	return next - 1;
 }
 
 /* Ends the subscriber with a last notice (its queue is dropped: the notice
@@ -95,18 +193,14 @@ static void bus__cut_locked(bus_sub *s, const char *why, int64_t last_id)
 	snprintf(s->cut, sizeof s->cut, "%s", why);
 	snprintf(text, sizeof text, "closed: %s; reconnect with Last-Event-ID: %lld to resume", why,
 		 (long long)last_id);
-	struct item *it = calloc(1, sizeof *it);
-	if (it) {
-		it->is_notice = 1;
-		it->notice = strdup(text);
-		bus__append_locked(s, it);
-	}
+	bus__notice_locked(s, text);
 	s->ended = 1;
 	bus__wake_locked(s);
 }
 
 void bus_publish(bus *b, const tn_event *ev)
 {
+	bus_event *e = NULL; /* made when the first subscriber takes it */
 	pthread_mutex_lock(&b->lock);
 	for (bus_sub *s = b->subs; s; s = s->next) {
 		pthread_mutex_lock(&s->lock);
@@ -117,24 +211,23 @@ void bus_publish(bus *b, const tn_event *ev)
 				metrics_inc(M_STREAM_CUTOFFS);
 				char why[120];
 				snprintf(why, sizeof why, "too slow: %zu events were waiting", s->len);
-				/* It has seen everything before its oldest waiting event. */
-				bus__cut_locked(s, why, s->head && !s->head->is_notice ? s->head->ev.id - 1
-										 : ev->id - 1);
+				bus__cut_locked(s, why, bus__seen_locked(s, ev->id));
 			} else {
-				struct item *it = calloc(1, sizeof *it);
-				char *msg = it ? strdup(ev->msg) : NULL;
-				if (it && msg) {
-					it->ev = *ev;
-					it->ev.msg = msg;
-					bus__append_locked(s, it);
-				} else {
-					free(it);
+				if (!e)
+					e = bus__event_new(ev);
+				if (e)
+					atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+				if (!e || bus__append_locked(s, (bus_item){ .ev = e })) {
+					/* Never a silent gap: end it, saying where to resume. */
+					bus_event_release(e);
+					bus__cut_locked(s, "out of memory", bus__seen_locked(s, ev->id));
 				}
 			}
 		}
 		pthread_mutex_unlock(&s->lock);
 	}
 	pthread_mutex_unlock(&b->lock);
+	bus_event_release(e); /* the publisher's own reference */
 }
 
 bus_sub *bus_subscribe(bus *b, int all, bus_wake_fn wake, void *wake_arg)
@@ -190,53 +283,37 @@ int bus_sub_has_device(bus_sub *s, uint64_t device)
 
 void bus_sub_notice(bus_sub *s, const char *text)
 {
-	struct item *it = calloc(1, sizeof *it);
-	if (!it || !(it->notice = strdup(text))) {
-		free(it);
-		return;
-	}
-	it->is_notice = 1;
 	pthread_mutex_lock(&s->lock);
 	if (!s->ended)
-		bus__append_locked(s, it);
-	else {
-		free(it->notice);
-		free(it);
-	}
+		bus__notice_locked(s, text);
 	pthread_mutex_unlock(&s->lock);
 }
 
-int bus_sub_next(bus_sub *s, tn_event *ev, char **notice, void (*on_wait)(void *), void *arg)
+int bus_sub_take(bus_sub *s, bus_item *items, int max, void (*on_wait)(void *), void *arg)
 {
-	int rc;
+	int n = 0;
 	pthread_mutex_lock(&s->lock);
-	struct item *it = s->head;
-	if (it) {
-		s->head = it->next;
-		if (!s->head)
-			s->tail = NULL;
-		s->len--;
-		if (it->is_notice) {
-			*notice = it->notice;
-			rc = 2;
-		} else {
-			*ev = it->ev;
-			rc = 1;
+	if (s->len) {
+		while (n < max && s->len) {
+			items[n++] = s->q[s->head];
+			s->head = (s->head + 1) & (s->cap - 1);
+			s->len--;
 		}
-		free(it);
+		if (!s->len && s->cap > BUS_RING_KEEP) {
+			free(s->q);
+			s->q = NULL;
+			s->cap = s->head = 0;
+		}
 	} else if (s->ended) {
-		rc = -1;
-	} else {
+		n = -1;
+	} else if (on_wait) {
 		/* Only a reader that will be woken waits: one that merely looked
 		 * (on_wait NULL) is not resumed for nothing. */
-		if (on_wait) {
-			s->waiting = 1;
-			on_wait(arg);
-		}
-		rc = 0;
+		s->waiting = 1;
+		on_wait(arg);
 	}
 	pthread_mutex_unlock(&s->lock);
-	return rc;
+	return n;
 }
 
 const char *bus_sub_cut_reason(bus_sub *s)
@@ -257,6 +334,7 @@ void bus_unsubscribe(bus *b, bus_sub *s)
 		s->next->prev = s->prev;
 	pthread_mutex_unlock(&b->lock);
 	bus__free_items(s);
+	free(s->q);
 	idmap_free(&s->devices);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
@@ -279,13 +357,7 @@ void bus_close(bus *b)
 	for (bus_sub *s = b->subs; s; s = s->next) {
 		pthread_mutex_lock(&s->lock);
 		if (!s->ended) {
-			struct item *it = calloc(1, sizeof *it);
-			if (it && (it->notice = strdup("closed: the server is shutting down"))) {
-				it->is_notice = 1;
-				bus__append_locked(s, it);
-			} else {
-				free(it);
-			}
+			bus__notice_locked(s, "closed: the server is shutting down");
 			s->ended = 1;
 		}
 		bus__wake_locked(s);

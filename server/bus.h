@@ -3,7 +3,10 @@
  * A subscriber that cannot keep up is cut off with a final notice saying how
  * to resume; it can never block the store, the devices or other subscribers,
  * and its memory is bounded.
- * Owns: the subscriber list and each subscriber's queue.
+ * An event is copied once, into a reference-counted bus_event that every
+ * subscriber's queue points to; its wire forms (the SSE frames) are made once,
+ * on first use, and shared too: the cost per delivery is a pointer, not a copy.
+ * Owns: the subscriber list, each subscriber's queue, the published events.
  * Threads: bus_publish from the store writer; the rest from any thread (one
  * mutex for the list, one per subscriber). */
 #ifndef TN_BUS_H
@@ -17,6 +20,10 @@
 
 typedef struct bus bus;
 typedef struct bus_sub bus_sub;
+typedef struct bus_event bus_event;
+
+/* The forms an event can be rendered in (logstream's JSON and text frames). */
+#define BUS_FORMS 2
 
 typedef struct bus_options {
 	size_t max_queue;     /* events a subscriber may have waiting (default 10000) */
@@ -46,13 +53,31 @@ int bus_sub_has_device(bus_sub *s, uint64_t device);
 /* Queues a control notice (an SSE `state_change`) for this subscriber. */
 void bus_sub_notice(bus_sub *s, const char *text);
 
-/* Takes the next item: 1 an event (*ev filled; ev->msg is owned by the
- * caller: free() it), 2 a notice (*notice owned: free()), 0 nothing now: the
- * subscriber is marked waiting and `on_wait(arg)` is called under its lock
- * (so that suspending the reader cannot race the `wake` that resumes it);
- * with on_wait NULL nothing is marked, -1 the subscriber has ended (its
- * final notice was taken already). */
-int bus_sub_next(bus_sub *s, tn_event *ev, char **notice, void (*on_wait)(void *), void *arg);
+/* A published event, shared by every queue it is in.  bus_event_get: the
+ * event (borrowed, as long as the reference is held). */
+const tn_event *bus_event_get(const bus_event *e);
+/* Its form `form` (0 .. BUS_FORMS - 1): made by `format` (returns a malloc'd
+ * string, NULL on ENOMEM) by the first caller and kept for all the others;
+ * borrowed, valid while the reference is held; *len its length.  NULL on
+ * ENOMEM.  Any thread. */
+typedef char *(*bus_format_fn)(const tn_event *ev, int form);
+const char *bus_event_frame(bus_event *e, int form, bus_format_fn format, size_t *len);
+/* Drops a reference bus_sub_take handed over (NULL is fine). */
+void bus_event_release(bus_event *e);
+
+/* A queued item: an event (a reference) or a notice, the other NULL. */
+typedef struct bus_item {
+	bus_event *ev;
+	char *notice;
+} bus_item;
+
+/* Takes up to `max` items, oldest first, under one lock: returns how many
+ * (each owned by the caller: bus_event_release() the event, free() the
+ * notice); 0 nothing now: the subscriber is marked waiting and
+ * `on_wait(arg)` is called under its lock (so that suspending the reader
+ * cannot race the `wake` that resumes it); with on_wait NULL nothing is
+ * marked; -1 the subscriber has ended (its final notice was taken already). */
+int bus_sub_take(bus_sub *s, bus_item *items, int max, void (*on_wait)(void *), void *arg);
 
 /* Why it was cut off ("" if it was not). */
 const char *bus_sub_cut_reason(bus_sub *s);

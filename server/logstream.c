@@ -5,7 +5,18 @@
  * the store (committed events only) and live events whose id it has already
  * sent are skipped, so nothing is sent twice.  When its queue is empty the
  * reader suspends its connection (under the subscriber's lock); the bus
- * resumes it when an event arrives. */
+ * resumes it when an event arrives.
+ *
+ * A live event's SSE frame is made once, by the first reader that sends it,
+ * and kept in the bus's shared event for every other reader (bus_event_frame):
+ * a reader copies it straight from there into MHD's buffer.
+ *
+ * Readers are resumed in batches: the bus's wake only puts the reader on a
+ * list, and one thread resumes every reader on it, at most once per
+ * LOGSTREAM_WAKE_MS.  At a high event rate each resumed reader then sends the
+ * several events that arrived meanwhile in one write, instead of paying a
+ * resume, a send() and its reader's recv() per event; an event that arrives
+ * after a quiet spell is passed on at once. */
 #define _GNU_SOURCE
 #include "logstream.h"
 
@@ -21,6 +32,8 @@
 #include "logfmt.h"
 
 #define LOGSTREAM_PAGE 500
+#define LOGSTREAM_WAKE_MS 5
+#define LOGSTREAM_BATCH 32          /* bus items taken under one lock */
 
 struct stream {
 	struct stream *next;
@@ -38,10 +51,16 @@ struct reader {
 	uint64_t device;            /* history for this device, if after >= 0 */
 	int64_t after;              /* -1: no history (left) */
 	int64_t last_sent;
+	struct reader *wake_next;   /* on ls->to_wake (under ls->wake_lock) */
+	int wake_queued;
+	bus_item batch[LOGSTREAM_BATCH]; /* taken from the bus, not yet sent */
+	int batch_i, batch_n;
 	json_t *page;
 	size_t page_idx;
-	char *out;                  /* formatted, not yet handed to MHD */
+	const char *out;            /* formatted, not yet handed to MHD: */
 	size_t out_len, out_off;
+	char *out_own;              /* owned (history, notices), or */
+	bus_event *out_ev;          /* the shared event it is borrowed from */
 	int ended;
 };
 
@@ -52,7 +71,60 @@ struct logstreams {
 	struct stream *streams;     /* the named ones */
 	_Atomic int readers;
 	int closing;
+	/* The waker thread and the readers it is to resume. */
+	pthread_mutex_t wake_lock;
+	pthread_cond_t wake_cond;
+	struct reader *to_wake;
+	int waker_running, waker_stop;   /* under wake_lock */
+	pthread_t waker;
 };
+
+/* Resumes every queued reader (under wake_lock: a reader leaves the list
+ * before it is freed, so none on it is freed meanwhile). */
+static void ls__wake_all_locked(logstreams *ls)
+{
+	while (ls->to_wake) {
+		struct reader *r = ls->to_wake;
+		ls->to_wake = r->wake_next;
+		r->wake_next = NULL;
+		r->wake_queued = 0;
+		MHD_resume_connection(r->conn);
+	}
+}
+
+/* The waker thread: resumes queued readers, then lets LOGSTREAM_WAKE_MS
+ * pass so that the next batch gathers. */
+static void *ls__waker(void *arg)
+{
+	logstreams *ls = arg;
+	pthread_mutex_lock(&ls->wake_lock);
+	while (!ls->waker_stop) {
+		if (!ls->to_wake) {
+			pthread_cond_wait(&ls->wake_cond, &ls->wake_lock);
+			continue;
+		}
+		ls__wake_all_locked(ls);
+		pthread_mutex_unlock(&ls->wake_lock);
+		usleep(LOGSTREAM_WAKE_MS * 1000);
+		pthread_mutex_lock(&ls->wake_lock);
+	}
+	ls__wake_all_locked(ls);
+	pthread_mutex_unlock(&ls->wake_lock);
+	return NULL;
+}
+
+/* Stops the waker, resuming what it had queued; later wakes resume at once. */
+static void ls__waker_stop(logstreams *ls)
+{
+	pthread_mutex_lock(&ls->wake_lock);
+	int running = ls->waker_running;
+	ls->waker_running = 0;
+	ls->waker_stop = 1;
+	pthread_cond_signal(&ls->wake_cond);
+	pthread_mutex_unlock(&ls->wake_lock);
+	if (running)
+		pthread_join(ls->waker, NULL);
+}
 
 int logstreams_new(logstreams **out, bus *b, store *st)
 {
@@ -62,24 +134,39 @@ int logstreams_new(logstreams **out, bus *b, store *st)
 	ls->b = b;
 	ls->st = st;
 	pthread_mutex_init(&ls->lock, NULL);
+	pthread_mutex_init(&ls->wake_lock, NULL);
+	pthread_cond_init(&ls->wake_cond, NULL);
+	if (pthread_create(&ls->waker, NULL, ls__waker, ls)) {
+		pthread_cond_destroy(&ls->wake_cond);
+		pthread_mutex_destroy(&ls->wake_lock);
+		pthread_mutex_destroy(&ls->lock);
+		free(ls);
+		return TN_ENOMEM;
+	}
+	ls->waker_running = 1;
 	*out = ls;
 	return 0;
 }
 
 /* --- formatting ------------------------------------------------------------------ */
 
-static void ls__set_out(struct reader *r, char *text)
+/* Where r->out comes from: text (owned), or ev's frame (a reference). */
+static void ls__set_out(struct reader *r, char *text, bus_event *ev, const char *frame, size_t len)
 {
-	free(r->out);
-	r->out = text;
-	r->out_len = text ? strlen(text) : 0;
+	free(r->out_own);
+	bus_event_release(r->out_ev);
+	r->out_own = text;
+	r->out_ev = ev;
+	r->out = text ? text : frame;
+	r->out_len = text ? strlen(text) : frame ? len : 0;
 	r->out_off = 0;
 }
 
-static void ls__format_event(struct reader *r, const tn_event *ev)
+/* The SSE frame of an event (form 1: ?format=text); malloc'd, NULL on ENOMEM. */
+static char *ls__frame(const tn_event *ev, int text_form)
 {
 	char *text = NULL, line[20000];
-	if (r->text) {
+	if (text_form) {
 		events_format_text(ev, line, sizeof line);
 		for (char *p = line; *p; p++)
 			if (*p == '\n' || *p == '\r')
@@ -94,8 +181,27 @@ static void ls__format_event(struct reader *r, const tn_event *ev)
 			text = NULL;
 		free(data);
 	}
+	return text;
+}
+
+/* A history event (not shared: only this reader sends it). */
+static void ls__format_event(struct reader *r, const tn_event *ev)
+{
 	r->last_sent = ev->id;
-	ls__set_out(r, text);
+	ls__set_out(r, ls__frame(ev, r->text), NULL, NULL, 0);
+}
+
+/* A live event: its shared frame; takes the reference e. */
+static void ls__format_shared(struct reader *r, bus_event *e)
+{
+	size_t len = 0;
+	const char *frame = bus_event_frame(e, r->text ? 1 : 0, ls__frame, &len);
+	r->last_sent = bus_event_get(e)->id;
+	if (!frame) {
+		bus_event_release(e);
+		e = NULL;
+	}
+	ls__set_out(r, NULL, e, frame, len);
 }
 
 static void ls__format_notice(struct reader *r, const char *notice)
@@ -103,7 +209,7 @@ static void ls__format_notice(struct reader *r, const char *notice)
 	char *text = NULL;
 	if (asprintf(&text, "event: state_change\ndata: %s\n\n", notice) < 0)
 		text = NULL;
-	ls__set_out(r, text);
+	ls__set_out(r, text, NULL, NULL, 0);
 }
 
 /* --- the reader ------------------------------------------------------------------- */
@@ -150,10 +256,22 @@ static void ls__suspend(void *arg)
 	MHD_suspend_connection(r->conn);
 }
 
+/* The bus's wake (from the publishing thread): queue it for the waker. */
 static void ls__wake(void *arg)
 {
 	struct reader *r = arg;
-	MHD_resume_connection(r->conn);
+	logstreams *ls = r->ls;
+	pthread_mutex_lock(&ls->wake_lock);
+	if (!ls->waker_running) {
+		MHD_resume_connection(r->conn);
+	} else if (!r->wake_queued) {
+		r->wake_queued = 1;
+		r->wake_next = ls->to_wake;
+		ls->to_wake = r;
+		if (!r->wake_next)
+			pthread_cond_signal(&ls->wake_cond);
+	}
+	pthread_mutex_unlock(&ls->wake_lock);
 }
 
 /* Fills buf with as many events as fit; suspends only when it has nothing. */
@@ -176,20 +294,26 @@ static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
 			return done ? (ssize_t)done : MHD_CONTENT_READER_END_OF_STREAM;
 		if (r->after >= 0 && ls__history(r))
 			continue;
-		tn_event ev;
-		char *notice = NULL;
+		if (r->batch_i < r->batch_n) {
+			bus_item it = r->batch[r->batch_i++];
+			if (it.ev && bus_event_get(it.ev)->id > r->last_sent) {
+				ls__format_shared(r, it.ev);
+			} else if (it.ev) {
+				bus_event_release(it.ev);
+			} else {
+				ls__format_notice(r, it.notice);
+				if (strcmp(it.notice, "closed") == 0)
+					r->ended = 1; /* deleted: this was its last word */
+				free(it.notice);
+			}
+			continue;
+		}
 		/* With something to hand over already, only look; else wait. */
-		int rc = bus_sub_next(r->st->sub, &ev, &notice, done ? NULL : ls__suspend, r);
-		if (rc == 1) {
-			if (ev.id > r->last_sent)
-				ls__format_event(r, &ev);
-			free((char *)ev.msg);
-		} else if (rc == 2) {
-			ls__format_notice(r, notice);
-			if (strcmp(notice, "closed") == 0)
-				r->ended = 1; /* deleted: this was its last word */
-			free(notice);
-		} else if (rc == 0) {
+		int n = bus_sub_take(r->st->sub, r->batch, LOGSTREAM_BATCH, done ? NULL : ls__suspend, r);
+		if (n > 0) {
+			r->batch_i = 0;
+			r->batch_n = n;
+		} else if (n == 0) {
 			return (ssize_t)done; /* 0: suspended, the bus resumes it */
 		} else {
 			r->ended = 1;
@@ -219,8 +343,20 @@ static void ls__reader_done(void *cls)
 		pthread_mutex_unlock(&ls->lock);
 	}
 	ls__stream_free(ls, r->st);
+	pthread_mutex_lock(&ls->wake_lock);
+	if (r->wake_queued)
+		for (struct reader **pp = &ls->to_wake; *pp; pp = &(*pp)->wake_next)
+			if (*pp == r) {
+				*pp = r->wake_next;
+				break;
+			}
+	pthread_mutex_unlock(&ls->wake_lock);
+	for (; r->batch_i < r->batch_n; r->batch_i++) {
+		bus_event_release(r->batch[r->batch_i].ev);
+		free(r->batch[r->batch_i].notice);
+	}
 	json_decref(r->page);
-	free(r->out);
+	ls__set_out(r, NULL, NULL, NULL, 0);
 	free(r);
 	atomic_fetch_sub(&ls->readers, 1);
 }
@@ -440,6 +576,7 @@ void logstreams_close(logstreams *ls)
 {
 	if (!ls)
 		return;
+	ls__waker_stop(ls);
 	bus_close(ls->b);
 	for (int i = 0; i < 500 && atomic_load(&ls->readers) > 0; i++)
 		usleep(10 * 1000);
@@ -454,6 +591,9 @@ void logstreams_free(logstreams *ls)
 		ls->streams = st->next;
 		ls__stream_free(ls, st);
 	}
+	ls__waker_stop(ls);
+	pthread_cond_destroy(&ls->wake_cond);
+	pthread_mutex_destroy(&ls->wake_lock);
 	pthread_mutex_destroy(&ls->lock);
 	free(ls);
 }

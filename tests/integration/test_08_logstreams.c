@@ -2,7 +2,8 @@
  * curl: every event exactly once across a disconnect and a Last-Event-ID
  * resume; multi-device streams with their state_change notices; a stalled
  * subscriber cut off with its notice while devices and other subscribers
- * carry on. */
+ * carry on; many readers of one device in both forms, sharing each event's
+ * formatted frame, each getting every event once, in order. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <signal.h>
@@ -304,6 +305,61 @@ START_TEST(fleet_history_with_filters)
 }
 END_TEST
 
+/* Each event is formatted once per form and shared by every reader's queue:
+ * readers in both forms at once still each get every event, once, in order,
+ * each in its own form. */
+START_TEST(many_readers_share_each_event_in_both_forms)
+{
+	enum { READERS = 8, LINES = 300 };
+	th_server s;
+	th_server_start(&s, "--log-rate 0");
+	char *sec = th_register(&s, DEV, NULL);
+	const char *out[READERS];
+	pid_t c[READERS];
+	for (int i = 0; i < READERS; i++) {
+		char name[32];
+		snprintf(name, sizeof name, "r%d.sse", i);
+		out[i] = th_tmp(&s, name);
+		c[i] = stream(&s, i % 2 ? "/v1/devices/" DEV "/logs?follow=1&format=text" : "/v1/devices/" DEV "/logs?follow=1",
+			      NULL, out[i]);
+	}
+	usleep(300 * 1000);
+	logs(&s, sec, "shared %n", LINES);
+	for (int i = 0; i < READERS; i++)
+		ck_assert_int_eq(th_wait_file(out[i], "shared 300", 10000), 0);
+	usleep(300 * 1000);
+	static long long ids[READERS][1000];
+	int n[READERS];
+	for (int i = 0; i < READERS; i++) {
+		kill(c[i], SIGKILL);
+		waitpid(c[i], NULL, 0);
+		n[i] = ids_of(out[i], ids[i], 1000);
+		char *text = th_read_file(out[i]);
+		ck_assert_ptr_nonnull(strstr(text, i % 2 ? " [Device] shared 150" : "\"msg\":\"shared 150\""));
+		ck_assert_ptr_null(strstr(text, i % 2 ? "\"msg\":" : " [Device] "));
+		free(text);
+	}
+	/* All the same events, in the store's order, none twice. */
+	json_t *page = th_get_json(&s, "/v1/devices/" DEV "/logs?limit=1000", 200);
+	json_t *events = json_object_get(page, "events");
+	size_t first = 0;
+	while (first < json_array_size(events) &&
+	       json_integer_value(json_object_get(json_array_get(events, first), "id")) != ids[0][0])
+		first++;
+	ck_assert_int_ge(n[0], LINES);
+	ck_assert_int_eq(n[0], (int)(json_array_size(events) - first));
+	for (int i = 0; i < READERS; i++) {
+		ck_assert_int_eq(n[i], n[0]);
+		for (int k = 0; k < n[i]; k++)
+			ck_assert_int_eq(ids[i][k],
+					 json_integer_value(json_object_get(json_array_get(events, first + (size_t)k), "id")));
+	}
+	json_decref(page);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -313,6 +369,7 @@ int main(void)
 		fast_logger_is_throttled_and_says_so,
 		retention_by_count_then_by_age,
 		fleet_history_with_filters,
+		many_readers_share_each_event_in_both_forms,
 	};
 	return th_run_tests("08_logstreams", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }
