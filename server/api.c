@@ -1167,17 +1167,29 @@ static enum MHD_Result api__logstream_route(struct req *r, const char *rest)
 	return api__send(r, 204, "application/json", strdup(""), 0);
 }
 
-/* --- /v1/enrollment-tokens ---------------------------------------------------- */
+/* --- /v1/tokens and /v1/enrollment-tokens -------------------------------------- */
 
-/* /v1/tokens and /v1/tokens/{id} (admin only: tokens_required_role). */
-static enum MHD_Result api__tokens_route(struct req *r, const char *rest)
+/* Both are collections of secrets shown once: list, create, revoke by id. */
+struct api__secret_kind {
+	const char *noun;    /* "token", "enrollment token" */
+	json_t *(*list)(store *st, tn_error *err);
+	int (*create)(store *st, json_t *body, json_t **out, tn_error *err);
+	int (*revoke)(store *st, int64_t id, tn_error *err);
+};
+
+static const struct api__secret_kind api__api_tokens = { "token", tokens_list, tokens_create, tokens_revoke };
+static const struct api__secret_kind api__enroll_tokens = {
+	"enrollment token", enroll_token_list, enroll_token_create, enroll_token_revoke,
+};
+
+static enum MHD_Result api__secrets_route(struct req *r, const char *rest, const struct api__secret_kind *k)
 {
 	tn_error err = { 0 };
 	enum MHD_Result ret = MHD_NO;
 
 	if (!*rest) {
 		if (strcmp(r->method, "GET") == 0) {
-			json_t *out = tokens_list(r->a->st, &err);
+			json_t *out = k->list(r->a->st, &err);
 			return out ? api__json(r, 200, out) : api__store_error(r, &err);
 		}
 		if (strcmp(r->method, "POST") != 0)
@@ -1185,24 +1197,25 @@ static enum MHD_Result api__tokens_route(struct req *r, const char *rest)
 		json_t *body = api__json_body(r, &ret), *out = NULL;
 		if (!body)
 			return ret;
-		int rc = tokens_create(r->a->st, body, &out, &err);
+		int rc = k->create(r->a->st, body, &out, &err);
 		json_decref(body);
 		if (rc)
 			return api__store_error(r, &err);
-		snprintf(r->audit_detail, sizeof r->audit_detail, "created token %lld (%s)",
-			 (long long)json_integer_value(json_object_get(out, "id")),
-			 json_string_value(json_object_get(out, "role")));
+		const char *role = json_string_value(json_object_get(out, "role"));
+		snprintf(r->audit_detail, sizeof r->audit_detail, "created %s %lld%s%s%s", k->noun,
+			 (long long)json_integer_value(json_object_get(out, "id")), role ? " (" : "",
+			 role ? role : "", role ? ")" : "");
 		return api__json(r, 201, out);
 	}
 	char *end;
 	long long id = rest[0] == '/' ? strtoll(rest + 1, &end, 10) : 0;
 	if (id <= 0 || *end)
-		return api__error(r, 404, "no such token");
+		return api__error(r, 404, "no such %s", k->noun);
 	if (strcmp(r->method, "DELETE") != 0)
 		return api__method_not_allowed(r, "DELETE");
-	if (tokens_revoke(r->a->st, id, &err))
+	if (k->revoke(r->a->st, id, &err))
 		return err.code == TN_ESTATE ? api__error(r, 409, "%s", err.msg) : api__store_error(r, &err);
-	snprintf(r->audit_detail, sizeof r->audit_detail, "revoked token %lld", id);
+	snprintf(r->audit_detail, sizeof r->audit_detail, "revoked %s %lld", k->noun, id);
 	return api__send(r, 204, "application/json", strdup(""), 0);
 }
 
@@ -1223,35 +1236,6 @@ static enum MHD_Result api__audit_list(struct req *r)
 	return out ? api__json(r, 200, out) : api__store_error(r, &err);
 }
 
-static enum MHD_Result api__enroll_route(struct req *r, const char *rest)
-{
-	tn_error err = { 0 };
-	enum MHD_Result ret = MHD_NO;
-
-	if (!*rest) {
-		if (strcmp(r->method, "GET") == 0) {
-			json_t *out = enroll_token_list(r->a->st, &err);
-			return out ? api__json(r, 200, out) : api__store_error(r, &err);
-		}
-		if (strcmp(r->method, "POST") != 0)
-			return api__method_not_allowed(r, "GET, POST");
-		json_t *body = api__json_body(r, &ret), *out = NULL;
-		if (!body)
-			return ret;
-		int rc = enroll_token_create(r->a->st, body, &out, &err);
-		json_decref(body);
-		return rc ? api__store_error(r, &err) : api__json(r, 201, out);
-	}
-	char *end;
-	long long id = rest[0] == '/' ? strtoll(rest + 1, &end, 10) : 0;
-	if (id <= 0 || *end)
-		return api__error(r, 404, "no such enrollment token");
-	if (strcmp(r->method, "DELETE") != 0)
-		return api__method_not_allowed(r, "DELETE");
-	if (enroll_token_revoke(r->a->st, id, &err))
-		return api__store_error(r, &err);
-	return api__send(r, 204, "application/json", strdup(""), 0);
-}
 
 /* --- the dashboard's files ---------------------------------------------------- */
 
@@ -1429,11 +1413,11 @@ static enum MHD_Result api__route(struct req *r)
 		return out ? api__json(r, 200, out) : api__store_error(r, &err);
 	}
 	if (strncmp(url, "/v1/tokens", 10) == 0 && (url[10] == '\0' || url[10] == '/'))
-		return api__tokens_route(r, url + 10);
+		return api__secrets_route(r, url + 10, &api__api_tokens);
 	if (strcmp(url, "/v1/audit") == 0)
 		return api__audit_list(r);
 	if (strncmp(url, "/v1/enrollment-tokens", 21) == 0 && (url[21] == '\0' || url[21] == '/'))
-		return api__enroll_route(r, url + 21);
+		return api__secrets_route(r, url + 21, &api__enroll_tokens);
 	if (strcmp(url, "/v1/logs") == 0) {
 		if (strcmp(r->method, "GET") != 0)
 			return api__method_not_allowed(r, "GET");
