@@ -32,9 +32,7 @@ for dir in "$@"; do
     fi
   done
 done
-if [ "$skipped" -gt 0 ]; then
-  echo "$passed passed, $failed failed, $skipped skipped"
-else
-  echo "$passed passed, $failed failed"
-fi
+# The last line is exactly "N passed, N failed" (CI reads it); skips before it.
+[ "$skipped" -gt 0 ] && echo "$skipped test programs skipped"
+echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

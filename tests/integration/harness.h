@@ -114,6 +114,12 @@ char *th_read_file(const char *path);
 int th_run_tests(const char *suite, int timeout_s, const TTest *const *tests, size_t n,
 		 void (*setup)(void), void (*teardown)(void));
 
+/* Whether a test may skip what this machine cannot do (no chromium, no
+ * root for a tmpfs).  The README's test command sets TENDER_TEST_STRICT=1,
+ * where it installs everything and runs as root: there a skip would hide a
+ * check that never ran, so it is a failure. */
+int th_may_skip(void);
+
 /* A temp file path unique to this process (static buffer per call slot). */
 const char *th_tmp(th_server *s, const char *name);
 

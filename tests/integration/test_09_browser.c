@@ -235,8 +235,9 @@ int main(void)
 	char module[600];
 	snprintf(module, sizeof module, "%s", th_src("tests/browser/node_modules/playwright-core/package.json"));
 	if (access("/usr/bin/chromium", X_OK) != 0 || access(module, R_OK) != 0) {
-		printf("SKIP: chromium or playwright-core is not installed (tools/quickstart.sh test installs them)\n");
-		return 77;
+		printf("%s: chromium or playwright-core is not installed (tools/quickstart.sh test installs them)\n",
+		       th_may_skip() ? "SKIP" : "FAIL (TENDER_TEST_STRICT)");
+		return th_may_skip() ? 77 : 1;
 	}
 	const TTest *tests[] = { eventsource_in_chromium_gets_live_lines, keyboard_sign_in_and_401,
 				 device_online_live_log_and_agent_code, rollout_plan_shows_the_block_reason,
