@@ -1,7 +1,9 @@
 /* tests/integration/test_04_crash.c -- kill -9 during a burst of device logs,
  * restart: every event the API had shown is still there, unchanged, the
  * database passes PRAGMA integrity_check, and the device left online is
- * marked offline with a "Device disconnected" line. */
+ * marked offline with a "Device disconnected" line.  And kill -9 while agents
+ * save state for every message under load: every save an agent acknowledged
+ * to its device (it replies only after server.save returned) is on disk. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <signal.h>
@@ -38,6 +40,18 @@ static json_t *snapshot(th_server *s)
 	}
 }
 
+static void assert_integrity_ok(th_server *s)
+{
+	sqlite3 *db;
+	sqlite3_stmt *q;
+	ck_assert_int_eq(sqlite3_open(th_tmp(s, "tender.db"), &db), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &q, NULL), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_step(q), SQLITE_ROW);
+	ck_assert_str_eq((const char *)sqlite3_column_text(q, 0), "ok");
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+}
+
 START_TEST(kill9_during_burst_loses_nothing_shown)
 {
 	th_server s;
@@ -56,14 +70,7 @@ START_TEST(kill9_during_burst_loses_nothing_shown)
 	kill(sim, SIGKILL);
 	waitpid(sim, NULL, 0);
 
-	sqlite3 *db;
-	sqlite3_stmt *q;
-	ck_assert_int_eq(sqlite3_open(th_tmp(&s, "tender.db"), &db), SQLITE_OK);
-	ck_assert_int_eq(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &q, NULL), SQLITE_OK);
-	ck_assert_int_eq(sqlite3_step(q), SQLITE_ROW);
-	ck_assert_str_eq((const char *)sqlite3_column_text(q, 0), "ok");
-	sqlite3_finalize(q);
-	sqlite3_close(db);
+	assert_integrity_ok(&s);
 
 	th_server_restart(&s);
 	json_t *after = snapshot(&s);
@@ -126,11 +133,163 @@ START_TEST(clean_stop_logs_disconnect_and_flushes)
 }
 END_TEST
 
+/* Each device's agent counts its pings and saves {n, seq} before it answers
+ * pong {seq, n}: a pong the device got is a save that was committed. */
+#define SAVE_NDEV 20
+static const char *saving_agent =
+	"local st = server.load() or {n = 0, seq = 0}\n"
+	"device.on('ping', function(d)\n"
+	"  st.n = st.n + 1\n"
+	"  st.seq = d.seq\n"
+	"  server.save(st)\n"
+	"  device.send('pong', {seq = d.seq, n = st.n})\n"
+	"end)\n";
+
+static void save_dev_id(int i, char id[17])
+{
+	snprintf(id, 17, "00000000000c%04x", (unsigned)i);
+}
+
+/* The highest pong seq each device got, from tender-sim's "msg ID pong DATA"
+ * lines; returns how many pongs there were. */
+static int acked_seqs(const char *out, long long acked[SAVE_NDEV])
+{
+	int n = 0;
+	for (const char *line = out; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+		char id[17];
+		if (sscanf(line, "msg %16s pong", id) != 1)
+			continue;
+		const char *data = strstr(line, " pong ");
+		json_t *j = json_loadb(data + 6, strcspn(data + 6, "\n"), 0, NULL);
+		ck_assert_msg(j != NULL, "unparsable pong: %.*s", (int)strcspn(line, "\n"), line);
+		long long seq = json_integer_value(json_object_get(j, "seq"));
+		json_decref(j);
+		int dev = (int)strtol(id + 12, NULL, 16);
+		ck_assert_int_lt(dev, SAVE_NDEV);
+		if (seq > acked[dev])
+			acked[dev] = seq;
+		n++;
+	}
+	return n;
+}
+
+static int count_lines(const char *path, const char *needle)
+{
+	char *text = th_read_file(path);
+	int n = 0;
+	for (const char *p = text; p && (p = strstr(p, needle)); p++)
+		n++;
+	free(text);
+	return n;
+}
+
+START_TEST(kill9_keeps_every_acknowledged_save)
+{
+	th_server s;
+	th_resp r;
+	char creds[700];
+	th_server_start(&s, "--log-rate 0");
+	th_http(&s, "PUT", "/v1/groups/savers/agent", "text/plain", saving_agent, NULL, &r);
+	ck_assert_msg(r.status == 200, "deploy: %ld %s", r.status, r.body);
+	th_resp_free(&r);
+	snprintf(creds, sizeof creds, "%s/creds", s.dir);
+	FILE *f = fopen(creds, "w");
+	ck_assert_ptr_nonnull(f);
+	for (int i = 0; i < SAVE_NDEV; i++) {
+		char id[17];
+		save_dev_id(i, id);
+		char *secret = th_register(&s, id, "savers");
+		fprintf(f, "%s %s\n", id, secret);
+		free(secret);
+	}
+	fclose(f);
+
+	/* Load: every device pings 25 times a second and logs 100 lines a
+	 * second, so saves share their transactions with a stream of events. */
+	const char *out = th_tmp(&s, "savers.out");
+	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--creds", creds,
+			       "--msg-rate", "25", "--log-rate", "100", NULL };
+	pid_t sim = th_spawn(argv, out);
+	for (int waited = 0; count_lines(out, " pong ") < 1000; waited += 100) {
+		ck_assert_msg(waited < 60000, "only %d pongs", count_lines(out, " pong "));
+		usleep(100 * 1000);
+	}
+	th_server_kill9(&s);
+	/* Without --reconnect tender-sim exits once every device is gone, with
+	 * its output flushed. */
+	if (th_wait_pid(sim, 20000) < 0) {
+		kill(sim, SIGKILL);
+		waitpid(sim, NULL, 0);
+	}
+	char *text = th_read_file(out);
+	long long acked[SAVE_NDEV] = { 0 };
+	int pongs = acked_seqs(text, acked);
+	free(text);
+	ck_assert_int_ge(pongs, 1000);
+
+	assert_integrity_ok(&s);
+	sqlite3 *db;
+	sqlite3_stmt *q;
+	long long saved_n[SAVE_NDEV] = { 0 };
+	ck_assert_int_eq(sqlite3_open(th_tmp(&s, "tender.db"), &db), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT saved FROM agent_state WHERE device = ?", -1, &q,
+					    NULL), SQLITE_OK);
+	for (int i = 0; i < SAVE_NDEV; i++) {
+		char id[17];
+		save_dev_id(i, id);
+		sqlite3_bind_text(q, 1, id, -1, SQLITE_TRANSIENT);
+		int rc = sqlite3_step(q);
+		ck_assert_msg(rc == SQLITE_ROW || acked[i] == 0, "device %s: acked save %lld, none on disk",
+			      id, acked[i]);
+		if (rc == SQLITE_ROW) {
+			json_t *j = json_loads((const char *)sqlite3_column_text(q, 0), 0, NULL);
+			ck_assert_ptr_nonnull(j);
+			long long seq = json_integer_value(json_object_get(j, "seq"));
+			saved_n[i] = json_integer_value(json_object_get(j, "n"));
+			json_decref(j);
+			ck_assert_msg(seq >= acked[i], "device %s: save of seq %lld was acknowledged, "
+				      "the disk has %lld", id, acked[i], seq);
+			/* One save per message, in order: the count and the seq agree. */
+			ck_assert_int_eq(saved_n[i], seq);
+		}
+		sqlite3_reset(q);
+	}
+	sqlite3_finalize(q);
+	sqlite3_close(db);
+
+	/* After the restart each agent goes on from its saved count. */
+	th_server_restart(&s);
+	char id0[17];
+	save_dev_id(0, id0);
+	char *secret0 = NULL;
+	text = th_read_file(creds);
+	char *line = strstr(text, id0);
+	ck_assert_ptr_nonnull(line);
+	secret0 = strndup(line + 17, strcspn(line + 17, "\n"));
+	free(text);
+	const char *out2 = th_tmp(&s, "again.out");
+	char *const again[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", id0,
+				"--secret", secret0, "--msg-count", "1", "--expect", "pong",
+				"--exit-when-done", NULL };
+	pid_t p = th_spawn(again, out2);
+	ck_assert_int_eq(th_wait_pid(p, 30000), 0);
+	text = th_read_file(out2);
+	char want[64];
+	snprintf(want, sizeof want, "\"n\":%lld", saved_n[0] + 1);
+	ck_assert_msg(strstr(text, want) != NULL, "after the restart, wanted %s in: %s", want, text);
+	free(text);
+	free(secret0);
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
 		kill9_during_burst_loses_nothing_shown,
 		clean_stop_logs_disconnect_and_flushes,
+		kill9_keeps_every_acknowledged_save,
 	};
 	return th_run_tests("04_crash", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

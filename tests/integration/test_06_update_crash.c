@@ -127,7 +127,7 @@ START_TEST(kill9_at_random_points_of_a_rollout)
 	free(offers);
 	json_decref(plan);
 
-	th_server_stop(&s);
+	ck_assert_int_eq(th_server_stop(&s), 0);
 	sqlite3 *db;
 	sqlite3_stmt *q;
 	ck_assert_int_eq(sqlite3_open(th_tmp(&s, "tender.db"), &db), SQLITE_OK);
