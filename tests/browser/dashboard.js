@@ -15,6 +15,7 @@
 //                       line-numbered error
 //   paging              120 devices: three pages, search, group and state filters
 //   phone DEV           390 px wide: no view scrolls sideways, every control is labelled
+//   screenshots DEV     the README's two screenshots (six devices; DEV is the boiler)
 // Prints progress lines and, last, "ok SCENARIO" or "fail: why".
 // Waits are playwright waits with generous timeouts, never sleeps.
 'use strict';
@@ -247,6 +248,36 @@ async function rollout(page, s25, w25) {
   console.log('csv import errors and success shown');
 }
 
+// The README's screenshots: the fleet (six devices, four online) and the
+// seed report's imp003 with its agent's and its own lines, and a compile
+// error at its line.  tools/screenshots.sh copies them to docs/img/.
+async function screenshots(page, dev) {
+  await signIn(page);
+  await page.locator('.counts', { hasText: '6 devices' }).waitFor({ timeout: T });
+  await page.locator('#count-online', { hasText: '4' }).waitFor({ timeout: T });
+  await page.locator('.live', { hasText: 'Live' }).waitFor({ timeout: T });
+  await page.waitForFunction(() => document.querySelectorAll('tr[data-online="true"]').length === 4,
+    null, { timeout: T });
+  await page.locator(`tr[data-id="${dev}"] td[data-label="Agent"]`, { hasText: 'running' }).waitFor({ timeout: T });
+  await page.locator('body').screenshot({ path: path.join(shots, 'readme-fleet.png') });
+  console.log('fleet shot');
+
+  await page.locator(`tr[data-id="${dev}"]`).getByRole('link').click();
+  await page.getByRole('heading', { name: `boiler room (${dev})` }).waitFor({ timeout: T });
+  await waitLog(page, '[Device] flow temperature 66.5 C');
+  await waitLog(page, '[Agent] reading 6 stored');
+  await page.locator('#agent-state', { hasText: 'running' }).waitFor({ timeout: T });
+  await page.waitForFunction(() => document.querySelector('#code')?.value.includes('boiler.lua'), null, { timeout: T });
+  const code = await page.locator('#code').inputValue();
+  await page.locator('#code').fill(code.replace('  last = data.seq\n', '  if data.seq > 3 last = data.seq end\n'));
+  await page.getByRole('button', { name: 'Deploy to group imps' }).click();
+  await page.getByRole('alert').filter({ hasText: 'line 5' }).waitFor({ timeout: T });
+  await page.locator('#log').evaluate((el) => { el.scrollTop = el.scrollHeight; });
+  await page.locator('#code').blur();
+  await page.screenshot({ path: path.join(shots, 'readme-device.png'), fullPage: true });
+  console.log('device shot');
+}
+
 const rowNames = (page) => page.$$eval('tr[data-id] a', (as) => as.map((a) => a.firstChild.textContent));
 
 async function paging(page) {
@@ -326,7 +357,7 @@ async function phone(page, dev) {
     page = await browser.newPage({ viewport: phoneSize ? { width: 390, height: 844 } : { width: 1280, height: 900 } });
     const errors = [];
     page.on('pageerror', (e) => errors.push(e.message));
-    const run = { signin, live, rollout, paging, phone }[scenario];
+    const run = { signin, live, rollout, paging, phone, screenshots }[scenario];
     check(run, `no scenario ${scenario}`);
     await run(page, ...args);
     check(!errors.length, `script errors in the page: ${errors.join('; ')}`);

@@ -3,7 +3,8 @@
  * serves: EventSource live lines; keyboard-only sign-in, a 401 and a viewer's
  * 403; a device coming online without a reload, its log, deploying agent code
  * and a compile error; a rollout's plan with the block reason; paging, search
- * and filters; a phone-width layout.  Each case sets up the server and
+ * and filters; a phone-width layout; the README's screenshots
+ * (tools/screenshots.sh).  Each case sets up the server and
  * simulated devices, then runs one scenario of tests/browser/dashboard.js.
  * Screenshots go to $TN_BUILDDIR/tests/integration/screenshots/.  Skipped
  * (exit 77) only where chromium or playwright-core is not installed;
@@ -11,6 +12,7 @@
 #define _GNU_SOURCE
 #include <check.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,20 +63,47 @@ static void scenario_passed(pid_t browser, const char *out, const char *name, in
 	free(text);
 }
 
-/* A simulated device that stays connected (and takes updates) until killed. */
+/* A simulated device with this hello (16 MiB of flash), more tender-sim
+ * options after it (NULL-terminated); returns once it has its welcome. */
+static pid_t sim(th_server *s, const char *name, const char *id, const char *secret, const char *hw,
+		 const char *fw, const char *jedec, ...)
+{
+	char *argv[48] = { (char *)th_bin("tender-sim"), "--url", s->ws_url, "--id", (char *)id,
+			   "--secret", (char *)secret, "--hw", (char *)hw, "--fw", (char *)fw,
+			   "--jedec", (char *)jedec, "--flash-size", "16777216" };
+	int n = 15;
+	va_list ap;
+	va_start(ap, jedec);
+	for (char *a; (a = va_arg(ap, char *)) != NULL;) {
+		ck_assert_int_lt(n, 46);
+		argv[n++] = a;
+	}
+	va_end(ap);
+	argv[n] = NULL;
+	char out[600], line[64];
+	snprintf(out, sizeof out, "%s", th_tmp(s, name));
+	pid_t pid = th_spawn(argv, out);
+	snprintf(line, sizeof line, "welcome %s", id);
+	ck_assert_msg(th_wait_file(out, line, 20000) == 0, "%s never got its welcome", id);
+	return pid;
+}
+
+/* A simulated imp003 that stays connected (and takes updates) until killed. */
 static pid_t device(th_server *s, const char *id, const char *secret, const char *jedec, const char *name,
 		    const char *log_count)
 {
-	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s->ws_url, "--id", (char *)id,
-			       "--secret", (char *)secret, "--hw", "imp003", "--fw", "36.10",
-			       "--jedec", (char *)jedec, "--flash-size", "16777216", "--update", "accept",
-			       "--update-chunk", "32768", "--reconnect", "--log-count", (char *)log_count,
-			       "--log-text", "from the test %n", NULL };
-	pid_t pid = th_spawn(argv, th_tmp(s, name));
-	char line[64];
-	snprintf(line, sizeof line, "welcome %s", id);
-	ck_assert_int_eq(th_wait_file(th_tmp(s, name), line, 10000), 0);
-	return pid;
+	return sim(s, name, id, secret, "imp003", "36.10", jedec, "--update", "accept", "--update-chunk", "32768",
+		   "--reconnect", "--log-count", log_count, "--log-text", "from the test %n", NULL);
+}
+
+static void deploy(th_server *s, const char *group, const char *code)
+{
+	char path[128];
+	th_resp r;
+	snprintf(path, sizeof path, "/v1/groups/%s/agent", group);
+	th_http(s, "PUT", path, "text/plain", code, NULL, &r);
+	ck_assert_msg(r.status == 200, "deploy to %s: %ld %s", group, r.status, r.body);
+	th_resp_free(&r);
 }
 
 static void stop(pid_t pid)
@@ -115,6 +144,63 @@ START_TEST(eventsource_in_chromium_gets_live_lines)
 	free(text);
 	ck_assert_int_eq(access(shot, R_OK), 0);
 	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* The README's screenshots (docs/img/dashboard-fleet.png and
+ * dashboard-device.png; tools/screenshots.sh runs only this case and copies
+ * them there): a small fleet that looks like one.  The imp003 of the seed
+ * report (S25FL127S) runs the group's agent and sends readings, so its log
+ * has [Status], [Device] and [Agent] lines; one device has been and gone,
+ * one never came, one has a part the table does not know. */
+#define ROOF "30000c2a690c77c7"
+#define COLD "30000c2a690c77c8"
+#define SPARE "30000c2a690c77c9"
+#define BENCH "30000c2a690c77ca"
+#define BOILER_AGENT                                                                                            \
+	"-- boiler.lua: keeps the latest reading\n"                                                          \
+	"local last\n"                                                                                        \
+	"server.log(\"agent ready\")\n"                                                                       \
+	"device.on(\"reading\", function(data)\n"                                                             \
+	"  last = data.seq\n"                                                                                 \
+	"  server.log(\"reading \" .. data.seq .. \" stored\")\n"                                             \
+	"end)\n"
+
+START_TEST(screenshots_for_the_readme)
+{
+	th_server s;
+	start(&s);
+	char *boiler = th_register(&s, S25, "imps"), *dock = th_register(&s, W25, "imps"),
+	     *roof = th_register(&s, ROOF, "weather"), *cold = th_register(&s, COLD, "imps"),
+	     *bench = th_register(&s, BENCH, "lab");
+	free(th_register(&s, SPARE, NULL));
+	patch(&s, S25, "{\"name\":\"boiler room\"}");
+	patch(&s, W25, "{\"name\":\"loading dock\"}");
+	patch(&s, ROOF, "{\"name\":\"roof weather station\"}");
+	patch(&s, COLD, "{\"name\":\"cold store 2\"}");
+	patch(&s, BENCH, "{\"name\":\"test bench\"}");
+	deploy(&s, "imps", BOILER_AGENT);
+	/* Been and gone: offline, last seen a moment ago. */
+	stop(sim(&s, "cold.out", COLD, cold, "imp003", "36.10", "012018", NULL));
+	ck_assert_int_eq(th_wait_online(&s, COLD, 0, 10000), 0);
+	pid_t d[4];
+	d[0] = sim(&s, "dock.out", W25, dock, "imp003", "36.10", "ef4018", "--reconnect", NULL);
+	d[1] = sim(&s, "roof.out", ROOF, roof, "imp004m", "37.2", "c22018", "--reconnect", NULL);
+	d[2] = sim(&s, "bench.out", BENCH, bench, "imp004m", "37.3-rc1", "bf2641", "--reconnect", NULL);
+	d[3] = sim(&s, "boiler.out", S25, boiler, "imp003", "36.10", "012018", "--reconnect", "--log-rate", "2",
+		   "--log-count", "6", "--log-text", "flow temperature 6%n.5 C", "--msg-rate", "2", "--msg-count",
+		   "6", "--msg-name", "reading", NULL);
+	const char *out;
+	pid_t browser = scenario(&s, "screenshots", S25, NULL, &out);
+	scenario_passed(browser, out, "screenshots", 120000);
+	for (int i = 0; i < 4; i++)
+		stop(d[i]);
+	free(boiler);
+	free(dock);
+	free(roof);
+	free(cold);
+	free(bench);
 	th_server_cleanup(&s);
 }
 END_TEST
@@ -239,8 +325,25 @@ int main(void)
 		       th_may_skip() ? "SKIP" : "FAIL (TENDER_TEST_STRICT)");
 		return th_may_skip() ? 77 : 1;
 	}
-	const TTest *tests[] = { eventsource_in_chromium_gets_live_lines, keyboard_sign_in_and_401,
-				 device_online_live_log_and_agent_code, rollout_plan_shows_the_block_reason,
-				 fleet_pages_search_and_filters, phone_width_has_no_sideways_scroll };
-	return th_run_tests("09_browser", 240, tests, sizeof tests / sizeof *tests, NULL, NULL);
+	const TTest *all[] = { eventsource_in_chromium_gets_live_lines, keyboard_sign_in_and_401,
+			       device_online_live_log_and_agent_code, rollout_plan_shows_the_block_reason,
+			       fleet_pages_search_and_filters, phone_width_has_no_sideways_scroll,
+			       screenshots_for_the_readme };
+	/* TN_BROWSER_TESTS=name,name runs only those (tools/screenshots.sh). */
+	const TTest *tests[sizeof all / sizeof *all];
+	size_t n = 0;
+	const char *only = getenv("TN_BROWSER_TESTS");
+	for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
+		char key[128];
+		snprintf(key, sizeof key, ",%s,", all[i]->name);
+		char list[1024];
+		snprintf(list, sizeof list, ",%s,", only ? only : "");
+		if (!only || !*only || strstr(list, key))
+			tests[n++] = all[i];
+	}
+	if (!n) {
+		printf("TN_BROWSER_TESTS=%s names no test\n", only);
+		return 1;
+	}
+	return th_run_tests("09_browser", 240, tests, n, NULL, NULL);
 }
