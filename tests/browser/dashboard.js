@@ -13,6 +13,8 @@
 //                       reason, start it and watch it complete; abort a second
 //                       one; flash-part verdicts and a CSV import with a
 //                       line-numbered error
+//   pause DEV1 DEV2     a rollout over three devices, one per stage: paused while
+//                       DEV1 downloads, DEV2 not triggered while paused, resumed
 //   paging              120 devices: three pages, search, group and state filters
 //   phone DEV           390 px wide: no view scrolls sideways, every control is labelled
 //   screenshots DEV     the README's two screenshots (six devices; DEV is the boiler)
@@ -278,6 +280,51 @@ async function screenshots(page, dev) {
   console.log('device shot');
 }
 
+// A rollout over three devices, one per stage, each taking its update slowly:
+// started, paused while the first downloads (the view says paused and offers
+// Resume), no new trigger while paused however long the view keeps polling,
+// then resumed to the end.
+const stateCount = (page, st) => page.$eval('.states', (ul, s) => {
+  const li = ul.querySelector(`li[data-state="${s}"]`);
+  return li ? Number(li.querySelector('strong').textContent) : 0;
+}, st).catch(() => 0);
+
+async function pause(page, first, second) {
+  await signIn(page);
+  await page.getByRole('link', { name: 'Firmware & rollouts' }).click();
+  await page.getByRole('combobox', { name: 'Firmware', exact: true }).selectOption({ label: '36.11 (imp003)' });
+  await page.getByRole('combobox', { name: 'Target' }).selectOption('group');
+  await page.getByLabel('Devices, group or hardware').fill('dock');
+  await page.getByLabel('Stages (cumulative %)').fill('33, 66, 100');
+  await page.getByRole('button', { name: 'Create rollout (paused)' }).click();
+  await page.getByText('3 eligible, 0 blocked, 0 up to date').waitFor({ timeout: T });
+  await page.getByRole('button', { name: 'Start rollout' }).click();
+  await page.locator('#rollout-state', { hasText: 'running' }).waitFor({ timeout: T });
+  // The first stage's device is under way: pause now.
+  await page.locator(`tr[data-device="${first}"]`).filter({ hasText: /triggered|downloading/ }).waitFor({ timeout: T });
+  await page.getByRole('button', { name: 'Pause' }).click();
+  await page.locator('#rollout-state', { hasText: 'paused' }).waitFor({ timeout: T });
+  await page.getByRole('button', { name: 'Resume' }).waitFor({ timeout: T });
+  check(!(await page.getByRole('button', { name: 'Pause' }).count()), 'a paused rollout still offers Pause');
+  check(await page.getByRole('button', { name: 'Abort' }).count() === 1, 'a paused rollout offers no Abort');
+  console.log('paused mid-download');
+  // What was under way finishes; nothing new starts, poll after poll.
+  await page.locator('li[data-state="completed"]', { hasText: '1 completed' }).waitFor({ timeout: 90000 });
+  for (let i = 0; i < 3; i++)
+    await page.waitForResponse((res) => /\/v1\/rollouts\/\d+\/plan$/.test(res.url()), { timeout: T });
+  check(await stateCount(page, 'pending') === 2, `not 2 pending while paused: ${await page.locator('.states').textContent()}`);
+  check((await page.locator(`tr[data-device="${second}"]`).textContent()).includes('pending'),
+        'the second stage started while paused');
+  check(await page.locator('#rollout-state').textContent() === 'paused', 'no longer paused');
+  await page.screenshot({ path: path.join(shots, 'rollout-paused.png'), fullPage: true });
+  console.log('no trigger while paused');
+  await page.getByRole('button', { name: 'Resume' }).click();
+  await page.locator('#rollout-state', { hasText: 'running' }).waitFor({ timeout: T });
+  await page.locator('#rollout-state', { hasText: 'completed' }).waitFor({ timeout: 150000 });
+  await page.locator('li[data-state="completed"]', { hasText: '3 completed' }).waitFor({ timeout: T });
+  console.log('resumed to the end');
+}
+
 const rowNames = (page) => page.$$eval('tr[data-id] a', (as) => as.map((a) => a.firstChild.textContent));
 
 async function paging(page) {
@@ -357,7 +404,7 @@ async function phone(page, dev) {
     page = await browser.newPage({ viewport: phoneSize ? { width: 390, height: 844 } : { width: 1280, height: 900 } });
     const errors = [];
     page.on('pageerror', (e) => errors.push(e.message));
-    const run = { signin, live, rollout, paging, phone, screenshots }[scenario];
+    const run = { signin, live, rollout, pause, paging, phone, screenshots }[scenario];
     check(run, `no scenario ${scenario}`);
     await run(page, ...args);
     check(!errors.length, `script errors in the page: ${errors.join('; ')}`);

@@ -277,6 +277,43 @@ START_TEST(rollout_plan_shows_the_block_reason)
 }
 END_TEST
 
+/* Three devices that take an update slowly (18 chunks, 0.4 s apart), one per
+ * stage: the browser starts the rollout, pauses it while the first downloads,
+ * sees no new trigger while paused, and resumes it to the end. */
+#define DOCK2 "30000c2a690c77d1"
+#define DOCK3 "30000c2a690c77d2"
+
+START_TEST(rollout_pause_and_resume)
+{
+	th_server s;
+	start(&s);
+	const char *ids[3] = { W25, DOCK2, DOCK3 };
+	pid_t d[3];
+	for (int i = 0; i < 3; i++) {
+		char *sec = th_register(&s, ids[i], "dock"), name[32];
+		snprintf(name, sizeof name, "dock%d.out", i);
+		d[i] = sim(&s, name, ids[i], sec, "imp003", "36.10", "ef4018", "--reconnect", "--update", "accept",
+			   "--update-chunk", "4096", "--update-delay", "400", NULL);
+		free(sec);
+	}
+	static unsigned char image[70000];
+	memset(image, 0x5a, sizeof image);
+	th_resp r;
+	th_upload_firmware(&s, "{\"version\":\"36.11\",\"hw\":[\"imp003\"]}", image, sizeof image, &r);
+	ck_assert_msg(r.status == 201, "upload: %ld %s", r.status, r.body);
+	th_resp_free(&r);
+	const char *out;
+	pid_t browser = scenario(&s, "pause", W25, DOCK2, &out);
+	scenario_passed(browser, out, "pause", 200000);
+	for (int i = 0; i < 3; i++) {
+		ck_assert_int_ge(th_wait_event(&s, ids[i], "status", "firmware update completed: 36.10 -> 36.11", 1000), 1);
+		ck_assert_int_eq(th_count_events(&s, ids[i], "firmware update triggered"), 1);
+		stop(d[i]);
+	}
+	th_server_cleanup(&s);
+}
+END_TEST
+
 /* 120 devices: three pages by the server's cursor, search and a group
  * filter done by the server, counts from GET /v1/fleet. */
 START_TEST(fleet_pages_search_and_filters)
@@ -328,7 +365,7 @@ int main(void)
 	const TTest *all[] = { eventsource_in_chromium_gets_live_lines, keyboard_sign_in_and_401,
 			       device_online_live_log_and_agent_code, rollout_plan_shows_the_block_reason,
 			       fleet_pages_search_and_filters, phone_width_has_no_sideways_scroll,
-			       screenshots_for_the_readme };
+			       screenshots_for_the_readme, rollout_pause_and_resume };
 	/* TN_BROWSER_TESTS=name,name runs only those (tools/screenshots.sh). */
 	const TTest *tests[sizeof all / sizeof *all];
 	size_t n = 0;
