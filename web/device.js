@@ -3,7 +3,7 @@
 // on demand (scrolling to the top or the button), then live with EventSource
 // resuming right after the last event of the history, so nothing is missed
 // or shown twice.
-import { api, query, token, h, when, ago, bytes, notice, eventText, flashText } from './lib.js';
+import { api, query, token, h, when, ago, bytes, notice, note, eventText, flashText } from './lib.js';
 
 const PAGE = 100;
 
@@ -13,10 +13,10 @@ function detail(label, value) {
 
 export function deviceView(id) {
   const title = h('h2#device-title', id);
-  const msg = h('p', { hidden: true });
+  const msg = note();
   const details = h('dl.details', { 'aria-label': 'Device details' }, h('dd', 'Loading…'));
   const agentInfo = h('dl.details', { 'aria-label': 'Agent state' }, h('dd', 'Loading…'));
-  const agentMsg = h('p', { role: 'status' });
+  const agentMsg = note();
   const codeSection = h('div');
   const logState = h('p#log-state.log-state', { role: 'status' }, 'Loading the log…');
   const log = h('ol#log.log', { role: 'log', 'aria-label': `Log of ${id}`, tabindex: '0' });
@@ -114,7 +114,7 @@ export function deviceView(id) {
     const group = device.group;
     codeGroup = group;
     const groupInput = h('input#group-name', { value: group || '', maxlength: 64, autocomplete: 'off' });
-    const groupMsg = h('p', { role: 'status' });
+    const groupMsg = note();
     const groupForm = h('form.inline', {
       onsubmit: async (e) => {
         e.preventDefault();
@@ -140,7 +140,7 @@ export function deviceView(id) {
     api(`/v1/groups/${encodeURIComponent(group)}/agent`).then((c) => {
       if (!code.value && c && typeof c.source === 'string') code.value = c.source;
     }).catch(() => { /* 404: no code yet; other errors show on deploy */ });
-    const result = h('div#code-result', { 'aria-live': 'polite' });
+    const result = note('', 'info', 'div#code-result');
     const deploy = h('button', { type: 'submit' }, `Deploy to group ${group}`);
     const form = h('form.code', { onsubmit: async (e) => { e.preventDefault(); await deployCode(); } },
       h('label', { for: 'code' }, `Agent code (Lua) for group ${group}`),
@@ -151,24 +151,24 @@ export function deviceView(id) {
 
     async function deployCode() {
       code.removeAttribute('aria-invalid');
-      result.replaceChildren(h('p.notice.info', 'Deploying…'));
+      notice(result, 'Deploying…', 'info');
       try {
         const r = await api(`/v1/groups/${encodeURIComponent(group)}/agent`, { method: 'PUT', body: code.value, type: 'text/plain' });
-        result.replaceChildren(h('p.notice.ok', `Deployed ${r.bytes} bytes to group ${r.group}.`));
+        notice(result, `Deployed ${r.bytes} bytes to group ${r.group}.`, 'ok');
         agentSoon();
       } catch (e) {
         if (e.status === 401) return;
         code.setAttribute('aria-invalid', 'true');
-        result.replaceChildren(compileError(e.message, code));
+        notice(result, compileError(e.message, code), 'error');
       }
     }
   }
 
   // "agent.lua:3: unexpected symbol near '='": the line, its text, and a
-  // button that puts the cursor on it.
+  // button that puts the cursor on it (the content of an error notice).
   function compileError(message, code) {
     const m = message.match(/agent\.lua:(\d+):\s*(.*)$/s);
-    if (!m) return h('p.notice.error', { role: 'alert' }, `Not deployed: ${message}`);
+    if (!m) return `Not deployed: ${message}`;
     const n = Number(m[1]);
     const lines = code.value.split('\n');
     const goTo = () => {
@@ -176,10 +176,10 @@ export function deviceView(id) {
       code.focus();
       code.setSelectionRange(start, start + (lines[n - 1] || '').length);
     };
-    return h('div.notice.error', { role: 'alert' },
+    return [
       h('p', h('strong', `Not deployed: line ${n}: `), m[2]),
       lines[n - 1] !== undefined ? h('pre.code-line', h('span.ln', String(n)), lines[n - 1]) : null,
-      h('button', { type: 'button', onclick: goTo }, `Go to line ${n}`));
+      h('button', { type: 'button', onclick: goTo }, `Go to line ${n}`)];
   }
 
   function eventLine(ev) {

@@ -1,6 +1,6 @@
 // The flash-parts view: the table, each part's verdict against a chosen
 // firmware, and a CSV import that shows every refused line.
-import { api, query, h, bytes, notice, table, row } from './lib.js';
+import { api, query, h, bytes, notice, note, table, row } from './lib.js';
 
 const COLUMNS = ['Part', 'JEDEC', 'Size', '4 KB everywhere', '64 KB everywhere', 'Erase layouts', 'Shares id with', 'Verdict'];
 const yes = (v) => (v ? 'yes' : 'no');
@@ -8,11 +8,11 @@ const yes = (v) => (v ? 'yes' : 'no');
 export function flashView() {
   const fwSelect = h('select#fp-firmware', {}, h('option', { value: '' }, 'none'));
   const filter = h('input#fp-filter', { type: 'search', autocomplete: 'off', placeholder: 'part, vendor or JEDEC id' });
-  const msg = h('p', { hidden: true });
+  const msg = note();
   const list = h('div.list', h('p.empty', 'Loading the table…'));
   const csv = h('textarea#fp-csv', { rows: 6, spellcheck: 'false', 'aria-describedby': 'fp-csv-help' });
   const file = h('input#fp-file', { type: 'file', accept: '.csv,text/csv' });
-  const result = h('div#fp-result', { 'aria-live': 'polite' });
+  const result = note('', 'info', 'div#fp-result');
 
   const el = h('section.view', { 'aria-labelledby': 'flash-title' },
     h('div.title', h('h2#flash-title', 'Flash parts')),
@@ -83,22 +83,22 @@ export function flashView() {
 
   async function importCsv() {
     if (!csv.value.trim()) {
-      result.replaceChildren(h('p.notice.error', { role: 'alert' }, 'Choose a CSV file or paste CSV text first.'));
+      notice(result, 'Choose a CSV file or paste CSV text first.', 'error');
       return;
     }
-    result.replaceChildren(h('p.notice.info', 'Importing…'));
+    notice(result, 'Importing…', 'info');
     csv.removeAttribute('aria-invalid');
     try {
       const r = await api('/v1/flash-parts/import', { body: csv.value, type: 'text/csv' });
-      result.replaceChildren(h('p.notice.ok', `Imported ${r.imported} part${r.imported === 1 ? '' : 's'}.`));
+      notice(result, `Imported ${r.imported} part${r.imported === 1 ? '' : 's'}.`, 'ok');
       load();
     } catch (e) {
       if (e.status === 401) return;
       csv.setAttribute('aria-invalid', 'true');
-      result.replaceChildren(h('div.notice.error', { role: 'alert' },
+      notice(result, [
         h('p', h('strong', 'Nothing was imported. '), e.errors.length ? `${e.errors.length} error${e.errors.length === 1 ? '' : 's'}:` : e.message),
         e.errors.length ? h('ul.errors', e.errors.map((x) =>
-          h('li', `Line ${x.line}${x.column ? `, column ${x.column}` : ''}: ${x.message}`))) : null));
+          h('li', `Line ${x.line}${x.column ? `, column ${x.column}` : ''}: ${x.message}`))) : null], 'error');
     }
   }
 

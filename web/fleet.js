@@ -1,7 +1,7 @@
 // The fleet view: counts, filters and search, one page of devices at a time
 // (server-side cursor paging, so 10,000 devices cost one page), and online
 // state kept live from a log stream over every device ({"all":true}).
-import { api, query, token, h, ago, notice, table, row, flashText } from './lib.js';
+import { api, query, token, h, ago, notice, note, table, row, flashText } from './lib.js';
 
 const PAGE = 50;
 const COLUMNS = ['Device', 'State', 'HW', 'FW', 'Flash', 'Agent', 'Last seen', 'Group'];
@@ -29,7 +29,7 @@ function deviceRow(d) {
 export function fleetView() {
   const counts = h('p.counts', { 'aria-live': 'polite' }, 'Loading counts…');
   const live = h('span.live', { role: 'status' }, 'Connecting…');
-  const msg = h('p', { hidden: true });
+  const msg = note();
   const list = h('div.list', h('p.empty', 'Loading devices…'));
   const pageInfo = h('span.page-info', { 'aria-live': 'polite' });
   const prev = h('button', { type: 'button', onclick: () => { state.cursors.pop(); load(); } }, 'Previous page');

@@ -130,12 +130,20 @@ export function eventText(ev) {
     `${p(t.getSeconds())} ${zone} [${label}] ${ev.msg}`;
 }
 
-// A message line in a view: role=status for news, role=alert for errors.
-export function notice(el, text, kind = 'info') {
-  el.textContent = text;
+// A message in a view, in el: kind 'error' makes it role="alert", announced
+// at once; 'info' and 'ok' role="status", announced when the reader is
+// idle.  content: text or nodes.  An empty notice stays in the page (a live
+// region must be there before its message, or screen readers miss it) and
+// takes no room (app.css).
+export function notice(el, content, kind = 'info') {
+  fill(el, content);
   el.className = `notice ${kind}`;
-  el.hidden = !text;
+  el.setAttribute('role', kind === 'error' ? 'alert' : 'status');
+  return el;
 }
+
+// A new notice element: note() is an empty one, ready for notice().
+export const note = (content = '', kind = 'info', spec = 'div') => notice(h(spec), content, kind);
 
 // A table whose rows become labelled cards at phone width (app.css).
 export function table(caption, columns, rows) {

@@ -1,7 +1,7 @@
 // Firmware and rollouts: upload an image, create a rollout (always paused,
 // so its dry-run plan is read before anything is sent), then start it and
 // watch it by device state, with pause, resume and abort.
-import { api, h, fill, when, bytes, notice, table, row } from './lib.js';
+import { api, h, fill, when, bytes, notice, note, table, row } from './lib.js';
 
 const FW_COLUMNS = ['Version', 'Hardware', 'Requirements', 'Size', 'SHA-256', 'Uploaded'];
 const RO_COLUMNS = ['Rollout', 'Firmware', 'Target', 'State', 'Devices', 'Created'];
@@ -33,8 +33,8 @@ function countsText(counts) {
 export function rolloutsView() {
   const fwList = h('div.list', h('p.empty', 'Loading firmware…'));
   const roList = h('div.list', h('p.empty', 'Loading rollouts…'));
-  const upResult = h('div#up-result', { 'aria-live': 'polite' });
-  const roResult = h('div#ro-result', { 'aria-live': 'polite' });
+  const upResult = note('', 'info', 'div#up-result');
+  const roResult = note('', 'info', 'div#ro-result');
   const fwSelect = h('select#ro-firmware', { required: true });
   const targetKind = h('select#ro-kind', {},
     h('option', { value: 'devices' }, 'Devices (ids)'), h('option', { value: 'group' }, 'Group'), h('option', { value: 'hw' }, 'Hardware model'));
@@ -84,7 +84,7 @@ export function rolloutsView() {
         f.version, (f.hw || []).join(', '), requirementsText(f.requirements), bytes(f.size),
         h('code.hash', f.sha256.slice(0, 12)), when(f.created)]))) : h('p.empty', 'No firmware yet: upload an image above.'));
     } catch (e) {
-      if (e.status !== 401) fwList.replaceChildren(h('p.notice.error', `Cannot list firmware: ${e.message}`));
+      if (e.status !== 401) fwList.replaceChildren(note(`Cannot list firmware: ${e.message}`, 'error'));
     }
   }
 
@@ -97,7 +97,7 @@ export function rolloutsView() {
         targetText(r.target), h(`span.badge.s-${r.state}`, r.state), countsText(r.counts), when(r.created)])))
         : h('p.empty', 'No rollouts yet.'));
     } catch (e) {
-      if (e.status !== 401) roList.replaceChildren(h('p.notice.error', `Cannot list rollouts: ${e.message}`));
+      if (e.status !== 401) roList.replaceChildren(note(`Cannot list rollouts: ${e.message}`, 'error'));
     }
   }
 
@@ -121,7 +121,7 @@ export function rolloutsView() {
       await loadFirmware();
       fwSelect.value = String(fw.id);
     } catch (e) {
-      if (e.status !== 401) { notice(upResult, `Not uploaded: ${e.message}`, 'error'); upResult.setAttribute('role', 'alert'); }
+      if (e.status !== 401) notice(upResult, `Not uploaded: ${e.message}`, 'error');
     }
   }
 
@@ -138,7 +138,7 @@ export function rolloutsView() {
       const r = await api('/v1/rollouts', { body });
       location.hash = `#/rollouts/${r.id}`;
     } catch (e) {
-      if (e.status !== 401) { notice(roResult, `Not created: ${e.message}`, 'error'); roResult.setAttribute('role', 'alert'); }
+      if (e.status !== 401) notice(roResult, `Not created: ${e.message}`, 'error');
     }
   }
 
@@ -152,7 +152,7 @@ export function rolloutView(id) {
   const summary = h('dl.details', { 'aria-label': 'Rollout state' }, h('dd', 'Loading…'));
   const counts = h('div.counts', { 'aria-live': 'polite' });
   const actions = h('div.actions');
-  const msg = h('p', { hidden: true });
+  const msg = note();
   const plan = h('div.list', h('p.empty', 'Loading the plan…'));
   const planCounts = h('p.counts');
   const el = h('section.view', { 'aria-labelledby': 'rollout-title' },

@@ -39,6 +39,16 @@ async function signIn(page) {
   await page.getByRole('heading', { name: 'Fleet', level: 2 }).waitFor({ timeout: T });
 }
 
+// Every notice on screen is a live region of its kind: errors role=alert,
+// the rest role=status (lib.js notice()).
+async function checkNotices(page, what) {
+  const bad = await page.$$eval('.notice', (els) => els
+    .filter((el) => el.textContent.trim() && el.offsetParent !== null)
+    .filter((el) => el.getAttribute('role') !== (el.classList.contains('error') ? 'alert' : 'status'))
+    .map((el) => `"${el.textContent.slice(0, 50)}" (${el.className}) has role ${el.getAttribute('role')}`));
+  check(!bad.length, `${what}: ${bad.join('; ')}`);
+}
+
 const logLines = (page) => page.$$eval('#log li', (lis) => lis.map((li) => ({ id: li.dataset.id, text: li.textContent })));
 
 async function waitLog(page, text, count = 1) {
@@ -61,7 +71,8 @@ async function signin(page, viewer, dev) {
   check(outline !== 'none', 'the focused field shows no focus outline');
   await page.keyboard.type('not-the-token');
   await page.keyboard.press('Enter');
-  await page.locator('#signin-msg', { hasText: 'That token was refused' }).waitFor({ timeout: T });
+  await page.getByRole('alert').filter({ hasText: 'That token was refused' }).waitFor({ timeout: T });
+  check(await page.locator('#signin-msg').getAttribute('role') === 'alert', 'the refusal is not an alert');
   console.log('refused token shown');
   await page.keyboard.press('Control+A');
   await page.keyboard.type(token);
@@ -95,7 +106,8 @@ async function signin(page, viewer, dev) {
   await page.evaluate((d) => { location.hash = `#/devices/${d}`; }, dev);
   await page.locator('#agent-state').waitFor({ timeout: T });
   await page.getByRole('button', { name: 'Restart agent' }).click();
-  await page.getByRole('status').filter({ hasText: 'Cannot restart' }).filter({ hasText: 'operator' }).waitFor({ timeout: T });
+  await page.getByRole('alert').filter({ hasText: 'Cannot restart' }).filter({ hasText: 'operator' }).waitFor({ timeout: T });
+  await checkNotices(page, 'a refused restart');
   console.log('a viewer is told why it cannot restart');
 }
 
@@ -140,6 +152,8 @@ async function live(page, dev) {
   await page.getByLabel('Agent code (Lua) for group web').fill(
     'server.log("agent v2 ready")\ndevice.on("reading", function (data)\n  server.log("reading " .. tostring(data))\nend)\n');
   await page.getByRole('button', { name: 'Deploy to group web' }).click();
+  await page.getByRole('status').filter({ hasText: 'Deployed' }).filter({ hasText: 'to group web.' }).waitFor({ timeout: T });
+  await checkNotices(page, 'a deploy');
   await waitLog(page, '[Status] Agent restarted: reload.');
   await waitLog(page, '[Agent] agent v2 ready');
   await page.locator('#code-result', { hasText: 'Deployed' }).waitFor({ timeout: T });
@@ -156,6 +170,7 @@ async function live(page, dev) {
   await err.waitFor({ timeout: T });
   check((await err.textContent()).includes('x = = 2'), 'the compile error does not show the line');
   check(await page.locator('#code').getAttribute('aria-invalid') === 'true', 'the editor is not marked invalid');
+  await checkNotices(page, 'a compile error');
   await page.getByRole('button', { name: 'Go to line 2' }).click();
   check(await page.evaluate(() => { const c = document.querySelector('#code'); return document.activeElement === c &&
     c.value.slice(c.selectionStart, c.selectionEnd) === 'x = = 2'; }), 'Go to line does not select the line');
@@ -163,6 +178,7 @@ async function live(page, dev) {
 
   const started = await countLog(page, '[Status] Agent started.');
   await page.getByRole('button', { name: 'Restart agent' }).click();
+  await page.getByRole('status').filter({ hasText: 'Restart requested' }).waitFor({ timeout: T });
   await waitLog(page, '[Status] Agent started.', started + 1);
   const worker = await page.locator('dt:text-is("Worker") + dd').textContent();
   await page.getByRole('button', { name: 'Migrate agent' }).click();
@@ -188,7 +204,8 @@ async function rollout(page, s25, w25) {
   await page.getByLabel('Needs 64 KB erase across the whole chip').check();
   await page.getByLabel('Minimum flash size (bytes)').fill('524288');
   await page.getByRole('button', { name: 'Upload firmware' }).click();
-  await page.locator('#up-result', { hasText: 'Uploaded firmware 36.11' }).waitFor({ timeout: T });
+  await page.getByRole('status').filter({ hasText: 'Uploaded firmware 36.11' }).waitFor({ timeout: T });
+  await checkNotices(page, 'an upload');
   await page.getByRole('cell', { name: 'uniform 4 KiB + 64 KiB erase, at least 512 KiB' }).waitFor({ timeout: T });
   console.log('uploaded');
 
@@ -243,9 +260,11 @@ async function rollout(page, s25, w25) {
   await page.getByLabel('or CSV text').fill(header + 'Acme,AC25Q16,0xAC,0x4015,2M,maybe,yes\n');
   await page.getByRole('button', { name: 'Import' }).click();
   await page.getByRole('alert').filter({ hasText: 'Line 2, column uniform_4k_erase' }).waitFor({ timeout: T });
+  await checkNotices(page, 'a refused import');
   await page.getByLabel('or CSV text').fill(header + 'Acme,AC25Q16,0xAC,0x4015,2M,no,yes\n');
   await page.getByRole('button', { name: 'Import' }).click();
-  await page.locator('#fp-result', { hasText: 'Imported 1 part.' }).waitFor({ timeout: T });
+  await page.getByRole('status').filter({ hasText: 'Imported 1 part.' }).waitFor({ timeout: T });
+  await checkNotices(page, 'an import');
   await page.locator('tr', { hasText: 'AC25Q16' }).first().waitFor({ timeout: T });
   console.log('csv import errors and success shown');
 }
@@ -407,6 +426,7 @@ async function phone(page, dev) {
     const run = { signin, live, rollout, pause, paging, phone, screenshots }[scenario];
     check(run, `no scenario ${scenario}`);
     await run(page, ...args);
+    await checkNotices(page, 'the last view');
     check(!errors.length, `script errors in the page: ${errors.join('; ')}`);
     console.log(`ok ${scenario}`);
   } catch (e) {
