@@ -83,6 +83,13 @@ struct ev {
 	struct sup_info_wait *wait;    /* EV_INFO */
 };
 
+/* CPU time used in the last second, for rebalancing: a sliding window made
+ * of the current and the previous whole second (sup__window_*). */
+struct sup_window {
+	int64_t second;                /* tn_mono_ms() / 1000 of `cur` */
+	int64_t cur, prev;             /* microseconds (may be negative: an adjustment) */
+};
+
 struct qmsg {
 	struct qmsg *next;
 	char *frame;                   /* the whole msg frame, JSON text */
@@ -108,6 +115,7 @@ struct agent {
 	int backoff_ms;
 	char *last_error;              /* owned, NULL until the first error */
 	ratelimit logs;
+	struct sup_window load;        /* CPU time it used lately (under its worker's lock) */
 };
 
 /* A group name, interned once for every agent of the group; `has_code` says
@@ -126,7 +134,10 @@ struct worker {
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	struct ev *head, *tail;
-	int nagents;                   /* for rebalancing; under route_lock */
+	int nagents;                   /* for placing new agents; under route_lock */
+	struct sup_window load;        /* CPU time it spent on agents lately (under lock) */
+	struct sup_window shift;       /* the load of agents moved on or off it lately,
+					* not yet in `load` (under route_lock) */
 	idmap local;                   /* device -> agent, this worker's thread only */
 	int stop;
 };
@@ -147,8 +158,11 @@ struct supervisor {
 	pthread_mutex_t group_lock;    /* innermost: taken under route_lock too */
 	struct sup_group *groups;
 	int ncode;                     /* groups with code (under group_lock) */
-	int next_worker;
-	int64_t last_rebalance;
+	/* Rebalancing (under route_lock): the busiest and the least busy
+	 * worker, as of balance_at, and when an agent last moved. */
+	int64_t balance_at, last_move;
+	int busiest, idlest;
+	int64_t busiest_us, idlest_us;
 	pthread_mutex_t reply_lock;
 	idmap replies;                 /* handle id -> struct sup_reply, for envelopes */
 	uint64_t next_reply;
@@ -325,6 +339,100 @@ static int sup__wants_agent(supervisor *s, struct ev *e, struct agent **found)
 	return 0;
 }
 
+/* --- rebalancing ------------------------------------------------------------- */
+
+/* Rebalancing weighs work, not agents: CPU time over the last second. */
+#define SUP_BALANCE_CHECK_MS 100     /* how often the workers' loads are compared */
+#define SUP_MOVE_GAP_MS 1000         /* at most one rebalancing move a second */
+#define SUP_BUSY_MIN_US 100000       /* "much busier": 10% of a core more, ... */
+#define SUP_BUSY_FACTOR 2            /* ... and twice the least busy worker's load */
+
+static void sup__window_add(struct sup_window *l, int64_t now_ms, int64_t us)
+{
+	int64_t sec = now_ms / 1000;
+	if (sec != l->second) {
+		l->prev = sec == l->second + 1 ? l->cur : 0;
+		l->cur = 0;
+		l->second = sec;
+	}
+	l->cur += us;
+}
+
+/* About the microseconds added in the last 1000 ms: the previous second
+ * weighted by how much of it the window still covers, plus this one. */
+static int64_t sup__window_get(const struct sup_window *l, int64_t now_ms)
+{
+	int64_t sec = now_ms / 1000, left = 1000 - now_ms % 1000;
+	if (sec == l->second)
+		return l->prev * left / 1000 + l->cur;
+	if (sec == l->second + 1)
+		return l->cur * left / 1000;
+	return 0;
+}
+
+static int64_t sup__cpu_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* A worker's load as rebalancing sees it (route_lock held). */
+static int64_t sup__worker_load(struct worker *w, int64_t now)
+{
+	pthread_mutex_lock(&w->lock);
+	int64_t us = sup__window_get(&w->load, now);
+	pthread_mutex_unlock(&w->lock);
+	return us + sup__window_get(&w->shift, now);
+}
+
+/* When one worker is much busier than the least busy one, an agent on it
+ * whose event arrives moves over (the event goes along with it) -- if it
+ * did some of that work, and at most half the difference, so that the move
+ * narrows the gap without turning it around (no agent bounces back and
+ * forth).  route_lock held. */
+static void sup__rebalance(supervisor *s, struct agent *a, int64_t now)
+{
+	if (now - s->last_move < SUP_MOVE_GAP_MS)
+		return;
+	if (now - s->balance_at >= SUP_BALANCE_CHECK_MS) {
+		s->balance_at = now;
+		s->busiest = s->idlest = 0;
+		s->busiest_us = s->idlest_us = sup__worker_load(&s->workers[0], now);
+		for (int i = 1; i < s->nworkers; i++) {
+			int64_t us = sup__worker_load(&s->workers[i], now);
+			if (us > s->busiest_us) {
+				s->busiest = i;
+				s->busiest_us = us;
+			}
+			if (us < s->idlest_us) {
+				s->idlest = i;
+				s->idlest_us = us;
+			}
+		}
+	}
+	int64_t gap = s->busiest_us - s->idlest_us;
+	if (a->worker != s->busiest || gap < SUP_BUSY_MIN_US || s->busiest_us < SUP_BUSY_FACTOR * s->idlest_us)
+		return;
+	struct worker *from = &s->workers[a->worker], *to = &s->workers[s->idlest];
+	pthread_mutex_lock(&from->lock);
+	int64_t mine = sup__window_get(&a->load, now);
+	pthread_mutex_unlock(&from->lock);
+	if (mine <= 0 || 2 * mine > gap)
+		return;
+	struct ev *mo = sup__ev(EV_MIGRATE_OUT, a->device);
+	if (!mo)
+		return;
+	mo->target = s->idlest;
+	sup__push(from, mo);
+	/* Its work goes with it: count it there from now on, before the
+	 * workers' own measures catch up. */
+	sup__window_add(&from->shift, now, -mine);
+	sup__window_add(&to->shift, now, mine);
+	s->last_move = now;
+	s->balance_at = 0;
+}
+
 /* Routes an event to the worker owning the device's agent, creating the
  * agent's entry (not started yet) on first use when it needs one. */
 static void sup__route(supervisor *s, struct ev *e)
@@ -379,24 +487,9 @@ static void sup__route(supervisor *s, struct ev *e)
 			sup__push(&s->workers[best], adopt);
 		}
 	}
-	/* Rebalance: an agent on a much busier worker moves to the least busy
-	 * one as its next event arrives (the event goes along with it). */
-	int64_t now = tn_mono_ms();
-	if (s->nworkers > 1 && e->kind != EV_MIGRATE_OUT && now - s->last_rebalance >= 1000) {
-		int least = 0;
-		for (int i = 1; i < s->nworkers; i++)
-			if (s->workers[i].nagents < s->workers[least].nagents)
-				least = i;
-		int here = s->workers[a->worker].nagents, there = s->workers[least].nagents;
-		if (here - there > 2 && here > there + there / 5) {
-			struct ev *mo = sup__ev(EV_MIGRATE_OUT, e->device);
-			if (mo) {
-				mo->target = least;
-				sup__push(&s->workers[a->worker], mo);
-				s->last_rebalance = now;
-			}
-		}
-	}
+	if (s->nworkers > 1 && (e->kind == EV_ONLINE || e->kind == EV_OFFLINE || e->kind == EV_MSG ||
+				e->kind == EV_HTTP))
+		sup__rebalance(s, a, tn_mono_ms());
 	sup__push(&s->workers[a->worker], e);
 	pthread_mutex_unlock(&s->route_lock);
 }
@@ -919,10 +1012,10 @@ static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 	supervisor *s = w->sup;
 	tn_error err = { 0 };
 	agent_env env;
-	if (target < 0 || target >= s->nworkers || target == w->index)
+	if (target < 0)
 		target = (w->index + 1) % s->nworkers;
-	if (target == w->index)
-		return; /* one worker: nowhere to go */
+	if (target >= s->nworkers || target == w->index)
+		return; /* there already (sup_migrate checks when asked), or one worker */
 	int64_t now = tn_mono_ms();
 	struct ev *in = sup__ev(EV_MIGRATE_IN, a->device);
 	if (!in || sup__env_fill(a, now, &env)) {
@@ -1133,16 +1226,18 @@ static void sup__migrate_in(struct worker *w, struct ev *e)
 	pthread_mutex_unlock(&w->lock);
 }
 
-static void sup__handle(struct worker *w, struct ev *e)
+/* Handles one event; returns the agent it ran, if any (its work is counted
+ * for rebalancing). */
+static struct agent *sup__handle(struct worker *w, struct ev *e)
 {
 	if (e->kind == EV_MIGRATE_IN) {
 		sup__migrate_in(w, e);
-		return;
+		return NULL;
 	}
 	if (e->kind == EV_ADOPT) {
 		int oom = 0;
 		idmap_put(&w->local, e->device, e->agent, &oom);
-		return;
+		return NULL;
 	}
 	struct agent *a = idmap_get(&w->local, e->device);
 	if (!a) {
@@ -1156,7 +1251,7 @@ static void sup__handle(struct worker *w, struct ev *e)
 			pthread_cond_signal(&e->wait->cond);
 			pthread_mutex_unlock(&e->wait->lock);
 		}
-		return;
+		return NULL;
 	}
 	switch (e->kind) {
 	case EV_ONLINE:
@@ -1195,21 +1290,34 @@ static void sup__handle(struct worker *w, struct ev *e)
 		break;
 	case EV_MIGRATE_OUT:
 		sup__migrate_out(w, a, e->target);
-		break;
+		return NULL;
 	case EV_INFO:
 		pthread_mutex_lock(&e->wait->lock);
 		e->wait->info = sup__info(a, w);
 		e->wait->done = 1;
 		pthread_cond_signal(&e->wait->cond);
 		pthread_mutex_unlock(&e->wait->lock);
-		break;
+		return NULL;
 	default:
 		break;
 	}
+	return a;
+}
+
+/* Counts `us` of CPU time against the worker and the agent (if any). */
+static void sup__charge(struct worker *w, struct agent *a, int64_t us)
+{
+	int64_t now = tn_mono_ms();
+	pthread_mutex_lock(&w->lock);
+	sup__window_add(&w->load, now, us);
+	if (a)
+		sup__window_add(&a->load, now, us);
+	pthread_mutex_unlock(&w->lock);
 }
 
 /* Timers and restarts due; returns when the next one is (ms, monotonic), or -1. */
 struct sup__due {
+	struct worker *w;
 	int64_t now, next;
 };
 
@@ -1227,14 +1335,18 @@ static void sup__due_one(void *arg, uint64_t key, void *val)
 	if (a->rt) {
 		t = agent_rt_next_timer(a->rt);
 		if (t >= 0 && t <= d->now) {
+			int64_t cpu = sup__cpu_us();
 			sup__after(a, agent_rt_run_timers(a->rt, d->now));
+			sup__charge(d->w, a, sup__cpu_us() - cpu);
 			t = a->rt ? agent_rt_next_timer(a->rt) : -1;
 		}
 	} else if (a->restart_at) {
 		if (a->restart_at <= d->now) {
+			int64_t cpu = sup__cpu_us();
 			a->restart_at = 0;
 			a->restarts++;
 			sup__start_agent(a, "Agent started.");
+			sup__charge(d->w, a, sup__cpu_us() - cpu);
 			t = a->rt ? agent_rt_next_timer(a->rt) : a->restart_at;
 		} else {
 			t = a->restart_at;
@@ -1294,10 +1406,12 @@ static void *sup__worker_main(void *arg)
 				sup__ev_free(e);
 				continue;
 			}
-			sup__handle(w, e);
+			int64_t cpu = sup__cpu_us();
+			struct agent *ran = sup__handle(w, e);
 			sup__ev_free(e);
+			sup__charge(w, ran, sup__cpu_us() - cpu);
 		}
-		struct sup__due d = { tn_mono_ms(), -1 };
+		struct sup__due d = { w, tn_mono_ms(), -1 };
 		idmap_foreach(&w->local, sup__due_one, &d);
 		next = d.next;
 		pthread_mutex_lock(&w->lock);
@@ -1523,18 +1637,41 @@ int sup_restart(supervisor *s, uint64_t device, tn_error *err)
 	return 0;
 }
 
-int sup_migrate(supervisor *s, uint64_t device, int worker, tn_error *err)
+int sup_workers(const supervisor *s)
 {
-	pthread_mutex_lock(&s->route_lock);
-	int known = idmap_get(&s->route, device) || idmap_get(&s->seen, device);
-	pthread_mutex_unlock(&s->route_lock);
-	if (!known)
-		return tn_err(err, TN_ESTATE, "the device's agent has not started yet");
+	return s->nworkers;
+}
+
+int sup_migrate(supervisor *s, uint64_t device, int worker, int *from, int *to, tn_error *err)
+{
+	if (worker >= s->nworkers)
+		return tn_err(err, TN_EINVAL, "'worker' must be from 0 to %d: this server runs %d agent worker%s",
+			      s->nworkers - 1, s->nworkers, s->nworkers == 1 ? "" : "s");
 	struct ev *e = sup__ev(EV_MIGRATE_OUT, device);
 	if (!e)
 		return tn_err(err, TN_ENOMEM, "out of memory");
-	e->target = worker;
-	sup__route(s, e);
+	pthread_mutex_lock(&s->route_lock);
+	struct agent *a = idmap_get(&s->route, device);
+	if (!a) {
+		int seen = idmap_get(&s->seen, device) != NULL;
+		pthread_mutex_unlock(&s->route_lock);
+		sup__ev_free(e);
+		return tn_err(err, TN_ESTATE, seen ? "the device's group has no agent code: there is no agent to move"
+						 : "the device's agent has not started (nothing has called on it since "
+						   "the server started): there is nothing to move");
+	}
+	*from = a->worker;
+	*to = worker >= 0 ? worker : (a->worker + 1) % s->nworkers;
+	if (*to == *from) {
+		pthread_mutex_unlock(&s->route_lock);
+		sup__ev_free(e);
+		if (worker < 0)
+			return tn_err(err, TN_ESTATE, "this server runs one agent worker: there is nowhere to move it");
+		return 0;
+	}
+	e->target = *to;
+	sup__push(&s->workers[a->worker], e);
+	pthread_mutex_unlock(&s->route_lock);
 	return 0;
 }
 

@@ -43,8 +43,16 @@ int sup_deploy(supervisor *s, const char *group, const char *source, size_t len,
 /* Restarts the device's agent (starting it if it was not running). */
 int sup_restart(supervisor *s, uint64_t device, tn_error *err);
 
-/* Moves the device's agent to another worker (the next one, or `worker`). */
-int sup_migrate(supervisor *s, uint64_t device, int worker, tn_error *err);
+/* How many agent workers there are (0 to this minus one). */
+int sup_workers(const supervisor *s);
+
+/* Moves the device's agent to worker `worker`, or to the next one when
+ * `worker` is -1.  Returns 0 with the agent's worker in *from and the one it
+ * goes to in *to: equal when it is there already (nothing happens);
+ * TN_EINVAL when `worker` is not one of this server's (err names the
+ * range), TN_ESTATE when there is no agent to move (it has not started, or
+ * its group has no code) or, with -1, nowhere to move it (one worker). */
+int sup_migrate(supervisor *s, uint64_t device, int worker, int *from, int *to, tn_error *err);
 
 /* The agent as the API shows it ({"agent_id","state","worker","memory",
  * "events","last_error",...}), or NULL if the device does not exist. */

@@ -1016,11 +1016,15 @@ static enum MHD_Result api__device_agent(struct req *r, uint64_t id, const char 
 	if (strcmp(rest, "/migrate") == 0) {
 		long long worker = -1;
 		enum MHD_Result ret = MHD_NO;
-		if (api__int_arg(r, "worker", 0, 63, &worker, &ret))
+		int from, to;
+		if (api__int_arg(r, "worker", 0, sup_workers(r->a->sup) - 1, &worker, &ret))
 			return ret;
-		if (sup_migrate(r->a->sup, id, (int)worker, &err))
+		if (sup_migrate(r->a->sup, id, (int)worker, &from, &to, &err))
 			return err.code == TN_ESTATE ? api__error(r, 409, "%s", err.msg) : api__store_error(r, &err);
-		return api__json(r, 202, json_pack("{ss}", "status", "migrating"));
+		if (from == to) /* asked for where it is: done, as a repeated call finds it */
+			return api__json(r, 200, json_pack("{ss si ss}", "status", "in place", "worker", to,
+							   "message", "the agent is on that worker already"));
+		return api__json(r, 202, json_pack("{ss si si}", "status", "migrating", "from", from, "to", to));
 	}
 	return api__error(r, 404, "no such resource: %s", r->url);
 }

@@ -61,7 +61,7 @@ static const char ctl__usage[] =
 	"  deploy GROUP FILE                            deploy agent code (Lua) to a group; FILE - is stdin, at most 1 MiB\n"
 	"  agent ID                                     show the device's agent\n"
 	"  agent-restart ID                             restart the device's agent\n"
-	"  agent-migrate ID [--worker N]                move the device's agent to worker N (default: the server picks)\n"
+	"  agent-migrate ID [--worker N]                move the device's agent to worker N (default: the next worker)\n"
 	"  flash-parts [--jedec HEX6]                   list the flash-parts table, or the parts with one JEDEC id\n"
 	"  firmware                                     list firmware images, newest first\n"
 	"  upload FILE --version V --hw HW[,HW...] [--requires JSON]\n"
@@ -2090,7 +2090,14 @@ static int ctl__cmd_agent_migrate(ctl_client *c, const ctl_opts *o)
 	snprintf(worker, sizeof worker, "%ld", o->worker);
 	const ctl_kv q[] = { { "worker", o->worker >= 0 ? worker : NULL } };
 	int rc = ctl__device_call(c, o, "POST", "/agent/migrate", q, 1, &root);
-	if (rc == 0)
+	json_t *from = json_object_get(root, "from"), *to = json_object_get(root, "to"),
+	       *at = json_object_get(root, "worker");
+	if (rc == 0 && json_is_integer(from) && json_is_integer(to))
+		printf("migrating from worker %lld to worker %lld\n", (long long)json_integer_value(from),
+		       (long long)json_integer_value(to));
+	else if (rc == 0 && json_is_integer(at))
+		printf("in place: the agent is on worker %lld already\n", (long long)json_integer_value(at));
+	else if (rc == 0)
 		ctl__print_status(root, "migrating");
 	json_decref(root);
 	return rc;

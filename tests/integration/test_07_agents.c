@@ -340,44 +340,176 @@ START_TEST(tenderctl_deploys_and_shows_agents)
 	ck_assert_int_eq(th_run(deploy_argv, &out, 20), 0);
 	ck_assert_ptr_nonnull(strstr(out, "deployed"));
 	free(out);
-	/* Four agents all put on worker 0: traffic moves some to worker 1. */
-	char ids[4][17], *secrets[4];
-	for (int i = 0; i < 4; i++) {
-		snprintf(ids[i], sizeof ids[i], "00000000000c%04x", (unsigned)i);
-		secrets[i] = th_register(&s, ids[i], "lab");
-		const char *steps[] = { "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":1}", "expectmsg",
-					"pong", "close", NULL };
-		free(node(&s, ids[i], secrets[i], steps, 30));
-		char path[128];
-		th_resp r;
-		snprintf(path, sizeof path, "/v1/devices/%s/agent/migrate?worker=0", ids[i]);
-		th_http(&s, "POST", path, NULL, "", NULL, &r);
-		th_resp_free(&r);
-	}
-	char *const agent_argv[] = { (char *)th_bin("tenderctl"), url, "--token", s.token, "agent", ids[0], NULL };
+	char *sec = th_register(&s, DEV1, "lab");
+	const char *steps[] = { "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":1}", "expectmsg", "pong",
+				"close", NULL };
+	free(node(&s, DEV1, sec, steps, 30));
+	char *const agent_argv[] = { (char *)th_bin("tenderctl"), url, "--token", s.token, "agent", DEV1, NULL };
 	ck_assert_int_eq(th_run(agent_argv, &out, 20), 0);
 	ck_assert_msg(strstr(out, "state:") && strstr(out, "running") && strstr(out, "agent_id:"), "%s", out);
 	free(out);
-	/* Everyone is on worker 0; the other is empty: the next events rebalance. */
-	int on_one = 0;
-	for (int round = 0; round < 10 && !on_one; round++) {
-		for (int i = 0; i < 4; i++) {
-			const char *steps[] = { "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":2}", "expectmsg",
-						"pong", "close", NULL };
-			free(node(&s, ids[i], secrets[i], steps, 30));
-		}
-		for (int i = 0; i < 4; i++) {
-			char path[128];
-			snprintf(path, sizeof path, "/v1/devices/%s/agent", ids[i]);
-			json_t *a = th_get_json(&s, path, 200);
-			on_one += json_integer_value(json_object_get(a, "worker")) == 1;
-			json_decref(a);
-		}
-		usleep(1100 * 1000);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+static int worker_of(th_server *s, const char *dev)
+{
+	char path[128];
+	snprintf(path, sizeof path, "/v1/devices/%s/agent", dev);
+	json_t *a = th_get_json(s, path, 200);
+	int w = (int)json_integer_value(json_object_get(a, "worker"));
+	json_decref(a);
+	return w;
+}
+
+/* tender-sim for the devices in creds: `count` messages `name` each, every
+ * one expecting a "pong" with its seq; returns the pid (stdout to out). */
+static pid_t sim_round_trips(th_server *s, const char *creds, const char *name, const char *count,
+			     const char *out)
+{
+	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s->ws_url, "--creds", (char *)creds,
+			       "--msg-count", (char *)count, "--msg-name", (char *)name, "--expect", "pong",
+			       "--exit-when-done", "--quiet", NULL };
+	return th_spawn(argv, out);
+}
+
+/* What tender-sim's summary says ("N replies of M msgs, B bad"), asserted. */
+static void sim_check(const char *out, long want)
+{
+	char errpath[700];
+	snprintf(errpath, sizeof errpath, "%s.err", out);
+	char *report = th_read_file(errpath);
+	char want_text[80];
+	snprintf(want_text, sizeof want_text, "%ld replies of %ld msgs, 0 bad", want, want);
+	ck_assert_msg(report && strstr(report, want_text), "%s", report ? report : "(no report)");
+	free(report);
+}
+
+/* Rebalancing weighs work.  Four agents piled onto worker 0 stay there while
+ * they are idle; when they get busy, the supervisor spreads them as their
+ * events arrive, and the moves lose nothing. */
+START_TEST(a_busy_worker_is_rebalanced)
+{
+	static const char *busy_agent =
+		"device.on('ping', function(d) device.send('pong', d) end)\n"
+		"device.on('work', function(d) local x = 0 for i = 1, 300000 do x = x + i end device.send('pong', d) end)\n";
+	th_server s;
+	th_server_start(&s, "--agent-workers 2");
+	deploy(&s, "lab", busy_agent, 200);
+	char ids[4][17];
+	const char *creds = th_tmp(&s, "creds");
+	FILE *f = fopen(creds, "w");
+	for (int i = 0; i < 4; i++) {
+		snprintf(ids[i], sizeof ids[i], "00000000000c%04x", (unsigned)i);
+		char *sec = th_register(&s, ids[i], "lab");
+		fprintf(f, "%s %s\n", ids[i], sec);
+		free(sec);
 	}
-	ck_assert_msg(on_one > 0, "no agent was moved off the busy worker");
+	fclose(f);
+	const char *out = th_tmp(&s, "sim.out");
+	ck_assert_int_eq(th_wait_pid(sim_round_trips(&s, creds, "ping", "20", out), 60000), 0);
+	sim_check(out, 80);
+
+	/* Pile them onto worker 0. */
+	th_resp r;
+	char path[160];
+	for (int i = 0; i < 4; i++) {
+		snprintf(path, sizeof path, "/v1/devices/%s/agent/migrate?worker=0", ids[i]);
+		th_http(&s, "POST", path, NULL, "", NULL, &r);
+		ck_assert_msg(r.status == 202 || r.status == 200, "%ld %s", r.status, r.body);
+		th_resp_free(&r);
+	}
+	for (int i = 0; i < 4; i++) {
+		int tries = 0;
+		while (worker_of(&s, ids[i]) != 0 && tries++ < 100)
+			usleep(50 * 1000);
+		ck_assert_int_eq(worker_of(&s, ids[i]), 0);
+	}
+	int piled = 0;
 	for (int i = 0; i < 4; i++)
-		free(secrets[i]);
+		piled += th_count_events(&s, ids[i], "Agent stopped: migrating.");
+
+	/* Idle agents stay where they are: four on one worker is no imbalance. */
+	ck_assert_int_eq(th_wait_pid(sim_round_trips(&s, creds, "ping", "20", out), 60000), 0);
+	sim_check(out, 80);
+	for (int i = 0; i < 4; i++)
+		ck_assert_int_eq(worker_of(&s, ids[i]), 0);
+
+	/* Busy ones do not. */
+	pid_t pid = sim_round_trips(&s, creds, "work", "500", out);
+	int spread = 0, status = -1;
+	for (int tries = 0; tries < 1200; tries++) {
+		int on1 = 0;
+		for (int i = 0; i < 4; i++)
+			on1 += worker_of(&s, ids[i]) == 1;
+		spread |= on1 > 0 && on1 < 4;
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			break;
+		usleep(100 * 1000);
+	}
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "tender-sim: status %d", status);
+	sim_check(out, 2000);
+	ck_assert_msg(spread, "the busy worker's agents were never spread");
+	int moved = 0;
+	for (int i = 0; i < 4; i++)
+		moved += th_count_events(&s, ids[i], "Agent stopped: migrating.");
+	ck_assert_int_gt(moved, piled);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* POST .../agent/migrate: to another worker 202 {"from","to"}; to where it is
+ * 200 "in place" (nothing moves); to a worker that does not exist 400 naming
+ * the range; for an agent that has not started 409. */
+START_TEST(migrate_answers)
+{
+	th_server s;
+	th_server_start(&s, "--agent-workers 2");
+	deploy(&s, "lab", echo_agent, 200);
+	char *sec = th_register(&s, DEV1, "lab"), *sec2 = th_register(&s, DEV2, "lab");
+	const char *steps[] = { "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":1}", "expectmsg", "pong",
+				"close", NULL };
+	free(node(&s, DEV1, sec, steps, 30));
+	int at = worker_of(&s, DEV1), other = 1 - at;
+	char path[160];
+	th_resp r;
+	snprintf(path, sizeof path, "/v1/devices/%s/agent/migrate?worker=%d", DEV1, at);
+	th_http(&s, "POST", path, NULL, "", NULL, &r);
+	ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+	ck_assert_str_eq(json_string_value(json_object_get(r.json, "status")), "in place");
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "worker")), at);
+	th_resp_free(&r);
+	ck_assert_int_eq(worker_of(&s, DEV1), at);
+	ck_assert_int_eq(th_count_events(&s, DEV1, "Agent stopped: migrating."), 0);
+
+	th_http(&s, "POST", "/v1/devices/" DEV1 "/agent/migrate?worker=2", NULL, "", NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	ck_assert_msg(strstr(r.body, "from 0 to 1"), "%s", r.body);
+	th_resp_free(&r);
+	ck_assert_int_eq(worker_of(&s, DEV1), at);
+
+	snprintf(path, sizeof path, "/v1/devices/%s/agent/migrate?worker=%d", DEV1, other);
+	th_http(&s, "POST", path, NULL, "", NULL, &r);
+	ck_assert_msg(r.status == 202, "%ld %s", r.status, r.body);
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "from")), at);
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "to")), other);
+	th_resp_free(&r);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Agent stopped: migrating.", 5000), 1);
+	ck_assert_int_eq(worker_of(&s, DEV1), other);
+	/* No ?worker: the next one. */
+	th_http(&s, "POST", "/v1/devices/" DEV1 "/agent/migrate", NULL, "", NULL, &r);
+	ck_assert_msg(r.status == 202, "%ld %s", r.status, r.body);
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "to")), at);
+	th_resp_free(&r);
+
+	/* DEV2 never connected since the server started: nothing to move. */
+	th_http(&s, "POST", "/v1/devices/" DEV2 "/agent/migrate?worker=0", NULL, "", NULL, &r);
+	ck_assert_msg(r.status == 409, "%ld %s", r.status, r.body);
+	ck_assert_msg(strstr(r.body, "has not started"), "%s", r.body);
+	th_resp_free(&r);
+	free(sec);
+	free(sec2);
 	th_server_cleanup(&s);
 }
 END_TEST
@@ -468,8 +600,20 @@ int main(void)
 		a_catastrophic_pattern_is_stopped,
 		migration_under_traffic_loses_nothing,
 		tenderctl_deploys_and_shows_agents,
+		a_busy_worker_is_rebalanced,
+		migrate_answers,
 		tender_sim_scripted_round_trips,
 		deploy_starts_agents_of_online_devices,
 	};
-	return th_run_tests("07_agents", 180, tests, sizeof tests / sizeof tests[0], NULL, NULL);
+	/* T07_ONLY=name,name runs only those tests (while working on one). */
+	const TTest *chosen[sizeof tests / sizeof tests[0]];
+	size_t n = 0;
+	const char *only = getenv("T07_ONLY");
+	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+		const char *at = only ? strstr(only, tests[i]->name) : NULL;
+		size_t len = strlen(tests[i]->name);
+		if (!only || (at && (at == only || at[-1] == ',') && (at[len] == '\0' || at[len] == ',')))
+			chosen[n++] = tests[i];
+	}
+	return th_run_tests("07_agents", 180, chosen, n, NULL, NULL);
 }
