@@ -74,7 +74,8 @@ struct req {
 	char addr[48];
 	int audit;             /* 1: record it in the audit trail when answered */
 	char audit_detail[256];
-	int retry_after;       /* seconds, for a 429 */
+	int retry_after;       /* seconds, for a 429 or 503 */
+	int counted;           /* the refusal is counted already, as its own kind */
 };
 
 /* --- responses -------------------------------------------------------------- */
@@ -180,7 +181,8 @@ static enum MHD_Result api__error(struct req *r, unsigned status, const char *fm
 	for (size_t i = 0; i < TN_ARRAY_LEN(api__errors); i++)
 		if (api__errors[i].status == status) {
 			code = api__errors[i].code;
-			metrics_error(api__errors[i].kind);
+			if (!r->counted)
+				metrics_error(api__errors[i].kind);
 		}
 	return api__json(r, status, json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", msg));
 }
@@ -1135,8 +1137,13 @@ static enum MHD_Result api__logstream_route(struct req *r, const char *rest)
 		json_t *body = api__json_body(r, &ret), *out = NULL;
 		if (!body)
 			return ret;
-		int rc = logstream_create(r->a->streams, body, &out, &err);
+		int rc = logstream_create(r->a->streams, r->who.id, body, &out, &err);
 		json_decref(body);
+		if (rc == TN_ETOOBIG || rc == TN_ESTATE) { /* a stream limit, counted as its own kind */
+			r->counted = 1;
+			r->retry_after = logstreams_open_timeout_s(r->a->streams);
+			return api__error(r, rc == TN_ETOOBIG ? 429 : 503, "%s", err.msg);
+		}
 		return rc ? api__store_error(r, &err) : api__json(r, 201, out);
 	}
 	char id[64];

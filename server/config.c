@@ -64,6 +64,9 @@ static const struct opt config__opts[] = {
 	  "concurrent HTTP connections (default 1024)" },
 	{ "http-timeout", OPT_INT, OFF(http_timeout), 1, 3600, "S",
 	  "seconds an idle HTTP connection is kept (default 30)" },
+	{ "store-queue", OPT_INT, OFF(store_queue), 65536, 1 << 30, "BYTES",
+	  "writes waiting for the disk, at most; past it device and agent log lines are dropped "
+	  "and counted, and API writes answer 503, until it drains (default 67108864)" },
 	{ "batch-max", OPT_INT, OFF(batch_max), 1, 100000, "N",
 	  "events committed per store transaction, at most (default 1024)" },
 	{ "log-rate", OPT_INT, OFF(log_rate), 0, 1000000, "N",
@@ -78,6 +81,13 @@ static const struct opt config__opts[] = {
 	  "keep at most the newest N events per device (default 100000, 0: all)" },
 	{ "stream-queue", OPT_INT, OFF(stream_queue), 10, 10000000, "N",
 	  "events a log stream may have waiting before it is cut off as too slow (default 10000)" },
+	{ "max-streams", OPT_INT, OFF(max_streams), 0, 1000000, "N",
+	  "named log streams (POST /v1/logstreams) held at once; more are refused with 503 "
+	  "(default 1000, 0: no limit)" },
+	{ "max-streams-per-token", OPT_INT, OFF(max_streams_per_token), 0, 1000000, "N",
+	  "named log streams one API token may hold; more are refused with 429 (default 100, 0: no limit)" },
+	{ "stream-open-timeout", OPT_INT, OFF(stream_open_timeout), 1, 86400, "S",
+	  "seconds a named log stream may wait to be opened before it is removed (default 60)" },
 	{ "agent-workers", OPT_INT, OFF(agent_workers), 0, 64, "N",
 	  "agent worker threads (default 0: one per core)" },
 	{ "agent-memory", OPT_INT, OFF(agent_memory), 65536, 1 << 30, "BYTES",
@@ -111,8 +121,12 @@ void config_defaults(tn_config *cfg)
 	cfg->auth_fail_limit = 20;
 	cfg->auth_fail_window = 60;
 	cfg->batch_max = 1024;
+	cfg->store_queue = 64 << 20;
 	cfg->agent_memory = 1 << 20;
 	cfg->stream_queue = 10000;
+	cfg->max_streams = 1000;
+	cfg->max_streams_per_token = 100;
+	cfg->stream_open_timeout = 60;
 	cfg->retention_days = 90;
 	cfg->retention_count = 100000;
 	cfg->log_rate = 100;

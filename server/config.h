@@ -34,10 +34,14 @@ typedef struct tn_config {
 	int batch_max;           /* events per store transaction, at most */
 	int log_rate;            /* device log lines per second */
 	int agent_log_rate;      /* agent log lines per second */
-	int stream_queue;
+	int stream_queue;        /* events a log stream subscriber may have waiting */
+	int max_streams;         /* named log streams in all (0: no limit) */
+	int max_streams_per_token; /* named log streams per API token (0: no limit) */
+	int stream_open_timeout; /* seconds a named log stream may wait to be opened */
+	int store_queue;         /* bytes of writes waiting for the disk, at most */
 	int retention_days;      /* events older are deleted (0: kept) */
 	int retention_seconds;   /* the same in seconds, for tests; overrides days */
-	int retention_count;     /* events kept per device (0: all) */        /* events a log stream subscriber may have waiting */
+	int retention_count;     /* events kept per device (0: all) */
 	int agent_workers;       /* 0: one per core */
 	int agent_memory;        /* bytes per agent */
 	int agent_budget;        /* Lua instructions per agent event */

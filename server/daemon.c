@@ -152,13 +152,18 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 		.retention_age_ms = cfg->retention_seconds ? (int64_t)cfg->retention_seconds * 1000
 							   : (int64_t)cfg->retention_days * 86400 * 1000,
 		.retention_count = cfg->retention_count,
+		.max_queue_bytes = (size_t)cfg->store_queue,
 	};
 	bus_options bo = { .max_queue = (size_t)cfg->stream_queue };
 	if ((rc = daemon__mkdirs(cfg->data_dir, err)) || (rc = bus_new(&t->bus, &bo)) ||
 	    (rc = store_open(&t->st, cfg->data_dir, &so, err)))
 		goto fail;
 	store_set_bus(t->st, t->bus);
-	if ((rc = logstreams_new(&t->streams, t->bus, t->st))) {
+	logstreams_options lo = {
+		.max_streams = cfg->max_streams, .max_per_owner = cfg->max_streams_per_token,
+		.open_timeout_ms = (int64_t)cfg->stream_open_timeout * 1000,
+	};
+	if ((rc = logstreams_new(&t->streams, t->bus, t->st, &lo))) {
 		tn_err(err, rc, "out of memory");
 		goto fail;
 	}

@@ -16,7 +16,12 @@
  * LOGSTREAM_WAKE_MS.  At a high event rate each resumed reader then sends the
  * several events that arrived meanwhile in one write, instead of paying a
  * resume, a send() and its reader's recv() per event; an event that arrives
- * after a quiet spell is passed on at once. */
+ * after a quiet spell is passed on at once.
+ *
+ * Named streams are bounded: at most opt.max_streams in all and
+ * opt.max_per_owner per API token, and one not opened within
+ * opt.open_timeout_ms of its creation is removed by the waker thread (it
+ * would otherwise buffer events for no one, forever). */
 #define _GNU_SOURCE
 #include "logstream.h"
 
@@ -25,11 +30,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "auth.h"
 #include "log.h"
 #include "logfmt.h"
+#include "metrics.h"
 
 #define LOGSTREAM_PAGE 500
 #define LOGSTREAM_WAKE_MS 5
@@ -41,6 +48,8 @@ struct stream {
 	bus_sub *sub;
 	int has_reader;
 	int64_t created;
+	int64_t owner;              /* the API token that created it */
+	int64_t open_by;            /* tn_mono_ms: removed if not opened by then */
 };
 
 struct reader {
@@ -67,8 +76,10 @@ struct reader {
 struct logstreams {
 	bus *b;
 	store *st;
+	logstreams_options opt;
 	pthread_mutex_t lock;
 	struct stream *streams;     /* the named ones */
+	int nstreams;               /* under lock */
 	_Atomic int readers;
 	int closing;
 	/* The waker thread and the readers it is to resume. */
@@ -92,15 +103,57 @@ static void ls__wake_all_locked(logstreams *ls)
 	}
 }
 
+static void ls__stream_free(logstreams *ls, struct stream *st);
+
+/* Removes the named streams nobody opened in time (the waker's cron). */
+static void ls__expire(logstreams *ls)
+{
+	struct stream *gone = NULL;
+	int64_t now = tn_mono_ms();
+	pthread_mutex_lock(&ls->lock);
+	for (struct stream **pp = &ls->streams; *pp;) {
+		struct stream *st = *pp;
+		if (st->has_reader || now < st->open_by) {
+			pp = &st->next;
+			continue;
+		}
+		*pp = st->next;
+		st->next = gone;
+		gone = st;
+		ls->nstreams--;
+	}
+	pthread_mutex_unlock(&ls->lock);
+	while (gone) {
+		struct stream *st = gone;
+		gone = st->next;
+		log_info("log stream %.12s... was not opened within %d s of its creation: removed", st->id,
+			 (int)(ls->opt.open_timeout_ms / 1000));
+		metrics_inc(M_STREAMS_EXPIRED);
+		metrics_add(M_STREAMS, -1);
+		ls__stream_free(ls, st);
+	}
+}
+
 /* The waker thread: resumes queued readers, then lets LOGSTREAM_WAKE_MS
- * pass so that the next batch gathers. */
+ * pass so that the next batch gathers; once a second it expires streams. */
 static void *ls__waker(void *arg)
 {
 	logstreams *ls = arg;
+	int64_t next_expiry = tn_mono_ms() + 1000;
 	pthread_mutex_lock(&ls->wake_lock);
 	while (!ls->waker_stop) {
+		if (tn_mono_ms() >= next_expiry) {
+			pthread_mutex_unlock(&ls->wake_lock);
+			ls__expire(ls);
+			next_expiry = tn_mono_ms() + 1000;
+			pthread_mutex_lock(&ls->wake_lock);
+			continue;
+		}
 		if (!ls->to_wake) {
-			pthread_cond_wait(&ls->wake_cond, &ls->wake_lock);
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1;
+			pthread_cond_timedwait(&ls->wake_cond, &ls->wake_lock, &ts);
 			continue;
 		}
 		ls__wake_all_locked(ls);
@@ -126,13 +179,16 @@ static void ls__waker_stop(logstreams *ls)
 		pthread_join(ls->waker, NULL);
 }
 
-int logstreams_new(logstreams **out, bus *b, store *st)
+int logstreams_new(logstreams **out, bus *b, store *st, const logstreams_options *opt)
 {
 	logstreams *ls = calloc(1, sizeof *ls);
 	if (!ls)
 		return TN_ENOMEM;
 	ls->b = b;
 	ls->st = st;
+	ls->opt = *opt;
+	if (ls->opt.open_timeout_ms <= 0)
+		ls->opt.open_timeout_ms = 60000;
 	pthread_mutex_init(&ls->lock, NULL);
 	pthread_mutex_init(&ls->wake_lock, NULL);
 	pthread_cond_init(&ls->wake_cond, NULL);
@@ -146,6 +202,11 @@ int logstreams_new(logstreams **out, bus *b, store *st)
 	ls->waker_running = 1;
 	*out = ls;
 	return 0;
+}
+
+int logstreams_open_timeout_s(const logstreams *ls)
+{
+	return (int)(ls->opt.open_timeout_ms / 1000);
 }
 
 /* --- formatting ------------------------------------------------------------------ */
@@ -338,6 +399,8 @@ static void ls__reader_done(void *cls)
 		for (struct stream **pp = &ls->streams; *pp; pp = &(*pp)->next)
 			if (*pp == r->st) {
 				*pp = r->st->next;
+				ls->nstreams--;
+				metrics_add(M_STREAMS, -1);
 				break;
 			}
 		pthread_mutex_unlock(&ls->lock);
@@ -417,7 +480,28 @@ static struct stream *ls__find_locked(logstreams *ls, const char *id)
 	return NULL;
 }
 
-int logstream_create(logstreams *ls, json_t *body, json_t **out, tn_error *err)
+/* Whether one more named stream fits, under ls->lock: 0, or an error
+ * (counted) naming the limit. */
+static int ls__admit_locked(logstreams *ls, int64_t owner, tn_error *err)
+{
+	if (ls->opt.max_streams > 0 && ls->nstreams >= ls->opt.max_streams) {
+		metrics_error(ERR_STREAMS_FULL);
+		return tn_err(err, TN_ESTATE, "the server holds its limit of %d log streams "
+			      "(--max-streams): try again later", ls->opt.max_streams);
+	}
+	int mine = 0;
+	for (struct stream *st = ls->streams; st; st = st->next)
+		mine += st->owner == owner;
+	if (ls->opt.max_per_owner > 0 && mine >= ls->opt.max_per_owner) {
+		metrics_error(ERR_STREAMS_PER_TOKEN);
+		return tn_err(err, TN_ETOOBIG, "this token holds its limit of %d log streams "
+			      "(--max-streams-per-token): open or delete one first; one not opened within "
+			      "%d s goes by itself", ls->opt.max_per_owner, (int)(ls->opt.open_timeout_ms / 1000));
+	}
+	return 0;
+}
+
+int logstream_create(logstreams *ls, int64_t owner, json_t *body, json_t **out, tn_error *err)
 {
 	json_t *devices = json_object_get(body, "devices"), *group = json_object_get(body, "group"),
 	       *all = json_object_get(body, "all"), *v, *list = json_array();
@@ -444,6 +528,14 @@ int logstream_create(logstreams *ls, json_t *body, json_t **out, tn_error *err)
 			return tn_err(err, TN_EINVAL, "'devices[%zu]' is not a device id", i);
 		}
 		json_array_append(list, v);
+	}
+	/* Refused early, before a group's listing; checked again when added. */
+	pthread_mutex_lock(&ls->lock);
+	int rc = ls__admit_locked(ls, owner, err);
+	pthread_mutex_unlock(&ls->lock);
+	if (rc) {
+		json_decref(list);
+		return rc;
 	}
 	if (group) {
 		/* The group's devices now (devices moved in later are added with PUT). */
@@ -477,6 +569,8 @@ int logstream_create(logstreams *ls, json_t *body, json_t **out, tn_error *err)
 	}
 	snprintf(st->id, sizeof st->id, "%.40s", secret);
 	st->created = tn_now_ms();
+	st->owner = owner;
+	st->open_by = tn_mono_ms() + ls->opt.open_timeout_ms;
 	st->sub = bus_subscribe(ls->b, json_is_true(all), NULL, NULL);
 	if (!st->sub) {
 		free(st);
@@ -494,8 +588,16 @@ int logstream_create(logstreams *ls, json_t *body, json_t **out, tn_error *err)
 		bus_sub_notice(st->sub, line);
 	}
 	pthread_mutex_lock(&ls->lock);
+	if ((rc = ls__admit_locked(ls, owner, err))) {
+		pthread_mutex_unlock(&ls->lock);
+		ls__stream_free(ls, st);
+		json_decref(list);
+		return rc;
+	}
 	st->next = ls->streams;
 	ls->streams = st;
+	ls->nstreams++;
+	metrics_add(M_STREAMS, 1);
 	pthread_mutex_unlock(&ls->lock);
 	char url[128];
 	snprintf(url, sizeof url, "/v1/logstreams/%s", st->id);
@@ -565,6 +667,8 @@ int logstream_delete(logstreams *ls, const char *id, tn_error *err)
 	for (struct stream **pp = &ls->streams; *pp; pp = &(*pp)->next)
 		if (*pp == st) {
 			*pp = st->next;
+			ls->nstreams--;
+			metrics_add(M_STREAMS, -1);
 			break;
 		}
 	pthread_mutex_unlock(&ls->lock);
@@ -589,6 +693,7 @@ void logstreams_free(logstreams *ls)
 	while (ls->streams) {
 		struct stream *st = ls->streams;
 		ls->streams = st->next;
+		metrics_add(M_STREAMS, -1);
 		ls__stream_free(ls, st);
 	}
 	ls__waker_stop(ls);

@@ -18,7 +18,15 @@
 
 typedef struct logstreams logstreams;
 
-int logstreams_new(logstreams **out, bus *b, store *st);
+typedef struct logstreams_options {
+	int max_streams;         /* named streams in all (0: no limit) */
+	int max_per_owner;       /* named streams per API token (0: no limit) */
+	int64_t open_timeout_ms; /* a named stream not opened by then is removed */
+} logstreams_options;
+
+int logstreams_new(logstreams **out, bus *b, store *st, const logstreams_options *opt);
+/* Seconds a named stream may wait to be opened (a Retry-After for refusals). */
+int logstreams_open_timeout_s(const logstreams *ls);
 /* Ends every stream (their readers get a last notice) and waits up to 5 s
  * for their connections to finish; call before MHD_stop_daemon. */
 void logstreams_close(logstreams *ls);
@@ -31,8 +39,10 @@ struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connec
 					       uint64_t device, int64_t after_id, int text);
 
 /* POST /v1/logstreams: body {"devices":[...]} or {"group": "g"} or
- * {"all": true}.  Returns 0 with *out {"id","url","devices"} (owned). */
-int logstream_create(logstreams *ls, json_t *body, json_t **out, tn_error *err);
+ * {"all": true}, by the API token `owner`.  Returns 0 with *out
+ * {"id","url","devices"} (owned); TN_ETOOBIG when the token holds
+ * max_per_owner streams, TN_ESTATE when the server holds max_streams. */
+int logstream_create(logstreams *ls, int64_t owner, json_t *body, json_t **out, tn_error *err);
 
 /* GET /v1/logstreams/{id}: its SSE response (one reader at a time), or NULL
  * with err (TN_ENOTFOUND, TN_EEXIST when a reader is already attached). */

@@ -23,6 +23,8 @@ static const char *const metrics__error_names[ERR__COUNT] = {
 	[ERR_CONNS_PER_IP] = "device_conns_per_ip",
 	[ERR_HTTP_FORBIDDEN] = "http_forbidden", [ERR_HTTP_AUTH_THROTTLED] = "http_auth_throttled",
 	[ERR_DEVICE_CONNS_FULL] = "device_conns_full",
+	[ERR_STORE_QUEUE_FULL] = "store_queue_full",
+	[ERR_STREAMS_PER_TOKEN] = "log_streams_per_token", [ERR_STREAMS_FULL] = "log_streams_full",
 };
 
 static const struct {
@@ -42,6 +44,11 @@ static const struct {
 	[M_STREAM_CUTOFFS] = { "tender_log_stream_cutoffs_total", "counter",
 			       "Log stream subscribers cut off for being too slow." },
 	[M_EVENTS_EXPIRED] = { "tender_events_expired_total", "counter", "Events deleted by retention." },
+	[M_STORE_QUEUE_BYTES] = { "tender_store_queue_bytes", "gauge",
+				  "Bytes of writes waiting for the store writer (capped by --store-queue)." },
+	[M_STREAMS] = { "tender_log_streams", "gauge", "Named log streams (POST /v1/logstreams) held." },
+	[M_STREAMS_EXPIRED] = { "tender_log_streams_expired_total", "counter",
+				"Named log streams removed because nobody opened them in time." },
 };
 
 void metrics_add(metrics_counter c, int64_t n)

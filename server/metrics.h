@@ -16,6 +16,9 @@ typedef enum {
 	ERR_HTTP_FORBIDDEN,        /* a token without the role a call needs */
 	ERR_HTTP_AUTH_THROTTLED,   /* refused: too many failed token attempts from the address */
 	ERR_DEVICE_CONNS_FULL,     /* a device connection refused: tenderd is at its descriptor budget */
+	ERR_STORE_QUEUE_FULL,      /* a log line dropped: the store's write queue is full */
+	ERR_STREAMS_PER_TOKEN,     /* POST /v1/logstreams over --max-streams-per-token (429) */
+	ERR_STREAMS_FULL,          /* POST /v1/logstreams over --max-streams (503) */
 	ERR__COUNT
 } metrics_error_kind;
 
@@ -28,6 +31,9 @@ typedef enum {
 	M_STREAM_SUBSCRIBERS,  /* gauge */
 	M_STREAM_CUTOFFS,
 	M_EVENTS_EXPIRED,
+	M_STORE_QUEUE_BYTES,   /* gauge: bytes waiting for the store writer */
+	M_STREAMS,             /* gauge: named log streams held */
+	M_STREAMS_EXPIRED,     /* named log streams removed, not opened in time */
 	M__COUNT
 } metrics_counter;
 

@@ -7,6 +7,12 @@
  * so an event the API has shown is an event on disk, and nothing queued is
  * dropped while the disk is only briefly unhappy.
  *
+ * The queue is bounded (opt.max_queue_bytes): past it, device and agent log
+ * lines are refused (counted per device, and said in one status line each
+ * once the queue has drained to half), and writes someone waits for fail at
+ * once with TN_ESTATE.  State changes and status lines are always queued:
+ * they are few, bounded by connections, and someone relies on them.
+ *
  * Reads: a pool of read connections; WAL lets them run beside the writer. */
 #define _GNU_SOURCE
 #include "store.h"
@@ -23,6 +29,7 @@
 
 #include "auth.h"
 #include "bus.h"
+#include "idmap.h"
 #include "log.h"
 #include "logfmt.h"
 #include "metrics.h"
@@ -40,6 +47,7 @@ struct store_op {
 	int has_jedec;
 	uint32_t jedec;
 	int64_t flash_size;
+	size_t bytes;               /* counted in queued_bytes until freed */
 	store_sync_fn fn;           /* sync: the op lives on the waiter's stack */
 	void *arg;
 	tn_error *err;
@@ -76,6 +84,12 @@ struct store {
 	size_t ntx_events, cap_tx_events;
 	char write_err[256];        /* writer thread: why the last commit failed */
 	int queued_syncs;           /* sync ops in the queue (under lock) */
+	/* Under lock: bytes of the ops queued or being committed; while `full`
+	 * (from the first refused line until the queue drains to half) log lines
+	 * are refused, counted per device in `drops` (id -> count). */
+	size_t queued_bytes;
+	int full;
+	idmap drops;
 };
 
 /* --- opening ---------------------------------------------------------------- */
@@ -501,17 +515,21 @@ static void store__commit_list(store *s, struct store_op *list)
 		/* Free what we own; a sync op belongs to its waiter, who may return
 		 * the moment it sees `done`: read its next pointer before that. */
 		struct store_op *syncs = NULL;
+		size_t freed = 0;
 		while (list != end) {
 			struct store_op *next = list->next;
 			if (list->kind == OP_SYNC) {
 				list->next = syncs;
 				syncs = list;
 			} else {
+				freed += list->bytes;
 				store__op_free(list);
 			}
 			list = next;
 		}
 		pthread_mutex_lock(&s->lock);
+		s->queued_bytes -= freed;
+		metrics_add(M_STORE_QUEUE_BYTES, -(int64_t)freed);
 		while (syncs) {
 			struct store_op *next = syncs->next;
 			if (tries > 30)
@@ -579,6 +597,54 @@ static int store__retention_chunk(store *s)
 	return deleted;
 }
 
+struct store__drop_report {
+	store *s;
+	int64_t ts;
+};
+
+static void store__drop_line(void *arg, uint64_t device, void *count)
+{
+	struct store__drop_report *r = arg;
+	char line[160];
+	unsigned n = (unsigned)(uintptr_t)count;
+	snprintf(line, sizeof line, "%u log line%s dropped: the store's write queue was full "
+		 "(the disk could not keep up)", n, n == 1 ? "" : "s");
+	struct store_op *op = calloc(1, sizeof *op);
+	if (!op || !(op->msg = strdup(line))) {
+		free(op);
+		return;
+	}
+	op->kind = OP_EVENT;
+	op->device = device;
+	op->type = EV_STATUS;
+	op->ts = r->ts;
+	op->id = r->s->next_event_id++;
+	op->bytes = sizeof *op + strlen(line) + 1;
+	/* Queued even while stopping: the writer is still there to commit it. */
+	op->next = NULL;
+	if (r->s->tail)
+		r->s->tail->next = op;
+	else
+		r->s->head = op;
+	r->s->tail = op;
+	r->s->queued_bytes += op->bytes;
+	metrics_add(M_STORE_QUEUE_BYTES, (int64_t)op->bytes);
+	metrics_inc(M_EVENTS_QUEUED);
+}
+
+/* The queue has drained to half after it was full (writer, under the lock):
+ * each device that lost lines gets one status line saying how many. */
+static void store__report_drops_locked(store *s)
+{
+	struct store__drop_report r = { s, tn_now_ms() };
+	log_warn("store: the write queue has drained; %zu devices lost log lines while it was full",
+		 s->drops.count);
+	idmap_foreach(&s->drops, store__drop_line, &r);
+	idmap_free(&s->drops);
+	memset(&s->drops, 0, sizeof s->drops);
+	s->full = 0;
+}
+
 static void *store__writer_main(void *arg)
 {
 	store *s = arg;
@@ -613,6 +679,8 @@ static void *store__writer_main(void *arg)
 		pthread_mutex_unlock(&s->lock);
 		store__commit_list(s, list);
 		pthread_mutex_lock(&s->lock);
+		if (s->full && s->queued_bytes <= s->opt.max_queue_bytes / 2)
+			store__report_drops_locked(s);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return NULL;
@@ -629,8 +697,29 @@ static int store__push_locked(store *s, struct store_op *op)
 	else
 		s->head = op;
 	s->tail = op;
+	s->queued_bytes += op->bytes;
+	metrics_add(M_STORE_QUEUE_BYTES, (int64_t)op->bytes);
 	pthread_cond_signal(&s->wake);
 	return 0;
+}
+
+/* A log line that would take the queue past its cap (under the lock): it is
+ * refused, counted for the device, and the queue is `full` until it drains. */
+static int store__refuse_line_locked(store *s, const struct store_op *op)
+{
+	if (!s->opt.max_queue_bytes || (op->type != EV_DEVICE && op->type != EV_AGENT) ||
+	    (!s->full && s->queued_bytes + op->bytes <= s->opt.max_queue_bytes))
+		return 0;
+	if (!s->full)
+		log_warn("store: the write queue is full (%zu bytes wait for the disk, --store-queue %zu): "
+			 "log lines are dropped and counted until it drains", s->queued_bytes,
+			 s->opt.max_queue_bytes);
+	s->full = 1;
+	int oom = 0;
+	uintptr_t n = (uintptr_t)idmap_get(&s->drops, op->device);
+	idmap_put(&s->drops, op->device, (void *)(n + 1), &oom);
+	metrics_error(ERR_STORE_QUEUE_FULL);
+	return 1;
 }
 
 int64_t store_event_append(store *s, uint64_t device, event_type type, const char *msg)
@@ -644,11 +733,12 @@ int64_t store_event_append(store *s, uint64_t device, event_type type, const cha
 	op->device = device;
 	op->type = type;
 	op->ts = tn_now_ms();
+	op->bytes = sizeof *op + strlen(msg) + 1;
 	pthread_mutex_lock(&s->lock);
 	/* The id is taken under the queue lock, so queue order is id order; and
 	 * read here, since the writer may commit and free the op once unlocked. */
 	int64_t id = op->id = s->next_event_id;
-	int rc = store__push_locked(s, op);
+	int rc = store__refuse_line_locked(s, op) ? TN_ETOOBIG : store__push_locked(s, op);
 	if (rc == 0)
 		s->next_event_id++;
 	pthread_mutex_unlock(&s->lock);
@@ -728,10 +818,13 @@ int store_device_online(store *s, uint64_t device, const store_hello *hello, int
 	op->kind = OP_ONLINE;
 	op->device = device;
 	op->ts = ts_ms;
+	op->bytes = sizeof *op;
 	if (hello) {
 		op->hw = hello->hw ? strdup(hello->hw) : NULL;
 		op->fw = hello->fw ? strdup(hello->fw) : NULL;
 		op->sfdp = hello->sfdp ? strdup(hello->sfdp) : NULL;
+		op->bytes += (op->hw ? strlen(op->hw) : 0) + (op->fw ? strlen(op->fw) : 0) +
+			     (op->sfdp ? strlen(op->sfdp) : 0);
 		op->has_jedec = hello->has_jedec;
 		op->jedec = hello->jedec;
 		op->flash_size = hello->flash_size;
@@ -747,6 +840,7 @@ int store_device_offline(store *s, uint64_t device, int64_t ts_ms)
 	op->kind = OP_OFFLINE;
 	op->device = device;
 	op->ts = ts_ms;
+	op->bytes = sizeof *op;
 	return store__push_state(s, op);
 }
 
@@ -758,6 +852,14 @@ int store_sync(store *s, store_sync_fn fn, void *arg, tn_error *err)
 	if (!s->writer_started) {
 		pthread_mutex_unlock(&s->lock);
 		return tn_err(err, TN_ESTATE, "the store is closed");
+	}
+	/* Behind a full queue it would wait for all of it: say so instead
+	 * (a flush, with no fn, waits: shutdown and tests rely on it). */
+	if (fn && s->full) {
+		size_t queued = s->queued_bytes;
+		pthread_mutex_unlock(&s->lock);
+		return tn_err(err, TN_ESTATE, "the store cannot write now, try again (its write queue is "
+			      "full: %zu bytes wait for the disk)", queued);
 	}
 	store__push_locked(s, &op);
 	s->queued_syncs++;
@@ -788,6 +890,7 @@ void store_close(store *s)
 		sqlite3_close(s->readers[i]);
 	store__tx_events_done(s, 0);
 	free(s->tx_events);
+	idmap_free(&s->drops);
 	sqlite3_finalize(s->ins_event);
 	sqlite3_finalize(s->set_online);
 	sqlite3_finalize(s->set_offline);

@@ -29,6 +29,9 @@ typedef struct store_options {
 	int sync_full;  /* synchronous=FULL instead of NORMAL */
 	int64_t retention_age_ms;   /* events older than this are deleted (0: kept) */
 	int64_t retention_count;    /* events kept per device, the newest (0: all) */
+	size_t max_queue_bytes;     /* writes waiting for the disk, at most (0: no limit); past
+				     * it log lines are refused and counted, and store_sync
+				     * fails with TN_ESTATE until the queue drains to half */
 } store_options;
 
 /* Opens (creating) DIR/tender.db, applies pending migrations, marks devices
@@ -50,7 +53,9 @@ int store_schema_version(store *s);
 
 /* --- writes ----------------------------------------------------------------- */
 
-/* Queues one event and returns its id (> 0), or TN_ESTATE once closing.
+/* Queues one event and returns its id (> 0), TN_ESTATE once closing, or
+ * TN_ETOOBIG for a device or agent log line refused because the write queue
+ * is full (counted; the device's log says how many once it drains).
  * msg is copied. */
 int64_t store_event_append(store *s, uint64_t device, event_type type, const char *msg);
 
@@ -68,7 +73,9 @@ int store_device_offline(store *s, uint64_t device, int64_t ts_ms);
 
 /* Runs fn on the writer connection inside the current batch's transaction
  * (under a savepoint: an error undoes only fn's changes) and waits until it
- * is committed.  Returns fn's result, or TN_EIO if the commit failed. */
+ * is committed.  Returns fn's result, TN_EIO if the commit failed, or
+ * TN_ESTATE (err says why: "the store cannot write now, try again (...)")
+ * while commits fail or the write queue is full. */
 typedef int (*store_sync_fn)(sqlite3 *db, void *arg, tn_error *err);
 int store_sync(store *s, store_sync_fn fn, void *arg, tn_error *err);
 

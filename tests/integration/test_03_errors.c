@@ -1,6 +1,8 @@
 /* tests/integration/test_03_errors.c -- every refused device frame and HTTP
  * request gets its documented error, is counted in /metrics, and the server
- * keeps serving a device that stays connected throughout. */
+ * keeps serving a device that stays connected throughout.  The second suite
+ * starts a server of its own per test, with its limits set low: each limit
+ * is hit, answered with its documented error and counted. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <signal.h>
@@ -278,6 +280,126 @@ START_TEST(wrong_path_on_device_port)
 }
 END_TEST
 
+/* --- limits, each with a server of its own ----------------------------------- */
+
+/* Creates an API token with this role; returns it (owned). */
+static char *make_token(th_server *srv, const char *role, const char *name)
+{
+	char body[128];
+	th_resp r;
+	snprintf(body, sizeof body, "{\"role\":\"%s\",\"name\":\"%s\"}", role, name);
+	th_http(srv, "POST", "/v1/tokens", NULL, body, NULL, &r);
+	ck_assert_msg(r.status == 201, "token: %ld %s", r.status, r.body);
+	char *tok = strdup(json_string_value(json_object_get(r.json, "token")));
+	th_resp_free(&r);
+	return tok;
+}
+
+/* POST /v1/logstreams as `token`; the stream's id (owned) on 201, else NULL
+ * with the status and body left in *r (the caller frees it). */
+static char *new_stream(th_server *srv, const char *token, th_resp *r)
+{
+	th_http(srv, "POST", "/v1/logstreams", NULL, "{\"devices\":[\"" GOOD "\"]}", token, r);
+	if (r->status != 201)
+		return NULL;
+	char *id = strdup(json_string_value(json_object_get(r->json, "id")));
+	th_resp_free(r);
+	return id;
+}
+
+/* A curl run's headers and body (-i), as text (owned). */
+static char *curl_i(th_server *srv, const char *method, const char *path, const char *token)
+{
+	char url[512], auth[200], *out = NULL;
+	snprintf(url, sizeof url, "%s%s", srv->http_url, path);
+	snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+	char *const argv[] = { "/usr/bin/curl", "-s", "-i", "-X", (char *)method, "-H", auth, "-H",
+			       "Content-Type: application/json", "--data", "{\"devices\":[]}", url, NULL };
+	th_run(argv, &out, 30);
+	return out ? out : strdup("");
+}
+
+START_TEST(log_streams_are_bounded_and_expire)
+{
+	th_server srv;
+	th_resp r;
+	th_server_start(&srv, "--max-streams 5 --max-streams-per-token 3 --stream-open-timeout 2");
+	free(th_register(&srv, GOOD, NULL));
+	char *v1 = make_token(&srv, "viewer", "viewer one"), *v2 = make_token(&srv, "viewer", "viewer two");
+	char *ids[5];
+	for (int i = 0; i < 3; i++) {
+		ids[i] = new_stream(&srv, v1, &r);
+		ck_assert_msg(ids[i] != NULL, "stream %d: %ld %s", i, r.status, r.body);
+	}
+	/* A fourth from the same token: 429, saying which limit and what to do. */
+	ck_assert_ptr_null(new_stream(&srv, v1, &r));
+	ck_assert_int_eq(r.status, 429);
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(r.json, "error"), "code")),
+			 "too_many_requests");
+	ck_assert_msg(strstr(r.body, "this token holds its limit of 3 log streams (--max-streams-per-token)"),
+		      "%s", r.body);
+	th_resp_free(&r);
+	char *head = curl_i(&srv, "POST", "/v1/logstreams", v1);
+	ck_assert_msg(strstr(head, " 429") && strcasestr(head, "Retry-After: 2"), "%s", head);
+	free(head);
+	/* Another token may still create, up to the server's limit: then 503. */
+	for (int i = 3; i < 5; i++) {
+		ids[i] = new_stream(&srv, v2, &r);
+		ck_assert_msg(ids[i] != NULL, "stream %d: %ld %s", i, r.status, r.body);
+	}
+	ck_assert_ptr_null(new_stream(&srv, v2, &r));
+	ck_assert_int_eq(r.status, 503);
+	ck_assert_msg(strstr(r.body, "the server holds its limit of 5 log streams (--max-streams)"), "%s", r.body);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"log_streams_per_token\"}"), 2);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"log_streams_full\"}"), 1);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"http_auth_throttled\"}"), 0);
+	ck_assert_int_eq(th_metric(&srv, "tender_log_streams"), 5);
+
+	/* One is opened (and read); the four nobody opened go after 2 s. */
+	char url[512], auth[200];
+	snprintf(url, sizeof url, "%s/v1/logstreams/%s", srv.http_url, ids[0]);
+	snprintf(auth, sizeof auth, "Authorization: Bearer %s", v1);
+	char *const reader_argv[] = { "/usr/bin/curl", "-s", "-N", "-H", auth, url, NULL };
+	pid_t reader = th_spawn(reader_argv, th_tmp(&srv, "reader.out"));
+	ck_assert_int_eq(th_wait_file(th_tmp(&srv, "reader.out"), "data: opened", 10000), 0);
+	for (int waited = 0; th_metric(&srv, "tender_log_streams_expired_total") < 4; waited += 100) {
+		ck_assert_msg(waited < 15000, "unopened streams were not removed");
+		usleep(100 * 1000);
+	}
+	ck_assert_int_eq(th_metric(&srv, "tender_log_streams_expired_total"), 4);
+	ck_assert_int_eq(th_metric(&srv, "tender_log_streams"), 1);
+	ck_assert_int_eq(th_wait_file(srv.log, "was not opened within 2 s of its creation: removed", 5000), 0);
+	char path[128];
+	snprintf(path, sizeof path, "/v1/logstreams/%s", ids[1]);
+	th_http(&srv, "GET", path, NULL, NULL, v1, &r);
+	ck_assert_int_eq(r.status, 404);
+	th_resp_free(&r);
+	/* The opened one still streams; and the token may create again. */
+	char *sec = th_register(&srv, "00000000000000cc", NULL);
+	snprintf(path, sizeof path, "/v1/logstreams/%s/devices/00000000000000cc", ids[0]);
+	th_http(&srv, "PUT", path, NULL, NULL, v1, &r);
+	ck_assert_int_eq(r.status, 204);
+	th_resp_free(&r);
+	char *const dev_argv[] = { (char *)th_bin("tender-sim"), "--url", srv.ws_url, "--id", "00000000000000cc",
+				   "--secret", sec, "--log-count", "1", "--log-text", "to the reader",
+				   "--exit-when-done", NULL };
+	ck_assert_int_eq(th_run(dev_argv, NULL, 30), 0);
+	ck_assert_int_eq(th_wait_file(th_tmp(&srv, "reader.out"), "to the reader", 10000), 0);
+	char *again = new_stream(&srv, v1, &r);
+	ck_assert_msg(again != NULL, "after expiry: %ld %s", r.status, r.body);
+	free(again);
+	kill(reader, SIGKILL);
+	waitpid(reader, NULL, 0);
+	for (int i = 0; i < 5; i++)
+		free(ids[i]);
+	free(sec);
+	free(v1);
+	free(v2);
+	th_server_cleanup(&srv);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -291,5 +413,20 @@ int main(void)
 		http_errors,
 		wrong_path_on_device_port,
 	};
-	return th_run_tests("03_errors", 90, tests, sizeof tests / sizeof tests[0], setup, teardown);
+	const TTest *limits[] = {
+		log_streams_are_bounded_and_expire,
+	};
+	/* TN_ONLY=WORD runs only the tests whose name holds WORD. */
+	const char *only = getenv("TN_ONLY");
+	const TTest *chosen[sizeof tests / sizeof tests[0]], *chosen_limits[sizeof limits / sizeof limits[0]];
+	size_t n = 0, nl = 0;
+	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
+		if (!only || strstr(tests[i]->name, only))
+			chosen[n++] = tests[i];
+	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++)
+		if (!only || strstr(limits[i]->name, only))
+			chosen_limits[nl++] = limits[i];
+	int failed = n ? th_run_tests("03_errors", 90, chosen, n, setup, teardown) : 0;
+	failed |= nl ? th_run_tests("03_limits", 120, chosen_limits, nl, NULL, NULL) : 0;
+	return failed;
 }

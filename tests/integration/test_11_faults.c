@@ -409,27 +409,21 @@ static json_t *snapshot(th_server *s, const char *dev)
 	}
 }
 
-START_TEST(disk_full_refuses_clearly_and_recovers)
+/* Moves the (stopped) server's data dir onto a 16 MiB tmpfs at top/data
+ * (the log stays outside it) and restarts it there.  -1 when no tmpfs can be
+ * mounted and the test may skip (the data dir is then removed). */
+static int restart_on_tmpfs(th_server *s, const char *test, char top[256], char data[240])
 {
-	th_server s;
-	th_resp r;
-	char top[256], data[240], filler[320], from[400], to[400];
-
-	th_server_start(&s, "--log-rate 0");
-	char *secret = th_register(&s, DISK, NULL);
-	ck_assert_int_eq(th_server_stop(&s), 0);
-	/* The data dir moves onto a 16 MiB tmpfs; the log stays outside it. */
-	snprintf(top, sizeof top, "%s", s.dir);
-	snprintf(data, sizeof data, "%.200s/data", top);
+	char from[400], to[400];
+	snprintf(top, 256, "%s", s->dir);
+	snprintf(data, 240, "%.200s/data", top);
 	ck_assert_int_eq(mkdir(data, 0700), 0);
 	if (mount("tmpfs", data, "tmpfs", 0, "size=16m,mode=0700") != 0) {
 		int e = errno;
 		nftw(top, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-		free(secret);
 		ck_assert_msg(th_may_skip(), "cannot mount a tmpfs (%s) and TENDER_TEST_STRICT is set", strerror(e));
-		fprintf(stderr, "SKIP disk_full_refuses_clearly_and_recovers: cannot mount a tmpfs (%s); "
-			"it needs root\n", strerror(e));
-		return;
+		fprintf(stderr, "SKIP %s: cannot mount a tmpfs (%s); it needs root\n", test, strerror(e));
+		return -1;
 	}
 	const char *files[] = { "tender.db", "tender.db-wal", "admin.token" };
 	for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
@@ -438,8 +432,39 @@ START_TEST(disk_full_refuses_clearly_and_recovers)
 		if (access(from, F_OK) == 0)
 			copy_file(from, to);
 	}
-	snprintf(s.dir, sizeof s.dir, "%s", data);
-	th_server_restart(&s);
+	snprintf(s->dir, sizeof s->dir, "%s", data);
+	th_server_restart(s);
+	return 0;
+}
+
+/* Fills the file system of dir but for `leave` bytes; returns the filler's path. */
+static const char *fill_disk(const char *dir, long long leave)
+{
+	static char filler[320];
+	struct statvfs vfs;
+	ck_assert_int_eq(statvfs(dir, &vfs), 0);
+	long long avail = (long long)vfs.f_bavail * (long long)vfs.f_frsize;
+	snprintf(filler, sizeof filler, "%s/filler", dir);
+	int fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(posix_fallocate(fd, 0, avail - leave), 0);
+	close(fd);
+	return filler;
+}
+
+START_TEST(disk_full_refuses_clearly_and_recovers)
+{
+	th_server s;
+	th_resp r;
+	char top[256], data[240];
+
+	th_server_start(&s, "--log-rate 0");
+	char *secret = th_register(&s, DISK, NULL);
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	if (restart_on_tmpfs(&s, "disk_full_refuses_clearly_and_recovers", top, data)) {
+		free(secret);
+		return;
+	}
 
 	/* Events acknowledged (shown by the API) before the disk fills. */
 	char *const before_argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DISK,
@@ -451,14 +476,7 @@ START_TEST(disk_full_refuses_clearly_and_recovers)
 	ck_assert_int_ge((int)json_object_size(shown), 200);
 
 	/* Fill the disk but for 512 KiB, then send 3 MiB of log lines. */
-	struct statvfs vfs;
-	ck_assert_int_eq(statvfs(data, &vfs), 0);
-	long long avail = (long long)vfs.f_bavail * (long long)vfs.f_frsize;
-	snprintf(filler, sizeof filler, "%s/filler", data);
-	int fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	ck_assert_int_ge(fd, 0);
-	ck_assert_int_eq(posix_fallocate(fd, 0, avail - 512 * 1024), 0);
-	close(fd);
+	const char *filler = fill_disk(data, 512 * 1024);
 	char text[1100];
 	snprintf(text, sizeof text, "fill %%n %01000d", 0);
 	char *const fill_argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DISK,
@@ -519,6 +537,90 @@ START_TEST(disk_full_refuses_clearly_and_recovers)
 	ck_assert_int_eq(sql_int(db_path, "SELECT count(DISTINCT msg) FROM events WHERE type = 1", NULL), 3200);
 	free(secret);
 	th_server_cleanup(&s); /* empties the tmpfs */
+	umount2(data, MNT_DETACH);
+	nftw(top, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+END_TEST
+
+/* The same with a write queue of 1 MiB: of 3 MiB of log lines sent while
+ * the disk is full, what does not fit is dropped -- counted in /metrics and
+ * said in the device's log once the disk takes writes again -- and the
+ * server's memory stays bounded; nothing accepted is lost. */
+#define DISK2 "00000000000c0002"
+
+START_TEST(disk_full_bounds_the_write_queue)
+{
+	th_server s;
+	th_resp r;
+	char top[256], data[240];
+
+	th_server_start(&s, "--log-rate 0 --store-queue 1048576");
+	char *secret = th_register(&s, DISK2, NULL);
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	if (restart_on_tmpfs(&s, "disk_full_bounds_the_write_queue", top, data)) {
+		free(secret);
+		return;
+	}
+	ck_assert_int_eq(th_metric(&s, "tender_errors_total{kind=\"store_queue_full\"}"), 0);
+	const char *filler = fill_disk(data, 512 * 1024);
+	char text[1100];
+	snprintf(text, sizeof text, "fill %%n %01000d", 0);
+	char *const fill_argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DISK2,
+				    "--secret", secret, "--log-count", "3000", "--log-text", text,
+				    "--exit-when-done", "--quiet", NULL };
+	pid_t fill = th_spawn(fill_argv, th_tmp(&s, "fill.out"));
+	ck_assert_int_eq(th_wait_file(s.log, "store: the write queue is full (", 60000), 0);
+	/* Every line was sent, and read: the device's close comes after them. */
+	ck_assert_int_eq(th_wait_pid(fill, 60000), 0);
+	for (int waited = 0; th_metric(&s, "tender_devices_connected") != 0; waited += 50) {
+		ck_assert_msg(waited < 30000, "the device is still connected");
+		usleep(50 * 1000);
+	}
+	long long dropped = th_metric(&s, "tender_errors_total{kind=\"store_queue_full\"}");
+	ck_assert_int_ge(dropped, 500); /* 3 MiB into 1 MiB and what the disk takes */
+	long long queued = th_metric(&s, "tender_store_queue_bytes");
+	ck_assert_msg(queued <= 1048576 + 4096, "%lld bytes queued", queued);
+	/* A write the API would wait for is refused at once, and says why. */
+	th_http(&s, "POST", "/v1/devices", NULL, "{\"id\":\"00000000000d0001\"}", NULL, &r);
+	ck_assert_msg(r.status == 503 && strstr(r.body, "try again"), "register while full: %ld %s",
+		      r.status, r.body);
+	th_resp_free(&r);
+
+	/* Space returns: what was queued is written, and the log says how many
+	 * lines it lost (in one line per time the queue filled), exactly as many
+	 * as /metrics counted. */
+	ck_assert_int_eq(unlink(filler), 0);
+	ck_assert_int_ge(th_wait_event(&s, DISK2, "status", "Device disconnected", 60000), 1);
+	long long reported = 0;
+	for (int waited = 0; reported != dropped; waited += 100) {
+		ck_assert_msg(waited < 60000, "%lld lines dropped, %lld reported", dropped, reported);
+		usleep(100 * 1000);
+		json_t *page = th_get_json(&s, "/v1/devices/" DISK2 "/logs?type=status&limit=1000", 200), *ev;
+		size_t i;
+		reported = 0;
+		json_array_foreach(json_object_get(page, "events"), i, ev) {
+			const char *msg = json_string_value(json_object_get(ev, "msg"));
+			const char *tail = strstr(msg, " log lines dropped: the store's write queue was full "
+						  "(the disk could not keep up)");
+			if (tail && tail[strlen(" log lines dropped: the store's write queue was full "
+						"(the disk could not keep up)")] == '\0')
+				reported += atoll(msg);
+		}
+		json_decref(page);
+	}
+	ck_assert_int_eq(th_metric(&s, "tender_errors_total{kind=\"store_queue_full\"}"), dropped);
+	th_http(&s, "POST", "/v1/devices", NULL, "{\"id\":\"00000000000d0002\"}", NULL, &r);
+	ck_assert_msg(r.status == 201, "register after: %ld %s", r.status, r.body);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	const char *db_path = th_tmp(&s, "tender.db");
+	assert_integrity(db_path);
+	ck_assert_int_eq(sql_int(db_path, "SELECT count(DISTINCT msg) FROM events WHERE type = 1", NULL),
+			 3000 - dropped);
+	ck_assert_int_eq(sql_int(db_path, "SELECT count(*) FROM events WHERE type = 0 AND msg = "
+				 "'Device disconnected'", NULL), 1);
+	free(secret);
+	th_server_cleanup(&s);
 	umount2(data, MNT_DETACH);
 	nftw(top, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
@@ -718,6 +820,7 @@ int main(void)
 		ten_thousand_devices_reconnect_at_once,
 		device_that_stops_reading_is_cut_off_alone,
 		disk_full_refuses_clearly_and_recovers,
+		disk_full_bounds_the_write_queue,
 		fd_exhaustion_refuses_cleanly_and_recovers,
 		an_agent_cannot_escape_its_sandbox,
 	};

@@ -65,6 +65,10 @@ START_TEST(defaults)
 	ck_assert_ptr_null(c.tls_cert);
 	ck_assert_ptr_null(c.tls_key);
 	ck_assert_int_eq(c.batch_max, 1024);
+	ck_assert_int_eq(c.store_queue, 64 << 20);
+	ck_assert_int_eq(c.max_streams, 1000);
+	ck_assert_int_eq(c.max_streams_per_token, 100);
+	ck_assert_int_eq(c.stream_open_timeout, 60);
 	ck_assert_int_eq(c.sync_full, 0);
 	ck_assert_int_eq(c.log_level, LOG_INFO);
 	config_free(&c);
@@ -374,6 +378,7 @@ START_TEST(usage_lists_every_option)
 		"--max-frame BYTES", "--max-body BYTES", "--http-threads N", "--http-max-conns N",
 		"--http-timeout S", "--batch-max N", "--sync-full ", "--log-level LEVEL", "--help",
 		"--tls-cert FILE", "--tls-key FILE", "--max-conns-per-ip N",
+		"--store-queue BYTES", "--max-streams N", "--max-streams-per-token N", "--stream-open-timeout S",
 		"--version",
 	};
 	char *text = NULL;

@@ -1,6 +1,7 @@
 /* tests/unit/test_store.c -- the SQLite store (server/store.c) in a temporary
  * data dir: migrations, event ids across restarts and concurrent writers,
- * devices, their listing and paging, events paging, tokens, crash recovery. */
+ * devices, their listing and paging, events paging, tokens, crash recovery,
+ * and the bound on the write queue while the disk does not take writes. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <ftw.h>
@@ -8,8 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "store.h"
 
 static char root[64], dir[80]; /* root: made and removed by main, even when tests fail */
@@ -224,6 +227,72 @@ START_TEST(concurrent_append)
 		for (int i = 1; i < PER_WRITER; i++)
 			ck_assert_int_gt(args[t].ids[i], args[t].ids[i - 1]);
 	}
+}
+END_TEST
+
+/* While another connection holds the write lock the writer cannot commit,
+ * as on a full disk: the queue fills to its cap, log lines past it are
+ * refused and counted, status lines still go in, a write someone would wait
+ * for is refused at once; once the lock goes, everything queued is written
+ * and the device's log says how many lines were dropped. */
+static int write_queue_fn(sqlite3 *db, void *arg, tn_error *err)
+{
+	return 0;
+}
+
+START_TEST(write_queue_bounded)
+{
+	store_options opt = { .max_queue_bytes = 65536 };
+	tn_error err = { 0 };
+	sqlite3 *blocker;
+	char path[128], line[1001];
+
+	store_close(st);
+	st = NULL;
+	ck_assert_msg(store_open(&st, dir, &opt, &err) == 0, "store_open: %s", err.msg);
+	snprintf(path, sizeof path, "%s/tender.db", dir);
+	ck_assert_int_eq(sqlite3_open(path, &blocker), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_exec(blocker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+
+	int64_t metric0 = metrics_error_count(ERR_STORE_QUEUE_FULL);
+	memset(line, 'x', sizeof line - 1);
+	line[sizeof line - 1] = '\0';
+	int accepted = 0, refused = 0;
+	for (int i = 0; i < 200; i++) {
+		int64_t rc = store_event_append(st, 7, i % 2 ? EV_DEVICE : EV_AGENT, line);
+		if (rc > 0)
+			accepted++;
+		else {
+			ck_assert_int_eq(rc, TN_ETOOBIG);
+			refused++;
+		}
+	}
+	ck_assert_int_gt(accepted, 30);
+	ck_assert_int_lt(accepted, 66); /* 64 KiB of 1 KB lines, each with its op */
+	ck_assert_int_eq(refused, 200 - accepted);
+	ck_assert_int_eq(metrics_error_count(ERR_STORE_QUEUE_FULL) - metric0, refused);
+	ck_assert_int_le(metrics_get(M_STORE_QUEUE_BYTES), 65536);
+	/* Status lines are never refused; a synchronous write is, with why. */
+	ck_assert_int_gt(store_event_append(st, 7, EV_STATUS, "Device disconnected"), 0);
+	ck_assert_int_eq(store_sync(st, write_queue_fn, NULL, &err), TN_ESTATE);
+	ck_assert_msg(strstr(err.msg, "try again") && strstr(err.msg, "write queue is full"), "%s", err.msg);
+
+	ck_assert_int_eq(sqlite3_exec(blocker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(blocker);
+	char want[160];
+	snprintf(want, sizeof want, "SELECT count(*) FROM events WHERE device = 7 AND type = 0 AND msg = "
+		 "'%d log lines dropped: the store''s write queue was full (the disk could not keep up)'", refused);
+	for (int tries = 0; query_int(want) != 1; tries++) {
+		ck_assert_msg(tries < 200, "no drop report");
+		ck_assert_int_eq(store_flush(st), 0);
+		usleep(50 * 1000);
+	}
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events WHERE device = 7 AND type IN (1, 2)"), accepted);
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events WHERE device = 7 AND type = 0"), 2);
+	ck_assert_int_eq(metrics_get(M_STORE_QUEUE_BYTES), 0);
+	/* Drained: lines and synchronous writes are taken again. */
+	ck_assert_int_gt(store_event_append(st, 7, EV_DEVICE, line), 0);
+	ck_assert_int_eq(store_sync(st, write_queue_fn, NULL, &err), 0);
 }
 END_TEST
 
@@ -555,6 +624,7 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, event_ids_monotonic);
 	tcase_add_test(tc, concurrent_append);
 	tcase_add_test(tc, events_paging);
+	tcase_add_test(tc, write_queue_bounded);
 	tc = add_tcase(s, "devices");
 	tcase_add_test(tc, device_crud);
 	tcase_add_test(tc, device_list_filters);
