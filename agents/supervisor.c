@@ -99,6 +99,9 @@ struct agent {
 	uint64_t device;
 	char hex[17];
 	int worker;                    /* under route_lock */
+	/* Where it will be once the moves queued for it have run, and how many
+	 * those are (under route_lock): where sup_migrate counts from. */
+	int dest, moving;
 	supervisor *sup;
 	/* the rest: owning worker only */
 	agent_rt *rt;
@@ -412,7 +415,8 @@ static void sup__rebalance(supervisor *s, struct agent *a, int64_t now)
 		}
 	}
 	int64_t gap = s->busiest_us - s->idlest_us;
-	if (a->worker != s->busiest || gap < SUP_BUSY_MIN_US || s->busiest_us < SUP_BUSY_FACTOR * s->idlest_us)
+	if (a->moving || a->worker != s->busiest || gap < SUP_BUSY_MIN_US ||
+	    s->busiest_us < SUP_BUSY_FACTOR * s->idlest_us)
 		return;
 	struct worker *from = &s->workers[a->worker], *to = &s->workers[s->idlest];
 	pthread_mutex_lock(&from->lock);
@@ -424,6 +428,8 @@ static void sup__rebalance(supervisor *s, struct agent *a, int64_t now)
 	if (!mo)
 		return;
 	mo->target = s->idlest;
+	a->dest = s->idlest;
+	a->moving++;
 	sup__push(from, mo);
 	/* Its work goes with it: count it there from now on, before the
 	 * workers' own measures catch up. */
@@ -468,7 +474,7 @@ static void sup__route(supervisor *s, struct ev *e)
 		for (int i = 1; i < s->nworkers; i++)
 			if (s->workers[i].nagents < s->workers[best].nagents)
 				best = i;
-		a->worker = best;
+		a->worker = a->dest = best;
 		s->workers[best].nagents++;
 		idmap_put(&s->route, e->device, a, &oom);
 		if (oom) {
@@ -618,6 +624,7 @@ static void sup__host_send(void *ctx, const char *name, const char *data_json)
 		struct qmsg *old = a->q_head;
 		a->q_head = old->next;
 		a->q_len--;
+		metrics_error(ERR_AGENT_OFFLINE_QUEUE);
 		char line[160];
 		snprintf(line, sizeof line, "message to the offline device dropped: its queue holds %d",
 			 a->sup->opt.offline_queue);
@@ -729,6 +736,7 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 	free(code);
 	if (rc == TN_ENOMEM) {
 		a->rt = NULL;
+		metrics_error(ERR_AGENT_MEMORY);
 		sup__event(a, EV_STATUS, "Agent stopped: out of memory.");
 		a->state = ST_OOM;
 		a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : 1000;
@@ -756,7 +764,10 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 static void sup__after(struct agent *a, int rc)
 {
 	a->events++;
+	if (rc == AGENT_BUDGET)
+		metrics_error(ERR_AGENT_BUDGET);
 	if (rc == AGENT_OOM) {
+		metrics_error(ERR_AGENT_MEMORY);
 		sup__stop_agent(a, "Agent stopped: out of memory.", ST_OOM);
 		a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : 1000;
 		if (a->backoff_ms > SUP_BACKOFF_MAX_MS)
@@ -1006,6 +1017,14 @@ static void sup__detach(struct agent *a)
 	a->state = ST_MIGRATING;
 }
 
+/* One of the moves queued for the agent has run, or come to nothing
+ * (route_lock held): when none is left, it is where it will be. */
+static void sup__moved(struct agent *a)
+{
+	if (a->moving > 0 && --a->moving == 0)
+		a->dest = a->worker;
+}
+
 /* Hands the agent and its waiting events to another worker (see the top). */
 static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 {
@@ -1014,18 +1033,23 @@ static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 	agent_env env;
 	if (target < 0)
 		target = (w->index + 1) % s->nworkers;
-	if (target >= s->nworkers || target == w->index)
-		return; /* there already (sup_migrate checks when asked), or one worker */
 	int64_t now = tn_mono_ms();
-	struct ev *in = sup__ev(EV_MIGRATE_IN, a->device);
-	if (!in || sup__env_fill(a, now, &env)) {
+	struct ev *in = NULL;
+	if (target >= s->nworkers || target == w->index) {
+		/* there already (sup_migrate checks when asked), or one worker */
+	} else if (!(in = sup__ev(EV_MIGRATE_IN, a->device)) || sup__env_fill(a, now, &env)) {
 		if (in)
 			sup__env_release(&env);
 		free(in);
+		in = NULL;
 		log_warn("agent of %s stays on worker %d: out of memory", a->hex, w->index);
-		return;
 	}
 	pthread_mutex_lock(&s->route_lock);
+	if (!in) {
+		sup__moved(a);
+		pthread_mutex_unlock(&s->route_lock);
+		return;
+	}
 	pthread_mutex_lock(&w->lock);
 	struct ev *carried = sup__take_events(w, a->device);
 	pthread_mutex_unlock(&w->lock);
@@ -1036,6 +1060,7 @@ static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 		pthread_mutex_lock(&w->lock);
 		sup__put_back(w, carried);
 		pthread_mutex_unlock(&w->lock);
+		sup__moved(a);
 		pthread_mutex_unlock(&s->route_lock);
 		log_warn("agent of %s stays on worker %d: %s", a->hex, w->index, err.msg);
 		sup__env_release(&env);
@@ -1050,6 +1075,7 @@ static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 	sup__detach(a);
 	idmap_del(&w->local, a->device);
 	a->worker = target;
+	sup__moved(a);
 	w->nagents--;
 	s->workers[target].nagents++;
 	sup__push(&s->workers[target], in);
@@ -1660,8 +1686,8 @@ int sup_migrate(supervisor *s, uint64_t device, int worker, int *from, int *to, 
 						 : "the device's agent has not started (nothing has called on it since "
 						   "the server started): there is nothing to move");
 	}
-	*from = a->worker;
-	*to = worker >= 0 ? worker : (a->worker + 1) % s->nworkers;
+	*from = a->dest;
+	*to = worker >= 0 ? worker : (a->dest + 1) % s->nworkers;
 	if (*to == *from) {
 		pthread_mutex_unlock(&s->route_lock);
 		sup__ev_free(e);
@@ -1670,6 +1696,8 @@ int sup_migrate(supervisor *s, uint64_t device, int worker, int *from, int *to, 
 		return 0;
 	}
 	e->target = *to;
+	a->dest = *to;
+	a->moving++;
 	sup__push(&s->workers[a->worker], e);
 	pthread_mutex_unlock(&s->route_lock);
 	return 0;

@@ -6,6 +6,7 @@
  * timer moving along), and a catastrophic pattern stopped by the budget. */
 #define _GNU_SOURCE
 #include <check.h>
+#include <curl/curl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 static const char *echo_agent =
 	"local count = (server.load() or {}).count or 0\n"
 	"local seq = 0\n"
+	"local cseq, ticks, ticker = {}, 0, nil\n"
 	"device.on('ping', function(data) device.send('pong', data) end)\n"
 	"device.on('save', function(data) count = count + 1; server.save({count = count}) end)\n"
 	"device.on('spin', function() while true do end end)\n"
@@ -31,6 +33,8 @@ static const char *echo_agent =
 	"http.onrequest(function(req, res)\n"
 	"  if req.path == '/count' then res.send(200, {count = count, method = req.method, query = req.query}) return end\n"
 	"  if req.path == '/seq' then seq = seq + 1 res.send(200, {seq = seq}) return end\n"
+	"  if req.path == '/cseq' then cseq[req.query] = (cseq[req.query] or 0) + 1 res.send(200, {seq = cseq[req.query]}) return end\n"
+	"  if req.path == '/tick' then ticker = ticker or timer.every(0.05, function() ticks = ticks + 1 end) res.send(200, {ticks = ticks}) return end\n"
 	"  if req.path == '/arm' then timer.after(0.5, function() fired = (fired or 0) + 1 end) res.send(200) return end\n"
 	"  if req.path == '/fired' then res.send(200, {fired = fired or 0}) return end\n"
 	"  if req.path == '/push' then device.send('pushed', {n = tonumber(req.body)}) res.send(202, 'queued') return end\n"
@@ -255,73 +259,275 @@ START_TEST(messages_for_an_offline_device_wait_in_order)
 }
 END_TEST
 
-START_TEST(migration_under_traffic_loses_nothing)
+static int worker_of(th_server *s, const char *dev)
 {
-	th_server s;
-	th_server_start(&s, "--agent-workers 2");
-	deploy(&s, "lab", echo_agent, 200);
-	char *sec = th_register(&s, DEV1, "lab");
-	const char *out_path = th_tmp(&s, "pp.out");
-	char *argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"), "connect", s.ws_url,
-			 "hello", DEV1, sec, "expect", "welcome", "pingpong", "3000", "close", NULL };
-	pid_t pid = th_spawn(argv, out_path);
-	ck_assert_int_eq(th_wait_online(&s, DEV1, 1, 10000), 0);
-	/* Move the agent back and forth while the numbered messages flow, and
-	 * numbered HTTP requests too: each answer must be the next number. */
-	char *aid = agent_id_of(&s, DEV1), seq_path[160];
-	snprintf(seq_path, sizeof seq_path, "/agent/%s/seq", aid);
-	char arm_path[160], fired_path[160];
-	snprintf(arm_path, sizeof arm_path, "/agent/%s/arm", aid);
-	snprintf(fired_path, sizeof fired_path, "/agent/%s/fired", aid);
-	th_resp r0;
-	th_http(&s, "GET", arm_path, NULL, NULL, "", &r0);
-	ck_assert_int_eq(r0.status, 200);
-	th_resp_free(&r0);
-	int moves = 0;
-	for (int i = 0; i < 2000; i++) {
-		th_resp r;
-		th_http(&s, "POST", "/v1/devices/" DEV1 "/agent/migrate", NULL, "", NULL, &r);
-		ck_assert_msg(r.status == 202 || r.status == 409, "%ld %s", r.status, r.body);
-		moves += r.status == 202;
-		th_resp_free(&r);
-		if (i % 4 == 0) {
-			th_http(&s, "GET", seq_path, NULL, NULL, "", &r);
-			ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
-			ck_assert_int_eq(json_integer_value(json_object_get(r.json, "seq")), i / 4 + 1);
-			th_resp_free(&r);
+	char path[128];
+	snprintf(path, sizeof path, "/v1/devices/%s/agent", dev);
+	json_t *a = th_get_json(s, path, 200);
+	int w = (int)json_integer_value(json_object_get(a, "worker"));
+	json_decref(a);
+	return w;
+}
+
+/* The agent's status lines ("Agent ...") in the device's log, oldest first
+ * (owned: json_decref). */
+static json_t *agent_lines(th_server *s, const char *dev)
+{
+	json_t *lines = json_array();
+	long long after = 0;
+	for (;;) {
+		char path[200];
+		snprintf(path, sizeof path, "/v1/devices/%s/logs?type=status&limit=1000&after=%lld", dev, after);
+		json_t *page = th_get_json(s, path, 200), *ev;
+		size_t i, n = json_array_size(json_object_get(page, "events"));
+		json_array_foreach(json_object_get(page, "events"), i, ev) {
+			const char *msg = json_string_value(json_object_get(ev, "msg"));
+			long long id = json_integer_value(json_object_get(ev, "id"));
+			ck_assert_int_gt(id, after);
+			after = id;
+			if (strncmp(msg, "Agent ", 6) == 0)
+				json_array_append_new(lines, json_string(msg));
+		}
+		json_decref(page);
+		if (n < 1000)
+			return lines;
+	}
+}
+
+/* Checks that a device's agent lines are "Agent started." followed by
+ * pairs of "Agent stopped: migrating." and "Agent started.", and nothing
+ * else; returns the number of moves (0 while a move is half logged). */
+static int moves_logged(th_server *s, const char *dev, int *complete)
+{
+	json_t *lines = agent_lines(s, dev), *line;
+	size_t i, n = json_array_size(lines);
+	json_array_foreach(lines, i, line) {
+		const char *want = i % 2 ? "Agent stopped: migrating." : "Agent started.";
+		ck_assert_msg(strcmp(json_string_value(line), want) == 0, "%s: line %zu of the agent's is '%s', not '%s'",
+			      dev, i, json_string_value(line), want);
+	}
+	json_decref(lines);
+	*complete = n % 2 == 1;
+	return (int)(n / 2);
+}
+
+struct cbuf {
+	char data[512];
+	size_t len;
+};
+
+static size_t cbuf_write(char *p, size_t size, size_t n, void *arg)
+{
+	struct cbuf *b = arg;
+	size_t len = size * n, room = sizeof b->data - 1 - b->len;
+	memcpy(b->data + b->len, p, len < room ? len : room);
+	b->len += len < room ? len : room;
+	b->data[b->len] = '\0';
+	return size * n;
+}
+
+/* A numbered HTTP client, in a child process: GETs url until `stop` exists;
+ * the answers must be {"seq":1}, {"seq":2}, ... (nothing lost, duplicated
+ * or reordered); after the first one it writes "started" to report, at the
+ * end "ok N" or what went wrong, and exits 0 or 1. */
+static pid_t seq_client(const char *url, const char *stop, const char *report)
+{
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid)
+		return pid;
+	CURL *c = curl_easy_init();
+	long n = 0;
+	char why[800] = "";
+	while (c && access(stop, F_OK) != 0) {
+		struct cbuf b = { .len = 0 };
+		long status = 0;
+		curl_easy_setopt(c, CURLOPT_URL, url);
+		curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+		curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+		curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, cbuf_write);
+		curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+		CURLcode rc = curl_easy_perform(c);
+		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+		json_t *j = rc == CURLE_OK ? json_loads(b.data, 0, NULL) : NULL;
+		long long seq = json_integer_value(json_object_get(j, "seq"));
+		json_decref(j);
+		if (rc != CURLE_OK || status != 200 || seq != n + 1) {
+			snprintf(why, sizeof why, "request %ld: %s, status %ld, seq %lld: %s", n + 1,
+				 curl_easy_strerror(rc), status, seq, b.data);
+			break;
+		}
+		if (++n == 1) {
+			FILE *f = fopen(report, "w");
+			fputs("started\n", f);
+			fclose(f);
 		}
 	}
-	/* The timer armed before the moves went with them, and fired once. */
+	FILE *f = fopen(report, "w");
+	if (*why || !c)
+		fprintf(f, "failed after %ld: %s\n", n, c ? why : "no curl");
+	else
+		fprintf(f, "ok %ld\n", n);
+	fclose(f);
+	_exit(*why || !c ? 1 : 0);
+}
+
+static int still_running(pid_t pid)
+{
+	return waitpid(pid, NULL, WNOHANG) == 0;
+}
+
+/* Three devices' agents move among three workers thousands of times while
+ * each device exchanges numbered messages with its agent (tender-sim checks
+ * every reply comes back once, in order) and four HTTP clients send numbered
+ * requests (each checks its answers count 1, 2, 3, ... per client): all of
+ * it overlaps the moves from start to end.  Nothing is lost, duplicated or
+ * reordered; each device's log alternates "Agent stopped: migrating." and
+ * "Agent started."; timers go along. */
+START_TEST(migration_under_traffic_loses_nothing)
+{
+	enum { NDEV = 3, NCLIENT = 4, MOVES = 6000 };
+	th_server s;
+	th_server_start(&s, "--agent-workers 3");
+	deploy(&s, "lab", echo_agent, 200);
+	char ids[NDEV][17], *aids[NDEV], path[200];
+	const char *creds = th_tmp(&s, "creds");
+	FILE *f = fopen(creds, "w");
+	for (int i = 0; i < NDEV; i++) {
+		snprintf(ids[i], sizeof ids[i], "00000000000d%04x", (unsigned)i);
+		char *sec = th_register(&s, ids[i], "lab");
+		fprintf(f, "%s %s\n", ids[i], sec);
+		free(sec);
+	}
+	fclose(f);
+	const char *sim_out = th_tmp(&s, "sim.out");
+	char *const sim_argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--creds", (char *)creds,
+				   "--msg-rate", "100", "--expect", "pong", NULL };
+	pid_t sim = th_spawn(sim_argv, sim_out);
+	for (int i = 0; i < NDEV; i++) {
+		char needle[64];
+		snprintf(needle, sizeof needle, "msg %s pong", ids[i]);
+		ck_assert_int_eq(th_wait_file(sim_out, needle, 20000), 0);
+		aids[i] = agent_id_of(&s, ids[i]);
+	}
+	/* A one-shot timer and a repeating one, armed before the moves. */
+	th_resp r;
+	snprintf(path, sizeof path, "/agent/%s/arm", aids[0]);
+	th_http(&s, "GET", path, NULL, NULL, "", &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+	snprintf(path, sizeof path, "/agent/%s/tick", aids[1]);
+	th_http(&s, "GET", path, NULL, NULL, "", &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+
+	char stop[700], reports[NCLIENT][700];
+	snprintf(stop, sizeof stop, "%s/stop-clients", s.dir);
+	pid_t clients[NCLIENT];
+	for (int k = 0; k < NCLIENT; k++) {
+		char url[400];
+		snprintf(url, sizeof url, "%s/agent/%s/cseq?c=%d", s.http_url, aids[k % NDEV], k);
+		snprintf(reports[k], sizeof reports[k], "%s/client-%d", s.dir, k);
+		clients[k] = seq_client(url, stop, reports[k]);
+	}
+	for (int k = 0; k < NCLIENT; k++)
+		ck_assert_int_eq(th_wait_file(reports[k], "started", 20000), 0);
+
+	/* Move them back and forth: to the next worker, then back to the one
+	 * before, and now and then to where it is (200, nothing moves). */
+	int moves = 0, at[NDEV];
+	for (int i = 0; i < NDEV; i++)
+		at[i] = worker_of(&s, ids[i]);
+	for (int i = 0; i < MOVES; i++) {
+		int d = i % NDEV, turn = i / NDEV, stay = turn % 10 == 9;
+		if (turn % 2 == 0)
+			snprintf(path, sizeof path, "/v1/devices/%s/agent/migrate", ids[d]);
+		else
+			snprintf(path, sizeof path, "/v1/devices/%s/agent/migrate?worker=%d", ids[d],
+				 stay ? at[d] : (at[d] + 2) % 3);
+		th_http(&s, "POST", path, NULL, "", NULL, &r);
+		ck_assert_msg(r.status == (stay ? 200 : 202), "%s: %ld %s", path, r.status, r.body);
+		json_t *to = json_object_get(r.json, stay ? "worker" : "to");
+		ck_assert_int_eq(json_integer_value(to), stay ? at[d] : turn % 2 ? (at[d] + 2) % 3 : (at[d] + 1) % 3);
+		at[d] = (int)json_integer_value(to);
+		moves += r.status == 202;
+		th_resp_free(&r);
+	}
+	/* The traffic ran all along. */
+	ck_assert_msg(still_running(sim), "tender-sim stopped before the moves ended");
+	for (int k = 0; k < NCLIENT; k++) {
+		char *rep = th_read_file(reports[k]);
+		ck_assert_msg(still_running(clients[k]), "HTTP client %d stopped before the moves ended: %s", k, rep);
+		free(rep);
+	}
+	ck_assert_int_ge(moves, MOVES * 8 / 10);
+
+	f = fopen(stop, "w");
+	fclose(f);
+	for (int k = 0; k < NCLIENT; k++) {
+		int rc = th_wait_pid(clients[k], 60000);
+		char *rep = th_read_file(reports[k]);
+		ck_assert_msg(rc == 0 && rep && strncmp(rep, "ok ", 3) == 0, "HTTP client %d: %s", k, rep);
+		ck_assert_msg(atol(rep + 3) >= 10, "HTTP client %d: %s", k, rep);
+		fprintf(stderr, "migration_under_traffic: HTTP client %d: %s", k, rep);
+		free(rep);
+	}
+	kill(sim, SIGINT);
+	th_wait_pid(sim, 30000);
+	char errpath[800];
+	snprintf(errpath, sizeof errpath, "%s.err", sim_out);
+	char *report = th_read_file(errpath);
+	long long replies = -1, sent = -1, bad = -1;
+	int parsed = 0;
+	for (char *p = report; p && !parsed; p = strstr(p + 1, "tender-sim: "))
+		parsed = sscanf(p, "tender-sim: %lld replies of %lld msgs, %lld bad", &replies, &sent, &bad) == 3;
+	ck_assert_msg(parsed, "%s", report ? report : "(no report)");
+	/* Every reply in order; only those in flight when it stopped missing. */
+	ck_assert_msg(bad == 0 && sent - replies <= 30 && replies >= 100, "%s", report);
+	free(report);
+
+	/* The timers went along: the one-shot fired once, the other goes on. */
+	snprintf(path, sizeof path, "/agent/%s/fired", aids[0]);
 	long long fired = 0;
 	for (int tries = 0; tries < 100 && fired == 0; tries++) {
-		th_http(&s, "GET", fired_path, NULL, NULL, "", &r0);
-		ck_assert_int_eq(r0.status, 200);
-		fired = json_integer_value(json_object_get(r0.json, "fired"));
-		th_resp_free(&r0);
+		th_http(&s, "GET", path, NULL, NULL, "", &r);
+		ck_assert_int_eq(r.status, 200);
+		fired = json_integer_value(json_object_get(r.json, "fired"));
+		th_resp_free(&r);
 		if (!fired)
 			usleep(100 * 1000);
 	}
 	ck_assert_int_eq(fired, 1);
-	free(aid);
-	ck_assert_int_eq(th_wait_pid(pid, 120000), 0);
-	char *out = th_read_file(out_path);
-	ck_assert_msg(strstr(out, "pingpong ok 3000") != NULL, "%.2000s", out);
-	free(out);
-	ck_assert_int_ge(moves, 1000);
-	/* Each move logged both halves.  Moves the API accepted may still be
-	 * under way: count once they have settled. */
-	int stopped = 0, started = 0;
-	for (int tries = 0; tries < 100; tries++) {
-		stopped = th_count_events(&s, DEV1, "Agent stopped: migrating.");
-		started = th_count_events(&s, DEV1, "Agent started.");
-		if (started == stopped + 1 &&
-		    stopped == th_count_events(&s, DEV1, "Agent stopped: migrating."))
-			break;
-		usleep(100 * 1000);
+	snprintf(path, sizeof path, "/agent/%s/tick", aids[1]);
+	long long ticks[2];
+	for (int t = 0; t < 2; t++) {
+		if (t)
+			usleep(500 * 1000);
+		th_http(&s, "GET", path, NULL, NULL, "", &r);
+		ck_assert_int_eq(r.status, 200);
+		ticks[t] = json_integer_value(json_object_get(r.json, "ticks"));
+		th_resp_free(&r);
 	}
-	ck_assert_int_ge(stopped, 1000);
-	ck_assert_int_eq(started, stopped + 1);
-	free(sec);
+	ck_assert_msg(ticks[0] >= 10 && ticks[1] > ticks[0], "the repeating timer: %lld then %lld", ticks[0], ticks[1]);
+
+	/* Each move logged both halves, in that order, once the last settled. */
+	int logged = 0;
+	for (int i = 0; i < NDEV; i++) {
+		int n = 0, complete = 0;
+		for (int tries = 0; tries < 100 && !complete; tries++) {
+			n = moves_logged(&s, ids[i], &complete);
+			if (!complete)
+				usleep(100 * 1000);
+		}
+		ck_assert_msg(complete, "%s: a move never finished", ids[i]);
+		ck_assert_int_ge(n, MOVES / NDEV / 4);
+		logged += n;
+	}
+	ck_assert_int_eq(logged, moves);
+	fprintf(stderr, "migration_under_traffic: %d moves asked, %d logged; %lld round trips; ticks %lld\n", moves,
+		logged, replies, ticks[1]);
+	for (int i = 0; i < NDEV; i++)
+		free(aids[i]);
 	th_server_cleanup(&s);
 }
 END_TEST
@@ -352,16 +558,6 @@ START_TEST(tenderctl_deploys_and_shows_agents)
 	th_server_cleanup(&s);
 }
 END_TEST
-
-static int worker_of(th_server *s, const char *dev)
-{
-	char path[128];
-	snprintf(path, sizeof path, "/v1/devices/%s/agent", dev);
-	json_t *a = th_get_json(s, path, 200);
-	int w = (int)json_integer_value(json_object_get(a, "worker"));
-	json_decref(a);
-	return w;
-}
 
 /* tender-sim for the devices in creds: `count` messages `name` each, every
  * one expecting a "pong" with its seq; returns the pid (stdout to out). */
