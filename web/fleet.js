@@ -32,8 +32,8 @@ export function fleetView() {
   const msg = note();
   const list = h('div.list', h('p.empty', 'Loading devices…'));
   const pageInfo = h('span.page-info', { 'aria-live': 'polite' });
-  const prev = h('button', { type: 'button', onclick: () => { state.cursors.pop(); load(); } }, 'Previous page');
-  const next = h('button', { type: 'button', onclick: () => { state.cursors.push(nextCursor); load(); } }, 'Next page');
+  const prev = h('button', { type: 'button', disabled: true, onclick: () => { state.cursors.pop(); load(); } }, 'Previous page');
+  const next = h('button', { type: 'button', disabled: true, onclick: () => { state.cursors.push(nextCursor); load(); } }, 'Next page');
 
   const search = h('input#f-q', { type: 'search', value: state.q, placeholder: 'id or name', autocomplete: 'off' });
   const online = h('select#f-online', {},
@@ -125,6 +125,7 @@ export function fleetView() {
       if (e.status !== 401 && !stopped) {
         list.replaceChildren();
         notice(msg, `Cannot list devices: ${e.message}`, 'error');
+        next.disabled = true;
       }
     } finally {
       if (mine === loads) list.removeAttribute('aria-busy');
@@ -173,7 +174,10 @@ export function fleetView() {
   }
 
   // A log stream lives as long as its connection: after a drop, make a new
-  // one and reload the page, since changes may have been missed meanwhile.
+  // one; once it is open, reload the page and the counts, since changes may
+  // have been missed meanwhile (and what could not load while tenderd was
+  // away loads now, with no reload of the page).
+  let missed = false;
   async function connect() {
     if (stopped) return;
     try {
@@ -181,15 +185,21 @@ export function fleetView() {
       if (stopped) return;
       es = new EventSource(`${ls.url}?access_token=${encodeURIComponent(token())}`);
       es.addEventListener('message', onEvent);
-      es.addEventListener('open', () => { live.textContent = 'Live'; live.className = 'live on'; });
+      es.addEventListener('open', () => {
+        live.textContent = 'Live';
+        live.className = 'live on';
+        if (missed) { missed = false; load(); loadCounts(); }
+      });
       es.addEventListener('error', () => {
         es.close();
+        missed = true;
         live.textContent = 'Reconnecting…';
         live.className = 'live off';
-        retry = setTimeout(() => { connect(); load(); loadCounts(); }, 2000);
+        retry = setTimeout(connect, 2000);
       });
     } catch (e) {
       if (e.status === 401 || stopped) return;
+      missed = true;
       live.textContent = `Not live: ${e.message}`;
       live.className = 'live off';
       retry = setTimeout(connect, 5000);

@@ -17,7 +17,13 @@
 //                       DEV1 downloads, DEV2 not triggered while paused, resumed
 //   paging              120 devices: three pages, search, group and state filters
 //   phone DEV           390 px wide: no view scrolls sideways, every control is labelled
-//   screenshots DEV     the README's two screenshots (six devices; DEV is the boiler)
+//   screenshots DEV SPARE  the README's two screenshots (six devices; DEV is the
+//                       boiler), and what the fleet's columns, the hardware filter,
+//                       a device's details and its log colours show; SPARE (never
+//                       seen, no group) is given a group
+//   states              no device: the fleet says how to register one; prints "stop
+//                       the server", then the views say tenderd cannot be reached;
+//                       prints "start the server", and the fleet view recovers
 // Prints progress lines and, last, "ok SCENARIO" or "fail: why".
 // Waits are playwright waits with generous timeouts, never sleeps.
 'use strict';
@@ -130,9 +136,20 @@ async function live(page, dev) {
 
   await row.getByRole('link').click();
   await page.getByRole('heading', { name: new RegExp(dev) }).waitFor({ timeout: T });
-  await waitLog(page, '[Device] from the test 150');
+  await waitLog(page, '[Device] from the test 250');
   console.log('live log shown');
-  // History: the newest 100 lines first, older ones on demand.
+  // History: the newest 100 lines first; scrolling to the top of the log
+  // brings the 100 before them (no click), then the button the rest.  (A
+  // reload: the view opened while the lines were still coming in live.)
+  await page.reload();
+  await waitLog(page, '[Device] from the test 250');
+  await page.locator('#log-state', { hasText: 'Live.' }).waitFor({ timeout: T });
+  const first = (await logLines(page)).length;
+  check(first === 100, `the log opened with ${first} lines, not the newest 100`);
+  await page.locator('#log').evaluate((el) => { el.scrollTop = 0; });
+  await page.waitForFunction(() => document.querySelectorAll('#log li').length === 200, null, { timeout: T });
+  check(await page.locator('#log').evaluate((el) => el.scrollTop > 0), 'the lines read before the older ones came moved away');
+  console.log('scrolling to the top loaded older lines');
   for (let i = 0; i < 5; i++) {
     const lines = await logLines(page);
     if (lines.some((l) => l.text.endsWith('[Device] from the test 1'))) break;
@@ -142,7 +159,7 @@ async function live(page, dev) {
   await waitLog(page, '[Status] Device connected');
   const lines = await logLines(page);
   check(new Set(lines.map((l) => l.id)).size === lines.length, 'a log line is shown twice');
-  for (let i = 1; i <= 150; i++)
+  for (let i = 1; i <= 250; i++)
     check(lines.filter((l) => l.text.endsWith(`[Device] from the test ${i}`)).length === 1, `log line ${i} missing or repeated`);
   const ids = lines.map((l) => Number(l.id));
   check(ids.every((v, i) => i === 0 || v > ids[i - 1]), 'the log is out of order');
@@ -266,13 +283,32 @@ async function rollout(page, s25, w25) {
   await page.getByRole('status').filter({ hasText: 'Imported 1 part.' }).waitFor({ timeout: T });
   await checkNotices(page, 'an import');
   await page.locator('tr', { hasText: 'AC25Q16' }).first().waitFor({ timeout: T });
+  // A CSV file, chosen with the file input.
+  await page.getByLabel('CSV file').setInputFiles({ name: 'acme.csv', mimeType: 'text/csv',
+    buffer: Buffer.from(header + 'Acme,AC25Q32,0xAC,0x4016,4M,yes,yes\n') });
+  await page.waitForFunction(() => document.querySelector('#fp-csv').value.includes('AC25Q32'), null, { timeout: T });
+  await page.getByRole('button', { name: 'Import' }).click();
+  await page.locator('tr', { hasText: 'AC25Q32' }).first().waitFor({ timeout: T });
   console.log('csv import errors and success shown');
 }
 
 // The README's screenshots: the fleet (six devices, four online) and the
 // seed report's imp003 with its agent's and its own lines, and a compile
 // error at its line.  tools/screenshots.sh copies them to docs/img/.
-async function screenshots(page, dev) {
+// A row's cells by column, and a details list's values by term.
+const rowCells = (page, text) => page.locator('tr[data-id]', { hasText: text }).first().evaluate((tr) =>
+  Object.fromEntries([...tr.children].map((td) => [td.dataset.label, td.textContent])));
+const detailsOf = (page, label) => page.locator(`dl[aria-label="${label}"]`).evaluate((dl) =>
+  Object.fromEntries([...dl.querySelectorAll('dt')].map((dt) => [dt.textContent, dt.nextElementSibling.textContent])));
+
+function expect(got, want, what) {
+  for (const [k, v] of Object.entries(want)) {
+    const ok = v instanceof RegExp ? v.test(got[k]) : got[k] === v;
+    check(ok, `${what}: ${k} is "${got[k]}", not ${v}`);
+  }
+}
+
+async function screenshots(page, dev, spare) {
   await signIn(page);
   await page.locator('.counts', { hasText: '6 devices' }).waitFor({ timeout: T });
   await page.locator('#count-online', { hasText: '4' }).waitFor({ timeout: T });
@@ -283,12 +319,58 @@ async function screenshots(page, dev) {
   await page.locator('body').screenshot({ path: path.join(shots, 'readme-fleet.png') });
   console.log('fleet shot');
 
+  // Each column shows what the device said and what the table knows of it.
+  expect(await rowCells(page, 'boiler room'), { State: 'online', HW: 'imp003', FW: '36.10',
+    Flash: '012018 S25FL127S / S25FL128S (256KB) / S25FL128S (64KB) (shared id)', Agent: 'running',
+    'Last seen': 'now', Group: 'imps' }, 'the boiler row');
+  expect(await rowCells(page, 'roof weather station'), { HW: 'imp004m', FW: '37.2',
+    Flash: 'c22018 MX25L12835F (known)', Agent: 'no code', Group: 'weather' }, 'the roof row');
+  expect(await rowCells(page, 'test bench'), { FW: '37.3-rc1', Flash: 'bf2641 not in the table (unknown)' },
+    'the bench row');
+  expect(await rowCells(page, 'cold store 2'), { State: 'offline', FW: '36.10', 'Last seen': /^\d+ (s|min) ago$/ },
+    'the cold store row');
+  expect(await rowCells(page, spare), { State: 'offline', HW: '-', FW: '-', Flash: '-', 'Last seen': '-', Group: '-' },
+    'the never-seen row');
+  // The hardware filter, with the models the fleet has as suggestions.
+  const models = await page.$$eval('#hw-list option', (os) => os.map((o) => o.value).sort().join(', '));
+  check(models === 'imp003, imp004m', `hardware suggestions: ${models}`);
+  await page.getByLabel('Hardware').fill('imp004m');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await page.waitForFunction(() => { const hw = [...document.querySelectorAll('tr[data-id] td[data-label="HW"]')];
+    return hw.length === 2 && hw.every((td) => td.textContent === 'imp004m'); }, null, { timeout: T });
+  await page.getByLabel('Hardware').fill('');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await page.waitForFunction(() => document.querySelectorAll('tr[data-id]').length === 6, null, { timeout: T });
+  console.log('fleet columns and the hardware filter');
+
   await page.locator(`tr[data-id="${dev}"]`).getByRole('link').click();
   await page.getByRole('heading', { name: `boiler room (${dev})` }).waitFor({ timeout: T });
   await waitLog(page, '[Device] flow temperature 66.5 C');
   await waitLog(page, '[Agent] reading 6 stored');
   await page.locator('#agent-state', { hasText: 'running' }).waitFor({ timeout: T });
   await page.waitForFunction(() => document.querySelector('#code')?.value.includes('boiler.lua'), null, { timeout: T });
+  expect(await detailsOf(page, 'Device details'), { State: 'online', Name: 'boiler room', Group: 'imps',
+    Hardware: 'imp003', Firmware: '36.10', Flash: '012018 S25FL127S / S25FL128S (256KB) / S25FL128S (64KB) (shared id)',
+    'Flash size': '16 MiB', 'Uniform erase': '4 KB: no, 64 KB: no', 'Last seen': 'now' }, 'the boiler\'s details');
+  // Each line has its type's class, and each type its own colour.
+  const wrong = await page.$$eval('#log li', (lis) => lis.filter((li) => {
+    const m = li.textContent.match(/ \[(\w+)\] /);
+    return !m || !li.classList.contains(`t-${m[1].toLowerCase()}`);
+  }).map((li) => `${li.className}: ${li.textContent}`));
+  check(!wrong.length, `log lines without their type's class: ${wrong.join('; ')}`);
+  const colours = await page.$eval('#log', (log) => {
+    const fw = document.createElement('li'); // nothing writes [Firmware] lines yet
+    fw.className = 't-firmware';
+    log.append(fw);
+    const c = (sel) => { const li = log.querySelector(sel); return li && getComputedStyle(li).color; };
+    const got = { plain: getComputedStyle(log).color, status: c('li.t-status'), device: c('li.t-device'),
+                  agent: c('li.t-agent'), firmware: c('li.t-firmware') };
+    fw.remove();
+    return got;
+  });
+  check(Object.values(colours).every(Boolean) && new Set(Object.values(colours)).size === 5,
+        `the log's types are not each in their own colour: ${JSON.stringify(colours)}`);
+  console.log('details and log colours');
   const code = await page.locator('#code').inputValue();
   await page.locator('#code').fill(code.replace('  last = data.seq\n', '  if data.seq > 3 last = data.seq end\n'));
   await page.getByRole('button', { name: 'Deploy to group imps' }).click();
@@ -297,6 +379,18 @@ async function screenshots(page, dev) {
   await page.locator('#code').blur();
   await page.screenshot({ path: path.join(shots, 'readme-device.png'), fullPage: true });
   console.log('device shot');
+
+  // A device with no group is offered one; then the group's code box.
+  await page.evaluate((d) => { location.hash = `#/devices/${d}`; }, spare);
+  await page.getByText('Agent code belongs to a group, and this device has none: set one first.').waitFor({ timeout: T });
+  expect(await detailsOf(page, 'Device details'), { State: 'offline', Group: '-', Hardware: '-', 'Last seen': 'never' },
+    'the never-seen device\'s details');
+  await page.getByLabel('Group').fill('imps');
+  await page.getByRole('button', { name: 'Set group' }).click();
+  await page.getByLabel('Agent code (Lua) for group imps').waitFor({ timeout: T });
+  await page.waitForFunction(() => document.querySelector('#code')?.value.includes('boiler.lua'), null, { timeout: T });
+  expect(await detailsOf(page, 'Device details'), { Group: 'imps' }, 'the device given a group');
+  console.log('a group set');
 }
 
 // A rollout over three devices, one per stage, each taking its update slowly:
@@ -342,6 +436,37 @@ async function pause(page, first, second) {
   await page.locator('#rollout-state', { hasText: 'completed' }).waitFor({ timeout: 150000 });
   await page.locator('li[data-state="completed"]', { hasText: '3 completed' }).waitFor({ timeout: T });
   console.log('resumed to the end');
+}
+
+// No devices, then no server: neither looks like the other.
+async function states(page) {
+  await signIn(page);
+  await page.getByText('No devices yet: register one with tenderctl register or POST /v1/devices.').waitFor({ timeout: T });
+  await page.locator('.counts', { hasText: '0 devices' }).waitFor({ timeout: T });
+  await page.locator('.live', { hasText: 'Live' }).waitFor({ timeout: T });
+  check(await page.getByRole('button', { name: 'Next page' }).isDisabled(), 'an empty fleet has a next page');
+  await page.screenshot({ path: path.join(shots, 'fleet-empty.png'), fullPage: true });
+  console.log('stop the server');
+  await page.locator('.live', { hasText: /Reconnecting|Not live/ }).waitFor({ timeout: 60000 });
+  await page.evaluate(() => { location.hash = '#/flash-parts'; });
+  await page.getByRole('alert').filter({ hasText: 'Cannot read the flash-parts table: cannot reach tenderd' }).waitFor({ timeout: T });
+  await page.evaluate(() => { location.hash = '#/'; });
+  await page.getByRole('alert').filter({ hasText: 'Cannot list devices: cannot reach tenderd' }).waitFor({ timeout: T });
+  await page.locator('.counts', { hasText: 'Cannot count devices: cannot reach tenderd' }).waitFor({ timeout: T });
+  await page.locator('.live', { hasText: 'Not live: cannot reach tenderd' }).waitFor({ timeout: T });
+  check(!(await page.getByText('No devices yet').count()), 'an unreachable server looks like an empty fleet');
+  await checkNotices(page, 'an unreachable server');
+  check(await page.getByRole('button', { name: 'Next page' }).isDisabled(), 'Next page is offered with no list');
+  await page.screenshot({ path: path.join(shots, 'fleet-unreachable.png'), fullPage: true });
+  console.log('unreachable server shown');
+  // Back again: the view recovers by itself.
+  await page.evaluate(() => { window.notReloaded = true; });
+  console.log('start the server');
+  await page.locator('.live.on', { hasText: /^Live$/ }).waitFor({ timeout: 60000 });
+  await page.getByText('No devices yet: register one with tenderctl register or POST /v1/devices.').waitFor({ timeout: T });
+  await page.locator('.counts', { hasText: '0 devices' }).waitFor({ timeout: T });
+  check(await page.evaluate(() => window.notReloaded === true), 'the page was reloaded');
+  console.log('recovered');
 }
 
 const rowNames = (page) => page.$$eval('tr[data-id] a', (as) => as.map((a) => a.firstChild.textContent));
@@ -423,7 +548,7 @@ async function phone(page, dev) {
     page = await browser.newPage({ viewport: phoneSize ? { width: 390, height: 844 } : { width: 1280, height: 900 } });
     const errors = [];
     page.on('pageerror', (e) => errors.push(e.message));
-    const run = { signin, live, rollout, pause, paging, phone, screenshots }[scenario];
+    const run = { signin, live, rollout, pause, paging, phone, screenshots, states }[scenario];
     check(run, `no scenario ${scenario}`);
     await run(page, ...args);
     await checkNotices(page, 'the last view');

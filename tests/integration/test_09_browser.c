@@ -192,8 +192,11 @@ START_TEST(screenshots_for_the_readme)
 		   "--log-count", "6", "--log-text", "flow temperature 6%n.5 C", "--msg-rate", "2", "--msg-count",
 		   "6", "--msg-name", "reading", NULL);
 	const char *out;
-	pid_t browser = scenario(&s, "screenshots", S25, NULL, &out);
-	scenario_passed(browser, out, "screenshots", 120000);
+	pid_t browser = scenario(&s, "screenshots", S25, SPARE, &out);
+	scenario_passed(browser, out, "screenshots", 150000);
+	json_t *spare = th_get_json(&s, "/v1/devices/" SPARE, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(spare, "group")), "imps");
+	json_decref(spare);
 	for (int i = 0; i < 4; i++)
 		stop(d[i]);
 	free(boiler);
@@ -225,7 +228,8 @@ START_TEST(keyboard_sign_in_and_401)
 END_TEST
 
 /* The device connects only once the fleet view shows it offline, so the
- * browser sees it come online live; its 150 lines make the history two pages. */
+ * browser sees it come online live; its 250 lines make the history three
+ * pages (one read by scrolling up, one with the button). */
 START_TEST(device_online_live_log_and_agent_code)
 {
 	th_server s;
@@ -243,9 +247,10 @@ START_TEST(device_online_live_log_and_agent_code)
 	const char *out;
 	pid_t browser = scenario(&s, "live", DEV, NULL, &out);
 	ck_assert_msg(th_wait_file(out, "fleet ready", 60000) == 0, "the fleet view never showed the device");
-	pid_t sim = device(&s, DEV, sec, "ef4018", "dev.out", "150");
+	pid_t dev = sim(&s, "dev.out", DEV, sec, "imp003", "36.10", "ef4018", "--reconnect", "--log-count", "250",
+			"--log-rate", "50", "--log-text", "from the test %n", NULL);
 	scenario_passed(browser, out, "live", 180000);
-	stop(sim);
+	stop(dev);
 	stop(d1);
 	stop(d2);
 	free(sec);
@@ -314,6 +319,26 @@ START_TEST(rollout_pause_and_resume)
 }
 END_TEST
 
+/* No device yet: the fleet says how to register one.  Then tenderd stops
+ * under the open dashboard, and its views say it cannot be reached; it
+ * starts again on the same ports, and the fleet view recovers by itself. */
+START_TEST(empty_fleet_and_unreachable_server)
+{
+	th_server s;
+	start(&s);
+	const char *out;
+	pid_t browser = scenario(&s, "states", NULL, NULL, &out);
+	char path[600];
+	snprintf(path, sizeof path, "%s", out);
+	ck_assert_msg(th_wait_file(path, "stop the server", 60000) == 0, "the empty fleet was not shown");
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	ck_assert_msg(th_wait_file(path, "start the server", 90000) == 0, "the unreachable server was not shown");
+	th_server_restart_same_ports(&s);
+	scenario_passed(browser, path, "states", 90000);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 /* 120 devices: three pages by the server's cursor, search and a group
  * filter done by the server, counts from GET /v1/fleet. */
 START_TEST(fleet_pages_search_and_filters)
@@ -343,11 +368,11 @@ START_TEST(phone_width_has_no_sideways_scroll)
 	char *sec = th_register(&s, S25, "imps");
 	patch(&s, S25, "{\"name\":\"the imp003 with a Spansion flash from the seed report\"}");
 	free(th_register(&s, W25, NULL));
-	pid_t sim = device(&s, S25, sec, "012018", "s25.out", "3");
+	pid_t dev = device(&s, S25, sec, "012018", "s25.out", "3");
 	const char *out;
 	pid_t browser = scenario(&s, "phone", S25, NULL, &out);
 	scenario_passed(browser, out, "phone", 90000);
-	stop(sim);
+	stop(dev);
 	free(sec);
 	th_server_cleanup(&s);
 }
@@ -365,7 +390,8 @@ int main(void)
 	const TTest *all[] = { eventsource_in_chromium_gets_live_lines, keyboard_sign_in_and_401,
 			       device_online_live_log_and_agent_code, rollout_plan_shows_the_block_reason,
 			       fleet_pages_search_and_filters, phone_width_has_no_sideways_scroll,
-			       screenshots_for_the_readme, rollout_pause_and_resume };
+			       screenshots_for_the_readme, rollout_pause_and_resume,
+			       empty_fleet_and_unreachable_server };
 	/* TN_BROWSER_TESTS=name,name runs only those (tools/screenshots.sh). */
 	const TTest *tests[sizeof all / sizeof *all];
 	size_t n = 0;
