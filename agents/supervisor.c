@@ -758,7 +758,8 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 	sup__event(a, EV_STATUS, status_line);
 }
 
-/* After an event: an agent over its memory cap is stopped and restarted later. */
+/* After an event: an agent over its memory cap is stopped and restarted
+ * later (the restart counts in `restarts` when it happens). */
 static void sup__after(struct agent *a, int rc)
 {
 	a->events++;
@@ -768,7 +769,6 @@ static void sup__after(struct agent *a, int rc)
 		if (a->backoff_ms > SUP_BACKOFF_MAX_MS)
 			a->backoff_ms = SUP_BACKOFF_MAX_MS;
 		a->restart_at = tn_mono_ms() + a->backoff_ms;
-		a->restarts++;
 	} else if (rc == AGENT_OK && a->backoff_ms && tn_now_ms() - a->started_ms > 60000) {
 		a->backoff_ms = 0; /* a minute of health forgives earlier crashes */
 	}
