@@ -50,6 +50,7 @@ struct stream {
 	int64_t created;
 	int64_t owner;              /* the API token that created it */
 	int64_t open_by;            /* tn_mono_ms: removed if not opened by then */
+	unsigned types;             /* 1 << event_type of each type it sends; 0: all */
 };
 
 struct reader {
@@ -357,7 +358,9 @@ static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
 			continue;
 		if (r->batch_i < r->batch_n) {
 			bus_item it = r->batch[r->batch_i++];
-			if (it.ev && bus_event_get(it.ev)->id > r->last_sent) {
+			if (it.ev && r->st->types && !(r->st->types & 1u << bus_event_get(it.ev)->type)) {
+				bus_event_release(it.ev); /* a type this stream leaves out */
+			} else if (it.ev && bus_event_get(it.ev)->id > r->last_sent) {
 				ls__format_shared(r, it.ev);
 			} else if (it.ev) {
 				bus_event_release(it.ev);
@@ -501,18 +504,44 @@ static int ls__admit_locked(logstreams *ls, int64_t owner, tn_error *err)
 	return 0;
 }
 
+/* "types": ["status", ...] into a mask of 1 << event_type (absent: 0, all). */
+static int ls__types(json_t *types, unsigned *mask, tn_error *err)
+{
+	json_t *v;
+	size_t i;
+	*mask = 0;
+	if (!types)
+		return 0;
+	if (!json_is_array(types) || json_array_size(types) == 0)
+		return tn_err(err, TN_EINVAL, "'types' must be a non-empty array of event types (status, "
+			      "device, agent, firmware)");
+	json_array_foreach(types, i, v) {
+		int t = json_is_string(v) ? events_type_parse(json_string_value(v)) : -1;
+		if (t < 0)
+			return tn_err(err, TN_EINVAL, "'types[%zu]' is not an event type (status, device, agent, "
+				      "firmware)", i);
+		*mask |= 1u << t;
+	}
+	return 0;
+}
+
 int logstream_create(logstreams *ls, int64_t owner, json_t *body, json_t **out, tn_error *err)
 {
 	json_t *devices = json_object_get(body, "devices"), *group = json_object_get(body, "group"),
 	       *all = json_object_get(body, "all"), *v, *list = json_array();
 	const char *key;
 	size_t i;
+	unsigned types;
 
 	json_object_foreach(body, key, v)
-		if (strcmp(key, "devices") && strcmp(key, "group") && strcmp(key, "all")) {
+		if (strcmp(key, "devices") && strcmp(key, "group") && strcmp(key, "all") && strcmp(key, "types")) {
 			json_decref(list);
 			return tn_err(err, TN_EINVAL, "unknown member '%s'", key);
 		}
+	if (ls__types(json_object_get(body, "types"), &types, err)) {
+		json_decref(list);
+		return TN_EINVAL;
+	}
 	if (devices && (!json_is_array(devices) || json_array_size(devices) > 100000)) {
 		json_decref(list);
 		return tn_err(err, TN_EINVAL, "'devices' must be an array of device ids");
@@ -571,6 +600,7 @@ int logstream_create(logstreams *ls, int64_t owner, json_t *body, json_t **out, 
 	st->created = tn_now_ms();
 	st->owner = owner;
 	st->open_by = tn_mono_ms() + ls->opt.open_timeout_ms;
+	st->types = types;
 	st->sub = bus_subscribe(ls->b, json_is_true(all), NULL, NULL);
 	if (!st->sub) {
 		free(st);
@@ -601,7 +631,12 @@ int logstream_create(logstreams *ls, int64_t owner, json_t *body, json_t **out, 
 	pthread_mutex_unlock(&ls->lock);
 	char url[128];
 	snprintf(url, sizeof url, "/v1/logstreams/%s", st->id);
-	*out = json_pack("{ss ss so sb}", "id", st->id, "url", url, "devices", list, "all", json_is_true(all));
+	json_t *type_list = json_array();
+	for (int t = 0; t < EV__COUNT; t++)
+		if (!types || types & 1u << t)
+			json_array_append_new(type_list, json_string(events_type_name((event_type)t)));
+	*out = json_pack("{ss ss so sb so}", "id", st->id, "url", url, "devices", list, "all", json_is_true(all),
+			 "types", type_list);
 	return 0;
 }
 

@@ -39,8 +39,9 @@ struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connec
 					       uint64_t device, int64_t after_id, int text);
 
 /* POST /v1/logstreams: body {"devices":[...]} or {"group": "g"} or
- * {"all": true}, by the API token `owner`.  Returns 0 with *out
- * {"id","url","devices"} (owned); TN_ETOOBIG when the token holds
+ * {"all": true}, and optionally "types": [...] (only events of those types
+ * are sent; notices always), by the API token `owner`.  Returns 0 with *out
+ * {"id","url","devices","all","types"} (owned); TN_ETOOBIG when the token holds
  * max_per_owner streams, TN_ESTATE when the server holds max_streams. */
 int logstream_create(logstreams *ls, int64_t owner, json_t *body, json_t **out, tn_error *err);
 

@@ -1,6 +1,8 @@
 // The fleet view: counts, filters and search, one page of devices at a time
 // (server-side cursor paging, so 10,000 devices cost one page), and online
-// state kept live from a log stream over every device ({"all":true}).
+// state kept live from a log stream over every device that carries status
+// events only ({"all":true,"types":["status"]}): connects and disconnects,
+// not every line of every device.
 import { api, query, token, h, ago, notice, note, table, row, flashText } from './lib.js';
 
 const PAGE = 50;
@@ -80,10 +82,11 @@ export function fleetView() {
   async function loadCounts() {
     try {
       const f = await api('/v1/fleet');
+      const n = (v) => Number(v).toLocaleString();
       counts.replaceChildren(
-        h('span', h('strong', String(f.devices)), ' devices'),
-        h('span.on', h('strong#count-online', String(f.online)), ' online'),
-        h('span.off', h('strong', String(f.offline)), ' offline'));
+        h('span', h('strong#count-devices', n(f.devices)), ' devices'),
+        h('span.on', h('strong#count-online', n(f.online)), ' online'),
+        h('span.off', h('strong', n(f.offline)), ' offline'));
       hwList.replaceChildren(...Object.keys(f.hw || {}).map((k) => h('option', { value: k })));
       groupList.replaceChildren(...Object.keys(f.groups || {}).map((k) => h('option', { value: k })));
     } catch (e) {
@@ -181,7 +184,7 @@ export function fleetView() {
   async function connect() {
     if (stopped) return;
     try {
-      const ls = await api('/v1/logstreams', { body: { all: true } });
+      const ls = await api('/v1/logstreams', { body: { all: true, types: ['status'] } });
       if (stopped) return;
       es = new EventSource(`${ls.url}?access_token=${encodeURIComponent(token())}`);
       es.addEventListener('message', onEvent);

@@ -21,6 +21,9 @@
 //                       boiler), and what the fleet's columns, the hardware filter,
 //                       a device's details and its log colours show; SPARE (never
 //                       seen, no group) is given a group
+//   big DEV0 FAR        10,000 devices, 20 online: one page, counts, search finds FAR,
+//                       paging, a bounded DOM; DEV0 comes online live (prints "fleet
+//                       ready" first) and the view's stream carries status events only
 //   states              no device: the fleet says how to register one; prints "stop
 //                       the server", then the views say tenderd cannot be reached;
 //                       prints "start the server", and the fleet view recovers
@@ -469,6 +472,84 @@ async function states(page) {
   console.log('recovered');
 }
 
+// 10,000 devices, 20 online and chatty.  The view renders one page, counts
+// all, finds one by search and pages; the page's DOM stays one page big.
+// DEV0 comes online while the view watches: its row turns online live, and
+// the view's log stream (status events only) never carries a device line.
+async function big(page, dev0, far) {
+  const streams = []; // what each EventSource on the page received, by type
+  await page.exposeFunction('__sse', (url, type) => {
+    let s = streams.find((x) => x.url === url);
+    if (!s) streams.push(s = { url, types: {} });
+    s.types[type] = (s.types[type] || 0) + 1;
+  });
+  await page.addInitScript(() => {
+    const Native = window.EventSource;
+    window.EventSource = class extends Native {
+      constructor(url, init) {
+        super(url, init);
+        const path = new URL(url, location.href).pathname;
+        this.addEventListener('message', (e) => window.__sse(path, JSON.parse(e.data).type));
+      }
+    };
+  });
+  const created = [];
+  page.on('request', (req) => {
+    if (req.method() === 'POST' && new URL(req.url()).pathname === '/v1/logstreams') created.push(req.postDataJSON());
+  });
+  await signIn(page);
+  await page.waitForFunction(() => document.querySelector('#count-devices')?.textContent.replace(/\D/g, '') === '10000',
+    null, { timeout: T });
+  await page.locator('#count-online', { hasText: /^20$/ }).waitFor({ timeout: T });
+  await page.waitForFunction(() => document.querySelectorAll('tr[data-id]').length === 50 &&
+    !document.querySelector('.list[aria-busy]'), null, { timeout: T });
+  const row0 = page.locator(`tr[data-id="${dev0}"]`);
+  check(await row0.getAttribute('data-online') === 'false', 'the late device is online before it connected');
+  await page.locator('.live.on', { hasText: /^Live$/ }).waitFor({ timeout: T });
+  check(created.length === 1 && created[0].all === true && JSON.stringify(created[0].types) === '["status"]',
+        `the fleet's log stream was not asked for status events only: ${JSON.stringify(created)}`);
+  console.log('fleet ready');
+  await page.locator(`tr[data-id="${dev0}"][data-online="true"]`).waitFor({ timeout: T });
+  await page.locator('#count-online', { hasText: /^21$/ }).waitFor({ timeout: T });
+  // By now the 21 devices have sent lines (DEV0 five a second): wait until
+  // DEV0's log has ten, so an unfiltered stream would have carried some.
+  await page.waitForFunction(async ([d, t]) => {
+    const r = await fetch(`/v1/devices/${d}/logs?type=device&limit=10`, { headers: { Authorization: `Bearer ${t}` } });
+    return r.ok && (await r.json()).events.length >= 10;
+  }, [dev0, token], { timeout: T, polling: 500 });
+  const fleetStream = streams.find((s) => s.url.startsWith('/v1/logstreams/'));
+  check(fleetStream && fleetStream.types.status >= 1, `the fleet's stream brought no status event: ${JSON.stringify(streams)}`);
+  check(Object.keys(fleetStream.types).join() === 'status', `the fleet's stream brought ${JSON.stringify(fleetStream.types)}`);
+  console.log('came online live; the stream carried status events only');
+
+  // One page of rows, however big the fleet.
+  const dom = await page.evaluate(() => ({ rows: document.querySelectorAll('tr').length,
+                                           nodes: document.querySelectorAll('#main *').length }));
+  check(dom.rows <= 51 && dom.nodes < 2000, `the page holds ${dom.rows} rows, ${dom.nodes} elements`);
+  const page1 = await page.$$eval('tr[data-id]', (trs) => trs.map((tr) => tr.dataset.id));
+  await page.getByRole('button', { name: 'Next page' }).click();
+  await page.locator('.page-info', { hasText: 'Page 2' }).waitFor({ timeout: T });
+  await page.waitForFunction((first) => document.querySelectorAll('tr[data-id]').length === 50 &&
+    !document.querySelector(`tr[data-id="${first}"]`), page1[0], { timeout: T });
+  const page2 = await page.$$eval('tr[data-id]', (trs) => trs.map((tr) => tr.dataset.id));
+  check(page2.every((id) => !page1.includes(id)) && page2[0] > page1[49], 'page 2 repeats page 1');
+  await page.getByRole('button', { name: 'Previous page' }).click();
+  await page.locator('.page-info', { hasText: 'Page 1' }).waitFor({ timeout: T });
+  await page.waitForFunction((first) => !!document.querySelector(`tr[data-id="${first}"]`), page1[0], { timeout: T });
+  console.log('paged');
+  await page.getByLabel('Search').fill(far);
+  await page.waitForFunction((id) => { const trs = document.querySelectorAll('tr[data-id]');
+    return trs.length === 1 && trs[0].dataset.id === id; }, far, { timeout: T });
+  check(await page.getByRole('button', { name: 'Next page' }).isDisabled(), 'one match has a next page');
+  console.log('found one device by search');
+  await page.getByLabel('Search').fill('');
+  await page.getByLabel('State').selectOption('true');
+  await page.waitForFunction(() => { const trs = [...document.querySelectorAll('tr[data-id]')];
+    return trs.length === 21 && trs.every((tr) => tr.dataset.online === 'true'); }, null, { timeout: T });
+  await page.locator('body').screenshot({ path: path.join(shots, 'fleet-10000-online.png') });
+  console.log('filtered the online ones');
+}
+
 const rowNames = (page) => page.$$eval('tr[data-id] a', (as) => as.map((a) => a.firstChild.textContent));
 
 async function paging(page) {
@@ -548,7 +629,7 @@ async function phone(page, dev) {
     page = await browser.newPage({ viewport: phoneSize ? { width: 390, height: 844 } : { width: 1280, height: 900 } });
     const errors = [];
     page.on('pageerror', (e) => errors.push(e.message));
-    const run = { signin, live, rollout, pause, paging, phone, screenshots, states }[scenario];
+    const run = { signin, live, rollout, pause, paging, phone, screenshots, states, big }[scenario];
     check(run, `no scenario ${scenario}`);
     await run(page, ...args);
     await checkNotices(page, 'the last view');

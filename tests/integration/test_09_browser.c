@@ -11,6 +11,7 @@
  * tools/quickstart.sh test installs both. */
 #define _GNU_SOURCE
 #include <check.h>
+#include <curl/curl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -339,6 +340,249 @@ START_TEST(empty_fleet_and_unreachable_server)
 }
 END_TEST
 
+/* --- many devices, and a status-only log stream ------------------------------ */
+
+struct reg_slot {
+	CURL *c;
+	char body[128], *resp;
+	size_t len;
+	int index;
+};
+
+static size_t reg_write(char *p, size_t size, size_t n, void *arg)
+{
+	struct reg_slot *sl = arg;
+	char *grown = realloc(sl->resp, sl->len + size * n + 1);
+	if (!grown)
+		return 0;
+	sl->resp = grown;
+	memcpy(sl->resp + sl->len, p, size * n);
+	sl->len += size * n;
+	sl->resp[sl->len] = '\0';
+	return size * n;
+}
+
+/* Registers n devices (ids base, base + 1, ...) through POST /v1/devices, as
+ * an operator's script would: 8 requests in flight on kept-alive
+ * connections.  The first `keep` secrets go to secrets[] (owned). */
+static void register_many(th_server *s, unsigned long long base, int n, int keep, char **secrets)
+{
+	enum { SLOTS = 8 };
+	struct reg_slot slot[SLOTS] = { 0 };
+	struct curl_slist *h = NULL;
+	char url[256], auth[200];
+	CURLM *m = curl_multi_init();
+	int next = 0, done = 0, running;
+
+	snprintf(url, sizeof url, "%s/v1/devices", s->http_url);
+	snprintf(auth, sizeof auth, "Authorization: Bearer %s", s->token);
+	h = curl_slist_append(h, auth);
+	h = curl_slist_append(h, "Content-Type: application/json");
+	h = curl_slist_append(h, "Expect:");
+	for (int i = 0; i < SLOTS; i++) {
+		slot[i].c = curl_easy_init();
+		curl_easy_setopt(slot[i].c, CURLOPT_URL, url);
+		curl_easy_setopt(slot[i].c, CURLOPT_HTTPHEADER, h);
+		curl_easy_setopt(slot[i].c, CURLOPT_TIMEOUT, 60L);
+		curl_easy_setopt(slot[i].c, CURLOPT_NOSIGNAL, 1L);
+		curl_easy_setopt(slot[i].c, CURLOPT_WRITEFUNCTION, reg_write);
+		curl_easy_setopt(slot[i].c, CURLOPT_WRITEDATA, &slot[i]);
+		curl_easy_setopt(slot[i].c, CURLOPT_PRIVATE, &slot[i]);
+	}
+	for (int i = 0; i < SLOTS && next < n; i++) {
+		slot[i].index = next;
+		snprintf(slot[i].body, sizeof slot[i].body, "{\"id\":\"%016llx\",\"group\":\"fleet\"}", base + next++);
+		curl_easy_setopt(slot[i].c, CURLOPT_POSTFIELDS, slot[i].body);
+		curl_multi_add_handle(m, slot[i].c);
+	}
+	while (done < n) {
+		ck_assert_int_eq(curl_multi_perform(m, &running), CURLM_OK);
+		CURLMsg *msg;
+		int left;
+		while ((msg = curl_multi_info_read(m, &left))) {
+			struct reg_slot *sl;
+			long status = 0;
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&sl);
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
+			ck_assert_msg(msg->data.result == CURLE_OK && status == 201, "register %s: %s %ld %s", sl->body,
+				      curl_easy_strerror(msg->data.result), status, sl->resp ? sl->resp : "");
+			if (sl->index < keep) {
+				json_t *j = json_loads(sl->resp, 0, NULL);
+				secrets[sl->index] = strdup(json_string_value(json_object_get(j, "secret")));
+				json_decref(j);
+			}
+			free(sl->resp);
+			sl->resp = NULL;
+			sl->len = 0;
+			done++;
+			curl_multi_remove_handle(m, sl->c);
+			if (next < n) {
+				sl->index = next;
+				snprintf(sl->body, sizeof sl->body, "{\"id\":\"%016llx\",\"group\":\"fleet\"}", base + next++);
+				curl_easy_setopt(sl->c, CURLOPT_POSTFIELDS, sl->body);
+				curl_multi_add_handle(m, sl->c);
+			}
+		}
+		if (done < n)
+			curl_multi_poll(m, NULL, 0, 1000, NULL);
+	}
+	for (int i = 0; i < SLOTS; i++)
+		curl_easy_cleanup(slot[i].c);
+	curl_multi_cleanup(m);
+	curl_slist_free_all(h);
+}
+
+/* 10,000 devices, 20 of them online and chatty: the fleet view shows one
+ * page, counts all, finds one by search, pages; a 21st comes online live
+ * while the view's stream carries status events only. */
+#define BIG_N 10000
+#define BIG_ONLINE 20
+#define BIG_BASE 0x00000000000b0000ULL
+
+START_TEST(ten_thousand_devices)
+{
+	th_server s;
+	start(&s);
+	char *secrets[BIG_ONLINE + 1] = { 0 };
+	register_many(&s, BIG_BASE, BIG_N, BIG_ONLINE + 1, secrets);
+	json_t *fleet = th_get_json(&s, "/v1/fleet", 200);
+	ck_assert_int_eq(json_integer_value(json_object_get(fleet, "devices")), BIG_N);
+	json_decref(fleet);
+	/* Devices 1..20 online, sending a line a second each; device 0 later. */
+	char creds[600];
+	snprintf(creds, sizeof creds, "%s", th_tmp(&s, "big.creds"));
+	FILE *f = fopen(creds, "w");
+	ck_assert_ptr_nonnull(f);
+	for (int i = 1; i <= BIG_ONLINE; i++)
+		fprintf(f, "%016llx %s imp003 36.10 ef4018 16777216\n", BIG_BASE + i, secrets[i]);
+	fclose(f);
+	char *const many[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--creds", creds, "--reconnect",
+			       "--log-rate", "1", "--log-text", "chatter %n", NULL };
+	pid_t sims = th_spawn(many, th_tmp(&s, "big.out"));
+	char id0[17], id_far[17], out[600];
+	snprintf(id0, sizeof id0, "%016llx", BIG_BASE);
+	snprintf(id_far, sizeof id_far, "%016llx", BIG_BASE + 9876);
+	for (int i = 1; i <= BIG_ONLINE; i++) {
+		char id[17];
+		snprintf(id, sizeof id, "%016llx", BIG_BASE + i);
+		ck_assert_int_eq(th_wait_online(&s, id, 1, 30000), 0);
+	}
+	const char *o;
+	pid_t browser = scenario(&s, "big", id0, id_far, &o);
+	snprintf(out, sizeof out, "%s", o);
+	ck_assert_msg(th_wait_file(out, "fleet ready", 90000) == 0, "the fleet view never showed 10,000 devices");
+	pid_t late = sim(&s, "late.out", id0, secrets[0], "imp003", "36.10", "ef4018", "--reconnect", "--log-rate",
+			 "5", "--log-text", "late chatter %n", NULL);
+	scenario_passed(browser, out, "big", 180000);
+	stop(late);
+	stop(sims);
+	for (int i = 0; i <= BIG_ONLINE; i++)
+		free(secrets[i]);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* What the SSE stream carried until `until` appeared (or 30 s passed). */
+struct sse_read {
+	char *data;
+	size_t len;
+	const char *until;
+};
+
+static size_t sse_write(char *p, size_t size, size_t n, void *arg)
+{
+	struct sse_read *r = arg;
+	char *grown = realloc(r->data, r->len + size * n + 1);
+	if (!grown)
+		return 0;
+	r->data = grown;
+	memcpy(r->data + r->len, p, size * n);
+	r->len += size * n;
+	r->data[r->len] = '\0';
+	return strstr(r->data, r->until) ? 0 : size * n; /* 0: enough, stop */
+}
+
+static char *sse_read_until(th_server *s, const char *url_path, const char *until)
+{
+	struct sse_read r = { .until = until };
+	char url[256], auth[200];
+	struct curl_slist *h = NULL;
+	CURL *c = curl_easy_init();
+	snprintf(url, sizeof url, "%s%s", s->http_url, url_path);
+	snprintf(auth, sizeof auth, "Authorization: Bearer %s", s->token);
+	h = curl_slist_append(h, auth);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sse_write);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
+	curl_easy_perform(c);
+	curl_slist_free_all(h);
+	curl_easy_cleanup(c);
+	return r.data ? r.data : strdup("");
+}
+
+static char *create_stream(th_server *s, const char *body, json_t **answer)
+{
+	th_resp r;
+	th_http(s, "POST", "/v1/logstreams", NULL, body, NULL, &r);
+	ck_assert_msg(r.status == 201, "POST /v1/logstreams %s: %ld %s", body, r.status, r.body);
+	char *url = strdup(json_string_value(json_object_get(r.json, "url")));
+	if (answer)
+		*answer = json_incref(r.json);
+	th_resp_free(&r);
+	return url;
+}
+
+/* "types" on a log stream (what the fleet view asks for): a status-only
+ * stream over a device that connects, sends five lines and leaves carries
+ * its connect and disconnect and none of the lines, which an unfiltered
+ * stream made at the same time does carry; bad types are refused. */
+START_TEST(logstream_types_filter)
+{
+	th_server s;
+	start(&s);
+	char *sec = th_register(&s, DEV, NULL);
+	json_t *answer;
+	char *only = create_stream(&s, "{\"devices\":[\"" DEV "\"],\"types\":[\"status\"]}", &answer);
+	json_t *types = json_object_get(answer, "types");
+	ck_assert_int_eq(json_array_size(types), 1);
+	ck_assert_str_eq(json_string_value(json_array_get(types, 0)), "status");
+	json_decref(answer);
+	char *every = create_stream(&s, "{\"devices\":[\"" DEV "\"]}", &answer);
+	ck_assert_int_eq(json_array_size(json_object_get(answer, "types")), 4);
+	json_decref(answer);
+	static const char *const bad[][2] = {
+		{ "{\"all\":true,\"types\":[\"status\",\"bogus\"]}", "'types[1]' is not an event type" },
+		{ "{\"all\":true,\"types\":\"status\"}", "'types' must be a non-empty array" },
+		{ "{\"all\":true,\"types\":[]}", "'types' must be a non-empty array" },
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		th_resp r;
+		th_http(&s, "POST", "/v1/logstreams", NULL, bad[i][0], NULL, &r);
+		ck_assert_msg(r.status == 400 && strstr(r.body, bad[i][1]), "%s: %ld %s", bad[i][0], r.status, r.body);
+		th_resp_free(&r);
+	}
+	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DEV, "--secret", sec,
+			       "--log-count", "5", "--log-text", "line %n", "--exit-when-done", NULL };
+	ck_assert_int_eq(th_run(argv, NULL, 30), 0);
+	ck_assert_int_eq(th_wait_online(&s, DEV, 0, 10000), 0);
+	char *all = sse_read_until(&s, every, "Device disconnected");
+	ck_assert_msg(strstr(all, "\"type\":\"device\"") && strstr(all, "line 5"), "unfiltered: %s", all);
+	char *status = sse_read_until(&s, only, "Device disconnected");
+	ck_assert_msg(strstr(status, "data: opened") && strstr(status, DEV " subscribed") &&
+		      strstr(status, "Device connected") && strstr(status, "Device disconnected"), "status only: %s", status);
+	ck_assert_msg(!strstr(status, "\"type\":\"device\"") && !strstr(status, "line "), "status only: %s", status);
+	free(all);
+	free(status);
+	free(only);
+	free(every);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 /* 120 devices: three pages by the server's cursor, search and a group
  * filter done by the server, counts from GET /v1/fleet. */
 START_TEST(fleet_pages_search_and_filters)
@@ -391,7 +635,7 @@ int main(void)
 			       device_online_live_log_and_agent_code, rollout_plan_shows_the_block_reason,
 			       fleet_pages_search_and_filters, phone_width_has_no_sideways_scroll,
 			       screenshots_for_the_readme, rollout_pause_and_resume,
-			       empty_fleet_and_unreachable_server };
+			       empty_fleet_and_unreachable_server, logstream_types_filter, ten_thousand_devices };
 	/* TN_BROWSER_TESTS=name,name runs only those (tools/screenshots.sh). */
 	const TTest *tests[sizeof all / sizeof *all];
 	size_t n = 0;
