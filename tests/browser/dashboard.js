@@ -16,7 +16,9 @@
 //   pause DEV1 DEV2     a rollout over three devices, one per stage: paused while
 //                       DEV1 downloads, DEV2 not triggered while paused, resumed
 //   paging              120 devices: three pages, search, group and state filters
-//   phone DEV           390 px wide: no view scrolls sideways, every control is labelled
+//   phone DEV RO        390 px wide: no view (rollout RO's too) scrolls sideways, nor
+//                       any box in it; controls labelled, tables captioned, sections named
+//   laptop DEV RO       the same at 1280 px
 //   screenshots DEV SPARE  the README's two screenshots (six devices; DEV is the
 //                       boiler), and what the fleet's columns, the hardware filter,
 //                       a device's details and its log colours show; SPARE (never
@@ -586,19 +588,36 @@ async function paging(page) {
   console.log('filtered');
 }
 
-// Also: every visible control has a label or a name a screen reader reads.
+// Neither the page nor any box in it (a table's scroll container, say)
+// scrolls sideways; every visible control has a label or a name a screen
+// reader reads; every table has a caption and column headers; every
+// section is named by its heading.
 async function noSideScroll(page, what) {
   const [sw, w] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
   check(sw <= w, `${what} scrolls sideways at ${w} px: ${sw} px wide`);
+  const wide = await page.$$eval('#main *', (els) => els
+    .filter((el) => el.offsetParent !== null && el.scrollWidth > el.clientWidth + 1 &&
+      ['auto', 'scroll'].includes(getComputedStyle(el).overflowX) && !el.matches('.code-line'))
+    .map((el) => `${el.tagName.toLowerCase()}.${el.className} (${el.scrollWidth} > ${el.clientWidth})`));
+  check(!wide.length, `${what} at ${w} px has boxes that scroll sideways: ${wide.join(', ')}`);
   const unlabelled = await page.$$eval('input, select, textarea, button', (els) => els
     .filter((el) => el.offsetParent !== null && !(el.labels && el.labels.length) &&
       !el.getAttribute('aria-label') && !(el.tagName === 'BUTTON' && el.textContent.trim()))
     .map((el) => el.outerHTML.slice(0, 80)));
   check(!unlabelled.length, `${what} has controls without a label: ${unlabelled.join(' ')}`);
-  await page.screenshot({ path: path.join(shots, `phone-${what}.png`), fullPage: true });
+  const tables = await page.$$eval('#main table', (ts) => ts
+    .filter((t) => !t.caption || !t.caption.textContent.trim() || !t.querySelectorAll('thead th[scope="col"]').length)
+    .map((t) => t.outerHTML.slice(0, 60)));
+  check(!tables.length, `${what} has tables without a caption or column headers: ${tables.join(' ')}`);
+  const sections = await page.$$eval('#main section', (ss) => ss
+    .filter((s) => { const id = s.getAttribute('aria-labelledby'); const hd = id && document.getElementById(id);
+      return !hd || !/^H[1-6]$/.test(hd.tagName) || !hd.textContent.trim(); })
+    .map((s) => s.outerHTML.slice(0, 60)));
+  check(!sections.length, `${what} has sections not named by a heading: ${sections.join(' ')}`);
+  await page.screenshot({ path: path.join(shots, `${scenario}-${what}.png`), fullPage: true });
 }
 
-async function phone(page, dev) {
+async function phone(page, dev, ro) {
   await signIn(page);
   await page.locator(`tr[data-id="${dev}"][data-online="true"]`).waitFor({ timeout: T });
   await noSideScroll(page, 'fleet');
@@ -610,8 +629,15 @@ async function phone(page, dev) {
   await page.getByRole('cell', { name: 'W25Q128FV' }).first().waitFor({ timeout: T });
   await noSideScroll(page, 'flash-parts');
   await page.getByRole('link', { name: 'Firmware & rollouts' }).click();
-  await page.getByText('No rollouts yet.').waitFor({ timeout: T });
+  await page.getByRole('link', { name: `Rollout ${ro}` }).waitFor({ timeout: T });
+  await page.getByRole('cell', { name: 'uniform 4 KiB + 64 KiB erase, at least 512 KiB' }).waitFor({ timeout: T });
   await noSideScroll(page, 'rollouts');
+  // The rollout, its plan with the S25FL127S's long block reason.
+  await page.getByRole('link', { name: `Rollout ${ro}` }).click();
+  await page.getByRole('heading', { name: `Rollout ${ro}`, level: 2 }).waitFor({ timeout: T });
+  await page.locator(`tr[data-device="${dev}"]`, { hasText: 'has 4 KB erase in only 16 of 4096' }).waitFor({ timeout: T });
+  await page.getByRole('button', { name: 'Start rollout' }).waitFor({ timeout: T });
+  await noSideScroll(page, 'rollout');
   console.log('no view scrolls sideways');
 }
 
@@ -625,11 +651,11 @@ async function phone(page, dev) {
   let page;
   fs.rmSync(path.join(shots, `${scenario}-failed.png`), { force: true });
   try {
-    const phoneSize = scenario === 'phone';
+    const phoneSize = scenario === 'phone'; // 390 px; the others a laptop's 1280
     page = await browser.newPage({ viewport: phoneSize ? { width: 390, height: 844 } : { width: 1280, height: 900 } });
     const errors = [];
     page.on('pageerror', (e) => errors.push(e.message));
-    const run = { signin, live, rollout, pause, paging, phone, screenshots, states, big }[scenario];
+    const run = { signin, live, rollout, pause, paging, phone, laptop: phone, screenshots, states, big }[scenario];
     check(run, `no scenario ${scenario}`);
     await run(page, ...args);
     await checkNotices(page, 'the last view');

@@ -3,7 +3,7 @@
  * serves: EventSource live lines; keyboard-only sign-in, a 401 and a viewer's
  * 403; a device coming online without a reload, its log, deploying agent code
  * and a compile error; a rollout's plan with the block reason; paging, search
- * and filters; a phone-width layout; the README's screenshots
+ * and filters; phone and laptop widths; the README's screenshots
  * (tools/screenshots.sh).  Each case sets up the server and
  * simulated devices, then runs one scenario of tests/browser/dashboard.js.
  * Screenshots go to $TN_BUILDDIR/tests/integration/screenshots/.  Skipped
@@ -605,7 +605,9 @@ START_TEST(fleet_pages_search_and_filters)
 }
 END_TEST
 
-START_TEST(phone_width_has_no_sideways_scroll)
+/* Every view, a rollout's with its long block reason too, at a phone's
+ * width and at a laptop's: no sideways scroll, every control labelled. */
+START_TEST(phone_and_laptop_widths_have_no_sideways_scroll)
 {
 	th_server s;
 	start(&s);
@@ -613,9 +615,28 @@ START_TEST(phone_width_has_no_sideways_scroll)
 	patch(&s, S25, "{\"name\":\"the imp003 with a Spansion flash from the seed report\"}");
 	free(th_register(&s, W25, NULL));
 	pid_t dev = device(&s, S25, sec, "012018", "s25.out", "3");
-	const char *out;
-	pid_t browser = scenario(&s, "phone", S25, NULL, &out);
-	scenario_passed(browser, out, "phone", 90000);
+	static unsigned char image[70000];
+	th_resp r;
+	th_upload_firmware(&s, "{\"version\":\"36.11\",\"hw\":[\"imp003\"],\"requirements\":{\"flash\":"
+			   "{\"uniform_erase\":[4096,65536],\"min_size\":524288}}}", image, sizeof image, &r);
+	ck_assert_msg(r.status == 201, "upload: %ld %s", r.status, r.body);
+	char body[200];
+	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\",\"%s\"]}",
+		 (long long)json_integer_value(json_object_get(r.json, "id")), S25, W25);
+	th_resp_free(&r);
+	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_msg(r.status == 201, "rollout: %ld %s", r.status, r.body);
+	char ro[32];
+	snprintf(ro, sizeof ro, "%lld", (long long)json_integer_value(json_object_get(r.json, "id")));
+	th_resp_free(&r);
+	const char *widths[] = { "phone", "laptop" };
+	for (int i = 0; i < 2; i++) {
+		const char *o;
+		char out[600];
+		pid_t browser = scenario(&s, widths[i], S25, ro, &o);
+		snprintf(out, sizeof out, "%s", o);
+		scenario_passed(browser, out, widths[i], 90000);
+	}
 	stop(dev);
 	free(sec);
 	th_server_cleanup(&s);
@@ -633,7 +654,7 @@ int main(void)
 	}
 	const TTest *all[] = { eventsource_in_chromium_gets_live_lines, keyboard_sign_in_and_401,
 			       device_online_live_log_and_agent_code, rollout_plan_shows_the_block_reason,
-			       fleet_pages_search_and_filters, phone_width_has_no_sideways_scroll,
+			       fleet_pages_search_and_filters, phone_and_laptop_widths_have_no_sideways_scroll,
 			       screenshots_for_the_readme, rollout_pause_and_resume,
 			       empty_fleet_and_unreachable_server, logstream_types_filter, ten_thousand_devices };
 	/* TN_BROWSER_TESTS=name,name runs only those (tools/screenshots.sh). */
