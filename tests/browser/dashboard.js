@@ -655,10 +655,23 @@ async function phone(page, dev, ro) {
     page = await browser.newPage({ viewport: phoneSize ? { width: 390, height: 844 } : { width: 1280, height: 900 } });
     const errors = [];
     page.on('pageerror', (e) => errors.push(e.message));
+    // No network but tenderd's: anything fetched from elsewhere (a CDN, a
+    // web font) is refused, as on an operator's closed network, and fails
+    // the scenario.
+    const origin = new URL(base).origin;
+    const foreign = [];
+    await page.route((u) => /^(https?|wss?):/.test(u.protocol) && u.origin !== origin, (route) => {
+      foreign.push(route.request().url());
+      return route.abort();
+    });
     const run = { signin, live, rollout, pause, paging, phone, laptop: phone, screenshots, states, big }[scenario];
     check(run, `no scenario ${scenario}`);
     await run(page, ...args);
     await checkNotices(page, 'the last view');
+    check(!foreign.length, `the dashboard fetched from elsewhere: ${foreign.join(' ')}`);
+    const outside = await page.evaluate(() => [...document.styleSheets].flatMap((ss) => [...ss.cssRules])
+      .filter((r) => r instanceof CSSFontFaceRule || r instanceof CSSImportRule).map((r) => r.cssText.slice(0, 80)));
+    check(!outside.length, `the styles load fonts or other styles: ${outside.join(' ')}`);
     check(!errors.length, `script errors in the page: ${errors.join('; ')}`);
     console.log(`ok ${scenario}`);
   } catch (e) {
