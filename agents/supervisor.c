@@ -624,6 +624,7 @@ static void sup__host_send(void *ctx, const char *name, const char *data_json)
 		struct qmsg *old = a->q_head;
 		a->q_head = old->next;
 		a->q_len--;
+		metrics_error(ERR_AGENT_OFFLINE_QUEUE);
 		char line[160];
 		snprintf(line, sizeof line, "message to the offline device dropped: its queue holds %d",
 			 a->sup->opt.offline_queue);
@@ -735,6 +736,7 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 	free(code);
 	if (rc == TN_ENOMEM) {
 		a->rt = NULL;
+		metrics_error(ERR_AGENT_MEMORY);
 		sup__event(a, EV_STATUS, "Agent stopped: out of memory.");
 		a->state = ST_OOM;
 		a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : 1000;
@@ -763,7 +765,10 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 static void sup__after(struct agent *a, int rc)
 {
 	a->events++;
+	if (rc == AGENT_BUDGET)
+		metrics_error(ERR_AGENT_BUDGET);
 	if (rc == AGENT_OOM) {
+		metrics_error(ERR_AGENT_MEMORY);
 		sup__stop_agent(a, "Agent stopped: out of memory.", ST_OOM);
 		a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : 1000;
 		if (a->backoff_ms > SUP_BACKOFF_MAX_MS)

@@ -10,6 +10,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include "flashparts.h"
 #include "flashtable.h"
 #include "fwstore.h"
+#include "idmap.h"
 #include "log.h"
 #include "logfmt.h"
 #include "logstream.h"
@@ -51,6 +53,10 @@ struct api {
 	int port;
 	_Atomic int suspended;  /* /agent/ requests a worker still has to answer */
 	authlimit *auth_limit;  /* failed token attempts per address */
+	/* Connections, in all and per address (under conns_lock). */
+	pthread_mutex_t conns_lock;
+	int nconns;
+	idmap per_ip;           /* address hash -> connections from it */
 };
 
 /* One request in flight. */
@@ -76,6 +82,7 @@ struct req {
 	char audit_detail[256];
 	int retry_after;       /* seconds, for a 429 or 503 */
 	int counted;           /* the refusal is counted already, as its own kind */
+	int close;             /* answer with Connection: close */
 };
 
 /* --- responses -------------------------------------------------------------- */
@@ -119,6 +126,8 @@ static enum MHD_Result api__send(struct req *r, unsigned status, const char *typ
 		snprintf(secs, sizeof secs, "%d", r->retry_after);
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, secs);
 	}
+	if (r->close)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
 	api__audit(r, status);
 	enum MHD_Result ret = MHD_queue_response(r->conn, status, resp);
 	MHD_destroy_response(resp);
@@ -1472,6 +1481,120 @@ static enum MHD_Result api__route(struct req *r)
 	return api__error(r, 404, "no such resource: %s", url);
 }
 
+/* --- connection limits ------------------------------------------------------ */
+
+/* Every connection is counted, in all and per address
+ * (MHD_OPTION_NOTIFY_CONNECTION).  One that arrives over --http-max-conns or
+ * --max-conns-per-ip has its first request answered 503 with a JSON error,
+ * Retry-After and Connection: close, rather than being closed unanswered.
+ * libmicrohttpd's own caps sit above ours (api__hard_cap) and close only what
+ * is past them: connections that send no request never reach our answer. */
+struct api_conn {
+	uint64_t ip_key;
+	metrics_error_kind over;  /* ERR_HTTP_CONNS_FULL or _PER_IP when refused */
+	int refused;
+	int in_request;           /* a request line has arrived, not yet completed */
+	int64_t idle_since;       /* tn_mono_ms: accepted, or its last request ended */
+};
+
+static unsigned api__hard_cap(int soft)
+{
+	return (unsigned)soft + (unsigned)soft / 4 + 16;
+}
+
+static struct api_conn *api__conn_of(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	return ci ? ci->socket_context : NULL;
+}
+
+/* FNV-1a of the peer's address bytes (the device endpoint hashes its text). */
+static uint64_t api__ip_key(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+	const unsigned char *p = NULL;
+	size_t n = 0;
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	if (sa && sa->sa_family == AF_INET) {
+		p = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
+		n = sizeof(struct in_addr);
+	} else if (sa && sa->sa_family == AF_INET6) {
+		p = (const unsigned char *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+		n = sizeof(struct in6_addr);
+	}
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 0x100000001b3ULL;
+	return h;
+}
+
+static void api__conn_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+			     enum MHD_ConnectionNotificationCode toe)
+{
+	api *a = cls;
+	struct api_conn *c = *socket_context;
+	int oom = 0;
+
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		if (!(c = calloc(1, sizeof *c)))
+			return; /* uncounted */
+		c->ip_key = api__ip_key(conn);
+		c->idle_since = tn_mono_ms();
+		pthread_mutex_lock(&a->conns_lock);
+		uintptr_t from_ip = (uintptr_t)idmap_get(&a->per_ip, c->ip_key) + 1;
+		idmap_put(&a->per_ip, c->ip_key, (void *)from_ip, &oom);
+		a->nconns++;
+		if (a->opt.max_conns_per_ip > 0 && from_ip > (uintptr_t)a->opt.max_conns_per_ip)
+			c->over = ERR_HTTP_CONNS_PER_IP, c->refused = 1;
+		else if (a->nconns > a->opt.max_conns)
+			c->over = ERR_HTTP_CONNS_FULL, c->refused = 1;
+		pthread_mutex_unlock(&a->conns_lock);
+		*socket_context = c;
+		return;
+	}
+	if (!c)
+		return;
+	pthread_mutex_lock(&a->conns_lock);
+	uintptr_t from_ip = (uintptr_t)idmap_get(&a->per_ip, c->ip_key);
+	if (from_ip <= 1)
+		idmap_del(&a->per_ip, c->ip_key);
+	else
+		idmap_put(&a->per_ip, c->ip_key, (void *)(from_ip - 1), &oom);
+	a->nconns--;
+	pthread_mutex_unlock(&a->conns_lock);
+	/* Closed with no request under way, --http-timeout after it went quiet:
+	 * the timeout closed it (a request under way is told by api__completed). */
+	if (!c->in_request && tn_mono_ms() - c->idle_since >= (int64_t)a->opt.conn_timeout * 1000 - 250)
+		metrics_error(ERR_HTTP_TIMEOUT);
+	*socket_context = NULL;
+	free(c);
+}
+
+/* The request line has arrived (before the headers): from here on a timeout
+ * is reported to api__completed, since libmicrohttpd then knows of a request. */
+static void *api__uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	struct api_conn *c = api__conn_of(conn);
+	if (c)
+		c->in_request = 1;
+	return NULL;
+}
+
+/* The first call of a request on a connection that came over a limit. */
+static enum MHD_Result api__refuse_conn(struct req *r, const struct api_conn *c)
+{
+	metrics_error(c->over);
+	r->counted = 1;
+	r->close = 1;
+	r->retry_after = 1;
+	if (c->over == ERR_HTTP_CONNS_PER_IP)
+		return api__error(r, 503, "too many connections from this address: it holds %d already "
+				  "(--max-conns-per-ip); try again later", r->a->opt.max_conns_per_ip);
+	return api__error(r, 503, "the server holds its limit of %d HTTP connections (--http-max-conns); "
+			  "try again later", r->a->opt.max_conns);
+}
+
 static enum MHD_Result api__handler(void *cls, struct MHD_Connection *conn, const char *url,
 				    const char *method, const char *version, const char *upload_data,
 				    size_t *upload_data_size, void **con_cls)
@@ -1490,6 +1613,11 @@ static enum MHD_Result api__handler(void *cls, struct MHD_Connection *conn, cons
 		r->max_body = strcmp(url, "/v1/firmware") == 0 ? (size_t)a->opt.max_firmware
 							      : (size_t)a->opt.max_body;
 		*con_cls = r;
+		const struct api_conn *c = api__conn_of(conn);
+		if (c && c->refused) {
+			r->too_large = 1; /* its body, if any, is not kept */
+			return api__refuse_conn(r, c);
+		}
 		/* Refuse a declared oversize body before reading any of it. */
 		const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 							     MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -1535,10 +1663,32 @@ static void api__completed(void *cls, struct MHD_Connection *conn, void **con_cl
 		free(r);
 		*con_cls = NULL;
 	}
+	struct api_conn *c = api__conn_of(conn);
+	if (toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED)
+		metrics_error(ERR_HTTP_TIMEOUT);
+	if (c) {
+		c->in_request = 0;
+		c->idle_since = tn_mono_ms();
+	}
 }
 
+/* libmicrohttpd's messages go to our log; the refusals it makes by itself
+ * are counted from them (it has no other hook for these; the formats are
+ * libmicrohttpd 0.9.75's, and tests/integration/test_03_errors.c checks
+ * them). */
 static void api__mhd_log(void *cls, const char *fmt, va_list ap)
 {
+	static const char err_prefix[] = "Error processing request (HTTP response code is ";
+	if (strncmp(fmt, "Server reached connection limit", 31) == 0) {
+		metrics_error(ERR_HTTP_CONNS_REFUSED);
+	} else if (strncmp(fmt, err_prefix, sizeof err_prefix - 1) == 0) {
+		va_list copy;
+		va_copy(copy, ap);
+		unsigned status = va_arg(copy, unsigned);
+		va_end(copy);
+		/* 431 (headers), 414 (request line): over its memory pool */
+		metrics_error(status == 431 || status == 414 ? ERR_HTTP_HEADER_TOO_LARGE : ERR_HTTP_BAD_REQUEST);
+	}
 	if (log_level >= LOG_WARN)
 		log_vemit(LOG_WARN, fmt, ap);
 }
@@ -1587,6 +1737,7 @@ int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error 
 	a->sup = deps->sup;
 	a->streams = deps->streams;
 	a->fd = -1;
+	pthread_mutex_init(&a->conns_lock, NULL);
 	if (!(a->auth_limit = authlimit_new(opt->auth_fail_limit, opt->auth_fail_window))) {
 		free(a);
 		return tn_err(err, TN_ENOMEM, "out of memory");
@@ -1615,10 +1766,14 @@ int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error 
 				  MHD_OPTION_EXTERNAL_LOGGER, api__mhd_log, a,
 				  MHD_OPTION_LISTEN_SOCKET, a->fd,
 				  MHD_OPTION_THREAD_POOL_SIZE, (unsigned)opt->threads,
-				  MHD_OPTION_CONNECTION_LIMIT, (unsigned)opt->max_conns,
-				  MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)opt->max_conns_per_ip,
+				  /* hard caps above ours: see api__conn_notify */
+				  MHD_OPTION_CONNECTION_LIMIT, api__hard_cap(opt->max_conns),
+				  MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+				  opt->max_conns_per_ip ? api__hard_cap(opt->max_conns_per_ip) : 0u,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opt->conn_timeout,
 				  MHD_OPTION_NOTIFY_COMPLETED, api__completed, a,
+				  MHD_OPTION_NOTIFY_CONNECTION, api__conn_notify, a,
+				  MHD_OPTION_URI_LOG_CALLBACK, api__uri_log, a,
 				  MHD_OPTION_ARRAY, tls_opts,
 				  MHD_OPTION_END);
 	if (!a->mhd) {
@@ -1653,5 +1808,7 @@ void api_stop(api *a)
 	if (a->fd >= 0)
 		close(a->fd);
 	authlimit_free(a->auth_limit);
+	idmap_free(&a->per_ip);
+	pthread_mutex_destroy(&a->conns_lock);
 	free(a);
 }

@@ -25,6 +25,11 @@ static const char *const metrics__error_names[ERR__COUNT] = {
 	[ERR_DEVICE_CONNS_FULL] = "device_conns_full",
 	[ERR_STORE_QUEUE_FULL] = "store_queue_full",
 	[ERR_STREAMS_PER_TOKEN] = "log_streams_per_token", [ERR_STREAMS_FULL] = "log_streams_full",
+	[ERR_AGENT_MEMORY] = "agent_memory", [ERR_AGENT_BUDGET] = "agent_budget",
+	[ERR_AGENT_OFFLINE_QUEUE] = "agent_offline_queue_full",
+	[ERR_HTTP_CONNS_FULL] = "http_conns_full", [ERR_HTTP_CONNS_PER_IP] = "http_conns_per_ip",
+	[ERR_HTTP_CONNS_REFUSED] = "http_conns_refused", [ERR_HTTP_HEADER_TOO_LARGE] = "http_header_too_large",
+	[ERR_HTTP_TIMEOUT] = "http_timeout",
 };
 
 static const struct {

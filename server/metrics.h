@@ -19,6 +19,14 @@ typedef enum {
 	ERR_STORE_QUEUE_FULL,      /* a log line dropped: the store's write queue is full */
 	ERR_STREAMS_PER_TOKEN,     /* POST /v1/logstreams over --max-streams-per-token (429) */
 	ERR_STREAMS_FULL,          /* POST /v1/logstreams over --max-streams (503) */
+	ERR_AGENT_MEMORY,          /* an agent stopped over --agent-memory */
+	ERR_AGENT_BUDGET,          /* a handler stopped over --agent-budget or --agent-cpu-ms */
+	ERR_AGENT_OFFLINE_QUEUE,   /* a message to an offline device dropped: its queue was full */
+	ERR_HTTP_CONNS_FULL,       /* an HTTP connection over --http-max-conns, answered 503 */
+	ERR_HTTP_CONNS_PER_IP,     /* an HTTP connection over --max-conns-per-ip, answered 503 */
+	ERR_HTTP_CONNS_REFUSED,    /* an HTTP connection past libmicrohttpd's hard cap, closed */
+	ERR_HTTP_HEADER_TOO_LARGE, /* request line or headers over libmicrohttpd's pool: 431 */
+	ERR_HTTP_TIMEOUT,          /* an HTTP connection closed by --http-timeout */
 	ERR__COUNT
 } metrics_error_kind;
 

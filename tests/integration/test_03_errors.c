@@ -4,11 +4,15 @@
  * starts a server of its own per test, with its limits set low: each limit
  * is hit, answered with its documented error and counted. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <check.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -400,6 +404,265 @@ START_TEST(log_streams_are_bounded_and_expire)
 }
 END_TEST
 
+/* How often needle occurs in the file. */
+static int count_in_file(const char *path, const char *needle)
+{
+	char *text = th_read_file(path);
+	int n = 0;
+	for (const char *p = text; p && (p = strstr(p, needle)); p++)
+		n++;
+	free(text);
+	return n;
+}
+
+/* A TCP connection to port from the loopback address src (127.0.0.N). */
+static int raw_connect(int port, const char *src)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in from = { .sin_family = AF_INET }, to = { .sin_family = AF_INET };
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(inet_pton(AF_INET, src, &from.sin_addr), 1);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&from, sizeof from), 0);
+	to.sin_port = htons((uint16_t)port);
+	to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&to, sizeof to), 0);
+	return fd;
+}
+
+/* Reads into buf until it holds `until` (or EOF with until NULL), 15 s at
+ * most; returns the bytes read (-1 when the peer reset it). */
+static ssize_t raw_read(int fd, char *buf, size_t cap, const char *until)
+{
+	size_t n = 0;
+	buf[0] = '\0';
+	while (n + 1 < cap && !(until && strstr(buf, until))) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ck_assert_msg(poll(&p, 1, 15000) == 1, "no answer in 15 s: '%s'", buf);
+		ssize_t got = recv(fd, buf + n, cap - 1 - n, 0);
+		if (got < 0)
+			return -1;
+		if (got == 0)
+			break;
+		n += (size_t)got;
+		buf[n] = '\0';
+	}
+	return (ssize_t)n;
+}
+
+/* A GET on a raw connection; the whole answer (a JSON body ends with '}'). */
+static void raw_get(int fd, const char *path, char *buf, size_t cap)
+{
+	char req[256];
+	int len = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: tender\r\n\r\n", path);
+	ck_assert_int_eq(send(fd, req, (size_t)len, MSG_NOSIGNAL), len);
+	raw_read(fd, buf, cap, "}");
+}
+
+/* A metric, asked from an address of its own (the limits count 127.0.0.1). */
+static long long metric_from(th_server *srv, const char *src, const char *name)
+{
+	char buf[32768];
+	int fd = raw_connect(srv->http_port, src);
+	char req[128];
+	int len = snprintf(req, sizeof req, "GET /metrics HTTP/1.1\r\nHost: tender\r\nConnection: close\r\n\r\n");
+	ck_assert_int_eq(send(fd, req, (size_t)len, MSG_NOSIGNAL), len);
+	raw_read(fd, buf, sizeof buf, NULL);
+	close(fd);
+	const char *at = strstr(buf, name);
+	ck_assert_msg(at && at[strlen(name)] == ' ', "no %s in %s", name, buf);
+	return atoll(at + strlen(name) + 1);
+}
+
+/* Over --max-conns-per-ip and over --http-max-conns, a connection's request
+ * is answered 503 with a JSON error, Retry-After and Connection: close (not
+ * closed unanswered), each counted; past libmicrohttpd's hard caps above
+ * those, connections are closed and counted too; all recover. */
+START_TEST(http_connection_limits_answer_503)
+{
+	th_server srv;
+	char buf[4096];
+	th_server_start(&srv, "--max-conns-per-ip 3 --http-max-conns 6 --http-threads 1");
+	int held[8], nheld = 0;
+	/* 127.0.0.1 holds three kept-alive connections, each answered. */
+	for (int i = 0; i < 3; i++) {
+		held[nheld] = raw_connect(srv.http_port, "127.0.0.1");
+		raw_get(held[nheld++], "/healthz", buf, sizeof buf);
+		ck_assert_msg(strstr(buf, "HTTP/1.1 200"), "%s", buf);
+	}
+	int over = raw_connect(srv.http_port, "127.0.0.1");
+	raw_get(over, "/healthz", buf, sizeof buf);
+	ck_assert_msg(strstr(buf, "HTTP/1.1 503") && strstr(buf, "Retry-After: 1") &&
+		      strstr(buf, "Connection: close") &&
+		      strstr(buf, "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many connections from this "
+			     "address: it holds 3 already (--max-conns-per-ip); try again later\"}}"), "%s", buf);
+	ck_assert_int_eq(raw_read(over, buf, sizeof buf, NULL), 0); /* then closed */
+	close(over);
+	ck_assert_int_eq(metric_from(&srv, "127.0.0.9", "tender_errors_total{kind=\"http_conns_per_ip\"}"), 1);
+
+	/* Two more addresses fill --http-max-conns (6); the next is refused. */
+	for (int i = 0; i < 3; i++) {
+		held[nheld] = raw_connect(srv.http_port, i < 2 ? "127.0.0.2" : "127.0.0.3");
+		raw_get(held[nheld++], "/healthz", buf, sizeof buf);
+		ck_assert_msg(strstr(buf, "HTTP/1.1 200"), "%s", buf);
+	}
+	over = raw_connect(srv.http_port, "127.0.0.4");
+	raw_get(over, "/v1/devices", buf, sizeof buf);
+	ck_assert_msg(strstr(buf, "HTTP/1.1 503") && strstr(buf, "Retry-After: 1") &&
+		      strstr(buf, "the server holds its limit of 6 HTTP connections (--http-max-conns); "
+			     "try again later"), "%s", buf);
+	close(over);
+	for (int i = 0; i < nheld; i++)
+		close(held[i]);
+	usleep(200 * 1000);
+	ck_assert_int_eq(metric_from(&srv, "127.0.0.9", "tender_errors_total{kind=\"http_conns_full\"}"), 1);
+	ck_assert_int_eq(metric_from(&srv, "127.0.0.9", "tender_errors_total{kind=\"http_conns_refused\"}"), 0);
+
+	/* Connections that never send a request hold their slots; past the
+	 * hard cap (3 + 3/4 + 16 = 19 per address) they are closed at once. */
+	int silent[30];
+	for (int i = 0; i < 30; i++)
+		silent[i] = raw_connect(srv.http_port, "127.0.0.5");
+	for (int waited = 0; count_in_file(srv.log, "Server reached connection limit") < 11; waited += 100) {
+		ck_assert_msg(waited < 10000, "%d closed at the hard cap",
+			      count_in_file(srv.log, "Server reached connection limit"));
+		usleep(100 * 1000);
+	}
+	for (int i = 0; i < 30; i++)
+		close(silent[i]);
+	usleep(300 * 1000);
+	ck_assert_int_eq(count_in_file(srv.log, "Server reached connection limit"), 11);
+	ck_assert_int_eq(metric_from(&srv, "127.0.0.9", "tender_errors_total{kind=\"http_conns_refused\"}"), 11);
+
+	/* All gone: 127.0.0.1 is served again. */
+	th_resp r;
+	th_http(&srv, "GET", "/v1/devices", NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"http_conns_per_ip\"}"), 1);
+	th_server_cleanup(&srv);
+}
+END_TEST
+
+/* --http-timeout closes a connection that says nothing, one that stops in
+ * the middle of its headers and one kept alive idle, each counted;
+ * headers over libmicrohttpd's 32 KiB pool get 431, counted. */
+START_TEST(http_timeout_and_header_size_are_counted)
+{
+	th_server srv;
+	char buf[4096];
+	th_server_start(&srv, "--http-timeout 1");
+	int silent = raw_connect(srv.http_port, "127.0.0.1");
+	int partial = raw_connect(srv.http_port, "127.0.0.1");
+	const char *half = "GET /healthz HTTP/1.1\r\nHost: tender\r\n";
+	ck_assert_int_eq(send(partial, half, strlen(half), MSG_NOSIGNAL), (ssize_t)strlen(half));
+	int idle = raw_connect(srv.http_port, "127.0.0.1");
+	raw_get(idle, "/healthz", buf, sizeof buf);
+	ck_assert_msg(strstr(buf, "HTTP/1.1 200"), "%s", buf);
+	/* Each is closed by the server (EOF, no answer), about a second later. */
+	ck_assert_int_eq(raw_read(silent, buf, sizeof buf, NULL), 0);
+	ck_assert_int_eq(raw_read(partial, buf, sizeof buf, NULL), 0);
+	ck_assert_int_eq(raw_read(idle, buf, sizeof buf, NULL), 0);
+	close(silent);
+	close(partial);
+	close(idle);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"http_timeout\"}"), 3);
+
+	/* Headers: 30 KB fit, 40 KB do not. */
+	char *big = malloc(41000);
+	for (int size = 30000; size <= 40000; size += 10000) {
+		int fd = raw_connect(srv.http_port, "127.0.0.1");
+		int len = snprintf(big, 41000, "GET /healthz HTTP/1.1\r\nHost: tender\r\nX-Pad: %0*d\r\n"
+				   "Connection: close\r\n\r\n", size, 0);
+		ck_assert_int_eq(send(fd, big, (size_t)len, MSG_NOSIGNAL), len);
+		raw_read(fd, buf, sizeof buf, NULL);
+		close(fd);
+		ck_assert_msg(strstr(buf, size == 30000 ? "HTTP/1.1 200" : "HTTP/1.1 431 Request Header Fields Too Large"),
+			      "%d: %s", size, buf);
+	}
+	free(big);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"http_header_too_large\"}"), 1);
+	th_server_cleanup(&srv);
+}
+END_TEST
+
+/* The agent limits, each hit once through the real daemon: the CPU-time
+ * backstop, the instruction budget, the memory cap, the log rate and the
+ * offline queue; each is said in the device's log and counted. */
+static const char *limited_agent =
+	"device.on('cmp', function()\n"
+	"  local a, b = string.rep('x', 1000000) .. 'a', string.rep('x', 1000000) .. 'b'\n"
+	"  local n = 0 while true do if a == b then n = n + 1 end end\n"
+	"end)\n"
+	"device.on('spin', function() local n = 0 while true do n = n + 1 end end)\n"
+	"device.on('chatty', function() for i = 1, 50 do server.log('chat ' .. i) end end)\n"
+	"device.on('hog', function() local t = {} while true do t[#t + 1] = string.rep('x', 100000) .. #t end end)\n"
+	"http.onrequest(function(req, res)\n"
+	"  for i = 1, 70 do device.send('queued', {i = i}) end\n"
+	"  res.send(200, 'sent')\n"
+	"end)\n";
+
+static void send_msg(th_server *srv, const char *id, const char *secret, const char *name)
+{
+	char *const argv[] = { (char *)th_bin("tender-sim"), "--url", srv->ws_url, "--id", (char *)id,
+			       "--secret", (char *)secret, "--msg-name", (char *)name, "--msg-count", "1",
+			       "--exit-when-done", "--quiet", NULL };
+	ck_assert_int_eq(th_run(argv, NULL, 30), 0);
+}
+
+#define AGENT_DEV "00000000000000a7"
+
+START_TEST(agent_limits_are_counted)
+{
+	th_server srv;
+	th_resp r;
+	/* A budget so large that only the CPU clock can stop `cmp` (one == of
+	 * two 1 MB strings is one instruction); `spin` meets one or the other. */
+	th_server_start(&srv, "--agent-memory 4194304 --agent-cpu-ms 100 --agent-budget 2000000000 "
+			"--agent-log-rate 5 --agent-workers 1");
+	th_http(&srv, "PUT", "/v1/groups/limited/agent", "text/plain", limited_agent, NULL, &r);
+	ck_assert_msg(r.status == 200, "deploy: %ld %s", r.status, r.body);
+	th_resp_free(&r);
+	char *secret = th_register(&srv, AGENT_DEV, "limited");
+
+	send_msg(&srv, AGENT_DEV, secret, "cmp");
+	ck_assert_int_ge(th_wait_event(&srv, AGENT_DEV, "agent", "ERROR: the 'cmp' handler stopped: over its "
+				       "CPU time limit of 100 ms", 30000), 1);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"agent_budget\"}"), 1);
+
+	send_msg(&srv, AGENT_DEV, secret, "chatty");
+	ck_assert_int_ge(th_wait_event(&srv, AGENT_DEV, "agent", "chat 1", 10000), 1);
+	long long dropped = th_metric(&srv, "tender_errors_total{kind=\"agent_log_rate\"}");
+	ck_assert_int_ge(dropped, 30); /* 50 lines, a burst of 10 allowed at 5 a second */
+	char line[96];
+	snprintf(line, sizeof line, "%lld log lines dropped: over the limit of 5 per second", dropped);
+	ck_assert_int_ge(th_wait_event(&srv, AGENT_DEV, "status", line, 10000), 1);
+	ck_assert_int_eq(th_count_events(&srv, AGENT_DEV, "chat 50") + th_count_events(&srv, AGENT_DEV, "chat 11"), 0);
+
+	/* The device is offline now: 70 messages into a queue of 64. */
+	json_t *a = th_get_json(&srv, "/v1/devices/" AGENT_DEV "/agent", 200);
+	char path[160];
+	snprintf(path, sizeof path, "/agent/%s/push", json_string_value(json_object_get(a, "agent_id")));
+	json_decref(a);
+	th_http(&srv, "POST", path, "text/plain", "go", "", &r);
+	ck_assert_msg(r.status == 200, "%ld %s", r.status, r.body);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"agent_offline_queue_full\"}"), 6);
+
+	send_msg(&srv, AGENT_DEV, secret, "spin");
+	for (int waited = 0; th_metric(&srv, "tender_errors_total{kind=\"agent_budget\"}") < 2; waited += 100) {
+		ck_assert_msg(waited < 30000, "spin was not stopped");
+		usleep(100 * 1000);
+	}
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"agent_memory\"}"), 0);
+	send_msg(&srv, AGENT_DEV, secret, "hog");
+	ck_assert_int_ge(th_wait_event(&srv, AGENT_DEV, "status", "Agent stopped: out of memory.", 30000), 1);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"agent_memory\"}"), 1);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"agent_budget\"}"), 2);
+	free(secret);
+	th_server_cleanup(&srv);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -415,6 +678,9 @@ int main(void)
 	};
 	const TTest *limits[] = {
 		log_streams_are_bounded_and_expire,
+		http_connection_limits_answer_503,
+		http_timeout_and_header_size_are_counted,
+		agent_limits_are_counted,
 	};
 	/* TN_ONLY=WORD runs only the tests whose name holds WORD. */
 	const char *only = getenv("TN_ONLY");

@@ -320,17 +320,17 @@ static int tcp_connect(int port)
 	return fd;
 }
 
-/* Sends a keep-alive GET /healthz on fd and reads the whole answer; returns
- * its length (0: closed unanswered).  An answer proves MHD counts fd. */
-static size_t tcp_healthz(int fd)
+/* Sends a keep-alive GET /healthz on fd and reads the whole answer into buf
+ * (1024 bytes); returns its length (0: closed unanswered). */
+static size_t tcp_healthz(int fd, char *buf)
 {
 	const char req[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-	char buf[1024];
 	size_t len = 0;
 	if (write(fd, req, sizeof req - 1) < 0)
 		return 0;
-	while (len < sizeof buf - 1) {
-		ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+	buf[0] = '\0';
+	while (len < 1023) {
+		ssize_t n = read(fd, buf + len, 1023 - len);
 		if (n <= 0)
 			break;
 		len += (size_t)n;
@@ -339,20 +339,19 @@ static size_t tcp_healthz(int fd)
 			break; /* the end of the JSON body */
 	}
 	buf[len] = '\0';
-	if (len)
-		ck_assert_msg(strstr(buf, " 200 ") && strchr(buf, '}'), "%s", buf);
 	return len;
 }
 
-/* A connection to the HTTP API that MHD has answered on, so it counts.
- * MHD frees the slot of a closed connection only once it notices the close:
- * the harness's requests just before may still hold some, so wait (5 s at
- * most) for one. */
+/* A connection to the HTTP API answered 200, so it counts.  A closed
+ * connection's slot is free only once the server notices the close: the
+ * harness's requests just before may still hold some (then the answer is a
+ * 503), so wait (5 s at most) for one. */
 static int http_slot(int port)
 {
+	char buf[1024];
 	for (int i = 0; i < 100; i++) {
 		int fd = tcp_connect(port);
-		if (fd >= 0 && tcp_healthz(fd) > 0)
+		if (fd >= 0 && tcp_healthz(fd, buf) > 0 && strstr(buf, " 200 "))
 			return fd;
 		if (fd >= 0)
 			close(fd);
@@ -425,22 +424,29 @@ START_TEST(per_address_limit)
 	free(out);
 
 	/* The HTTP API: with five keep-alive connections from this address, a
-	 * sixth is closed unanswered while the five are still served; their
-	 * slots free as they close. */
+	 * sixth is answered 503 with the reason (and closed) while the five are
+	 * still served; their slots free as they close. */
 	int fds[5];
+	char buf[1024];
 	for (int i = 0; i < 5; i++)
 		fds[i] = http_slot(s.http_port);
 	int extra = tcp_connect(s.http_port);
 	ck_assert_int_ge(extra, 0);
-	ck_assert_uint_eq(tcp_healthz(extra), 0);
+	ck_assert_uint_gt(tcp_healthz(extra, buf), 0);
+	ck_assert_msg(strstr(buf, " 503 ") && strstr(buf, "Retry-After: 1") &&
+		      strstr(buf, "too many connections from this address: it holds 5 already (--max-conns-per-ip)"),
+		      "%s", buf);
+	ck_assert_int_eq(read(extra, buf, sizeof buf), 0); /* Connection: close */
 	close(extra);
-	ck_assert_uint_gt(tcp_healthz(fds[0]), 0);
+	ck_assert_uint_gt(tcp_healthz(fds[0], buf), 0);
+	ck_assert_msg(strstr(buf, " 200 "), "%s", buf);
 	for (int i = 0; i < 5; i++)
 		close(fds[i]);
 	close(http_slot(s.http_port));
 	/* The harness's own requests (same address) get through again. */
 	json_t *d = th_get_json(&s, "/v1/devices/" DEV, 200);
 	json_decref(d);
+	ck_assert_int_ge(th_metric(&s, "tender_errors_total{kind=\"http_conns_per_ip\"}"), 1);
 	free(secret);
 }
 END_TEST
