@@ -138,6 +138,8 @@ struct worker {
 	pthread_cond_t wake;
 	struct ev *head, *tail;
 	int nagents;                   /* for placing new agents; under route_lock */
+	int stopped;                   /* after EV_STOP_ALL: no agent runs here (its thread only) */
+	struct ev stop_ev;             /* the EV_STOP_ALL sup_stop sends (not malloc'd: cannot fail) */
 	struct sup_window load;        /* CPU time it spent on agents lately (under lock) */
 	struct sup_window shift;       /* the load of agents moved on or off it lately,
 					* not yet in `load` (under route_lock) */
@@ -169,6 +171,7 @@ struct supervisor {
 	pthread_mutex_t reply_lock;
 	idmap replies;                 /* handle id -> struct sup_reply, for envelopes */
 	uint64_t next_reply;
+	int stopping;                  /* sup_stop has begun: nothing is routed (under route_lock) */
 };
 
 /* Where an HTTP answer or an info reply goes: node-local, so an envelope
@@ -295,6 +298,31 @@ static struct ev *sup__ev(enum ev_kind kind, uint64_t device)
 		e->device = device;
 	}
 	return e;
+}
+
+/* Wakes whoever waits for an EV_INFO (with info, or NULL: none to give). */
+static void sup__wake(struct sup_info_wait *w, json_t *info)
+{
+	pthread_mutex_lock(&w->lock);
+	w->info = info;
+	w->done = 1;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+}
+
+/* An event no agent will run: an HTTP caller gets `status` with this
+ * message, a state query its answer (none); the rest are dropped. */
+static void sup__refuse(struct ev *e, int status, const char *code, const char *why)
+{
+	if (e->kind == EV_HTTP && e->done) {
+		char body[300];
+		int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, why);
+		e->done(e->done_arg, status, NULL, body, (size_t)n);
+		e->done = NULL;
+	} else if (e->kind == EV_INFO && e->wait) {
+		sup__wake(e->wait, NULL);
+		e->wait = NULL;
+	}
 }
 
 static char *sup__group_of(supervisor *s, const char *hex, int *exists, char **agent_id);
@@ -444,19 +472,27 @@ static void sup__rebalance(supervisor *s, struct agent *a, int64_t now)
 static void sup__route(supervisor *s, struct ev *e)
 {
 	int oom = 0;
+	const char *refusal = NULL;
 	pthread_mutex_lock(&s->route_lock);
-	struct agent *a = idmap_get(&s->route, e->device);
-	if (!a && !sup__wants_agent(s, e, &a)) {
+	struct agent *a = s->stopping ? NULL : idmap_get(&s->route, e->device);
+	if (!a && !s->stopping && !sup__wants_agent(s, e, &a)) {
 		pthread_mutex_unlock(&s->route_lock);
 		sup__ev_free(e);
 		return;
 	}
+	/* sup__wants_agent may have let go of route_lock for a moment. */
+	if (s->stopping) { /* every worker has its EV_STOP_ALL: too late */
+		refusal = "the server is shutting down";
+		goto refuse;
+	}
 	if (!a) {
 		a = calloc(1, sizeof *a);
-		if (!a) {
-			pthread_mutex_unlock(&s->route_lock);
-			sup__ev_free(e);
-			return;
+		struct ev *adopt = sup__ev(EV_ADOPT, e->device);
+		if (!a || !adopt || (idmap_put(&s->route, e->device, a, &oom), oom)) {
+			free(a);
+			free(adopt);
+			refusal = "out of memory";
+			goto refuse;
 		}
 		a->device = e->device;
 		tn_device_id_format(e->device, a->hex);
@@ -468,36 +504,28 @@ static void sup__route(supervisor *s, struct ev *e)
 		if (seen) {
 			a->connected = SUP_SEEN_ONLINE(seen);
 			a->conn = SUP_SEEN_CONN(seen);
+			idmap_del(&s->seen, e->device);
 		}
-		/* The least loaded worker. */
+		/* The worker with the fewest agents. */
 		int best = 0;
 		for (int i = 1; i < s->nworkers; i++)
 			if (s->workers[i].nagents < s->workers[best].nagents)
 				best = i;
 		a->worker = a->dest = best;
 		s->workers[best].nagents++;
-		idmap_put(&s->route, e->device, a, &oom);
-		if (oom) {
-			free(a);
-			pthread_mutex_unlock(&s->route_lock);
-			sup__ev_free(e);
-			return;
-		}
-		if (seen)
-			idmap_del(&s->seen, e->device);
-		struct ev *adopt = calloc(1, sizeof *adopt);
-		if (adopt) {
-			adopt->kind = EV_ADOPT;
-			adopt->device = e->device;
-			adopt->agent = a;
-			sup__push(&s->workers[best], adopt);
-		}
+		adopt->agent = a;
+		sup__push(&s->workers[best], adopt);
 	}
 	if (s->nworkers > 1 && (e->kind == EV_ONLINE || e->kind == EV_OFFLINE || e->kind == EV_MSG ||
 				e->kind == EV_HTTP))
 		sup__rebalance(s, a, tn_mono_ms());
 	sup__push(&s->workers[a->worker], e);
 	pthread_mutex_unlock(&s->route_lock);
+	return;
+refuse:
+	pthread_mutex_unlock(&s->route_lock);
+	sup__refuse(e, 503, "unavailable", refusal);
+	sup__ev_free(e);
 }
 
 /* --- the store ------------------------------------------------------------------ */
@@ -1045,9 +1073,12 @@ static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 		log_warn("agent of %s stays on worker %d: out of memory", a->hex, w->index);
 	}
 	pthread_mutex_lock(&s->route_lock);
-	if (!in) {
+	if (!in || s->stopping) { /* stopping: the target may have stopped already */
 		sup__moved(a);
 		pthread_mutex_unlock(&s->route_lock);
+		if (in)
+			sup__env_release(&env);
+		free(in);
 		return;
 	}
 	pthread_mutex_lock(&w->lock);
@@ -1265,18 +1296,14 @@ static struct agent *sup__handle(struct worker *w, struct ev *e)
 		idmap_put(&w->local, e->device, e->agent, &oom);
 		return NULL;
 	}
+	if (w->stopped) { /* after EV_STOP_ALL nothing is routed here; just in case */
+		sup__refuse(e, 503, "unavailable", "the server is shutting down");
+		return NULL;
+	}
 	struct agent *a = idmap_get(&w->local, e->device);
 	if (!a) {
 		/* Not ours (any more): can only be a request racing a migration. */
-		if (e->kind == EV_HTTP) {
-			const char *msg = "{\"error\":{\"code\":\"unavailable\",\"message\":\"try again\"}}";
-			e->done(e->done_arg, 503, NULL, msg, strlen(msg));
-		} else if (e->kind == EV_INFO) {
-			pthread_mutex_lock(&e->wait->lock);
-			e->wait->done = 1;
-			pthread_cond_signal(&e->wait->cond);
-			pthread_mutex_unlock(&e->wait->lock);
-		}
+		sup__refuse(e, 503, "unavailable", "try again");
 		return NULL;
 	}
 	switch (e->kind) {
@@ -1318,11 +1345,8 @@ static struct agent *sup__handle(struct worker *w, struct ev *e)
 		sup__migrate_out(w, a, e->target);
 		return NULL;
 	case EV_INFO:
-		pthread_mutex_lock(&e->wait->lock);
-		e->wait->info = sup__info(a, w);
-		e->wait->done = 1;
-		pthread_cond_signal(&e->wait->cond);
-		pthread_mutex_unlock(&e->wait->lock);
+		sup__wake(e->wait, sup__info(a, w));
+		e->wait = NULL;
 		return NULL;
 	default:
 		break;
@@ -1386,6 +1410,7 @@ static void sup__stop_one(void *arg, uint64_t key, void *val)
 {
 	struct agent *a = val;
 	sup__stop_agent(a, "Agent stopped: shutdown.", ST_STOPPED);
+	a->restart_at = 0; /* no restart after out of memory either */
 }
 
 static void *sup__worker_main(void *arg)
@@ -1426,10 +1451,14 @@ static void *sup__worker_main(void *arg)
 		pthread_mutex_unlock(&w->lock);
 		if (e) {
 			if (e->kind == EV_STOP_ALL) {
+				/* From now on no agent starts or arrives here (sup_stop
+				 * routes nothing after this event, and no move starts):
+				 * each that ran ends with exactly this line. */
 				idmap_foreach(&w->local, sup__stop_one, NULL);
+				w->stopped = 1;
+				next = -1;
 				pthread_mutex_lock(&w->lock);
 				w->stop = 1;
-				sup__ev_free(e);
 				continue;
 			}
 			int64_t cpu = sup__cpu_us();
@@ -1437,9 +1466,11 @@ static void *sup__worker_main(void *arg)
 			sup__ev_free(e);
 			sup__charge(w, ran, sup__cpu_us() - cpu);
 		}
-		struct sup__due d = { w, tn_mono_ms(), -1 };
-		idmap_foreach(&w->local, sup__due_one, &d);
-		next = d.next;
+		if (!w->stopped) {
+			struct sup__due d = { w, tn_mono_ms(), -1 };
+			idmap_foreach(&w->local, sup__due_one, &d);
+			next = d.next;
+		}
 		pthread_mutex_lock(&w->lock);
 	}
 	pthread_mutex_unlock(&w->lock);
@@ -1501,11 +1532,16 @@ void sup_stop(supervisor *s)
 {
 	if (!s)
 		return;
+	/* Under route_lock: every event routed before is ahead of EV_STOP_ALL
+	 * in its worker's queue, none is routed after, and a move under way
+	 * has pushed its MIGRATE_IN ahead of it too (sup__migrate_out). */
+	pthread_mutex_lock(&s->route_lock);
+	s->stopping = 1;
 	for (int i = 0; i < s->nworkers; i++) {
-		struct ev *e = sup__ev(EV_STOP_ALL, 0);
-		if (e)
-			sup__push(&s->workers[i], e);
+		s->workers[i].stop_ev.kind = EV_STOP_ALL;
+		sup__push(&s->workers[i], &s->workers[i].stop_ev);
 	}
+	pthread_mutex_unlock(&s->route_lock);
 	for (int i = 0; i < s->nworkers; i++)
 		pthread_join(s->workers[i].thread, NULL);
 	s->nworkers = 0;
@@ -1677,7 +1713,12 @@ int sup_migrate(supervisor *s, uint64_t device, int worker, int *from, int *to, 
 	if (!e)
 		return tn_err(err, TN_ENOMEM, "out of memory");
 	pthread_mutex_lock(&s->route_lock);
-	struct agent *a = idmap_get(&s->route, device);
+	struct agent *a = s->stopping ? NULL : idmap_get(&s->route, device);
+	if (s->stopping) {
+		pthread_mutex_unlock(&s->route_lock);
+		sup__ev_free(e);
+		return tn_err(err, TN_ESTATE, "the server is shutting down");
+	}
 	if (!a) {
 		int seen = idmap_get(&s->seen, device) != NULL;
 		pthread_mutex_unlock(&s->route_lock);
