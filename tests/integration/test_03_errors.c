@@ -198,6 +198,8 @@ START_TEST(too_many_bad_frames_close)
 	ck_assert_msg(strstr(out, "closed 1008 too many bad frames") != NULL, "%s", out);
 	free(out);
 	free(secret);
+	ck_assert_int_eq(th_metric(&s, "tender_errors_total{kind=\"too_many_bad_frames\"}"), 1);
+	ck_assert_int_eq(th_metric(&s, "tender_errors_total{kind=\"bad_frame\"}"), 20);
 	assert_good_device_still_served();
 }
 END_TEST
@@ -264,6 +266,7 @@ START_TEST(http_errors)
 			 "payload_too_large");
 	th_resp_free(&r);
 	free(body);
+	ck_assert_int_eq(th_metric(&s, "tender_errors_total{kind=\"http_too_large\"}"), 1);
 	ck_assert_int_ge(th_metric(&s, "tender_errors_total{kind=\"http_unauthorized\"}"), 2);
 	assert_good_device_still_served();
 }
@@ -663,6 +666,96 @@ START_TEST(agent_limits_are_counted)
 }
 END_TEST
 
+/* Runs the node client against srv with steps after connect; output owned. */
+static char *node_on(th_server *srv, const char *const *steps)
+{
+	char *argv[32], *out = NULL;
+	int n = 0;
+	argv[n++] = "/usr/bin/node";
+	argv[n++] = (char *)th_src("tests/integration/wsclient.js");
+	argv[n++] = "connect";
+	argv[n++] = srv->ws_url;
+	for (; *steps && n < 31; steps++)
+		argv[n++] = (char *)*steps;
+	argv[n] = NULL;
+	th_run(argv, &out, 30);
+	return out ? out : strdup("");
+}
+
+/* {"type":"log","msg":"xxx..."} with a msg of n bytes (owned). */
+static char *log_frame(size_t n)
+{
+	char *f = malloc(n + 64);
+	int at = sprintf(f, "{\"type\":\"log\",\"msg\":\"");
+	memset(f + at, 'x', n);
+	strcpy(f + at + n, "\"}");
+	return f;
+}
+
+/* n levels of [ ] (owned). */
+static char *nested(int n)
+{
+	char *b = malloc((size_t)n * 2 + 1);
+	memset(b, '[', (size_t)n);
+	memset(b + n, ']', (size_t)n);
+	b[n * 2] = '\0';
+	return b;
+}
+
+/* The size limits nothing else would catch being lifted: a device log line
+ * of 16 KiB, --max-firmware, and the nesting depth of an API body. */
+START_TEST(size_limits_are_refused_clearly)
+{
+	th_server srv;
+	th_resp r;
+	th_server_start(&srv, "--max-firmware 4096 --log-rate 0");
+	char *secret = th_register(&srv, "00000000000000f1", NULL);
+	char *fits = log_frame(16384), *over = log_frame(16385);
+	const char *steps[] = { "hello", "00000000000000f1", secret, "expect", "welcome",
+				"send", fits, "send", over, "expect", "error", "wait", "200", "close", NULL };
+	char *out = node_on(&srv, steps);
+	ck_assert_msg(strstr(out, "{\"type\":\"error\",\"code\":\"bad_frame\",\"message\":\"'msg' is longer "
+			     "than 16384 bytes\"}") && strstr(out, "closed 1000"), "%.300s", out);
+	free(out);
+	/* The 16384-byte line is stored (once the device has closed, after it). */
+	ck_assert_int_ge(th_wait_event(&srv, "00000000000000f1", "status", "Device disconnected", 10000), 1);
+	json_t *page = th_get_json(&srv, "/v1/devices/00000000000000f1/logs?type=device", 200);
+	ck_assert_int_eq((int)json_array_size(json_object_get(page, "events")), 1);
+	ck_assert_int_eq((int)json_string_length(json_object_get(json_array_get(json_object_get(page, "events"), 0),
+								 "msg")), 16384);
+	json_decref(page);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"bad_frame\"}"), 1);
+	free(fits);
+	free(over);
+	free(secret);
+
+	/* --max-firmware 4096: a small image goes in, a bigger one is 413. */
+	static unsigned char image[5000];
+	const char *meta = "{\"version\":\"1.0\",\"hw\":[\"imp003\"]}";
+	th_upload_firmware(&srv, meta, image, 2000, &r);
+	ck_assert_msg(r.status == 201, "%ld %s", r.status, r.body);
+	th_resp_free(&r);
+	th_upload_firmware(&srv, meta, image, sizeof image, &r);
+	ck_assert_msg(r.status == 413 && strstr(r.body, "\"payload_too_large\""), "%ld %s", r.status, r.body);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"http_too_large\"}"), 1);
+
+	/* An API body nested past jansson's 2048 levels: 400 with where. */
+	char *deep = nested(2048);
+	th_http(&srv, "POST", "/v1/devices", NULL, deep, NULL, &r);
+	ck_assert_msg(r.status == 400 && strstr(r.body, "the body must be a JSON object"), "%ld %s", r.status, r.body);
+	th_resp_free(&r);
+	free(deep);
+	deep = nested(2049);
+	th_http(&srv, "POST", "/v1/devices", NULL, deep, NULL, &r);
+	ck_assert_msg(r.status == 400 && strstr(r.body, "invalid JSON at line 1, column 2049: maximum parsing "
+						"depth reached"), "%ld %s", r.status, r.body);
+	th_resp_free(&r);
+	free(deep);
+	th_server_cleanup(&srv);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -681,6 +774,7 @@ int main(void)
 		http_connection_limits_answer_503,
 		http_timeout_and_header_size_are_counted,
 		agent_limits_are_counted,
+		size_limits_are_refused_clearly,
 	};
 	/* TN_ONLY=WORD runs only the tests whose name holds WORD. */
 	const char *only = getenv("TN_ONLY");
