@@ -54,6 +54,9 @@ static const struct opt config__opts[] = {
 	  "largest HTTP request body (default 1048576)" },
 	{ "max-firmware", OPT_INT, OFF(max_firmware), 1024, 1 << 30, "BYTES",
 	  "largest firmware image (default 67108864)" },
+	{ "device-send-queue", OPT_INT, OFF(device_send_queue), 131072, 1 << 30, "BYTES",
+	  "unsent bytes a device may have queued (it stopped reading) before it is closed "
+	  "'1008 send queue full' (default 262144)" },
 	{ "auth-fail-limit", OPT_INT, OFF(auth_fail_limit), 0, 1000000, "N",
 	  "failed API token attempts one address may make per window before it is refused "
 	  "(429) until the window ends (default 20, 0: no limit)" },
@@ -96,6 +99,8 @@ static const struct opt config__opts[] = {
 	  "Lua instructions an agent may run per event (default 10000000)" },
 	{ "agent-cpu-ms", OPT_INT, OFF(agent_cpu_ms), 10, 600000, "MS",
 	  "CPU time an agent may use per event, a backstop to --agent-budget (default 2000)" },
+	{ "agent-offline-queue", OPT_INT, OFF(agent_offline_queue), 1, 100000, "N",
+	  "messages an agent keeps for its offline device; past it the oldest is dropped (default 64)" },
 	{ "sync-full", OPT_BOOL, OFF(sync_full), 0, 1, NULL,
 	  "PRAGMA synchronous=FULL: survive power loss, not only crashes (slower)" },
 	{ "log-level", OPT_LEVEL, OFF(log_level), 0, 0, "LEVEL", "error, warn, info (default) or debug" },
@@ -133,6 +138,8 @@ void config_defaults(tn_config *cfg)
 	cfg->agent_log_rate = 100;
 	cfg->agent_budget = 10000000;
 	cfg->agent_cpu_ms = 2000;
+	cfg->device_send_queue = 256 << 10;
+	cfg->agent_offline_queue = 64;
 	cfg->log_level = LOG_INFO;
 }
 

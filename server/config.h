@@ -38,6 +38,8 @@ typedef struct tn_config {
 	int max_streams;         /* named log streams in all (0: no limit) */
 	int max_streams_per_token; /* named log streams per API token (0: no limit) */
 	int stream_open_timeout; /* seconds a named log stream may wait to be opened */
+	int device_send_queue;   /* unsent bytes per device before it is closed */
+	int agent_offline_queue; /* messages an agent keeps for its offline device */
 	int store_queue;         /* bytes of writes waiting for the disk, at most */
 	int retention_days;      /* events older are deleted (0: kept) */
 	int retention_seconds;   /* the same in seconds, for tests; overrides days */

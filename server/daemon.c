@@ -195,7 +195,7 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 		.workers = cfg->agent_workers,
 		.limits = { .memory = (size_t)cfg->agent_memory, .instructions = (uint64_t)cfg->agent_budget,
 			    .cpu_ms = (uint32_t)cfg->agent_cpu_ms },
-		.log_rate = cfg->agent_log_rate,
+		.log_rate = cfg->agent_log_rate, .offline_queue = cfg->agent_offline_queue,
 	};
 	if ((rc = sup_start(&t->sup, &supopt, t->st, err)) || (rc = enroll_start(&t->enroll, t->st, t->reg, err)))
 		goto fail;
@@ -205,6 +205,7 @@ int daemon_start(tenderd **out, const tn_config *cfg, tn_error *err)
 		.idle_timeout = cfg->idle_timeout, .hello_timeout = cfg->hello_timeout,
 		.max_frame = cfg->max_frame, .sched = t->sched, .sup = t->sup, .log_rate = cfg->log_rate,
 		.enroll = t->enroll, .max_conns_per_ip = cfg->max_conns_per_ip,
+		.max_out_bytes = (size_t)cfg->device_send_queue,
 		.tls_cert = cfg->tls_cert, .tls_key = cfg->tls_key,
 	};
 	if ((rc = device_loop_start(&t->dev, &dopt, t->st, t->reg, err)))

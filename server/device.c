@@ -44,7 +44,7 @@
 #include "supervisor.h"
 
 #define DEVICE_MAX_BAD_STREAK 20
-#define DEVICE_MAX_OUT_BYTES (256 * 1024)
+#define DEVICE_MAX_OUT_BYTES (256 * 1024) /* opt.max_out_bytes when 0 */
 #define DEVICE_CRON_US (1000 * LWS_US_PER_MS)
 #define DEVICE_SHUTDOWN_MS 2000
 
@@ -134,7 +134,8 @@ static void device__queue(struct conn *c, const void *data, size_t len, int bina
 {
 	if (c->closing)
 		return;
-	if (c->out_bytes + len > DEVICE_MAX_OUT_BYTES) {
+	size_t cap = c->loop->opt.max_out_bytes ? c->loop->opt.max_out_bytes : DEVICE_MAX_OUT_BYTES;
+	if (c->out_bytes + len > cap) {
 		/* A device that does not read cannot hold the server's memory. */
 		metrics_error(ERR_DEVICE_QUEUE_FULL);
 		log_info("device %016llx: send queue full (%zu bytes unsent): closing",

@@ -25,6 +25,7 @@ typedef struct device_loop_options {
 	int max_frame;      /* bytes */
 	int log_rate;       /* device log lines per second (0: no limit) */
 	int max_conns_per_ip; /* connections one address may hold (0: no limit) */
+	size_t max_out_bytes; /* unsent bytes a device may have queued before it is closed (0: 256 KiB) */
 	const char *tls_cert; /* PEM files, already checked: wss instead of ws; NULL: plain */
 	const char *tls_key;
 	struct scheduler *sched; /* told of hellos, closes and update frames; may be NULL */

@@ -281,7 +281,8 @@ END_TEST
 
 #define SLOW "00000000000b0001"
 #define FAST "00000000000b0002"
-#define QUEUE_LIMIT (256 * 1024) /* DEVICE_MAX_OUT_BYTES, docs/operations.md */
+#define QUEUE_LIMIT (128 * 1024)  /* --device-send-queue (default 256 KiB) */
+#define OFFLINE_LIMIT 10          /* --agent-offline-queue (default 64) */
 
 /* Echoes "ping"; each HTTP request sends the device 1 MiB in 32 messages. */
 static const char *flood_agent =
@@ -296,7 +297,7 @@ START_TEST(device_that_stops_reading_is_cut_off_alone)
 {
 	th_server s;
 	th_resp r;
-	th_server_start(&s, "--log-rate 0");
+	th_server_start(&s, "--log-rate 0 --device-send-queue 131072 --agent-offline-queue 10");
 	th_http(&s, "PUT", "/v1/groups/flood/agent", "text/plain", flood_agent, NULL, &r);
 	ck_assert_msg(r.status == 200, "deploy: %ld %s", r.status, r.body);
 	th_resp_free(&r);
@@ -340,15 +341,21 @@ START_TEST(device_that_stops_reading_is_cut_off_alone)
 	free(log);
 	ck_assert_int_le(unsent, QUEUE_LIMIT);
 	ck_assert_int_eq(th_wait_online(&s, SLOW, 0, 10000), 0);
-	/* Offline now: what its agent sends waits in a queue of 64, no more. */
+	/* Offline now: what its agent sends waits in a queue of 10, no more;
+	 * the rest is dropped, counted and said. */
+	long long dropped = th_metric(&s, "tender_errors_total{kind=\"agent_offline_queue_full\"}");
 	for (int i = 0; i < 4; i++) {
 		th_http(&s, "POST", flood_path, "text/plain", "go", "", &r);
 		ck_assert_int_eq(r.status, 200);
 		th_resp_free(&r);
 	}
 	a = th_get_json(&s, "/v1/devices/" SLOW "/agent", 200);
-	ck_assert_int_le(json_integer_value(json_object_get(a, "queued_messages")), 64);
+	ck_assert_int_eq(json_integer_value(json_object_get(a, "queued_messages")), OFFLINE_LIMIT);
 	json_decref(a);
+	ck_assert_int_ge(th_metric(&s, "tender_errors_total{kind=\"agent_offline_queue_full\"}") - dropped,
+			 4 * 32 - OFFLINE_LIMIT);
+	ck_assert_int_ge(th_wait_event(&s, SLOW, "agent", "message to the offline device dropped: its queue "
+				       "holds 10", 10000), 1);
 
 	/* The other device lost nothing: every round trip came back (its exit
 	 * status), every log line is stored, and it was never closed. */

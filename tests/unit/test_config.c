@@ -69,6 +69,8 @@ START_TEST(defaults)
 	ck_assert_int_eq(c.max_streams, 1000);
 	ck_assert_int_eq(c.max_streams_per_token, 100);
 	ck_assert_int_eq(c.stream_open_timeout, 60);
+	ck_assert_int_eq(c.device_send_queue, 262144);
+	ck_assert_int_eq(c.agent_offline_queue, 64);
 	ck_assert_int_eq(c.sync_full, 0);
 	ck_assert_int_eq(c.log_level, LOG_INFO);
 	config_free(&c);
@@ -379,6 +381,7 @@ START_TEST(usage_lists_every_option)
 		"--http-timeout S", "--batch-max N", "--sync-full ", "--log-level LEVEL", "--help",
 		"--tls-cert FILE", "--tls-key FILE", "--max-conns-per-ip N",
 		"--store-queue BYTES", "--max-streams N", "--max-streams-per-token N", "--stream-open-timeout S",
+		"--device-send-queue BYTES", "--agent-offline-queue N",
 		"--version",
 	};
 	char *text = NULL;
