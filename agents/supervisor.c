@@ -75,6 +75,9 @@ struct ev {
 	size_t env_len;
 	int64_t env_sent;              /* EV_MIGRATE_IN: when it was encoded (tn_mono_ms) */
 	agent_rt *live;                /* EV_MIGRATE_IN: the Lua state, in process (owned) */
+	uint64_t *handles;             /* EV_MIGRATE_IN: the reply handles its events use (owned):
+					* what the sending side answers if the move fails */
+	uint32_t nhandles;
 	agent_http_req http;           /* EV_HTTP: strings owned (http_buf) */
 	char *http_buf[5];
 	char **http_headers;
@@ -261,6 +264,7 @@ static void sup__ev_free(struct ev *e)
 	free(e->name);
 	free(e->data);
 	free(e->env);
+	free(e->handles);
 	agent_rt_free(e->live);
 	for (int i = 0; i < 5; i++)
 		free(e->http_buf[i]);
@@ -894,6 +898,16 @@ static struct sup_reply *sup__reply_take(supervisor *s, uint64_t id)
 	return r;
 }
 
+/* Answers (and frees) a reply whose event the agent will not run: an HTTP
+ * caller gets 503, a state query no state. */
+static void sup__reply_fail(struct sup_reply *r)
+{
+	struct ev e = { .kind = r->done ? EV_HTTP : EV_INFO, .done = r->done, .done_arg = r->done_arg,
+			.wait = r->wait };
+	sup__refuse(&e, 503, "unavailable", "the agent's move to another worker failed: try again");
+	free(r);
+}
+
 /* Frees what sup__env_fill allocated; the strings it points to are borrowed
  * from the agent and its events. */
 static void sup__env_release(agent_env *env)
@@ -1086,6 +1100,11 @@ static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 	pthread_mutex_unlock(&w->lock);
 	int rc = sup__env_events(s, &env, carried) ? tn_err(&err, TN_ENOMEM, "out of memory")
 						   : agent_env_encode(&env, &in->env, &in->env_len, &err);
+	if (rc == 0 && env.nev && !(in->handles = calloc(env.nev, sizeof *in->handles)))
+		rc = tn_err(&err, TN_ENOMEM, "out of memory");
+	for (uint32_t i = 0; rc == 0 && i < env.nev; i++)
+		if (env.ev[i].reply)
+			in->handles[in->nhandles++] = env.ev[i].reply;
 	if (rc) {
 		sup__env_unreply(s, &env);
 		pthread_mutex_lock(&w->lock);
@@ -1120,7 +1139,8 @@ static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 }
 
 /* An event of the envelope as the queue holds it (steals x's strings);
- * NULL when out of memory or its reply handle is gone. */
+ * NULL when out of memory (its caller, if any, answered) or its reply
+ * handle is gone. */
 static struct ev *sup__ev_from_env(supervisor *s, uint64_t device, agent_env_event *x)
 {
 	static const enum ev_kind kinds[] = {
@@ -1133,7 +1153,8 @@ static struct ev *sup__ev_from_env(supervisor *s, uint64_t device, agent_env_eve
 										   : NULL;
 	if (!e || ((x->kind == AGENT_ENV_HTTP || x->kind == AGENT_ENV_INFO) && !r)) {
 		free(e);
-		free(r);
+		if (r)
+			sup__reply_fail(r);
 		return NULL;
 	}
 	e->conn = x->conn;
@@ -1228,40 +1249,75 @@ static void sup__rebuild(struct agent *a, const agent_env *env, int64_t base)
 		sup__rearm(a, env, base);
 }
 
+/* After a move: every reply handle the move made that no event took is
+ * answered (503), and what was lost is said in the device's log and the
+ * daemon's.  `lost` events were dropped already; `why` is NULL when the
+ * envelope was read. */
+static void sup__move_losses(struct agent *a, struct ev *e, int lost, const char *why)
+{
+	supervisor *s = a->sup;
+	int answered = 0;
+	for (uint32_t i = 0; i < e->nhandles; i++) {
+		struct sup_reply *r = sup__reply_take(s, e->handles[i]);
+		if (r) {
+			sup__reply_fail(r);
+			answered++;
+		}
+	}
+	if (!why && !lost && !answered)
+		return;
+	char line[400];
+	if (why)
+		snprintf(line, sizeof line, "Agent move failed: its events in flight were dropped (%s)", why);
+	else
+		snprintf(line, sizeof line, "Agent move lost %d of its events in flight", lost + answered);
+	sup__event(a, EV_STATUS, line);
+	log_err("agent of %s: %s; %d HTTP requests or state queries answered 503", a->hex, line, answered);
+}
+
 static void sup__migrate_in(struct worker *w, struct ev *e)
 {
 	supervisor *s = w->sup;
 	tn_error err = { 0 };
 	agent_env env;
 	agent_rt *live = e->live;
-	int oom = 0;
+	int oom = 0, lost = 0;
 	e->live = NULL;
 	pthread_mutex_lock(&s->route_lock);
 	struct agent *a = idmap_get(&s->route, e->device);
 	pthread_mutex_unlock(&s->route_lock);
 	if (!a) {
 		agent_rt_free(live);
+		for (uint32_t i = 0; i < e->nhandles; i++) {
+			struct sup_reply *r = sup__reply_take(s, e->handles[i]);
+			if (r)
+				sup__reply_fail(r);
+		}
 		return;
 	}
 	idmap_put(&w->local, a->device, a, &oom);
+	if (oom)
+		log_err("agent of %s: out of memory on worker %d: its events go unanswered", a->hex, w->index);
 	int rc = agent_env_decode(e->env, e->env_len, &env, &err);
 	if (rc == 0 && env.device != a->device)
 		rc = tn_err(&err, TN_EINVAL, "migration envelope: for another device");
 	if (rc) {
-		log_err("agent of %s: %s; it starts again from its code", a->hex, err.msg);
 		agent_rt_free(live);
 		agent_env_clear(&env);
-		a->state = ST_STOPPED;
+		a->state = ST_STOPPED; /* it starts again from its code on its next event */
+		sup__move_losses(a, e, 0, err.msg);
 		return;
 	}
-	/* In process the clock is the same: due times count from the encoding. */
-	sup__env_apply(a, &env, e->env_sent);
+	/* In process the clock is the same: due times count from the encoding.
+	 * From another node they count from now. */
+	int64_t base = live ? e->env_sent : tn_mono_ms();
+	sup__env_apply(a, &env, base);
 	if (live) {
 		a->rt = live;
-		sup__rearm(a, &env, e->env_sent);
+		sup__rearm(a, &env, base);
 		sup__event(a, EV_STATUS, "Agent started.");
 	} else if (a->state == ST_RUNNING) {
-		sup__rebuild(a, &env, tn_mono_ms());
+		sup__rebuild(a, &env, base);
 	}
 	/* The events that were waiting on the old worker go first, in order, at
 	 * the head of this worker's queue: the newer ones are behind them.  (Run
@@ -1271,7 +1327,12 @@ static void sup__migrate_in(struct worker *w, struct ev *e)
 	for (uint32_t i = 0; i < env.nev; i++) {
 		struct ev *x = sup__ev_from_env(s, a->device, &env.ev[i]);
 		if (!x) {
-			log_warn("agent of %s: an event was lost in its migration (out of memory)", a->hex);
+			lost++;
+			if (env.ev[i].kind == AGENT_ENV_MIGRATE) {
+				pthread_mutex_lock(&s->route_lock);
+				sup__moved(a);
+				pthread_mutex_unlock(&s->route_lock);
+			}
 			continue;
 		}
 		*tail = x;
@@ -1281,6 +1342,7 @@ static void sup__migrate_in(struct worker *w, struct ev *e)
 	pthread_mutex_lock(&w->lock);
 	sup__put_back(w, head);
 	pthread_mutex_unlock(&w->lock);
+	sup__move_losses(a, e, lost, NULL);
 }
 
 /* Handles one event; returns the agent it ran, if any (its work is counted

@@ -8,7 +8,9 @@
  *
  * Cases: a shutdown is final (no agent starts or arrives after it, each
  * ends with one stop line, every HTTP caller is answered) while events keep
- * coming. */
+ * coming; a move from another node (no Lua state: the cross-node rebuild,
+ * with the same code and with other code); a move whose envelope does not
+ * decode, or that lost an event, answers every caller and says so. */
 #include "supervisor.c"
 
 #include <check.h>
@@ -134,6 +136,32 @@ static int http(const char *agent_id, const char *path, struct caller *c)
 	return sup_http(sup, agent_id, &req, caller_done, c);
 }
 
+static int count_lines(uint64_t device, event_type type, const char *msg)
+{
+	json_t *l = lines_of(device, type), *v;
+	size_t i;
+	int n = 0;
+	json_array_foreach(l, i, v)
+		n += strcmp(json_string_value(v), msg) == 0;
+	json_decref(l);
+	return n;
+}
+
+static void wait_answers(struct caller *c, int n)
+{
+	for (int i = 0; i < 1000 && atomic_load(&c->answers) < n; i++)
+		usleep(10 * 1000);
+	ck_assert_int_eq(atomic_load(&c->answers), n);
+}
+
+/* What GET /v1/devices/{id}/agent says of it (owned). */
+static json_t *info_of(uint64_t device)
+{
+	json_t *info = sup_agent_info(sup, device);
+	ck_assert_ptr_nonnull(info);
+	return info;
+}
+
 /* --- a shutdown is final ---------------------------------------------------------- */
 
 #define NSTOP 16
@@ -238,6 +266,258 @@ START_TEST(a_shutdown_is_final)
 }
 END_TEST
 
+/* --- moves from another node ------------------------------------------------------ */
+
+/* Frames sent to the device with this msg name, in order (owned). */
+static json_t *frames_named(uint64_t device, const char *name)
+{
+	char hex[17];
+	json_t *out = json_array(), *v;
+	size_t i;
+	tn_device_id_format(device, hex);
+	pthread_mutex_lock(&sent_lock);
+	json_array_foreach(sent, i, v) {
+		json_t *frame = json_loads(json_string_value(json_object_get(v, "frame")), 0, NULL);
+		if (strcmp(json_string_value(json_object_get(v, "device")), hex) == 0 &&
+		    strcmp(json_string_value(json_object_get(frame, "name")), name) == 0)
+			json_array_append(out, json_object_get(frame, "data"));
+		json_decref(frame);
+	}
+	pthread_mutex_unlock(&sent_lock);
+	return out;
+}
+
+static size_t wait_frames(uint64_t device, const char *name, size_t n)
+{
+	size_t have = 0;
+	for (int i = 0; i < 500 && have < n; i++) {
+		json_t *f = frames_named(device, name);
+		have = json_array_size(f);
+		json_decref(f);
+		if (have < n)
+			usleep(10 * 1000);
+	}
+	return have;
+}
+
+/* A reply handle for an HTTP caller, as the sending node registers it. */
+static uint64_t http_handle(struct caller *c)
+{
+	struct ev tmp = { .kind = EV_HTTP, .done = caller_done, .done_arg = c };
+	uint64_t h = sup__reply_put(sup, &tmp);
+	ck_assert_uint_ne(h, 0);
+	return h;
+}
+
+/* What a move from another node does on this one: the agent arrives on
+ * worker 0 with an envelope (env encoded, or raw bytes) and no Lua state;
+ * `handles` are the reply handles its events use. */
+static void arrive(uint64_t device, const agent_env *env, const char *raw, size_t rawlen, const uint64_t *handles,
+		   uint32_t nhandles)
+{
+	tn_error err = { 0 };
+	struct ev *in = sup__ev(EV_MIGRATE_IN, device);
+	ck_assert_ptr_nonnull(in);
+	if (env) {
+		ck_assert_msg(agent_env_encode(env, &in->env, &in->env_len, &err) == 0, "%s", err.msg);
+	} else {
+		in->env = malloc(rawlen);
+		memcpy(in->env, raw, rawlen);
+		in->env_len = rawlen;
+	}
+	in->handles = calloc(nhandles + 1, sizeof *in->handles);
+	memcpy(in->handles, handles, nhandles * sizeof *handles);
+	in->nhandles = nhandles;
+	struct agent *a = calloc(1, sizeof *a);
+	a->device = device;
+	tn_device_id_format(device, a->hex);
+	a->sup = sup;
+	a->state = ST_MIGRATING;
+	int oom = 0;
+	pthread_mutex_lock(&sup->route_lock);
+	ck_assert_ptr_null(idmap_get(&sup->route, device));
+	idmap_put(&sup->route, device, a, &oom);
+	sup->workers[0].nagents++;
+	sup__push(&sup->workers[0], in);
+	pthread_mutex_unlock(&sup->route_lock);
+}
+
+static const char *moving_code =
+	"local n = 0\n"
+	"timer.every(100, function() n = n + 1 device.send('tick', n) end)\n"   /* id 1 */
+	"timer.after(100, function() device.send('late') end)\n"                 /* id 2 */
+	"device.on('hello', function(d) device.send('hi', d) end)\n"
+	"http.onrequest(function(req, res) res.send(200, {saved = server.load(), path = req.path}) end)\n";
+
+static char *saved_of(uint64_t device)
+{
+	char hex[17];
+	tn_device_id_format(device, hex);
+	struct agent a = { .sup = sup };
+	memcpy(a.hex, hex, sizeof hex);
+	return sup__host_load(&a);
+}
+
+/* An envelope as another node running moving_code would send it. */
+static void moving_env(agent_env *env, agent_env_event ev[2], agent_env_timer t[2], uint64_t device, uint64_t reply,
+		       int same_code)
+{
+	memset(env, 0, sizeof *env);
+	memset(ev, 0, 2 * sizeof *ev);
+	env->device = device;
+	env->agent_id = "ag_elsewhere";
+	env->group = "lab";
+	env->state = "running";
+	env->last_error = "";
+	env->saved = "{\"v\":2}";
+	env->events = 10;
+	env->restarts = 3;
+	env->restart_in_ms = -1;
+	env->connected = 1;
+	env->conn = 7;
+	if (same_code) {
+		unsigned int hlen = 0;
+		EVP_Digest(moving_code, strlen(moving_code), env->code_hash, &hlen, EVP_sha256(), NULL);
+	}
+	/* Timer 1 is due soon there; timer 9 is none of this code's. */
+	t[0] = (agent_env_timer){ 1, 30, 100000 };
+	t[1] = (agent_env_timer){ 9, 10, 0 };
+	env->timers = t;
+	env->ntimers = 2;
+	env->next_timer_id = 3;
+	ev[0] = (agent_env_event){ .kind = AGENT_ENV_MSG, .name = "hello", .data = "5" };
+	ev[1] = (agent_env_event){ .kind = AGENT_ENV_HTTP, .reply = reply, .method = "GET", .path = "/x",
+				   .query = "", .body = "" };
+	env->ev = ev;
+	env->nev = 2;
+}
+
+/* The cross-node rule (sup__rebuild): with no Lua state the agent starts
+ * from its group's code, takes the envelope's saved state into this node's
+ * store and its counters, re-arms the timers of the same code by id, and
+ * runs the events that came along, answering through their handles. */
+START_TEST(a_move_from_another_node_rebuilds_the_agent)
+{
+	start_sup(2);
+	deploy("lab", moving_code);
+	uint64_t dev = add_device(1, "lab");
+	struct caller c = { 0 };
+	uint64_t h = http_handle(&c);
+	agent_env env;
+	agent_env_event ev[2];
+	agent_env_timer t[2];
+	moving_env(&env, ev, t, dev, h, 1);
+	arrive(dev, &env, NULL, 0, &h, 1);
+
+	wait_answers(&c, 1);
+	ck_assert_int_eq(atomic_load(&c.status), 200);
+	ck_assert_msg(strstr(c.body, "\"saved\":{\"v\":2}") && strstr(c.body, "\"path\":\"/x\""), "%s", c.body);
+	char *saved = saved_of(dev);
+	ck_assert_str_eq(saved, "{\"v\":2}");
+	free(saved);
+	ck_assert_int_eq(count_lines(dev, EV_STATUS, "Agent started."), 1);
+	/* The message ran, the device (connected there) got the answer. */
+	ck_assert_uint_eq(wait_frames(dev, "hi", 1), 1);
+	/* Timer 1 kept its due time (30 ms, not 100 s) and interval. */
+	ck_assert_uint_eq(wait_frames(dev, "tick", 1), 1);
+	json_t *info = info_of(dev);
+	ck_assert_str_eq(json_string_value(json_object_get(info, "state")), "running");
+	ck_assert_int_eq(json_integer_value(json_object_get(info, "restarts")), 3);
+	ck_assert_int_ge(json_integer_value(json_object_get(info, "events")), 12);
+	ck_assert(json_is_true(json_object_get(info, "device_connected")));
+	json_decref(info);
+}
+END_TEST
+
+/* With other code than the envelope's, the move is a reload: nothing is
+ * re-armed (timer 1 stays 100 s away), the rest is as above. */
+START_TEST(a_move_from_another_node_with_other_code_re_arms_nothing)
+{
+	start_sup(2);
+	deploy("lab", moving_code);
+	uint64_t dev = add_device(2, "lab");
+	struct caller c = { 0 };
+	uint64_t h = http_handle(&c);
+	agent_env env;
+	agent_env_event ev[2];
+	agent_env_timer t[2];
+	moving_env(&env, ev, t, dev, h, 0);
+	arrive(dev, &env, NULL, 0, &h, 1);
+	wait_answers(&c, 1);
+	ck_assert_int_eq(atomic_load(&c.status), 200);
+	ck_assert_uint_eq(wait_frames(dev, "hi", 1), 1);
+	usleep(300 * 1000);
+	json_t *ticks = frames_named(dev, "tick");
+	ck_assert_uint_eq(json_array_size(ticks), 0);
+	json_decref(ticks);
+}
+END_TEST
+
+/* An envelope that does not decode: its HTTP caller and state query are
+ * answered at once, the device's log says what happened, and the agent
+ * starts again from its code on its next event. */
+START_TEST(a_move_that_fails_answers_every_caller)
+{
+	start_sup(2);
+	deploy("lab", moving_code);
+	uint64_t dev = add_device(3, "lab");
+	struct caller c = { 0 };
+	struct sup_info_wait wait = { .done = 0 };
+	pthread_mutex_init(&wait.lock, NULL);
+	pthread_cond_init(&wait.cond, NULL);
+	struct ev tmp = { .kind = EV_INFO, .wait = &wait };
+	uint64_t handles[2] = { http_handle(&c), sup__reply_put(sup, &tmp) };
+	static const char junk[] = "TNAE\x01\x00\x00\x00\xff\xff\xff\x7f";
+	arrive(dev, NULL, junk, sizeof junk - 1, handles, 2);
+	wait_answers(&c, 1);
+	ck_assert_int_eq(atomic_load(&c.status), 503);
+	ck_assert_msg(strstr(c.body, "\"code\":\"unavailable\"") && strstr(c.body, "try again"), "%s", c.body);
+	pthread_mutex_lock(&wait.lock);
+	while (!wait.done)
+		pthread_cond_wait(&wait.cond, &wait.lock);
+	pthread_mutex_unlock(&wait.lock);
+	ck_assert_ptr_null(wait.info);
+	json_t *lines = lines_of(dev, EV_STATUS);
+	ck_assert_uint_eq(json_array_size(lines), 1);
+	const char *line = json_string_value(json_array_get(lines, 0));
+	ck_assert_msg(strncmp(line, "Agent move failed: its events in flight were dropped (migration envelope", 72) == 0,
+		      "%s", line);
+	json_decref(lines);
+	/* It runs again on its next event. */
+	struct caller again = { 0 };
+	char *aid = agent_id_of(dev);
+	ck_assert_int_eq(http(aid, "/y", &again), 0);
+	wait_answers(&again, 1);
+	ck_assert_int_eq(atomic_load(&again.status), 200);
+	ck_assert_int_eq(count_lines(dev, EV_STATUS, "Agent started."), 1);
+	free(aid);
+	pthread_mutex_destroy(&wait.lock);
+	pthread_cond_destroy(&wait.cond);
+}
+END_TEST
+
+/* A handle the move made that no event in the envelope uses (an event lost
+ * on the way) is answered too, and the loss logged. */
+START_TEST(a_move_answers_a_caller_whose_event_was_lost)
+{
+	start_sup(2);
+	deploy("lab", moving_code);
+	uint64_t dev = add_device(4, "lab");
+	struct caller c = { 0 }, orphan = { 0 };
+	uint64_t handles[2] = { http_handle(&c), http_handle(&orphan) };
+	agent_env env;
+	agent_env_event ev[2];
+	agent_env_timer t[2];
+	moving_env(&env, ev, t, dev, handles[0], 1);
+	arrive(dev, &env, NULL, 0, handles, 2);
+	wait_answers(&c, 1);
+	wait_answers(&orphan, 1);
+	ck_assert_int_eq(atomic_load(&c.status), 200);
+	ck_assert_int_eq(atomic_load(&orphan.status), 503);
+	ck_assert_int_eq(count_lines(dev, EV_STATUS, "Agent move lost 1 of its events in flight"), 1);
+}
+END_TEST
+
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
 	return remove(path);
@@ -254,6 +534,10 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, a_shutdown_is_final);
+	tcase_add_test(tc, a_move_from_another_node_rebuilds_the_agent);
+	tcase_add_test(tc, a_move_from_another_node_with_other_code_re_arms_nothing);
+	tcase_add_test(tc, a_move_that_fails_answers_every_caller);
+	tcase_add_test(tc, a_move_answers_a_caller_whose_event_was_lost);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
