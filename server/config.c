@@ -357,16 +357,16 @@ void config_usage(FILE *out)
 		"Usage: tenderd [OPTION]...\n"
 		"Tender fleet server: holds device WebSockets, runs their agents, answers the HTTP API.\n"
 		"Runs in the foreground, logs to stderr, stops cleanly on SIGTERM or SIGINT.\n\n"
-		"  --config FILE            read settings from FILE ('name = value' lines, names as below);\n"
-		"                           the command line overrides it\n");
+		"  --config FILE              read settings from FILE ('name = value' lines, names as below);\n"
+		"                             the command line overrides it\n");
 	for (size_t i = 0; i < TN_ARRAY_LEN(config__opts); i++) {
 		const struct opt *o = &config__opts[i];
 		char left[64];
 		snprintf(left, sizeof left, "--%s%s%s", o->name, o->arg ? " " : "", o->arg ? o->arg : "");
-		fprintf(out, "  %-24s %s\n", left, o->help);
+		fprintf(out, "  %-26s %s\n", left, o->help);
 	}
-	fprintf(out, "  --help                   this text\n"
-		     "  --version                print the version\n\n"
+	fprintf(out, "  --help                     this text\n"
+		     "  --version                  print the version\n\n"
 		     "The chosen ports are printed on stderr as 'device endpoint listening on PORT'\n"
 		     "and 'http api listening on PORT'.\n");
 }

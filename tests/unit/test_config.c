@@ -396,6 +396,40 @@ START_TEST(usage_lists_every_option)
 }
 END_TEST
 
+/* docs/operations.md's table of options names every option --help prints
+ * (and README.md's configuration table only ones that exist). */
+START_TEST(operations_md_lists_every_option)
+{
+	char *text = NULL, path[512];
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	config_usage(f);
+	fclose(f);
+	const char *src = getenv("TN_SRCDIR");
+	snprintf(path, sizeof path, "%s/docs/operations.md", src ? src : "..");
+	FILE *doc = fopen(path, "r");
+	ck_assert_msg(doc != NULL, "cannot read %s", path);
+	char *ops = NULL;
+	size_t cap = 0;
+	ck_assert_int_gt(getdelim(&ops, &cap, '\0', doc), 0);
+	fclose(doc);
+	int n = 0;
+	for (char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+		if (strncmp(line, "  --", 4) != 0)
+			continue;
+		char opt[80];
+		size_t k = strcspn(line + 2, " \n");
+		ck_assert_uint_lt(k + 2, sizeof opt);
+		snprintf(opt, sizeof opt, "`%.*s", (int)k, line + 2);
+		ck_assert_msg(strstr(ops, opt) != NULL, "docs/operations.md does not name %s", opt + 1);
+		n++;
+	}
+	ck_assert_int_ge(n, 40);
+	free(ops);
+	free(text);
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
 	Suite *s = suite_create("config");
@@ -410,6 +444,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, ping_interval);
 	tcase_add_test(tc, help_and_version);
 	tcase_add_test(tc, usage_lists_every_option);
+	tcase_add_test(tc, operations_md_lists_every_option);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("file");
