@@ -1,9 +1,13 @@
 /* tests/integration/test_07_agents.c -- agents with the real tenderd and real
  * clients: a device -> agent -> device round trip, an HTTP request answered
  * by the agent, server.save across a restart, a deploy reloading agents,
- * sandbox and resource limits that stop one agent while the others carry on,
- * messages queued for an offline device, migration under traffic (with a
- * timer moving along), and a catastrophic pattern stopped by the budget. */
+ * sandbox and resource limits that stop one agent while the others carry on
+ * (and the out-of-memory restart with its backoff), messages queued for an
+ * offline device (and the bound on them), the management API (the agent's
+ * fields, restart, a refused deploy, a group change, 404 and 500 over HTTP),
+ * tenderctl, migration answers, migration under traffic (with timers moving
+ * along), rebalancing of a busy worker, and a catastrophic pattern stopped by
+ * the budget.  T07_ONLY=name,name runs some of them. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <curl/curl.h>
@@ -319,6 +323,195 @@ START_TEST(messages_for_an_offline_device_wait_in_order)
 }
 END_TEST
 
+/* Whether the device's log has an [Agent] line holding all of these. */
+static int has_agent_line(th_server *s, const char *dev, const char *a, const char *b)
+{
+	char path[160];
+	snprintf(path, sizeof path, "/v1/devices/%s/logs?type=agent&limit=1000", dev);
+	json_t *page = th_get_json(s, path, 200), *ev;
+	size_t i;
+	int found = 0;
+	json_array_foreach(json_object_get(page, "events"), i, ev) {
+		const char *msg = json_string_value(json_object_get(ev, "msg"));
+		found |= strstr(msg, a) && (!b || strstr(msg, b));
+	}
+	json_decref(page);
+	return found;
+}
+
+static void wait_count(th_server *s, const char *dev, const char *msg, int n)
+{
+	int have = 0;
+	for (int tries = 0; tries < 200 && (have = th_count_events(s, dev, msg)) < n; tries++)
+		usleep(50 * 1000);
+	ck_assert_msg(have == n, "%s: %d of '%s', not %d", dev, have, msg, n);
+}
+
+static void agent_get(th_server *s, const char *aid, const char *rest, th_resp *r)
+{
+	char path[200];
+	snprintf(path, sizeof path, "/agent/%s%s", aid, rest);
+	th_http(s, "GET", path, NULL, NULL, "", r);
+}
+
+/* The management API does what it says: GET .../agent's fields, restart,
+ * a deploy that does not compile changes nothing, PATCH to another group
+ * runs that group's code, and over real HTTP an agent without a handler
+ * answers 404 and a failing handler 500 with its [Agent] line. */
+START_TEST(agent_management)
+{
+	static const char *counter =
+		"local hits = 0\n"
+		"http.onrequest(function(req, res)\n"
+		"  if req.path == '/boom' then error('kaboom') end\n"
+		"  if req.path == '/err' then server.error('bad thing') res.send(200, 'logged') return end\n"
+		"  hits = hits + 1\n"
+		"  res.send(200, {hits = hits, v = 1})\n"
+		"end)\n";
+	th_server s;
+	th_server_start(&s, NULL);
+	deploy(&s, "lab", counter, 200);
+	char *sec = th_register(&s, DEV1, "lab");
+	char *aid = agent_id_of(&s, DEV1);
+	th_resp r;
+	json_t *info = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(info, "state")), "not started");
+	json_decref(info);
+	for (int n = 1; n <= 2; n++) {
+		agent_get(&s, aid, "/", &r);
+		ck_assert_int_eq(r.status, 200);
+		ck_assert_int_eq(json_integer_value(json_object_get(r.json, "hits")), n);
+		th_resp_free(&r);
+	}
+	info = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(info, "state")), "running");
+	ck_assert_str_eq(json_string_value(json_object_get(info, "agent_id")), aid);
+	ck_assert_str_eq(json_string_value(json_object_get(info, "group")), "lab");
+	ck_assert_int_gt(json_integer_value(json_object_get(info, "memory")), 1000);
+	ck_assert_int_eq(json_integer_value(json_object_get(info, "events")), 2);
+	ck_assert_int_eq(json_integer_value(json_object_get(info, "restarts")), 0);
+	ck_assert(!json_is_string(json_object_get(info, "last_error")));
+	json_decref(info);
+
+	/* server.error and a failing handler: last_error, 500, [Agent] lines. */
+	agent_get(&s, aid, "/err", &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+	info = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(info, "last_error")), "bad thing");
+	ck_assert_int_eq(json_integer_value(json_object_get(info, "events")), 3);
+	json_decref(info);
+	ck_assert(has_agent_line(&s, DEV1, "ERROR: bad thing", NULL));
+	agent_get(&s, aid, "/boom", &r);
+	ck_assert_int_eq(r.status, 500);
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(r.json, "error"), "code")), "agent_error");
+	th_resp_free(&r);
+	ck_assert(has_agent_line(&s, DEV1, "ERROR: error in the http.onrequest handler", "kaboom"));
+	info = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_msg(strstr(json_string_value(json_object_get(info, "last_error")), "kaboom"), "%s",
+		      json_string_value(json_object_get(info, "last_error")));
+	ck_assert_str_eq(json_string_value(json_object_get(info, "state")), "running");
+	json_decref(info);
+
+	/* Restart: a new Lua state (hits counts from 1 again), counted. */
+	th_http(&s, "POST", "/v1/devices/" DEV1 "/agent/restart", NULL, "", NULL, &r);
+	ck_assert_int_eq(r.status, 202);
+	ck_assert_str_eq(json_string_value(json_object_get(r.json, "status")), "restarting");
+	th_resp_free(&r);
+	wait_count(&s, DEV1, "Agent started.", 2);
+	agent_get(&s, aid, "/", &r);
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "hits")), 1);
+	th_resp_free(&r);
+	info = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_int_eq(json_integer_value(json_object_get(info, "restarts")), 1);
+	json_decref(info);
+
+	/* Code that does not compile: 400, and nothing changes. */
+	json_t *before = th_get_json(&s, "/v1/groups/lab/agent", 200);
+	th_http(&s, "PUT", "/v1/groups/lab/agent", "text/plain", "http.onrequest(function(req, res)\n  res.send(200 'v2')\nend)\n",
+		NULL, &r);
+	ck_assert_int_eq(r.status, 400);
+	ck_assert_msg(strstr(r.body, ":2:"), "%s", r.body);
+	th_resp_free(&r);
+	json_t *after = th_get_json(&s, "/v1/groups/lab/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(after, "source")), counter);
+	ck_assert_int_eq(json_integer_value(json_object_get(after, "version")),
+			 json_integer_value(json_object_get(before, "version")));
+	json_decref(before);
+	json_decref(after);
+	agent_get(&s, aid, "/", &r);
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "hits")), 2);
+	ck_assert_int_eq(json_integer_value(json_object_get(r.json, "v")), 1);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_count_events(&s, DEV1, "Agent restarted: reload."), 0);
+
+	/* Another group: its code runs at once. */
+	deploy(&s, "other", "http.onrequest(function(req, res) res.send(200, 'other code') end)\n", 200);
+	th_http(&s, "PATCH", "/v1/devices/" DEV1, NULL, "{\"group\":\"other\"}", NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+	wait_count(&s, DEV1, "Agent started.", 3);
+	agent_get(&s, aid, "/", &r);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_str_eq(r.body, "other code");
+	th_resp_free(&r);
+	info = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(info, "group")), "other");
+	json_decref(info);
+
+	/* An agent with no http.onrequest handler: 404. */
+	deploy(&s, "quiet", "device.on('x', function() end)\n", 200);
+	char *sec2 = th_register(&s, DEV2, "quiet"), *aid2 = agent_id_of(&s, DEV2);
+	agent_get(&s, aid2, "/anything", &r);
+	ck_assert_int_eq(r.status, 404);
+	ck_assert_msg(strstr(r.body, "no http.onrequest handler"), "%s", r.body);
+	th_resp_free(&r);
+	free(aid);
+	free(aid2);
+	free(sec);
+	free(sec2);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* The offline queue is bounded: past --agent-offline-queue the oldest
+ * message goes, with a log line each; the rest arrive in order. */
+START_TEST(the_offline_queue_drops_the_oldest)
+{
+	th_server s;
+	th_server_start(&s, "--agent-offline-queue 3");
+	deploy(&s, "lab", echo_agent, 200);
+	char *sec = th_register(&s, DEV1, "lab");
+	const char *first[] = { "send", "{\"type\":\"msg\",\"name\":\"ping\",\"data\":0}", "expectmsg", "pong",
+				"close", NULL };
+	free(node(&s, DEV1, sec, first, 30));
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 0, 5000), 0);
+	char *aid = agent_id_of(&s, DEV1), path[160];
+	snprintf(path, sizeof path, "/agent/%s/push", aid);
+	for (int n = 1; n <= 5; n++) {
+		char body[8];
+		th_resp r;
+		snprintf(body, sizeof body, "%d", n);
+		th_http(&s, "POST", path, "text/plain", body, "", &r);
+		ck_assert_int_eq(r.status, 202);
+		th_resp_free(&r);
+	}
+	wait_count(&s, DEV1, "message to the offline device dropped: its queue holds 3", 2);
+	json_t *info = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_int_eq(json_integer_value(json_object_get(info, "queued_messages")), 3);
+	json_decref(info);
+	const char *again[] = { "expectmsg", "pushed", "wait", "300", "close", NULL };
+	char *out = node(&s, DEV1, sec, again, 30);
+	ck_assert_msg(!strstr(out, "\"data\":{\"n\":1}") && !strstr(out, "\"data\":{\"n\":2}"), "the oldest stayed: %s", out);
+	char *a = strstr(out, "\"data\":{\"n\":3}"), *b = strstr(out, "\"data\":{\"n\":4}"), *c = strstr(out, "\"data\":{\"n\":5}");
+	ck_assert_msg(a && b && c && a < b && b < c, "the newest lost or reordered: %s", out);
+	free(out);
+	free(aid);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 /* Checks that a device's agent lines are "Agent started." followed by
  * pairs of "Agent stopped: migrating." and "Agent started.", and nothing
  * else; returns the number of moves (0 while a move is half logged). */
@@ -579,6 +772,36 @@ START_TEST(tenderctl_deploys_and_shows_agents)
 	ck_assert_int_eq(th_run(agent_argv, &out, 20), 0);
 	ck_assert_msg(strstr(out, "state:") && strstr(out, "running") && strstr(out, "agent_id:"), "%s", out);
 	free(out);
+
+	char *const restart_argv[] = { (char *)th_bin("tenderctl"), url, "--token", s.token, "agent-restart", DEV1, NULL };
+	ck_assert_int_eq(th_run(restart_argv, &out, 20), 0);
+	ck_assert_msg(strstr(out, "restarting"), "%s", out);
+	free(out);
+	wait_count(&s, DEV1, "Agent started.", 2);
+	json_t *info = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_int_eq(json_integer_value(json_object_get(info, "restarts")), 1);
+	json_decref(info);
+
+	int at = worker_of(&s, DEV1);
+	char other[16], want[80];
+	snprintf(other, sizeof other, "%d", 1 - at);
+	char *const migrate_argv[] = { (char *)th_bin("tenderctl"), url, "--token", s.token, "agent-migrate", DEV1,
+				       "--worker", other, NULL };
+	ck_assert_int_eq(th_run(migrate_argv, &out, 20), 0);
+	snprintf(want, sizeof want, "migrating from worker %d to worker %d", at, 1 - at);
+	ck_assert_msg(strstr(out, want), "%s", out);
+	free(out);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "status", "Agent stopped: migrating.", 5000), 1);
+	ck_assert_int_eq(worker_of(&s, DEV1), 1 - at);
+	ck_assert_int_eq(th_run(migrate_argv, &out, 20), 0);
+	snprintf(want, sizeof want, "in place: the agent is on worker %d already", 1 - at);
+	ck_assert_msg(strstr(out, want), "%s", out);
+	free(out);
+	char *const bad_argv[] = { (char *)th_bin("tenderctl"), url, "--token", s.token, "agent-migrate", DEV1,
+				   "--worker", "7", NULL };
+	ck_assert_int_ne(th_run(bad_argv, &out, 20), 0);
+	free(out);
+	ck_assert_int_eq(worker_of(&s, DEV1), 1 - at);
 	free(sec);
 	th_server_cleanup(&s);
 }
@@ -824,6 +1047,8 @@ int main(void)
 		a_busy_worker_is_rebalanced,
 		migrate_answers,
 		tender_sim_scripted_round_trips,
+		agent_management,
+		the_offline_queue_drops_the_oldest,
 		deploy_starts_agents_of_online_devices,
 	};
 	/* T07_ONLY=name,name runs only those tests (while working on one). */
