@@ -20,18 +20,38 @@
  * closed from their own WRITEABLE callback (mark `closing`, ask for
  * writable), never freed from another's callback.
  *
+ * Deadlines (hello timeout, keepalive ping, idle hang-up, the close
+ * backstop) are tenderd's own, not lws timers: lws keeps its timers in one
+ * sorted list and walks it at each insert, and re-inserting a validity timer
+ * per received frame made every frame and connect O(connections)
+ * (docs/performance.md).  Each connection sits in one of four FIFO lists,
+ * whose entries share one delay so that appending keeps them in deadline
+ * order; the cron pops expired heads once a second:
+ *
+ *   T_HELLO    established + hello_timeout        -> close "hello timeout"
+ *   T_ACTIVE   last frame or pong + ping_interval -> ping, then T_PINGED
+ *   T_PINGED   ping + (idle_timeout - ping)       -> dropped (no close frame)
+ *   T_CLOSING  close asked + 5 s                  -> dropped
+ *
+ * A frame or pong from an ONLINE device moves it to the tail of T_ACTIVE.
+ *
  * ONLY the service thread reads or writes a struct conn or the map. */
 #define _GNU_SOURCE
 #include "device.h"
 
 #include <assert.h>
 #include <errno.h>
+#include <ev.h>
 #include <jansson.h>
 #include <libwebsockets.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <netdb.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "enroll.h"
 #include "events.h"
@@ -72,14 +92,20 @@ struct conn {
 	int rx_binary;
 	struct outmsg *out_head, *out_tail;
 	size_t out_bytes;
-	lws_sorted_usec_list_t hello_timer;
 	device_loop *loop;
 	ratelimit logs;                /* log lines per second */
 	uint64_t ticket;               /* an enrollment under way, or 0 */
 	char *pending_hello;           /* its hello, parsed again once enrolled */
 	size_t pending_len;
 	uint64_t ip_key;               /* its address, hashed: the key in per_ip */
+	struct conn *tprev, *tnext;    /* its place in d->timing[tlist] */
+	int64_t deadline;              /* tn_mono_ms() when the cron acts on it */
+	unsigned char tlist;           /* enum timing_list */
+	unsigned char ping_due;        /* a ping to write at the next WRITEABLE */
 };
+
+enum timing_list { T_NONE, T_HELLO, T_ACTIVE, T_PINGED, T_CLOSING, T_COUNT };
+#define DEVICE_CLOSE_BACKSTOP_MS 5000
 
 enum cmd_kind { CMD_KICK, CMD_SEND, CMD_ENROLLED };
 
@@ -102,8 +128,8 @@ struct device_loop {
 	store *st;
 	registry *reg;
 	struct lws_context *ctx;
+	struct ev_loop *ev;      /* the loop lws runs on (epoll): ours, so we can run it a pass at a time */
 	struct lws_vhost *vhost;
-	lws_retry_bo_t retry;
 	int port;
 	pthread_t thread;
 
@@ -112,12 +138,16 @@ struct device_loop {
 	struct conn *conns;      /* all connections */
 	int nconns;
 	int max_conns, at_limit;  /* the cap from RLIMIT_NOFILE; refusing now */
+	int listen_fd;           /* ours: lws only adopts what we accept */
+	ev_io accept_w;          /* on listen_fd; stopped while nsockets >= max_sockets */
+	int nsockets, max_sockets; /* sockets lws holds for us (handshakes included) */
 	int stopping;
 	int64_t stop_deadline;
 	uint64_t next_serial;
 	uint64_t next_ticket;
 	idmap enrolling;         /* ticket -> struct conn waiting for its enrollment */
 	idmap per_ip;            /* address hash -> connections from it (as a pointer-sized int) */
+	struct { struct conn *head, *tail; } timing[T_COUNT]; /* see the top of this file */
 	lws_sorted_usec_list_t cron;
 
 	/* any thread, under lock */
@@ -125,6 +155,48 @@ struct device_loop {
 	struct cmd *cmds;
 	int stop_requested;
 };
+
+/* --- deadlines ------------------------------------------------------------- */
+
+static void device__untime(struct conn *c)
+{
+	device_loop *d = c->loop;
+	if (c->tlist == T_NONE)
+		return;
+	if (c->tprev)
+		c->tprev->tnext = c->tnext;
+	else
+		d->timing[c->tlist].head = c->tnext;
+	if (c->tnext)
+		c->tnext->tprev = c->tprev;
+	else
+		d->timing[c->tlist].tail = c->tprev;
+	c->tprev = c->tnext = NULL;
+	c->tlist = T_NONE;
+}
+
+/* Moves c to the tail of list `which`, due in delay_ms.  Every entry of a
+ * list has the same delay, so the list stays in deadline order. */
+static void device__time(struct conn *c, enum timing_list which, int64_t delay_ms)
+{
+	device_loop *d = c->loop;
+	device__untime(c);
+	c->deadline = tn_mono_ms() + delay_ms;
+	c->tlist = (unsigned char)which;
+	c->tprev = d->timing[which].tail;
+	if (c->tprev)
+		c->tprev->tnext = c;
+	else
+		d->timing[which].head = c;
+	d->timing[which].tail = c;
+}
+
+/* A frame or a pong: the device is there. */
+static void device__heard(struct conn *c)
+{
+	if (c->tlist == T_ACTIVE || c->tlist == T_PINGED)
+		device__time(c, T_ACTIVE, (int64_t)c->loop->opt.ping_interval * 1000);
+}
 
 /* --- sending ---------------------------------------------------------------- */
 
@@ -184,11 +256,8 @@ static void device__close(struct conn *c, int code, const char *reason)
 	c->close_code = code;
 	snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
 	lws_callback_on_writable(c->wsi);
-	/* Backstop: a peer that never lets us write still goes.  Not while
-	 * stopping: the stop deadline is the backstop then, and lws inserts each
-	 * timeout into a sorted list, O(n) a time (10,000 devices took 15 s). */
-	if (!c->loop->stopping)
-		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_REASON_BASE + 1, 5);
+	/* Backstop: a peer that never lets us write still goes. */
+	device__time(c, T_CLOSING, DEVICE_CLOSE_BACKSTOP_MS);
 }
 
 static int device__close_now(struct lws *wsi, int code, const char *reason)
@@ -208,15 +277,6 @@ static void device__status(device_loop *d, uint64_t id, const char *msg)
 }
 
 /* --- receiving -------------------------------------------------------------- */
-
-static void device__hello_timeout(lws_sorted_usec_list_t *sul)
-{
-	struct conn *c = lws_container_of(sul, struct conn, hello_timer);
-	if (c->state != AWAIT_HELLO)
-		return;
-	metrics_error(ERR_HELLO_TIMEOUT);
-	device__close(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, "hello timeout");
-}
 
 static int device__go_online(struct conn *c, const frame *f, const char *new_secret);
 
@@ -268,7 +328,6 @@ static int device__go_online(struct conn *c, const frame *f, const char *new_sec
 
 	tn_device_id_format(f->u.hello.id, idhex);
 	lws_get_peer_simple(c->wsi, peer, sizeof peer);
-	lws_sul_cancel(&c->hello_timer);
 	c->state = ONLINE;
 	c->id = f->u.hello.id;
 	int oom = 0;
@@ -277,6 +336,8 @@ static int device__go_online(struct conn *c, const frame *f, const char *new_sec
 		c->state = AWAIT_HELLO;
 		return device__close_now(c->wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
 	}
+	if (!c->closing)
+		device__time(c, T_ACTIVE, (int64_t)d->opt.ping_interval * 1000);
 	if (old) {
 		old->replaced = 1;
 		device__close(old, 4001, "replaced by a new connection");
@@ -426,7 +487,7 @@ static int device__on_receive(struct conn *c, struct lws *wsi, const char *in, s
 
 	if (c->closing)
 		return 0;
-	lws_validity_confirmed(wsi);
+	device__heard(c);
 	if (first && !c->rx) {
 		c->rx_binary = lws_frame_is_binary(wsi);
 		c->rx_len = 0;
@@ -530,14 +591,86 @@ static int device__over_ip_limit(device_loop *d, struct lws *wsi)
 #define DEVICE_FD_SLACK 16
 #define DEVICE_REFUSED_FULL "server at its connection limit, try again later"
 
-static unsigned device__fd_budget(void)
+static unsigned device__fd_limit(void)
 {
 	struct rlimit rl;
 	rlim_t n = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 1024;
-	if (n == RLIM_INFINITY || n > 1048576)
-		n = 1048576;
+	return n == RLIM_INFINITY || n > 1048576 ? 1048576 : (unsigned)n;
+}
+
+static unsigned device__fd_budget(void)
+{
+	rlim_t n = device__fd_limit();
 	rlim_t keep = n / 4 > 32 ? n / 4 : 32;
 	return n > keep + 2 * DEVICE_FD_SLACK ? (unsigned)(n - keep) : 2 * DEVICE_FD_SLACK;
+}
+
+/* The listener.  tenderd accepts and lws adopts: lws's own listener can
+ * only be held back at its fd_limit_per_thread, and any limit below the
+ * process's RLIMIT_NOFILE makes lws find each event's connection by a
+ * linear scan of its fd table (O(connections) per event).  So lws gets the
+ * whole limit, and tenderd stops accepting at max_sockets: what is past it
+ * waits in the listen backlog, and the rest of the server keeps a quarter
+ * of the descriptors. */
+static void device__accept_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	device_loop *d = lws_container_of(w, device_loop, accept_w);
+	for (int i = 0; i < 64; i++) {
+		if (d->nsockets >= d->max_sockets || d->stopping) {
+			ev_io_stop(loop, w); /* device__socket_gone() starts it again */
+			return;
+		}
+		int fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE) {
+				/* Out of descriptors after all: wait for the cron. */
+				log_warn("device endpoint: accept: %s: pausing new connections", strerror(errno));
+				ev_io_stop(loop, w);
+			}
+			return; /* EAGAIN, or a connection that went away meanwhile */
+		}
+		/* lws closes fd itself if it cannot adopt it. */
+		lws_adopt_socket_vhost(d->vhost, fd);
+	}
+}
+
+/* An adopted socket is gone (LWS_CALLBACK_WSI_DESTROY). */
+static void device__socket_gone(device_loop *d)
+{
+	d->nsockets--;
+	if (d->nsockets < d->max_sockets && !d->stopping && !ev_is_active(&d->accept_w))
+		ev_io_start(d->ev, &d->accept_w);
+}
+
+static int device__listen(device_loop *d, const char *bind_addr, int port, tn_error *err)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV }, *ai = NULL;
+	char service[16];
+	int one = 1, rc;
+
+	snprintf(service, sizeof service, "%d", port);
+	if ((rc = getaddrinfo(bind_addr, service, &hints, &ai)) != 0)
+		return tn_err(err, TN_EINVAL, "--bind %s: %s", bind_addr, gai_strerror(rc));
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
+	    bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, SOMAXCONN)) {
+		rc = tn_err(err, TN_EIO, "cannot listen on %s port %d for devices: %s", bind_addr, port,
+			    strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		freeaddrinfo(ai);
+		return rc;
+	}
+	freeaddrinfo(ai);
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof sa;
+	getsockname(fd, (struct sockaddr *)&sa, &len);
+	d->port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
+						  : ((struct sockaddr_in *)&sa)->sin_port);
+	d->listen_fd = fd;
+	ev_io_init(&d->accept_w, device__accept_cb, fd, EV_READ);
+	return 0;
 }
 
 /* Returns 1 (refused: answered 503) when the loop holds max_conns. */
@@ -572,15 +705,14 @@ static void device__on_established(device_loop *d, struct conn *c, struct lws *w
 	c->ip_key = device__ip_key(wsi);
 	device__ip_add(d, c->ip_key, 1);
 	metrics_inc(M_CONNECTIONS_TOTAL);
-	lws_sul_schedule(d->ctx, 0, &c->hello_timer, device__hello_timeout,
-			 (lws_usec_t)d->opt.hello_timeout * LWS_US_PER_SEC);
+	device__time(c, T_HELLO, (int64_t)d->opt.hello_timeout * 1000);
 	if (d->stopping)
 		device__close(c, LWS_CLOSE_STATUS_GOINGAWAY, "server shutting down");
 }
 
 static void device__on_closed(device_loop *d, struct conn *c)
 {
-	lws_sul_cancel(&c->hello_timer);
+	device__untime(c);
 	if (c->ticket)
 		idmap_del(&d->enrolling, c->ticket);
 	free(c->pending_hello);
@@ -619,6 +751,16 @@ static int device__on_writeable(struct conn *c, struct lws *wsi)
 {
 	if (c->closing && c->close_code)
 		return device__close_now(wsi, c->close_code, c->close_reason);
+	if (c->ping_due) {
+		/* A payload: lws 4.1 does not pass an empty pong up to us. */
+		unsigned char ping[LWS_PRE + 4] = { [LWS_PRE] = 't', 'n', 'p', 'g' };
+		c->ping_due = 0;
+		if (lws_write(wsi, ping + LWS_PRE, 4, LWS_WRITE_PING) < 0)
+			return -1;
+		if (c->out_head)
+			lws_callback_on_writable(wsi);
+		return 0;
+	}
 	struct outmsg *m = c->out_head;
 	if (!m)
 		return 0;
@@ -715,6 +857,7 @@ static void device__run_commands(device_loop *d)
 	}
 	if (stop && !d->stopping) {
 		d->stopping = 1;
+		ev_io_stop(d->ev, &d->accept_w);
 		d->stop_deadline = tn_mono_ms() + DEVICE_SHUTDOWN_MS;
 		for (struct conn *c = d->conns; c; c = c->next)
 			device__close(c, LWS_CLOSE_STATUS_GOINGAWAY, "server shutting down");
@@ -747,6 +890,10 @@ static int device__callback(struct lws *wsi, enum lws_callback_reasons reason, v
 		return 0;
 	case LWS_CALLBACK_RECEIVE:
 		return device__on_receive(c, wsi, in, len);
+	case LWS_CALLBACK_RECEIVE_PONG:
+		if (c && c->wsi == wsi)
+			device__heard(c);
+		return 0;
 	case LWS_CALLBACK_SERVER_WRITEABLE:
 		return device__on_writeable(c, wsi);
 	case LWS_CALLBACK_CLOSED:
@@ -756,6 +903,14 @@ static int device__callback(struct lws *wsi, enum lws_callback_reasons reason, v
 	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
 		if (d)
 			device__run_commands(d);
+		return 0;
+	case LWS_CALLBACK_WSI_CREATE:
+		if (d)
+			d->nsockets++;
+		return 0;
+	case LWS_CALLBACK_WSI_DESTROY:
+		if (d)
+			device__socket_gone(d);
 		return 0;
 	default:
 		return 0;
@@ -777,10 +932,42 @@ static const struct lws_protocols device__protocols[] = {
 
 /* --- the service thread ----------------------------------------------------- */
 
+/* The connections whose deadline has passed, oldest first (see the top of
+ * this file).  A connection dropped here closes in lws's next pass. */
+static void device__expire(device_loop *d)
+{
+	int64_t now = tn_mono_ms();
+	struct conn *c;
+
+	while ((c = d->timing[T_HELLO].head) && c->deadline <= now) {
+		metrics_error(ERR_HELLO_TIMEOUT);
+		device__untime(c);
+		device__close(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, "hello timeout"); /* -> T_CLOSING */
+	}
+	while ((c = d->timing[T_ACTIVE].head) && c->deadline <= now) {
+		c->ping_due = 1;
+		lws_callback_on_writable(c->wsi);
+		device__time(c, T_PINGED, (int64_t)(d->opt.idle_timeout - d->opt.ping_interval) * 1000);
+	}
+	while ((c = d->timing[T_PINGED].head) && c->deadline <= now) {
+		log_info("device %016llx: silent for %d s (no frame, no pong): dropped",
+			 (unsigned long long)c->id, d->opt.idle_timeout);
+		device__untime(c);
+		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_REASON_BASE + 2, LWS_TO_KILL_ASYNC);
+	}
+	while ((c = d->timing[T_CLOSING].head) && c->deadline <= now) {
+		device__untime(c);
+		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_REASON_BASE + 1, LWS_TO_KILL_ASYNC);
+	}
+}
+
 /* Periodic work of the loop, once a second (Redis' serverCron). */
 static void device__cron(lws_sorted_usec_list_t *sul)
 {
 	device_loop *d = lws_container_of(sul, device_loop, cron);
+	device__expire(d);
+	if (d->nsockets < d->max_sockets && !d->stopping && !ev_is_active(&d->accept_w))
+		ev_io_start(d->ev, &d->accept_w); /* after an EMFILE */
 	for (struct conn *c = d->conns; c; c = c->next)
 		if (c->state == ONLINE && c->logs.dropped)
 			device__report_drops(c);
@@ -790,16 +977,20 @@ static void device__cron(lws_sorted_usec_list_t *sul)
 
 static void *device__thread(void *arg)
 {
+	pthread_setname_np(pthread_self(), "tn-devices"); /* for top -H, perf, gdb */
 	device_loop *d = arg;
 
 	lws_sul_schedule(d->ctx, 0, &d->cron, device__cron, DEVICE_CRON_US);
+	ev_io_start(d->ev, &d->accept_w);
 	for (;;) {
-		if (lws_service(d->ctx, 0) < 0)
-			break;
+		/* One pass: waits for at least one event (a socket, lws's timers,
+		 * lws_cancel_service), handles what is ready. */
+		ev_run(d->ev, EVRUN_ONCE);
 		if (d->stopping && (d->nconns == 0 || tn_mono_ms() > d->stop_deadline))
 			break;
 	}
 	lws_sul_cancel(&d->cron);
+	ev_io_stop(d->ev, &d->accept_w);
 	return NULL;
 }
 
@@ -807,41 +998,57 @@ int device_loop_start(device_loop **out, const device_loop_options *opt, store *
 		      registry *reg, tn_error *err)
 {
 	struct lws_context_creation_info info;
+	void *foreign_loops[1];
 	device_loop *d = calloc(1, sizeof *d);
 	int rc;
 
 	if (!d)
 		return tn_err(err, TN_ENOMEM, "out of memory");
 	d->opt = *opt;
+	d->listen_fd = -1;
 	d->st = st;
 	d->reg = reg;
 	pthread_mutex_init(&d->lock, NULL);
-	d->retry.secs_since_valid_ping = (uint16_t)opt->ping_interval;
-	d->retry.secs_since_valid_hangup = (uint16_t)opt->idle_timeout;
 
-	memset(&info, 0, sizeof info);
-	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
-	if (opt->tls_cert)
-		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
-	info.fd_limit_per_thread = device__fd_budget();
-	d->max_conns = (int)info.fd_limit_per_thread - DEVICE_FD_SLACK;
-	d->ctx = lws_create_context(&info);
-	if (!d->ctx) {
-		rc = tn_err(err, TN_EIO, "cannot create the libwebsockets context");
+	/* lws's own poll() loop scans every connection on every pass: with
+	 * thousands held, that was a third of the CPU of a connect
+	 * (docs/performance.md).  Its libev plugin waits with epoll instead;
+	 * the loop is ours (a "foreign" loop) so that the thread can stop
+	 * between passes. */
+	d->ev = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+	if (!d->ev) {
+		rc = tn_err(err, TN_EIO, "cannot create the device event loop");
 		goto fail;
 	}
+	foreign_loops[0] = d->ev;
 	memset(&info, 0, sizeof info);
-	info.port = opt->port ? opt->port : CONTEXT_PORT_NO_LISTEN_SERVER;
-	if (opt->port == 0)
-		info.port = 0; /* lws binds an ephemeral port for 0 */
-	info.iface = opt->bind;
+	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_LIBEV;
+	info.foreign_loops = foreign_loops;
+	if (opt->tls_cert)
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+	/* lws gets the whole limit: below it, lws finds a socket's connection
+	 * by a linear scan of its table on every event instead of by index.
+	 * tenderd's own cap (a quarter kept for the rest) is max_conns. */
+	info.fd_limit_per_thread = device__fd_limit();
+	d->max_sockets = (int)device__fd_budget();
+	d->max_conns = d->max_sockets - DEVICE_FD_SLACK;
+	d->ctx = lws_create_context(&info);
+	if (!d->ctx) {
+		rc = tn_err(err, TN_EIO, "cannot create the libwebsockets context (is its libev plugin, "
+			    "Debian's libwebsockets-evlib-ev, installed?)");
+		goto fail;
+	}
+	if ((rc = device__listen(d, opt->bind, opt->port, err)))
+		goto fail;
+	memset(&info, 0, sizeof info);
+	info.port = CONTEXT_PORT_NO_LISTEN_SERVER; /* see device__accept_cb */
 	info.protocols = device__protocols;
 	info.vhost_name = "devices";
 	info.user = d;
-	info.retry_and_idle_policy = &d->retry;
+	/* No lws validity timers: the keepalive is ours (device__expire). */
+	static const lws_retry_bo_t no_validity_timers = { .secs_since_valid_hangup = 0 };
+	info.retry_and_idle_policy = &no_validity_timers;
 	info.timeout_secs = 10; /* for the handshake */
-	if (!strchr(opt->bind, ':'))
-		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
 	if (opt->tls_cert) {
 		/* A chain file: lws loads it with SSL_CTX_use_certificate_chain_file.
 		 * A plain ws client on this port fails its handshake. */
@@ -856,12 +1063,10 @@ int device_loop_start(device_loop **out, const device_loop_options *opt, store *
 	}
 	d->vhost = lws_create_vhost(d->ctx, &info);
 	if (!d->vhost) {
-		rc = tn_err(err, TN_EIO, "cannot listen on %s port %d for devices (in use, a bad "
-			    "--bind address%s?)", opt->bind, opt->port,
-			    opt->tls_cert ? ", or --tls-cert/--tls-key refused by OpenSSL" : "");
+		rc = tn_err(err, TN_EIO, "cannot set up the device endpoint%s",
+			    opt->tls_cert ? " (--tls-cert/--tls-key refused by OpenSSL?)" : "");
 		goto fail;
 	}
-	d->port = lws_get_vhost_listen_port(d->vhost);
 	if (opt->enroll)
 		enroll_set_done(opt->enroll, device__enroll_done, d);
 	if (pthread_create(&d->thread, NULL, device__thread, d) != 0) {
@@ -873,6 +1078,10 @@ int device_loop_start(device_loop **out, const device_loop_options *opt, store *
 fail:
 	if (d->ctx)
 		lws_context_destroy(d->ctx);
+	if (d->ev)
+		ev_loop_destroy(d->ev);
+	if (d->listen_fd >= 0)
+		close(d->listen_fd);
 	pthread_mutex_destroy(&d->lock);
 	free(d);
 	return rc;
@@ -934,6 +1143,8 @@ void device_loop_stop(device_loop *d)
 	/* Connections still open after the grace period close here; their
 	 * CLOSED callbacks still log "Device disconnected". */
 	lws_context_destroy(d->ctx);
+	ev_loop_destroy(d->ev);
+	close(d->listen_fd);
 	struct cmd *cmd = d->cmds;
 	while (cmd) {
 		struct cmd *next = cmd->next;

@@ -125,6 +125,7 @@ static void enroll__one(enroller *e, struct request *r)
 
 static void *enroll__main(void *arg)
 {
+	pthread_setname_np(pthread_self(), "tn-enroll"); /* for top -H, perf, gdb */
 	enroller *e = arg;
 	pthread_mutex_lock(&e->lock);
 	for (;;) {

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 
 PKGS="build-essential autoconf automake pkg-config \
-  libwebsockets-dev libmicrohttpd-dev libsqlite3-dev libjansson-dev liblua5.4-dev \
+  libwebsockets-dev libwebsockets-evlib-ev libev-dev libmicrohttpd-dev libsqlite3-dev libjansson-dev liblua5.4-dev \
   libssl-dev libcurl4-openssl-dev check nodejs node-ws curl sqlite3 openssl"
 # only for `test`: the libFuzzer runs, the browser tests (Debian's
 # chromium driven by playwright-core from the npm registry), tools/valgrind.sh

@@ -165,6 +165,32 @@ START_TEST(vanished_device_goes_offline_within_idle_timeout)
 }
 END_TEST
 
+/* The other half of the keepalive: a device that sends nothing but answers
+ * the server's pings stays online well past the idle timeout. */
+START_TEST(quiet_device_answering_pings_stays_online)
+{
+	th_server s;
+	th_server_start(&s, "--idle-timeout 3");
+	char *secret = th_register(&s, DEV1, NULL);
+	const char *out = th_tmp(&s, "node.out");
+	char *const argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"),
+			       "connect", s.ws_url, "hello", DEV1, secret, "expect", "welcome",
+			       "hold", NULL };
+	pid_t pid = th_spawn(argv, out);
+	ck_assert_int_eq(th_wait_file(out, "welcome", 10000), 0);
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 1, 5000), 0);
+	/* Three idle timeouts without a frame from the device (the ws library
+	 * answers pings by itself). */
+	sleep(9);
+	ck_assert_int_eq(th_count_events(&s, DEV1, "Device disconnected"), 0);
+	ck_assert_int_eq(th_wait_online(&s, DEV1, 1, 1000), 0);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	free(secret);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 START_TEST(second_connection_replaces_the_first)
 {
 	th_server s;
@@ -479,7 +505,7 @@ int main(void)
 	const TTest *tests[] = {
 		tender_sim_connects_logs_and_disconnects,
 		node_client_connects_and_logs,
-		vanished_device_goes_offline_within_idle_timeout,
+		vanished_device_goes_offline_within_idle_timeout, quiet_device_answering_pings_stays_online,
 		second_connection_replaces_the_first,
 		list_filter_page_patch_delete,
 		log_history_pages_newest_last,
