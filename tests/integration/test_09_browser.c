@@ -2,9 +2,11 @@
  * driven by playwright-core from tests/browser) against the dashboard tenderd
  * serves: EventSource live lines; keyboard-only sign-in, a 401 and a viewer's
  * 403; a device coming online without a reload, its log, deploying agent code
- * and a compile error; a rollout's plan with the block reason; paging, search
- * and filters; phone and laptop widths; the README's screenshots
- * (tools/screenshots.sh).  Each case sets up the server and
+ * and a compile error; a rollout's plan with the block reason; pausing and
+ * resuming a rollout; paging, search and filters, also over 10,000 devices;
+ * no devices and an unreachable tenderd; phone and laptop widths; the
+ * README's screenshots (tools/screenshots.sh); and, with curl, log streams'
+ * "types" filter that the fleet view uses.  Each case sets up the server and
  * simulated devices, then runs one scenario of tests/browser/dashboard.js.
  * Screenshots go to $TN_BUILDDIR/tests/integration/screenshots/.  Skipped
  * (exit 77) only where chromium or playwright-core is not installed;
