@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <ev.h>
 #include <jansson.h>
 #include <libwebsockets.h>
 #include <openssl/evp.h>
@@ -250,6 +251,7 @@ struct sim {
 	size_t n_devs;
 	uint64_t log_limit, msg_limit;		/* frames per device; UINT64_MAX: no limit */
 	struct lws_context *ctx;
+	struct ev_loop *ev;			/* lws runs on it (epoll), a pass at a time */
 	lws_sorted_usec_list_t cron;
 	lws_usec_t deadline, stall_at, close_deadline;	/* 0: none */
 	enum sim_stop stop;
@@ -2025,6 +2027,11 @@ static void sim__dev_connect(struct sim *sim, struct sim_dev *d)
 			(sim->o.insecure ? LCCSCF_ALLOW_SELFSIGNED | LCCSCF_ALLOW_EXPIRED |
 			 LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK | LCCSCF_ALLOW_INSECURE : 0);
 	ci.opaque_user_data = d;
+	/* No lws validity timer: lws keeps its timers in one sorted list and
+	 * re-inserts a connection's at every frame it receives (O(devices) a
+	 * frame).  The server pings; lws answers by itself. */
+	static const lws_retry_bo_t no_validity_timers = { .secs_since_valid_hangup = 0 };
+	ci.retry_and_idle_policy = &no_validity_timers;
 	sim__dev_set_state(sim, d, SIM_CONNECTING);
 	wsi = lws_client_connect_via_info(&ci);
 	/* A failure may have been reported from inside the call already. */
@@ -2716,7 +2723,17 @@ static int sim__start(struct sim *sim, unsigned fd_limit)
 	if (sim->o.verbose)
 		levels |= LLL_NOTICE | LLL_INFO | LLL_CLIENT;
 	lws_set_log_level(levels, sim__lws_log);
+	/* lws's poll() loop scans every socket at every wake-up: on libev
+	 * (epoll) a wake-up costs what is ready, whatever the device count. */
+	sim->ev = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
+	if (!sim->ev) {
+		sim__err("cannot create the event loop");
+		return -1;
+	}
+	void *foreign_loops[1] = { sim->ev };
 	memset(&info, 0, sizeof(info));
+	info.options = LWS_SERVER_OPTION_LIBEV;
+	info.foreign_loops = foreign_loops;
 	info.port = CONTEXT_PORT_NO_LISTEN;
 	info.protocols = sim_protocols;
 	info.fd_limit_per_thread = fd_limit;
@@ -2730,7 +2747,8 @@ static int sim__start(struct sim *sim, unsigned fd_limit)
 	/* no info.extensions: permessage-deflate stays off */
 	sim->ctx = lws_create_context(&info);
 	if (!sim->ctx) {
-		sim__err("cannot create the libwebsockets context");
+		sim__err("cannot create the libwebsockets context (is Debian's "
+			 "libwebsockets-evlib-ev installed?)");
 		return -1;
 	}
 	sim->n_state[SIM_IDLE] = sim->n_devs;
@@ -2841,13 +2859,12 @@ int main(int argc, char **argv)
 			sim__cron_soon(&sim);
 		if (sim.stall_now)
 			sim__stall(&sim);
-		rc = lws_service(sim.ctx, 0);
+		ev_run(sim.ev, EVRUN_ONCE);
 	}
 	sim.destroying = true;
 	lws_sul_cancel(&sim.cron);
 	lws_context_destroy(sim.ctx);
-	if (rc)
-		sim__err("lws_service failed");
+	ev_loop_destroy(sim.ev);
 	rc = rc ? 1 : sim__exit_status(&sim);
 	if (sim.stop == SIM_STOP_DONE && sim.all_finished)
 		sim__event(&sim, "done");
