@@ -12,7 +12,8 @@
  *   u32 n + n timers (u32 id, i64 due_in_ms, i64 every_ms),
  *   u32 n + n events (u8 kind, then by kind: conn u64 | text name, opt text
  *   data | u64 reply, text method, path, query, bytes body, u32 pairs, text
- *   name and value per pair | i32 target | u64 reply | nothing).
+ *   name and value per pair | i32 target | u64 reply (info, delete) |
+ *   nothing).
  *
  * The decoder trusts nothing: every length is checked against what is left
  * and against its limit before anything is allocated, so a hostile envelope
@@ -123,6 +124,7 @@ static void wr__event(struct wr *w, const agent_env_event *e)
 		wr__u32(w, (uint32_t)e->target);
 		break;
 	case AGENT_ENV_INFO:
+	case AGENT_ENV_DELETE:
 		wr__u64(w, e->reply);
 		break;
 	default: /* RELOAD, RESTART: the kind says it all */
@@ -344,6 +346,9 @@ static void rd__event(struct rd *r, agent_env_event *e)
 		break;
 	case AGENT_ENV_INFO:
 		e->reply = rd__u64(r, "an info request's reply handle");
+		break;
+	case AGENT_ENV_DELETE:
+		e->reply = rd__u64(r, "a delete's reply handle");
 		break;
 	default:
 		if (!r->failed) {

@@ -35,6 +35,7 @@ enum {
 	AGENT_ENV_RESTART,
 	AGENT_ENV_MIGRATE,      /* target */
 	AGENT_ENV_INFO,         /* reply */
+	AGENT_ENV_DELETE,       /* reply: the device was deleted, the agent goes */
 	AGENT_ENV_KINDS
 };
 

@@ -53,7 +53,7 @@ static const char *const sup__states[] = {
 
 enum ev_kind {
 	EV_ONLINE, EV_OFFLINE, EV_MSG, EV_HTTP, EV_RELOAD, EV_RESTART, EV_MIGRATE_OUT, EV_MIGRATE_IN,
-	EV_INFO, EV_STOP_ALL, EV_ADOPT,
+	EV_INFO, EV_STOP_ALL, EV_ADOPT, EV_DELETE,
 };
 
 struct sup_info_wait {
@@ -83,7 +83,7 @@ struct ev {
 	char **http_headers;
 	sup_http_done done;
 	void *done_arg;
-	struct sup_info_wait *wait;    /* EV_INFO */
+	struct sup_info_wait *wait;    /* EV_INFO, EV_DELETE */
 };
 
 /* CPU time used in the last second, for rebalancing: a sliding window made
@@ -323,7 +323,7 @@ static void sup__refuse(struct ev *e, int status, const char *code, const char *
 		int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, why);
 		e->done(e->done_arg, status, NULL, body, (size_t)n);
 		e->done = NULL;
-	} else if (e->kind == EV_INFO && e->wait) {
+	} else if (e->wait) {
 		sup__wake(e->wait, NULL);
 		e->wait = NULL;
 	}
@@ -345,6 +345,8 @@ static int sup__wants_agent(supervisor *s, struct ev *e, struct agent **found)
 			idmap_put(&s->seen, e->device, SUP_SEEN(e->conn, 0), &oom);
 		return 0;
 	}
+	if (e->kind == EV_DELETE)
+		return 0; /* nothing to delete */
 	if (e->kind != EV_ONLINE && e->kind != EV_MSG)
 		return 1;
 	/* Seen online without an agent: its group had no code at its hello, and
@@ -481,6 +483,7 @@ static void sup__route(supervisor *s, struct ev *e)
 	struct agent *a = s->stopping ? NULL : idmap_get(&s->route, e->device);
 	if (!a && !s->stopping && !sup__wants_agent(s, e, &a)) {
 		pthread_mutex_unlock(&s->route_lock);
+		sup__refuse(e, 404, "not_found", "no such agent");
 		sup__ev_free(e);
 		return;
 	}
@@ -965,7 +968,7 @@ static int sup__env_events(supervisor *s, agent_env *env, struct ev *carried)
 	static const int kinds[] = {
 		[EV_ONLINE] = AGENT_ENV_ONLINE, [EV_OFFLINE] = AGENT_ENV_OFFLINE, [EV_MSG] = AGENT_ENV_MSG,
 		[EV_HTTP] = AGENT_ENV_HTTP, [EV_RELOAD] = AGENT_ENV_RELOAD, [EV_RESTART] = AGENT_ENV_RESTART,
-		[EV_MIGRATE_OUT] = AGENT_ENV_MIGRATE, [EV_INFO] = AGENT_ENV_INFO,
+		[EV_MIGRATE_OUT] = AGENT_ENV_MIGRATE, [EV_INFO] = AGENT_ENV_INFO, [EV_DELETE] = AGENT_ENV_DELETE,
 	};
 	uint32_t n = 0;
 	for (struct ev *e = carried; e; e = e->next)
@@ -989,7 +992,8 @@ static int sup__env_events(supervisor *s, agent_env *env, struct ev *carried)
 			while (x->headers && x->headers[2 * x->nheaders] && x->headers[2 * x->nheaders + 1])
 				x->nheaders++;
 		}
-		if ((e->kind == EV_HTTP || e->kind == EV_INFO) && !(x->reply = sup__reply_put(s, e)))
+		int replied = e->kind == EV_HTTP || e->kind == EV_INFO || e->kind == EV_DELETE;
+		if (replied && !(x->reply = sup__reply_put(s, e)))
 			return -1;
 	}
 	return 0;
@@ -1146,12 +1150,12 @@ static struct ev *sup__ev_from_env(supervisor *s, uint64_t device, agent_env_eve
 	static const enum ev_kind kinds[] = {
 		[AGENT_ENV_ONLINE] = EV_ONLINE, [AGENT_ENV_OFFLINE] = EV_OFFLINE, [AGENT_ENV_MSG] = EV_MSG,
 		[AGENT_ENV_HTTP] = EV_HTTP, [AGENT_ENV_RELOAD] = EV_RELOAD, [AGENT_ENV_RESTART] = EV_RESTART,
-		[AGENT_ENV_MIGRATE] = EV_MIGRATE_OUT, [AGENT_ENV_INFO] = EV_INFO,
+		[AGENT_ENV_MIGRATE] = EV_MIGRATE_OUT, [AGENT_ENV_INFO] = EV_INFO, [AGENT_ENV_DELETE] = EV_DELETE,
 	};
+	int replied = x->kind == AGENT_ENV_HTTP || x->kind == AGENT_ENV_INFO || x->kind == AGENT_ENV_DELETE;
 	struct ev *e = sup__ev(kinds[x->kind], device);
-	struct sup_reply *r = (x->kind == AGENT_ENV_HTTP || x->kind == AGENT_ENV_INFO) ? sup__reply_take(s, x->reply)
-										   : NULL;
-	if (!e || ((x->kind == AGENT_ENV_HTTP || x->kind == AGENT_ENV_INFO) && !r)) {
+	struct sup_reply *r = replied ? sup__reply_take(s, x->reply) : NULL;
+	if (!e || (replied && !r)) {
 		free(e);
 		if (r)
 			sup__reply_fail(r);
@@ -1345,6 +1349,27 @@ static void sup__migrate_in(struct worker *w, struct ev *e)
 	sup__move_losses(a, e, lost, NULL);
 }
 
+static void sup__free_agent(void *arg, uint64_t key, void *val);
+
+/* EV_DELETE: the device is gone; its agent stops (no status line: the log
+ * went with the device) and is forgotten, timers, queued messages and all. */
+static void sup__delete(struct worker *w, struct ev *e)
+{
+	supervisor *s = w->sup;
+	struct agent *a = idmap_get(&w->local, e->device);
+	if (!a) /* gone already (a move takes a delete along, in order) */
+		return;
+	idmap_del(&w->local, a->device);
+	pthread_mutex_lock(&s->route_lock);
+	idmap_del(&s->route, a->device);
+	w->nagents--;
+	pthread_mutex_unlock(&s->route_lock);
+	log_info("agent of %s stopped and forgotten: the device was deleted", a->hex);
+	sup__free_agent(NULL, 0, a);
+	sup__wake(e->wait, NULL);
+	e->wait = NULL;
+}
+
 /* Handles one event; returns the agent it ran, if any (its work is counted
  * for rebalancing). */
 static struct agent *sup__handle(struct worker *w, struct ev *e)
@@ -1360,6 +1385,10 @@ static struct agent *sup__handle(struct worker *w, struct ev *e)
 	}
 	if (w->stopped) { /* after EV_STOP_ALL nothing is routed here; just in case */
 		sup__refuse(e, 503, "unavailable", "the server is shutting down");
+		return NULL;
+	}
+	if (e->kind == EV_DELETE) {
+		sup__delete(w, e);
 		return NULL;
 	}
 	struct agent *a = idmap_get(&w->local, e->device);
@@ -1525,6 +1554,8 @@ static void *sup__worker_main(void *arg)
 			}
 			int64_t cpu = sup__cpu_us();
 			struct agent *ran = sup__handle(w, e);
+			if (e->wait) /* a delete with nothing to delete */
+				sup__wake(e->wait, NULL);
 			sup__ev_free(e);
 			sup__charge(w, ran, sup__cpu_us() - cpu);
 		}
@@ -1759,6 +1790,62 @@ int sup_restart(supervisor *s, uint64_t device, tn_error *err)
 		return tn_err(err, TN_ENOMEM, "out of memory");
 	sup__route(s, e);
 	return 0;
+}
+
+struct sup__forget {
+	uint64_t id;
+	char hex[17];
+};
+
+/* What the agent saved or logged after the device's rows went (unless the
+ * id was registered again meanwhile). */
+static int sup__forget_tx(sqlite3 *db, void *arg, tn_error *err)
+{
+	static const char *const sql[] = {
+		"DELETE FROM agent_state WHERE device = ?1 AND NOT EXISTS (SELECT 1 FROM devices WHERE id = ?1)",
+		"DELETE FROM events WHERE device = ?2 AND NOT EXISTS (SELECT 1 FROM devices WHERE id = ?1)",
+	};
+	struct sup__forget *f = arg;
+	for (size_t i = 0; i < sizeof sql / sizeof *sql; i++) {
+		sqlite3_stmt *q;
+		if (sqlite3_prepare_v2(db, sql[i], -1, &q, NULL))
+			return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+		sqlite3_bind_text(q, 1, f->hex, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(q, 2, (int64_t)f->id);
+		int rc = sqlite3_step(q);
+		sqlite3_finalize(q);
+		if (rc != SQLITE_DONE)
+			return tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
+	}
+	return 0;
+}
+
+void sup_device_deleted(supervisor *s, uint64_t device)
+{
+	pthread_mutex_lock(&s->route_lock);
+	idmap_del(&s->seen, device);
+	int known = idmap_get(&s->route, device) != NULL;
+	pthread_mutex_unlock(&s->route_lock);
+	struct ev *e = known ? sup__ev(EV_DELETE, device) : NULL;
+	if (e) {
+		struct sup_info_wait wait = { .done = 0 };
+		pthread_mutex_init(&wait.lock, NULL);
+		pthread_cond_init(&wait.cond, NULL);
+		e->wait = &wait;
+		sup__route(s, e);
+		pthread_mutex_lock(&wait.lock);
+		while (!wait.done)
+			pthread_cond_wait(&wait.cond, &wait.lock);
+		pthread_mutex_unlock(&wait.lock);
+		pthread_mutex_destroy(&wait.lock);
+		pthread_cond_destroy(&wait.cond);
+	}
+	/* The agent can write no more: clear what it wrote since the delete. */
+	struct sup__forget f = { .id = device };
+	tn_error err = { 0 };
+	tn_device_id_format(device, f.hex);
+	if (store_sync(s->st, sup__forget_tx, &f, &err))
+		log_warn("device %s deleted: its agent's last state or lines stay: %s", f.hex, err.msg);
 }
 
 int sup_workers(const supervisor *s)

@@ -35,6 +35,13 @@ void sup_device_online(supervisor *s, uint64_t device, uint64_t conn);
 void sup_device_offline(supervisor *s, uint64_t device, uint64_t conn);
 void sup_device_message(supervisor *s, uint64_t device, const char *name, const char *data_json);
 
+/* The device was deleted (call after its rows are gone from the store, so
+ * that nothing starts its agent again): its agent stops -- no status line,
+ * its log went with it -- and is forgotten with its timers and queued
+ * messages, and what it saved or logged meanwhile is removed.  Returns when
+ * that is done. */
+void sup_device_deleted(supervisor *s, uint64_t device);
+
 /* Deploys `source` as the agent code of `group`: refused with line numbers if
  * it does not compile (nothing deployed); otherwise stored, and every running
  * agent of the group restarts with it ("Agent restarted: reload."). */

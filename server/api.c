@@ -531,6 +531,7 @@ static enum MHD_Result api__device_delete(struct req *r, uint64_t id)
 		return api__store_error(r, &err);
 	registry_remove(r->a->reg, id);
 	device_loop_kick(r->a->dev, id, 4002, "device deleted", 1);
+	sup_device_deleted(r->a->sup, id); /* its agent, timers and saved state go too */
 	return api__send(r, 204, "application/json", strdup(""), 0);
 }
 

@@ -5,7 +5,7 @@
  * (and the out-of-memory restart with its backoff), messages queued for an
  * offline device (and the bound on them), the management API (the agent's
  * fields, restart, a refused deploy, a group change, 404 and 500 over HTTP),
- * tenderctl, migration answers, migration under traffic (with timers moving
+ * deleting a device stops its agent, tenderctl, migration answers, migration under traffic (with timers moving
  * along), rebalancing of a busy worker, and a catastrophic pattern stopped by
  * the budget.  T07_ONLY=name,name runs some of them. */
 #define _GNU_SOURCE
@@ -508,6 +508,65 @@ START_TEST(the_offline_queue_drops_the_oldest)
 	free(out);
 	free(aid);
 	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* DELETE /v1/devices/{id} stops its agent and forgets it: its timer stops
+ * saving and logging, and a device registered again with the id starts
+ * with nothing of the old one's. */
+START_TEST(deleting_a_device_stops_its_agent)
+{
+	static const char *ticker =
+		"local n = 0\n"
+		"timer.every(0.05, function() n = n + 1 server.save({n = n}) server.log('tick ' .. n) end)\n"
+		"http.onrequest(function(req, res) res.send(200, {saved = server.load() or 'nothing'}) end)\n";
+	th_server s;
+	th_server_start(&s, "--agent-workers 2");
+	deploy(&s, "lab", ticker, 200);
+	char *sec = th_register(&s, DEV1, "lab"), *aid = agent_id_of(&s, DEV1);
+	th_resp r;
+	agent_get(&s, aid, "/", &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "agent", "tick 3", 5000), 1);
+	th_http(&s, "DELETE", "/v1/devices/" DEV1, NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 204);
+	th_resp_free(&r);
+	th_http(&s, "GET", "/v1/devices/" DEV1 "/agent", NULL, NULL, NULL, &r);
+	ck_assert_int_eq(r.status, 404);
+	th_resp_free(&r);
+	agent_get(&s, aid, "/", &r);
+	ck_assert_int_eq(r.status, 404);
+	th_resp_free(&r);
+
+	/* The id again, in a group without code: nothing of the old agent's
+	 * (its timer ticked every 50 ms). */
+	char *sec2 = th_register(&s, DEV1, "none"), *aid2 = agent_id_of(&s, DEV1);
+	ck_assert_str_ne(aid, aid2);
+	usleep(500 * 1000);
+	json_t *page = th_get_json(&s, "/v1/devices/" DEV1 "/logs?limit=1000", 200), *ev;
+	size_t i;
+	json_array_foreach(json_object_get(page, "events"), i, ev)
+		ck_assert_msg(strncmp(json_string_value(json_object_get(ev, "msg")), "tick", 4) != 0,
+			      "the deleted device's agent still runs: %s", json_string_value(json_object_get(ev, "msg")));
+	json_decref(page);
+	json_t *info = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(info, "state")), "not started");
+	json_decref(info);
+	/* Into the group with code: a new agent, with no saved state. */
+	th_http(&s, "PATCH", "/v1/devices/" DEV1, NULL, "{\"group\":\"lab\"}", NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+	agent_get(&s, aid2, "/", &r);
+	ck_assert_int_eq(r.status, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(r.json, "saved")), "nothing");
+	th_resp_free(&r);
+	ck_assert_int_eq(th_count_events(&s, DEV1, "Agent started."), 1);
+	free(aid);
+	free(aid2);
+	free(sec);
+	free(sec2);
 	th_server_cleanup(&s);
 }
 END_TEST
@@ -1049,6 +1108,7 @@ int main(void)
 		tender_sim_scripted_round_trips,
 		agent_management,
 		the_offline_queue_drops_the_oldest,
+		deleting_a_device_stops_its_agent,
 		deploy_starts_agents_of_online_devices,
 	};
 	/* T07_ONLY=name,name runs only those tests (while working on one). */

@@ -16,10 +16,10 @@ static char *frames[] = { "{\"type\":\"msg\",\"name\":\"a\",\"data\":1}", "{\"ty
 static agent_env_timer timers[] = { { 1, 5000, 5000 }, { 7, -20, 0 }, { 9, 1, 60000 } };
 
 /* An envelope with every field and every kind of event. */
-static void full(agent_env *env, agent_env_event ev[8])
+static void full(agent_env *env, agent_env_event ev[9])
 {
 	memset(env, 0, sizeof *env);
-	memset(ev, 0, 8 * sizeof *ev);
+	memset(ev, 0, 9 * sizeof *ev);
 	env->device = 0x00000000000a0001ULL;
 	env->agent_id = "ag_5kq0abc";
 	env->group = "thermo";
@@ -50,8 +50,9 @@ static void full(agent_env *env, agent_env_event ev[8])
 	ev[5] = (agent_env_event){ .kind = AGENT_ENV_RESTART };
 	ev[6] = (agent_env_event){ .kind = AGENT_ENV_MIGRATE, .target = 3 };
 	ev[7] = (agent_env_event){ .kind = AGENT_ENV_INFO, .reply = 43 };
+	ev[8] = (agent_env_event){ .kind = AGENT_ENV_DELETE, .reply = 44 };
 	env->ev = ev;
-	env->nev = 8;
+	env->nev = 9;
 }
 
 static uint8_t *encode(const agent_env *env, size_t *len)
@@ -84,7 +85,7 @@ static void put_u32(uint8_t *p, uint32_t v)
 START_TEST(round_trip)
 {
 	agent_env in, out;
-	agent_env_event ev[8];
+	agent_env_event ev[9];
 	tn_error err = { 0 };
 	size_t len, len2;
 	full(&in, ev);
@@ -115,8 +116,8 @@ START_TEST(round_trip)
 		ck_assert_int_eq(out.timers[i].due_in_ms, timers[i].due_in_ms);
 		ck_assert_int_eq(out.timers[i].every_ms, timers[i].every_ms);
 	}
-	ck_assert_uint_eq(out.nev, 8);
-	for (int i = 0; i < 8; i++)
+	ck_assert_uint_eq(out.nev, 9);
+	for (int i = 0; i < 9; i++)
 		ck_assert_int_eq(out.ev[i].kind, ev[i].kind);
 	ck_assert_uint_eq(out.ev[0].conn, 5);
 	ck_assert_str_eq(out.ev[1].name, "reading");
@@ -134,6 +135,7 @@ START_TEST(round_trip)
 	ck_assert_ptr_null(out.ev[3].headers[4]);
 	ck_assert_int_eq(out.ev[6].target, 3);
 	ck_assert_uint_eq(out.ev[7].reply, 43);
+	ck_assert_uint_eq(out.ev[8].reply, 44);
 	/* What decodes encodes back to the same bytes. */
 	uint8_t *again = encode(&out, &len2);
 	ck_assert_uint_eq(len2, len);
@@ -166,7 +168,7 @@ END_TEST
 START_TEST(every_truncation_is_refused)
 {
 	agent_env in;
-	agent_env_event ev[8];
+	agent_env_event ev[9];
 	size_t len;
 	full(&in, ev);
 	uint8_t *buf = encode(&in, &len);
@@ -190,7 +192,7 @@ enum { OFF_DEVICE = 12, OFF_AGENT_ID = 20 };
 START_TEST(corrupt_lengths_are_refused)
 {
 	agent_env in;
-	agent_env_event ev[8];
+	agent_env_event ev[9];
 	size_t len;
 	full(&in, ev);
 	uint8_t *buf = encode(&in, &len);
@@ -262,7 +264,7 @@ END_TEST
 START_TEST(malformed_envelopes_are_refused)
 {
 	agent_env in;
-	agent_env_event ev[8];
+	agent_env_event ev[9];
 	size_t len;
 	full(&in, ev);
 	uint8_t *buf = encode(&in, &len);
@@ -316,7 +318,7 @@ END_TEST
 START_TEST(encoding_past_the_limits_is_refused)
 {
 	agent_env in;
-	agent_env_event ev[8];
+	agent_env_event ev[9];
 	uint8_t *buf = NULL;
 	size_t len = 0;
 	tn_error err = { 0 };

@@ -10,7 +10,8 @@
  * ends with one stop line, every HTTP caller is answered) while events keep
  * coming; a move from another node (no Lua state: the cross-node rebuild,
  * with the same code and with other code); a move whose envelope does not
- * decode, or that lost an event, answers every caller and says so. */
+ * decode, or that lost an event, answers every caller and says so; a
+ * delete of an agent moving between workers. */
 #include "supervisor.c"
 
 #include <check.h>
@@ -518,6 +519,61 @@ START_TEST(a_move_answers_a_caller_whose_event_was_lost)
 }
 END_TEST
 
+/* --- deleting ------------------------------------------------------------------------ */
+
+struct mover {
+	uint64_t device;
+	_Atomic int stop;
+};
+
+static void *mover_main(void *arg)
+{
+	struct mover *m = arg;
+	while (!atomic_load(&m->stop)) {
+		int from, to;
+		tn_error err = { 0 };
+		sup_migrate(sup, m->device, -1, &from, &to, &err);
+		sup_device_message(sup, m->device, "ping", "1");
+		json_decref(sup_agent_info(sup, m->device)); /* waits: no backlog builds up */
+	}
+	return NULL;
+}
+
+/* A delete finds its agent even while it keeps moving between workers (a
+ * move takes the delete along, in order with the other events), and
+ * afterwards the agent is gone: no entry, nothing running, nothing saved. */
+START_TEST(a_delete_follows_a_moving_agent)
+{
+	start_sup(3);
+	deploy("lab", "device.on('ping', function() server.save({n = 1}) end)\n"
+		      "timer.every(0.01, function() end)\n");
+	for (unsigned n = 0; n < 20; n++) {
+		uint64_t dev = add_device(100 + n, "lab");
+		sup_device_online(sup, dev, 1);
+		struct mover m = { .device = dev };
+		pthread_t t;
+		ck_assert_int_eq(pthread_create(&t, NULL, mover_main, &m), 0);
+		usleep(20 * 1000);
+		tn_error err = { 0 };
+		ck_assert_int_eq(store_device_delete(st, dev, &err), 0);
+		sup_device_deleted(sup, dev);
+		atomic_store(&m.stop, 1);
+		pthread_join(t, NULL);
+		pthread_mutex_lock(&sup->route_lock);
+		ck_assert_ptr_null(idmap_get(&sup->route, dev));
+		pthread_mutex_unlock(&sup->route_lock);
+		json_t *info = info_of(dev);
+		ck_assert_str_eq(json_string_value(json_object_get(info, "state")), "not started");
+		json_decref(info);
+		char *saved = saved_of(dev);
+		ck_assert_ptr_null(saved);
+		json_t *lines = lines_of(dev, EV_STATUS);
+		ck_assert_uint_eq(json_array_size(lines), 0);
+		json_decref(lines);
+	}
+}
+END_TEST
+
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
 	return remove(path);
@@ -538,6 +594,7 @@ int main(void)
 	tcase_add_test(tc, a_move_from_another_node_with_other_code_re_arms_nothing);
 	tcase_add_test(tc, a_move_that_fails_answers_every_caller);
 	tcase_add_test(tc, a_move_answers_a_caller_whose_event_was_lost);
+	tcase_add_test(tc, a_delete_follows_a_moving_agent);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
