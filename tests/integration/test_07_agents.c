@@ -41,6 +41,8 @@ static const char *echo_agent =
 	"  if req.path == '/tick' then ticker = ticker or timer.every(0.05, function() ticks = ticks + 1 end) res.send(200, {ticks = ticks}) return end\n"
 	"  if req.path == '/arm' then timer.after(0.5, function() fired = (fired or 0) + 1 end) res.send(200) return end\n"
 	"  if req.path == '/fired' then res.send(200, {fired = fired or 0}) return end\n"
+	"  if req.path == '/req' then local n = 0 for _ in pairs(req.headers) do n = n + 1 end\n"
+	"    res.send(200, {query = req.query, headers = n, h1 = req.headers['x-h1']}) return end\n"
 	"  if req.path == '/push' then device.send('pushed', {n = tonumber(req.body)}) res.send(202, 'queued') return end\n"
 	"  res.send(404, 'nothing at ' .. req.path)\n"
 	"end)\n";
@@ -567,6 +569,48 @@ START_TEST(deleting_a_device_stops_its_agent)
 	free(aid2);
 	free(sec);
 	free(sec2);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* What an agent sees of a request (docs/agents.md, http): the query rebuilt
+ * from the decoded arguments, an argument without a value left out, at
+ * most 2047 bytes of it; the first 32 headers, names in lower case. */
+START_TEST(an_http_request_as_the_agent_sees_it)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	deploy(&s, "lab", echo_agent, 200);
+	char *sec = th_register(&s, DEV1, "lab"), *aid = agent_id_of(&s, DEV1);
+	char *url = malloc(4000), *argv[100];
+	int n = snprintf(url, 4000, "%s/agent/%s/req?flag&a=1&b=two%%20words&long=", s.http_url, aid);
+	memset(url + n, 'A', 3000);
+	url[n + 3000] = '\0';
+	char hdrs[40][24];
+	int k = 0;
+	argv[k++] = "/usr/bin/curl";
+	argv[k++] = "-s";
+	for (int i = 0; i < 40; i++) {
+		snprintf(hdrs[i], sizeof hdrs[i], "X-H%d: v%d", i + 1, i + 1);
+		argv[k++] = "-H";
+		argv[k++] = hdrs[i];
+	}
+	argv[k++] = url;
+	argv[k] = NULL;
+	char *out = NULL;
+	ck_assert_int_eq(th_run(argv, &out, 30), 0);
+	json_t *j = json_loads(out ? out : "", 0, NULL);
+	ck_assert_msg(j, "%s", out);
+	const char *q = json_string_value(json_object_get(j, "query"));
+	ck_assert_msg(q && strncmp(q, "a=1&b=two words&long=AAAA", 25) == 0, "%s", q);
+	ck_assert_uint_eq(strlen(q), 2047);
+	ck_assert_int_eq(json_integer_value(json_object_get(j, "headers")), 32);
+	ck_assert_str_eq(json_string_value(json_object_get(j, "h1")), "v1");
+	json_decref(j);
+	free(out);
+	free(url);
+	free(aid);
+	free(sec);
 	th_server_cleanup(&s);
 }
 END_TEST
@@ -1109,6 +1153,7 @@ int main(void)
 		agent_management,
 		the_offline_queue_drops_the_oldest,
 		deleting_a_device_stops_its_agent,
+		an_http_request_as_the_agent_sees_it,
 		deploy_starts_agents_of_online_devices,
 	};
 	/* T07_ONLY=name,name runs only those tests (while working on one). */
