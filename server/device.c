@@ -77,31 +77,37 @@ struct outmsg {
 
 enum conn_state { AWAIT_HELLO, ONLINE };
 
+/* One per connection, allocated by lws (per_session_data_size): kept small,
+ * since an idle device costs mostly this and lws's own state. */
 struct conn {
 	struct lws *wsi;
 	struct conn *prev, *next;      /* every connection, for shutdown */
-	enum conn_state state;
 	uint64_t id;
 	uint64_t serial;               /* this connection, once ONLINE (never reused) */
-	int replaced, forgotten;       /* closing without an offline event */
-	int closing, close_code;
-	char close_reason[124];         /* a close frame carries at most 123 bytes */
-	int bad_streak;
+	unsigned char state;           /* enum conn_state */
+	unsigned char replaced : 1, forgotten : 1; /* closing without an offline event */
+	unsigned char closing : 1, rx_binary : 1;
+	unsigned char bad_streak;      /* at most DEVICE_MAX_BAD_STREAK */
+	unsigned char tlist;           /* enum timing_list */
+	unsigned char ping_due;        /* a ping to write at the next WRITEABLE */
+	uint16_t close_code;
+	char *close_reason;            /* owned; at most 123 bytes, as a close frame */
 	char *rx;                      /* fragments of a frame so far, or NULL */
 	size_t rx_len;
-	int rx_binary;
 	struct outmsg *out_head, *out_tail;
 	size_t out_bytes;
 	device_loop *loop;
 	ratelimit logs;                /* log lines per second */
 	uint64_t ticket;               /* an enrollment under way, or 0 */
-	char *pending_hello;           /* its hello, parsed again once enrolled */
-	size_t pending_len;
+	struct pending_hello *pending; /* owned: its hello, parsed again once enrolled */
 	uint64_t ip_key;               /* its address, hashed: the key in per_ip */
 	struct conn *tprev, *tnext;    /* its place in d->timing[tlist] */
 	int64_t deadline;              /* tn_mono_ms() when the cron acts on it */
-	unsigned char tlist;           /* enum timing_list */
-	unsigned char ping_due;        /* a ping to write at the next WRITEABLE */
+};
+
+struct pending_hello {
+	size_t len;
+	char text[];
 };
 
 enum timing_list { T_NONE, T_HELLO, T_ACTIVE, T_PINGED, T_CLOSING, T_COUNT };
@@ -253,8 +259,9 @@ static void device__close(struct conn *c, int code, const char *reason)
 	if (c->closing && c->close_code)
 		return;
 	c->closing = 1;
-	c->close_code = code;
-	snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
+	c->close_code = (uint16_t)code;
+	free(c->close_reason);
+	c->close_reason = strndup(reason, 123); /* NULL: closed with the code alone */
 	lws_callback_on_writable(c->wsi);
 	/* Backstop: a peer that never lets us write still goes. */
 	device__time(c, T_CLOSING, DEVICE_CLOSE_BACKSTOP_MS);
@@ -295,11 +302,11 @@ static int device__on_hello(struct conn *c, const frame *f, const char *text, si
 		if (!d->opt.enroll || c->ticket)
 			return device__close_now(c->wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION,
 						 "enrollment refused: not available here");
-		c->pending_hello = malloc(len);
-		if (!c->pending_hello)
+		c->pending = malloc(sizeof *c->pending + len);
+		if (!c->pending)
 			return device__close_now(c->wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
-		memcpy(c->pending_hello, text, len);
-		c->pending_len = len;
+		memcpy(c->pending->text, text, len);
+		c->pending->len = len;
 		c->ticket = ++d->next_ticket;
 		idmap_put(&d->enrolling, c->ticket, c, &oom);
 		if (oom || enroll_request(d->opt.enroll, c->ticket, f->u.hello.id, f->u.hello.enroll)) {
@@ -715,8 +722,10 @@ static void device__on_closed(device_loop *d, struct conn *c)
 	device__untime(c);
 	if (c->ticket)
 		idmap_del(&d->enrolling, c->ticket);
-	free(c->pending_hello);
-	c->pending_hello = NULL;
+	free(c->pending);
+	c->pending = NULL;
+	free(c->close_reason);
+	c->close_reason = NULL;
 	if (c->state == ONLINE && idmap_get(&d->online, c->id) == c) {
 		idmap_del(&d->online, c->id);
 		metrics_add(M_DEVICES_CONNECTED, -1);
@@ -750,7 +759,7 @@ static void device__on_closed(device_loop *d, struct conn *c)
 static int device__on_writeable(struct conn *c, struct lws *wsi)
 {
 	if (c->closing && c->close_code)
-		return device__close_now(wsi, c->close_code, c->close_reason);
+		return device__close_now(wsi, c->close_code, c->close_reason ? c->close_reason : "");
 	if (c->ping_due) {
 		/* A payload: lws 4.1 does not pass an empty pong up to us. */
 		unsigned char ping[LWS_PRE + 4] = { [LWS_PRE] = 't', 'n', 'p', 'g' };
@@ -797,13 +806,13 @@ static void device__on_enrolled(device_loop *d, struct cmd *cmd)
 	frame f;
 	metrics_error_kind kind;
 	tn_error err;
-	if (frame_parse(c->pending_hello, c->pending_len, &f, &kind, &err) == 0) {
+	if (frame_parse(c->pending->text, c->pending->len, &f, &kind, &err) == 0) {
 		if (device__go_online(c, &f, (const char *)cmd->data) < 0)
 			device__close(c, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
 		frame_release(&f);
 	}
-	free(c->pending_hello);
-	c->pending_hello = NULL;
+	free(c->pending);
+	c->pending = NULL;
 }
 
 /* From the enroll thread: hand the answer to the loop. */
@@ -845,7 +854,7 @@ static void device__run_commands(device_loop *d)
 		next = cmd->next;
 		struct conn *c = idmap_get(&d->online, cmd->id);
 		if (cmd->kind == CMD_KICK && c) {
-			c->forgotten = cmd->forget;
+			c->forgotten = !!cmd->forget;
 			device__close(c, cmd->code, cmd->reason);
 		} else if (cmd->kind == CMD_SEND && c && c->serial == cmd->serial) {
 			device__queue(c, cmd->data, cmd->len, cmd->binary);
