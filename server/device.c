@@ -122,12 +122,16 @@ struct cmd {
 	int code, forget;
 	char reason[100];
 	uint64_t serial;               /* CMD_SEND: only on this connection */
-	int binary;
-	size_t len;
-	unsigned char *data;           /* CMD_SEND: owned; CMD_ENROLLED: the secret */
+	struct outmsg *msg;            /* CMD_SEND: owned, built by the sender */
+	char *secret;                  /* CMD_ENROLLED: owned */
 	uint64_t ticket;               /* CMD_ENROLLED */
 	int rc;
 };
+
+/* Frames of one connection written in one send() when several are queued
+ * (an agent answering a burst, firmware chunks): lws allows one write per
+ * WRITEABLE, and one syscall per frame was a quarter of the loop's time. */
+#define DEVICE_COALESCE_BYTES (64 * 1024)
 
 struct device_loop {
 	device_loop_options opt;
@@ -156,9 +160,11 @@ struct device_loop {
 	struct { struct conn *head, *tail; } timing[T_COUNT]; /* see the top of this file */
 	lws_sorted_usec_list_t cron;
 
+	unsigned char wbuf[LWS_PRE + DEVICE_COALESCE_BYTES]; /* service thread: frames coalesced */
+
 	/* any thread, under lock */
 	pthread_mutex_t lock;
-	struct cmd *cmds;
+	struct cmd *cmd_head, *cmd_tail; /* oldest first */
 	int stop_requested;
 };
 
@@ -208,12 +214,29 @@ static void device__heard(struct conn *c)
 
 static void device__close(struct conn *c, int code, const char *reason);
 
-static void device__queue(struct conn *c, const void *data, size_t len, int binary)
+static struct outmsg *device__msg_new(const void *data, size_t len, int binary)
 {
-	if (c->closing)
+	struct outmsg *m = malloc(sizeof *m + LWS_PRE + len);
+	if (!m)
+		return NULL;
+	m->next = NULL;
+	m->len = len;
+	m->binary = binary;
+	memcpy(m->buf + LWS_PRE, data, len);
+	return m;
+}
+
+/* Queues m (steals it) to be written to c. */
+static void device__queue_msg(struct conn *c, struct outmsg *m)
+{
+	size_t len = m->len;
+	if (c->closing) {
+		free(m);
 		return;
+	}
 	size_t cap = c->loop->opt.max_out_bytes ? c->loop->opt.max_out_bytes : DEVICE_MAX_OUT_BYTES;
 	if (c->out_bytes + len > cap) {
+		free(m);
 		/* A device that does not read cannot hold the server's memory. */
 		metrics_error(ERR_DEVICE_QUEUE_FULL);
 		log_info("device %016llx: send queue full (%zu bytes unsent): closing",
@@ -222,13 +245,6 @@ static void device__queue(struct conn *c, const void *data, size_t len, int bina
 		device__close(c, LWS_CLOSE_STATUS_POLICY_VIOLATION, "send queue full");
 		return;
 	}
-	struct outmsg *m = malloc(sizeof *m + LWS_PRE + len);
-	if (!m)
-		return;
-	m->next = NULL;
-	m->len = len;
-	m->binary = binary;
-	memcpy(m->buf + LWS_PRE, data, len);
 	if (c->out_tail)
 		c->out_tail->next = m;
 	else
@@ -236,6 +252,13 @@ static void device__queue(struct conn *c, const void *data, size_t len, int bina
 	c->out_tail = m;
 	c->out_bytes += len;
 	lws_callback_on_writable(c->wsi);
+}
+
+static void device__queue(struct conn *c, const void *data, size_t len, int binary)
+{
+	struct outmsg *m = c->closing ? NULL : device__msg_new(data, len, binary);
+	if (m)
+		device__queue_msg(c, m);
 }
 
 static void device__send_json(struct conn *c, json_t *obj)
@@ -756,6 +779,37 @@ static void device__on_closed(device_loop *d, struct conn *c)
 	c->wsi = NULL;
 }
 
+static void device__pop(struct conn *c)
+{
+	struct outmsg *m = c->out_head;
+	c->out_head = m->next;
+	if (!c->out_head)
+		c->out_tail = NULL;
+	c->out_bytes -= m->len;
+	free(m);
+}
+
+/* A WebSocket frame header (RFC 6455 5.2: FIN, opcode, unmasked length);
+ * returns its size (2, 4 or 10). */
+static size_t device__ws_header(unsigned char *p, size_t len, int binary)
+{
+	p[0] = 0x80 | (binary ? 0x2 : 0x1);
+	if (len < 126) {
+		p[1] = (unsigned char)len;
+		return 2;
+	}
+	if (len <= 0xffff) {
+		p[1] = 126;
+		p[2] = (unsigned char)(len >> 8);
+		p[3] = (unsigned char)len;
+		return 4;
+	}
+	p[1] = 127;
+	for (int i = 0; i < 8; i++)
+		p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+	return 10;
+}
+
 static int device__on_writeable(struct conn *c, struct lws *wsi)
 {
 	if (c->closing && c->close_code)
@@ -773,22 +827,56 @@ static int device__on_writeable(struct conn *c, struct lws *wsi)
 	struct outmsg *m = c->out_head;
 	if (!m)
 		return 0;
-	int n = lws_write(wsi, m->buf + LWS_PRE, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
-	if (n < (int)m->len)
-		return -1;
-	metrics_inc(M_FRAMES_OUT);
-	metrics_add(M_BYTES_OUT, (int64_t)m->len);
-	c->out_head = m->next;
-	if (!c->out_head)
-		c->out_tail = NULL;
-	c->out_bytes -= m->len;
-	free(m);
+	if (!m->next || m->len + m->next->len + 20 > DEVICE_COALESCE_BYTES) {
+		int n = lws_write(wsi, m->buf + LWS_PRE, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
+		if (n < (int)m->len)
+			return -1;
+		metrics_inc(M_FRAMES_OUT);
+		metrics_add(M_BYTES_OUT, (int64_t)m->len);
+		device__pop(c);
+	} else {
+		/* Several frames, framed here (a server's frames are not masked)
+		 * and written raw in one go. */
+		unsigned char *out = c->loop->wbuf + LWS_PRE;
+		size_t used = 0;
+		int64_t frames = 0, bytes = 0;
+		while ((m = c->out_head) && used + 10 + m->len <= DEVICE_COALESCE_BYTES) {
+			used += device__ws_header(out + used, m->len, m->binary);
+			memcpy(out + used, m->buf + LWS_PRE, m->len);
+			used += m->len;
+			frames++;
+			bytes += (int64_t)m->len;
+			device__pop(c);
+		}
+		if (lws_write(wsi, out, used, LWS_WRITE_RAW) < (int)used)
+			return -1;
+		metrics_add(M_FRAMES_OUT, frames);
+		metrics_add(M_BYTES_OUT, bytes);
+	}
 	if (c->out_head)
 		lws_callback_on_writable(wsi);
 	return 0;
 }
 
 /* --- commands from other threads -------------------------------------------- */
+
+/* Hands cmd to the service thread (any thread).  One wake per batch: the
+ * loop takes every queued command when it wakes, so only a push onto an
+ * empty queue needs to wake it. */
+static void device__push(device_loop *d, struct cmd *cmd)
+{
+	cmd->next = NULL;
+	pthread_mutex_lock(&d->lock);
+	int was_empty = !d->cmd_head;
+	if (d->cmd_tail)
+		d->cmd_tail->next = cmd;
+	else
+		d->cmd_head = cmd;
+	d->cmd_tail = cmd;
+	pthread_mutex_unlock(&d->lock);
+	if (was_empty)
+		lws_cancel_service(d->ctx);
+}
 
 static void device__on_enrolled(device_loop *d, struct cmd *cmd)
 {
@@ -807,7 +895,7 @@ static void device__on_enrolled(device_loop *d, struct cmd *cmd)
 	metrics_error_kind kind;
 	tn_error err;
 	if (frame_parse(c->pending->text, c->pending->len, &f, &kind, &err) == 0) {
-		if (device__go_online(c, &f, (const char *)cmd->data) < 0)
+		if (device__go_online(c, &f, cmd->secret) < 0)
 			device__close(c, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
 		frame_release(&f);
 	}
@@ -825,44 +913,39 @@ static void device__enroll_done(void *arg, uint64_t ticket, int rc, const char *
 	cmd->kind = CMD_ENROLLED;
 	cmd->ticket = ticket;
 	cmd->rc = rc;
-	cmd->data = secret ? (unsigned char *)strdup(secret) : NULL;
+	cmd->secret = secret ? strdup(secret) : NULL;
 	snprintf(cmd->reason, sizeof cmd->reason, "%s", reason ? reason : "");
-	pthread_mutex_lock(&d->lock);
-	cmd->next = d->cmds;
-	d->cmds = cmd;
-	pthread_mutex_unlock(&d->lock);
-	lws_cancel_service(d->ctx);
+	device__push(d, cmd);
+}
+
+static void device__cmd_free(struct cmd *cmd)
+{
+	free(cmd->msg);
+	free(cmd->secret);
+	free(cmd);
 }
 
 static void device__run_commands(device_loop *d)
 {
 	pthread_mutex_lock(&d->lock);
-	struct cmd *list = d->cmds;
-	d->cmds = NULL;
+	struct cmd *list = d->cmd_head;
+	d->cmd_head = d->cmd_tail = NULL;
 	int stop = d->stop_requested;
 	pthread_mutex_unlock(&d->lock);
 
-	/* The list was pushed newest first: reverse it to run in order. */
-	struct cmd *ordered = NULL;
-	while (list) {
-		struct cmd *next = list->next;
-		list->next = ordered;
-		ordered = list;
-		list = next;
-	}
-	for (struct cmd *cmd = ordered, *next; cmd; cmd = next) {
+	for (struct cmd *cmd = list, *next; cmd; cmd = next) {
 		next = cmd->next;
 		struct conn *c = idmap_get(&d->online, cmd->id);
 		if (cmd->kind == CMD_KICK && c) {
 			c->forgotten = !!cmd->forget;
 			device__close(c, cmd->code, cmd->reason);
 		} else if (cmd->kind == CMD_SEND && c && c->serial == cmd->serial) {
-			device__queue(c, cmd->data, cmd->len, cmd->binary);
+			device__queue_msg(c, cmd->msg);
+			cmd->msg = NULL;
 		} else if (cmd->kind == CMD_ENROLLED) {
 			device__on_enrolled(d, cmd);
 		}
-		free(cmd->data);
-		free(cmd);
+		device__cmd_free(cmd);
 	}
 	if (stop && !d->stopping) {
 		d->stopping = 1;
@@ -1111,32 +1194,21 @@ int device_loop_kick(device_loop *d, uint64_t id, int code, const char *reason, 
 	cmd->code = code;
 	cmd->forget = forget;
 	snprintf(cmd->reason, sizeof cmd->reason, "%s", reason);
-	pthread_mutex_lock(&d->lock);
-	cmd->next = d->cmds;
-	d->cmds = cmd;
-	pthread_mutex_unlock(&d->lock);
-	lws_cancel_service(d->ctx);
+	device__push(d, cmd);
 	return 0;
 }
 
 int device_loop_send(device_loop *d, uint64_t id, uint64_t conn, const void *data, size_t len, int binary)
 {
 	struct cmd *cmd = calloc(1, sizeof *cmd);
-	if (!cmd || !(cmd->data = malloc(len ? len : 1))) {
+	if (!cmd || !(cmd->msg = device__msg_new(data, len, binary))) {
 		free(cmd);
 		return TN_ENOMEM;
 	}
 	cmd->kind = CMD_SEND;
 	cmd->id = id;
 	cmd->serial = conn;
-	cmd->binary = binary;
-	cmd->len = len;
-	memcpy(cmd->data, data, len);
-	pthread_mutex_lock(&d->lock);
-	cmd->next = d->cmds;
-	d->cmds = cmd;
-	pthread_mutex_unlock(&d->lock);
-	lws_cancel_service(d->ctx);
+	device__push(d, cmd);
 	return 0;
 }
 
@@ -1154,11 +1226,10 @@ void device_loop_stop(device_loop *d)
 	lws_context_destroy(d->ctx);
 	ev_loop_destroy(d->ev);
 	close(d->listen_fd);
-	struct cmd *cmd = d->cmds;
+	struct cmd *cmd = d->cmd_head;
 	while (cmd) {
 		struct cmd *next = cmd->next;
-		free(cmd->data);
-		free(cmd);
+		device__cmd_free(cmd);
 		cmd = next;
 	}
 	idmap_free(&d->online);
