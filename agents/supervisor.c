@@ -122,6 +122,11 @@ struct agent {
 	char *last_error;              /* owned, NULL until the first error */
 	ratelimit logs;
 	struct sup_window load;        /* CPU time it used lately (under its worker's lock) */
+	/* Its place in its worker's due heap (owning worker only): when its
+	 * next timer, restart or log-drop report is due, and 1 + its index
+	 * (0: not in the heap, nothing due). */
+	int64_t due;
+	int heap_pos;
 };
 
 /* A group name, interned once for every agent of the group; `has_code` says
@@ -147,6 +152,12 @@ struct worker {
 	struct sup_window shift;       /* the load of agents moved on or off it lately,
 					* not yet in `load` (under route_lock) */
 	idmap local;                   /* device -> agent, this worker's thread only */
+	/* Its agents with something due, a min-heap on agent->due (this
+	 * worker's thread only): after an event only that agent is looked at,
+	 * and only the due ones at their time. */
+	struct agent **heap;
+	struct agent **ready;          /* the due ones of a round (sup__run_heap), heap_cap long */
+	int heap_len, heap_cap;
 	int stop;
 };
 
@@ -873,6 +884,103 @@ static json_t *sup__info(struct agent *a, struct worker *w)
 			 "last_error", a->last_error);
 }
 
+/* --- the due heap ---------------------------------------------------------------- */
+
+static void sup__heap_set(struct worker *w, int i, struct agent *a)
+{
+	w->heap[i] = a;
+	a->heap_pos = i + 1;
+}
+
+static void sup__heap_up(struct worker *w, int i)
+{
+	struct agent *a = w->heap[i];
+	while (i > 0 && w->heap[(i - 1) / 2]->due > a->due) {
+		sup__heap_set(w, i, w->heap[(i - 1) / 2]);
+		i = (i - 1) / 2;
+	}
+	sup__heap_set(w, i, a);
+}
+
+static void sup__heap_down(struct worker *w, int i)
+{
+	struct agent *a = w->heap[i];
+	for (;;) {
+		int c = 2 * i + 1;
+		if (c >= w->heap_len)
+			break;
+		if (c + 1 < w->heap_len && w->heap[c + 1]->due < w->heap[c]->due)
+			c++;
+		if (w->heap[c]->due >= a->due)
+			break;
+		sup__heap_set(w, i, w->heap[c]);
+		i = c;
+	}
+	sup__heap_set(w, i, a);
+}
+
+static void sup__heap_remove(struct worker *w, struct agent *a)
+{
+	if (!a->heap_pos)
+		return;
+	int i = a->heap_pos - 1;
+	a->heap_pos = 0;
+	struct agent *last = w->heap[--w->heap_len];
+	if (i == w->heap_len)
+		return;
+	sup__heap_set(w, i, last);
+	sup__heap_up(w, i);
+	sup__heap_down(w, last->heap_pos - 1);
+}
+
+/* When something of the agent's is next due (ms, monotonic), or -1. */
+static int64_t sup__due_of(struct agent *a)
+{
+	int64_t t = -1, u = -1;
+	if (a->logs.dropped)
+		t = a->logs.first_drop_ms + 1000;
+	if (a->rt)
+		u = agent_rt_next_timer(a->rt);
+	else if (a->restart_at)
+		u = a->restart_at;
+	return t < 0 || (u >= 0 && u < t) ? u : t;
+}
+
+/* Puts the agent where its due time says in w's heap (or out of it). */
+static void sup__schedule(struct worker *w, struct agent *a)
+{
+	int64_t due = sup__due_of(a);
+	if (due < 0) {
+		sup__heap_remove(w, a);
+		return;
+	}
+	if (!a->heap_pos) {
+		if (w->heap_len == w->heap_cap) {
+			int cap = w->heap_cap ? 2 * w->heap_cap : 64;
+			struct agent **h = realloc(w->heap, (size_t)cap * sizeof *h);
+			struct agent **r = h ? realloc(w->ready, (size_t)cap * sizeof *r) : NULL;
+			if (h)
+				w->heap = h;
+			if (!r) {
+				log_err("agent of %s: out of memory: its timers wait for its next event", a->hex);
+				return;
+			}
+			w->ready = r;
+			w->heap_cap = cap;
+		}
+		a->due = due;
+		sup__heap_set(w, w->heap_len++, a);
+		sup__heap_up(w, w->heap_len - 1);
+		return;
+	}
+	int64_t was = a->due;
+	a->due = due;
+	if (due < was)
+		sup__heap_up(w, a->heap_pos - 1);
+	else if (due > was)
+		sup__heap_down(w, a->heap_pos - 1);
+}
+
 /* --- migration: the envelope (see the top, and agents/envelope.h) ------------- */
 
 static uint64_t sup__reply_put(supervisor *s, const struct ev *e)
@@ -1127,6 +1235,7 @@ static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 	in->live = a->rt;
 	a->rt = NULL;
 	sup__detach(a);
+	sup__heap_remove(w, a);
 	idmap_del(&w->local, a->device);
 	a->worker = target;
 	sup__moved(a);
@@ -1359,6 +1468,7 @@ static void sup__delete(struct worker *w, struct ev *e)
 	struct agent *a = idmap_get(&w->local, e->device);
 	if (!a) /* gone already (a move takes a delete along, in order) */
 		return;
+	sup__heap_remove(w, a);
 	idmap_del(&w->local, a->device);
 	pthread_mutex_lock(&s->route_lock);
 	idmap_del(&s->route, a->device);
@@ -1456,45 +1566,52 @@ static void sup__charge(struct worker *w, struct agent *a, int64_t us)
 	pthread_mutex_unlock(&w->lock);
 }
 
-/* Timers and restarts due; returns when the next one is (ms, monotonic), or -1. */
-struct sup__due {
-	struct worker *w;
-	int64_t now, next;
-};
-
-static void sup__due_one(void *arg, uint64_t key, void *val)
+/* Runs what is due of the agent's at `now`: its timers, its restart after
+ * out of memory, the report of its dropped log lines. */
+static void sup__run_due(struct worker *w, struct agent *a, int64_t now)
 {
-	struct sup__due *d = arg;
-	struct agent *a = val;
-	int64_t t = -1;
-	if (a->logs.dropped) {
-		if (d->now - a->logs.first_drop_ms >= 1000)
-			sup__report_drops(a);
-		else if (d->next < 0 || a->logs.first_drop_ms + 1000 < d->next)
-			d->next = a->logs.first_drop_ms + 1000;
-	}
+	if (a->logs.dropped && now - a->logs.first_drop_ms >= 1000)
+		sup__report_drops(a);
 	if (a->rt) {
-		t = agent_rt_next_timer(a->rt);
-		if (t >= 0 && t <= d->now) {
+		int64_t t = agent_rt_next_timer(a->rt);
+		if (t >= 0 && t <= now) {
 			int64_t cpu = sup__cpu_us();
-			sup__after(a, agent_rt_run_timers(a->rt, d->now));
-			sup__charge(d->w, a, sup__cpu_us() - cpu);
-			t = a->rt ? agent_rt_next_timer(a->rt) : -1;
+			sup__after(a, agent_rt_run_timers(a->rt, now));
+			sup__charge(w, a, sup__cpu_us() - cpu);
 		}
-	} else if (a->restart_at) {
-		if (a->restart_at <= d->now) {
-			int64_t cpu = sup__cpu_us();
-			a->restart_at = 0;
-			a->restarts++;
-			sup__start_agent(a, "Agent started.");
-			sup__charge(d->w, a, sup__cpu_us() - cpu);
-			t = a->rt ? agent_rt_next_timer(a->rt) : a->restart_at;
-		} else {
-			t = a->restart_at;
+	} else if (a->restart_at && a->restart_at <= now) {
+		int64_t cpu = sup__cpu_us();
+		a->restart_at = 0;
+		a->restarts++;
+		sup__start_agent(a, "Agent started.");
+		sup__charge(w, a, sup__cpu_us() - cpu);
+	}
+}
+
+/* Runs every agent's due work; returns when the next is due, or -1.  The
+ * due ones are taken out first, so that each runs once a round (a timer
+ * made in a timer waits for the next round, as in agent_rt_run_timers); one
+ * whose work could not run (out of memory) is tried again a millisecond
+ * later rather than at once. */
+static int64_t sup__run_heap(struct worker *w)
+{
+	int64_t now = tn_mono_ms();
+	int n = 0;
+	while (w->heap_len && w->heap[0]->due <= now) {
+		struct agent *a = w->heap[0];
+		sup__heap_remove(w, a);
+		w->ready[n++] = a;
+	}
+	for (int i = 0; i < n; i++) {
+		struct agent *a = w->ready[i];
+		sup__run_due(w, a, now);
+		sup__schedule(w, a);
+		if (a->heap_pos && a->due <= now) {
+			a->due = now + 1;
+			sup__heap_down(w, a->heap_pos - 1);
 		}
 	}
-	if (t >= 0 && (d->next < 0 || t < d->next))
-		d->next = t;
+	return w->heap_len ? w->heap[0]->due : -1;
 }
 
 static void sup__stop_one(void *arg, uint64_t key, void *val)
@@ -1547,23 +1664,28 @@ static void *sup__worker_main(void *arg)
 				 * each that ran ends with exactly this line. */
 				idmap_foreach(&w->local, sup__stop_one, NULL);
 				w->stopped = 1;
+				while (w->heap_len)
+					w->heap[--w->heap_len]->heap_pos = 0;
 				next = -1;
 				pthread_mutex_lock(&w->lock);
 				w->stop = 1;
 				continue;
 			}
 			int64_t cpu = sup__cpu_us();
+			uint64_t device = e->device;
 			struct agent *ran = sup__handle(w, e);
 			if (e->wait) /* a delete with nothing to delete */
 				sup__wake(e->wait, NULL);
 			sup__ev_free(e);
 			sup__charge(w, ran, sup__cpu_us() - cpu);
+			/* Only this agent's due time can have changed (one that left
+			 * this worker left its heap too). */
+			struct agent *a = w->stopped ? NULL : idmap_get(&w->local, device);
+			if (a)
+				sup__schedule(w, a);
 		}
-		if (!w->stopped) {
-			struct sup__due d = { w, tn_mono_ms(), -1 };
-			idmap_foreach(&w->local, sup__due_one, &d);
-			next = d.next;
-		}
+		if (!w->stopped)
+			next = sup__run_heap(w);
 		pthread_mutex_lock(&w->lock);
 	}
 	pthread_mutex_unlock(&w->lock);
@@ -1675,6 +1797,8 @@ void sup_free(supervisor *s)
 			sup__ev_free(e);
 		}
 		idmap_free(&w->local);
+		free(w->heap);
+		free(w->ready);
 		pthread_mutex_destroy(&w->lock);
 		pthread_cond_destroy(&w->wake);
 	}

@@ -11,7 +11,8 @@
  * coming; a move from another node (no Lua state: the cross-node rebuild,
  * with the same code and with other code); a move whose envelope does not
  * decode, or that lost an event, answers every caller and says so; a
- * delete of an agent moving between workers. */
+ * delete of an agent moving between workers; timers of many agents and a
+ * log-drop report coming due. */
 #include "supervisor.c"
 
 #include <check.h>
@@ -43,9 +44,11 @@ static char root[64], dir[80];
 static store *st;
 static supervisor *sup;
 
+static int log_rate; /* sup_options.log_rate of the next start_sup */
+
 static void start_sup(int workers)
 {
-	sup_options opt = { .workers = workers, .offline_queue = 4 };
+	sup_options opt = { .workers = workers, .offline_queue = 4, .log_rate = log_rate };
 	tn_error err = { 0 };
 	ck_assert_msg(sup_start(&sup, &opt, st, &err) == 0, "sup_start: %s", err.msg);
 	sup_set_device_loop(sup, STUB_LOOP);
@@ -60,6 +63,7 @@ static void setup(void)
 	ck_assert_msg(store_open(&st, dir, &opt, &err) == 0, "store_open: %s", err.msg);
 	sent = json_array();
 	sup = NULL;
+	log_rate = 0;
 }
 
 static void teardown(void)
@@ -519,6 +523,72 @@ START_TEST(a_move_answers_a_caller_whose_event_was_lost)
 }
 END_TEST
 
+/* --- what comes due ----------------------------------------------------------------- */
+
+/* Many agents on one worker, each with its own timers: every one fires, as
+ * due (the worker's heap of due times, not a walk over all its agents). */
+START_TEST(timers_come_due_across_many_agents)
+{
+	enum { N = 300 };
+	start_sup(1);
+	deploy("lab", "local ticks = 0\n"
+		      "timer.after(0.02 + math.random() * 0.3, function() device.send('fired', 1) end)\n"
+		      "local t\n"
+		      "t = timer.every(0.03 + math.random() * 0.05, function()\n"
+		      "  ticks = ticks + 1\n"
+		      "  if ticks == 3 then t:cancel() device.send('done', ticks) end\n"
+		      "end)\n");
+	uint64_t ids[N];
+	for (int i = 0; i < N; i++) {
+		ids[i] = add_device(1000 + (unsigned)i, "lab");
+		sup_device_online(sup, ids[i], 1);
+	}
+	for (int i = 0; i < N; i++) {
+		ck_assert_uint_eq(wait_frames(ids[i], "fired", 1), 1);
+		ck_assert_uint_eq(wait_frames(ids[i], "done", 1), 1);
+	}
+	/* Once each: nothing fired twice, no timer after its cancel. */
+	usleep(200 * 1000);
+	for (int i = 0; i < N; i++) {
+		json_t *f = frames_named(ids[i], "fired"), *d = frames_named(ids[i], "done");
+		ck_assert_uint_eq(json_array_size(f), 1);
+		ck_assert_uint_eq(json_array_size(d), 1);
+		json_decref(f);
+		json_decref(d);
+	}
+}
+END_TEST
+
+/* Log lines over --agent-log-rate are counted, and the count is reported a
+ * second after the first drop even when no other event comes (it is due). */
+START_TEST(a_log_drop_report_comes_due)
+{
+	log_rate = 5;
+	start_sup(2);
+	deploy("lab", "device.on('spam', function() for i = 1, 40 do server.log('line ' .. i) end end)\n");
+	uint64_t dev = add_device(7, "lab");
+	sup_device_message(sup, dev, "spam", NULL);
+	json_t *lines = NULL;
+	const char *report = NULL;
+	for (int i = 0; i < 500 && !report; i++) {
+		json_decref(lines);
+		lines = lines_of(dev, EV_STATUS);
+		json_t *v;
+		size_t k;
+		json_array_foreach(lines, k, v)
+			if (strstr(json_string_value(v), "log lines dropped: over the limit of 5 per second"))
+				report = json_string_value(v);
+		if (!report)
+			usleep(10 * 1000);
+	}
+	ck_assert_ptr_nonnull(report);
+	json_t *agent = lines_of(dev, EV_AGENT);
+	ck_assert_int_eq(atoi(report) + (int)json_array_size(agent), 40);
+	json_decref(agent);
+	json_decref(lines);
+}
+END_TEST
+
 /* --- deleting ------------------------------------------------------------------------ */
 
 struct mover {
@@ -595,6 +665,8 @@ int main(void)
 	tcase_add_test(tc, a_move_that_fails_answers_every_caller);
 	tcase_add_test(tc, a_move_answers_a_caller_whose_event_was_lost);
 	tcase_add_test(tc, a_delete_follows_a_moving_agent);
+	tcase_add_test(tc, timers_come_due_across_many_agents);
+	tcase_add_test(tc, a_log_drop_report_comes_due);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
