@@ -117,7 +117,7 @@ static agent_rt *start_lim(const char *src, size_t memory, uint64_t instructions
 {
 	agent_rt *a = NULL;
 	tn_error err = { 0 };
-	agent_limits lim = { memory, instructions };
+	agent_limits lim = { .memory = memory, .instructions = instructions };
 	int rc = agent_rt_new(&a, src, strlen(src), &lim, &host, &err);
 	ck_assert_msg(rc == 0, "agent_rt_new: %d %s", rc, err.msg);
 	ck_assert_ptr_nonnull(a);
@@ -967,7 +967,7 @@ START_TEST(limit_out_of_memory_outside_handlers)
 	for (size_t mem = 1024; mem <= 16384; mem *= 2) {
 		agent_rt *b = NULL;
 		tn_error err = { 0 };
-		agent_limits lim = { mem, 0 };
+		agent_limits lim = { .memory = mem };
 		ck_assert_int_eq(agent_rt_new(&b, echo, strlen(echo), &lim, &host, &err), TN_ENOMEM);
 		ck_assert_ptr_null(b);
 	}
