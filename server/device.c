@@ -447,11 +447,8 @@ static void device__on_frame_online(struct conn *c, const frame *f)
 		}
 		break;
 	case FRAME_MSG:
-		if (d->opt.sup) {
-			char *data = f->u.msg.data ? json_dumps(f->u.msg.data, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-			sup_device_message(d->opt.sup, c->id, f->u.msg.name, data);
-			free(data);
-		}
+		if (d->opt.sup)
+			sup_device_message(d->opt.sup, c->id, f->u.msg.name, f->u.msg.data_json);
 		break;
 	case FRAME_UPDATE_STATUS:
 		if (!d->opt.sched) {

@@ -1,8 +1,14 @@
-/* server/frame.c -- the device frame parser (see frame.h and docs/protocol.md). */
+/* server/frame.c -- the device frame parser (see frame.h and docs/protocol.md).
+ * Owns: both paths of frame_parse -- the scanner for log and msg frames and
+ * the jansson path for everything -- and the frame's owned text.
+ * Threads: any (pure). */
 #include "frame.h"
 
+#include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const frame__names[] = {
@@ -182,7 +188,13 @@ static int frame__msg(frame *f, metrics_error_kind *kind, tn_error *err)
 		return rc;
 	if (f->u.msg.name[0] == '\0')
 		return frame__fail(kind, ERR_BAD_FRAME, err, "'name' must not be empty");
-	f->u.msg.data = json_object_get(f->root, "data");
+	json_t *data = json_object_get(f->root, "data");
+	if (!data)
+		return 0;
+	/* Handed on as text (sup_device_message): the fast path writes the same. */
+	if (!(f->text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY)))
+		return frame__fail(kind, ERR_BAD_JSON, err, "out of memory encoding 'data'");
+	f->u.msg.data_json = f->text;
 	return 0;
 }
 
@@ -215,7 +227,7 @@ static int frame__fetch(frame *f, metrics_error_kind *kind, tn_error *err)
 	return 0;
 }
 
-int frame_parse(const char *buf, size_t len, frame *out, metrics_error_kind *kind, tn_error *err)
+int frame_parse_json(const char *buf, size_t len, frame *out, metrics_error_kind *kind, tn_error *err)
 {
 	static const struct {
 		const char *name;
@@ -260,10 +272,501 @@ fail:
 	return rc;
 }
 
+/* --- the fast path ------------------------------------------------------------
+ * Log lines and messages are nearly every frame a busy device sends, and a
+ * jansson tree for them (json_loadb, a hashtable per object, a string copy per
+ * member, then json_dumps of "data" for the agent) cost more than the rest of
+ * their way to the store or the agent.  This scanner reads them in one pass
+ * into one buffer.  It accepts a strict subset of what frame_parse_json
+ * accepts and gives the same frame for it; anything it is not sure of (an
+ * unknown or escaped key, a duplicate, bytes or escapes jansson would refuse,
+ * \u0000, a number out of range, any limit reached) makes it give up, and the
+ * jansson path decides, with its own error.  tests/fuzz/fuzz_frame_diff.c runs
+ * both paths on every input and aborts on any difference. */
+
+/* Keys of the objects inside "data" open at once; past it, jansson decides. */
+#define FAST_MAX_KEYS 64
+
+struct fast {
+	const char *p, *end; /* what is left of the input */
+	char *out;           /* owned: the values, NUL-terminated, become frame.text */
+	size_t used, cap;
+	struct {
+		size_t off, len;   /* a key as written in out (unique per spelling) */
+	} keys[FAST_MAX_KEYS];
+	int nkeys;
+};
+
+static int fast__reserve(struct fast *s, size_t n)
+{
+	if (s->cap - s->used >= n)
+		return 0;
+	size_t cap = s->cap * 2 > s->used + n ? s->cap * 2 : s->used + n;
+	char *out = realloc(s->out, cap);
+	if (!out)
+		return -1;
+	s->out = out;
+	s->cap = cap;
+	return 0;
+}
+
+static int fast__putc(struct fast *s, char c)
+{
+	if (fast__reserve(s, 1))
+		return -1;
+	s->out[s->used++] = c;
+	return 0;
+}
+
+/* JSON's whitespace, the same four bytes jansson skips. */
+static void fast__ws(struct fast *s)
+{
+	while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+		s->p++;
+}
+
+/* The length of the well-formed UTF-8 sequence at p (first byte >= 0x80), or
+ * 0: no overlong forms, no surrogates, nothing past U+10FFFF (what jansson's
+ * utf8_check_full refuses). */
+static size_t fast__utf8(const unsigned char *p, const unsigned char *end)
+{
+	uint32_t cp, min;
+	size_t n;
+
+	if (p[0] >= 0xc2 && p[0] <= 0xdf)
+		n = 2, cp = p[0] & 0x1f, min = 0x80;
+	else if (p[0] >= 0xe0 && p[0] <= 0xef)
+		n = 3, cp = p[0] & 0x0f, min = 0x800;
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+		n = 4, cp = p[0] & 0x07, min = 0x10000;
+	else
+		return 0;
+	if ((size_t)(end - p) < n)
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (p[i] & 0x3f);
+	}
+	return cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? 0 : n;
+}
+
+/* Four hex digits at p (at least 4 bytes there), or -1. */
+static int32_t fast__hex4(const unsigned char *p)
+{
+	int32_t v = 0;
+	for (int i = 0; i < 4; i++) {
+		int c = p[i];
+		int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+			: (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+		if (d < 0)
+			return -1;
+		v = v << 4 | d;
+	}
+	return v;
+}
+
+/* Writes code point cp: as its UTF-8 bytes, or with canon as json_dumps
+ * writes it inside a string (\" \\ \b \f \n \r \t, other controls \u00XX). */
+static char *fast__put_cp(char *o, uint32_t cp, int canon)
+{
+	static const char hex[] = "0123456789ABCDEF";
+
+	if (canon && (cp == '"' || cp == '\\' || cp < 0x20)) {
+		*o++ = '\\';
+		switch (cp) {
+		case '"': *o++ = '"'; break;
+		case '\\': *o++ = '\\'; break;
+		case '\b': *o++ = 'b'; break;
+		case '\f': *o++ = 'f'; break;
+		case '\n': *o++ = 'n'; break;
+		case '\r': *o++ = 'r'; break;
+		case '\t': *o++ = 't'; break;
+		default:
+			memcpy(o, "u00", 3);
+			o[3] = hex[cp >> 4];
+			o[4] = hex[cp & 15];
+			o += 5;
+		}
+	} else if (cp < 0x80) {
+		*o++ = (char)cp;
+	} else if (cp < 0x800) {
+		*o++ = (char)(0xc0 | cp >> 6);
+		*o++ = (char)(0x80 | (cp & 0x3f));
+	} else if (cp < 0x10000) {
+		*o++ = (char)(0xe0 | cp >> 12);
+		*o++ = (char)(0x80 | (cp >> 6 & 0x3f));
+		*o++ = (char)(0x80 | (cp & 0x3f));
+	} else {
+		*o++ = (char)(0xf0 | cp >> 18);
+		*o++ = (char)(0x80 | (cp >> 12 & 0x3f));
+		*o++ = (char)(0x80 | (cp >> 6 & 0x3f));
+		*o++ = (char)(0x80 | (cp & 0x3f));
+	}
+	return o;
+}
+
+/* The string whose opening quote is at s->p.  Writes its value and a NUL, or
+ * with canon the string as json_dumps writes it (quotes included, no NUL).
+ * Never longer than its input: an escape is at least as long as what it
+ * stands for, in either form. */
+static int fast__string(struct fast *s, int canon)
+{
+	const unsigned char *p = (const unsigned char *)s->p + 1, *end = (const unsigned char *)s->end;
+
+	if (fast__reserve(s, (size_t)(end - p) + 2))
+		return -1;
+	char *o = s->out + s->used;
+	if (canon)
+		*o++ = '"';
+	for (;;) {
+		const unsigned char *run = p;
+		while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+			p++;
+		memcpy(o, run, (size_t)(p - run));
+		o += p - run;
+		if (p == end)
+			return -1;
+		if (*p == '"')
+			break;
+		if (*p >= 0x80) {
+			size_t n = fast__utf8(p, end);
+			if (!n)
+				return -1;
+			memcpy(o, p, n);
+			o += n;
+			p += n;
+			continue;
+		}
+		if (*p < 0x20 || end - p < 2)
+			return -1; /* a raw control character, or a lone backslash at the end */
+		uint32_t cp;
+		switch (p[1]) {
+		case '"': cp = '"'; break;
+		case '\\': cp = '\\'; break;
+		case '/': cp = '/'; break;
+		case 'b': cp = '\b'; break;
+		case 'f': cp = '\f'; break;
+		case 'n': cp = '\n'; break;
+		case 'r': cp = '\r'; break;
+		case 't': cp = '\t'; break;
+		case 'u': {
+			if (end - p < 6)
+				return -1;
+			int32_t v = fast__hex4(p + 2);
+			if (v <= 0 || (v >= 0xdc00 && v <= 0xdfff))
+				return -1; /* \u0000, a lone low surrogate */
+			if (v >= 0xd800 && v <= 0xdbff) {
+				if (end - p < 12 || p[6] != '\\' || p[7] != 'u')
+					return -1;
+				int32_t lo = fast__hex4(p + 8);
+				if (lo < 0xdc00 || lo > 0xdfff)
+					return -1;
+				v = 0x10000 + ((v - 0xd800) << 10) + (lo - 0xdc00);
+				p += 6;
+			}
+			cp = (uint32_t)v;
+			p += 4;
+			break;
+		}
+		default:
+			return -1;
+		}
+		p += 2;
+		o = fast__put_cp(o, cp, canon);
+	}
+	*o++ = canon ? '"' : '\0';
+	s->used = (size_t)(o - s->out);
+	s->p = (const char *)p + 1;
+	return 0;
+}
+
+/* A number, written as json_dumps writes what jansson reads from it: an
+ * integer (strtoll, in range) as it is ("-0" as 0), a real (strtod, finite)
+ * as "%.17g" with jansson's touches (a ".0" if it would read as an integer,
+ * no '+' nor leading zeros in the exponent). */
+static int fast__number(struct fast *s)
+{
+	const char *p = s->p, *end = s->end;
+	int real = 0;
+	char tok[64], *e;
+
+#define FAST_DIGIT(p) ((p) < end && *(p) >= '0' && *(p) <= '9')
+	if (p < end && *p == '-')
+		p++;
+	if (p < end && *p == '0')
+		p++;
+	else if (FAST_DIGIT(p))
+		while (FAST_DIGIT(p))
+			p++;
+	else
+		return -1;
+	if (p < end && *p == '.') {
+		real = 1;
+		p++;
+		if (!FAST_DIGIT(p))
+			return -1;
+		while (FAST_DIGIT(p))
+			p++;
+	}
+	if (p < end && (*p == 'e' || *p == 'E')) {
+		real = 1;
+		p++;
+		if (p < end && (*p == '+' || *p == '-'))
+			p++;
+		if (!FAST_DIGIT(p))
+			return -1;
+		while (FAST_DIGIT(p))
+			p++;
+	}
+#undef FAST_DIGIT
+	size_t n = (size_t)(p - s->p);
+	if (n >= sizeof tok || fast__reserve(s, sizeof tok + 8))
+		return -1;
+	memcpy(tok, s->p, n);
+	tok[n] = '\0';
+	s->p = p;
+	errno = 0;
+	if (!real) {
+		(void)strtoll(tok, &e, 10);
+		if (errno || e != tok + n)
+			return -1;
+		if (n == 2 && tok[0] == '-' && tok[1] == '0')
+			n = 1, tok[0] = '0';
+		memcpy(s->out + s->used, tok, n);
+		s->used += n;
+		return 0;
+	}
+	double v = strtod(tok, &e);
+	if (e != tok + n || !isfinite(v))
+		return -1;
+	int m = snprintf(tok, sizeof tok, "%.17g", v);
+	if (m <= 0 || (size_t)m >= sizeof tok - 3 || strspn(tok, "-+.0123456789e") != (size_t)m)
+		return -1; /* (a locale with another decimal point: jansson decides) */
+	if (!strchr(tok, '.') && !strchr(tok, 'e')) {
+		memcpy(tok + m, ".0", 3);
+		m += 2;
+	}
+	char *x = strchr(tok, 'e');
+	if (x) {
+		char *from = x + 1, *to = x + 1;
+		if (*from == '+')
+			from++;
+		else if (*from == '-')
+			from++, to++;
+		while (*from == '0')
+			from++;
+		memmove(to, from, strlen(from) + 1);
+		m = (int)strlen(tok);
+	}
+	memcpy(s->out + s->used, tok, (size_t)m);
+	s->used += (size_t)m;
+	return 0;
+}
+
+static int fast__literal(struct fast *s, const char *word, size_t n)
+{
+	if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0 || fast__reserve(s, n))
+		return -1;
+	memcpy(s->out + s->used, word, n);
+	s->used += n;
+	s->p += n;
+	return 0;
+}
+
+static int fast__value(struct fast *s, int depth);
+
+/* The object or array at s->p, at nesting level depth (the frame is 1). */
+static int fast__container(struct fast *s, int depth)
+{
+	char close = *s->p == '{' ? '}' : ']';
+	int base = s->nkeys;
+
+	if (depth > FRAME_MAX_DEPTH || fast__putc(s, *s->p))
+		return -1;
+	s->p++;
+	fast__ws(s);
+	if (s->p < s->end && *s->p == close) {
+		s->p++;
+		return fast__putc(s, close);
+	}
+	for (;;) {
+		if (close == '}') {
+			/* A key, refused if this object has it already (as jansson's
+			 * JSON_REJECT_DUPLICATES): keys are written in one canonical
+			 * form, so equal keys are equal bytes. */
+			size_t off = s->used;
+			if (s->p == s->end || *s->p != '"' || fast__string(s, 1) || s->nkeys == FAST_MAX_KEYS)
+				return -1;
+			size_t len = s->used - off;
+			for (int i = base; i < s->nkeys; i++)
+				if (s->keys[i].len == len && memcmp(s->out + s->keys[i].off, s->out + off, len) == 0)
+					return -1;
+			s->keys[s->nkeys].off = off;
+			s->keys[s->nkeys++].len = len;
+			fast__ws(s);
+			if (s->p == s->end || *s->p != ':' || fast__putc(s, ':'))
+				return -1;
+			s->p++;
+			fast__ws(s);
+		}
+		if (fast__value(s, depth))
+			return -1;
+		fast__ws(s);
+		if (s->p == s->end || (*s->p != ',' && *s->p != close) || fast__putc(s, *s->p))
+			return -1;
+		if (*s->p++ == close)
+			break;
+		fast__ws(s);
+	}
+	s->nkeys = base;
+	return 0;
+}
+
+/* Any JSON value inside the frame object, written as json_dumps writes it. */
+static int fast__value(struct fast *s, int depth)
+{
+	if (s->p == s->end)
+		return -1;
+	switch (*s->p) {
+	case '{':
+	case '[':
+		return fast__container(s, depth + 1);
+	case '"':
+		return fast__string(s, 1);
+	case 't':
+		return fast__literal(s, "true", 4);
+	case 'f':
+		return fast__literal(s, "false", 5);
+	case 'n':
+		return fast__literal(s, "null", 4);
+	default:
+		return fast__number(s);
+	}
+}
+
+enum { FAST_TYPE, FAST_LEVEL, FAST_MSG, FAST_NAME, FAST_DATA, FAST__KEYS };
+
+int frame_parse_fast(const char *buf, size_t len, frame *out)
+{
+	static const struct {
+		const char *name;
+		size_t len;
+	} keys[FAST__KEYS] = {
+		[FAST_TYPE] = { "type", 4 }, [FAST_LEVEL] = { "level", 5 }, [FAST_MSG] = { "msg", 3 },
+		[FAST_NAME] = { "name", 4 }, [FAST_DATA] = { "data", 4 },
+	};
+	struct fast s = { .p = buf, .end = buf + len };
+	size_t off[FAST__KEYS] = { 0 }, n[FAST__KEYS] = { 0 };
+	unsigned seen = 0, level_null = 0;
+	frame_type type = FRAME_LOG;
+
+	memset(out, 0, sizeof *out);
+	fast__ws(&s);
+	if (s.p == s.end || *s.p != '{' || fast__reserve(&s, len + 1))
+		goto unsure;
+	s.p++;
+	for (;;) {
+		/* One of our keys, spelled plainly, once. */
+		fast__ws(&s);
+		if (s.p == s.end || *s.p != '"')
+			goto unsure;
+		const char *k = s.p + 1, *q = memchr(k, '"', (size_t)(s.end - k));
+		if (!q)
+			goto unsure;
+		int key = 0;
+		while (key < FAST__KEYS && ((size_t)(q - k) != keys[key].len || memcmp(k, keys[key].name, keys[key].len)))
+			key++;
+		if (key == FAST__KEYS || seen & 1u << key)
+			goto unsure;
+		seen |= 1u << key;
+		s.p = q + 1;
+		fast__ws(&s);
+		if (s.p == s.end || *s.p != ':')
+			goto unsure;
+		s.p++;
+		fast__ws(&s);
+		if (s.p == s.end)
+			goto unsure;
+		off[key] = s.used;
+		if (key == FAST_DATA) {
+			if (fast__value(&s, 1) || fast__putc(&s, '\0'))
+				goto unsure;
+		} else if (key == FAST_LEVEL && *s.p == 'n') {
+			/* "level": null is no level (frame__str), i.e. info */
+			if ((size_t)(s.end - s.p) < 4 || memcmp(s.p, "null", 4) != 0)
+				goto unsure;
+			s.p += 4;
+			level_null = 1;
+			if (fast__putc(&s, '\0'))
+				goto unsure;
+		} else if (*s.p != '"' || fast__string(&s, 0)) {
+			goto unsure;
+		}
+		n[key] = s.used - off[key] - 1;
+		if (key == FAST_TYPE) {
+			/* Other types (rare) are jansson's: stop here. */
+			if (n[key] == 3 && memcmp(s.out + off[key], "log", 3) == 0)
+				type = FRAME_LOG;
+			else if (n[key] == 3 && memcmp(s.out + off[key], "msg", 3) == 0)
+				type = FRAME_MSG;
+			else
+				goto unsure;
+		}
+		fast__ws(&s);
+		if (s.p == s.end || (*s.p != ',' && *s.p != '}'))
+			goto unsure;
+		if (*s.p++ == '}')
+			break;
+	}
+	fast__ws(&s);
+	if (s.p != s.end || !(seen & 1u << FAST_TYPE))
+		goto unsure;
+
+	/* The checks of frame__log and frame__msg; a frame they would refuse is
+	 * left to them, so the refusal reads the same. */
+	if (type == FRAME_LOG) {
+		if (seen & ~(1u << FAST_TYPE | 1u << FAST_LEVEL | 1u << FAST_MSG) || !(seen & 1u << FAST_MSG) ||
+		    n[FAST_MSG] > FRAME_MAX_LOG_MSG)
+			goto unsure;
+		int is_error = 0;
+		if (seen & 1u << FAST_LEVEL && !level_null) {
+			const char *l = s.out + off[FAST_LEVEL];
+			if (n[FAST_LEVEL] == 5 && memcmp(l, "error", 5) == 0)
+				is_error = 1;
+			else if (n[FAST_LEVEL] != 4 || memcmp(l, "info", 4) != 0)
+				goto unsure;
+		}
+		out->u.log.is_error = is_error;
+		out->u.log.msg = s.out + off[FAST_MSG];
+	} else {
+		if (seen & ~(1u << FAST_TYPE | 1u << FAST_NAME | 1u << FAST_DATA) || !(seen & 1u << FAST_NAME) ||
+		    n[FAST_NAME] == 0 || n[FAST_NAME] > FRAME_MAX_NAME)
+			goto unsure;
+		out->u.msg.name = s.out + off[FAST_NAME];
+		out->u.msg.data_json = seen & 1u << FAST_DATA ? s.out + off[FAST_DATA] : NULL;
+	}
+	out->type = type;
+	out->text = s.out;
+	return 1;
+unsure:
+	free(s.out);
+	memset(out, 0, sizeof *out);
+	return 0;
+}
+
+int frame_parse(const char *buf, size_t len, frame *out, metrics_error_kind *kind, tn_error *err)
+{
+	if (frame_parse_fast(buf, len, out))
+		return 0;
+	return frame_parse_json(buf, len, out, kind, err);
+}
+
 void frame_release(frame *f)
 {
 	if (!f)
 		return;
 	json_decref(f->root);
+	free(f->text);
 	memset(f, 0, sizeof *f);
 }

@@ -1,6 +1,9 @@
 /* server/frame.h -- the device frame parser: bytes of one text frame in, a
  * typed and validated frame out, or an error kind and a message saying what
  * is wrong.  Bounded: the caller caps the length, this caps the nesting.
+ * Two paths with one result: the hot log and msg frames go through a strict
+ * scanner (frame_parse_fast) that takes only what it is sure of, everything
+ * else through a jansson tree (frame_parse_json).
  * Threads: any (pure). */
 #ifndef TN_FRAME_H
 #define TN_FRAME_H
@@ -23,7 +26,8 @@ typedef enum { FRAME_HELLO, FRAME_LOG, FRAME_MSG, FRAME_UPDATE_STATUS, FRAME_FET
 
 typedef struct frame {
 	frame_type type;
-	json_t *root; /* owned by the frame: every pointer below borrows from it */
+	json_t *root; /* owned by the frame, or NULL (fast path): the pointers below borrow from it */
+	char *text;   /* owned by the frame, or NULL: the pointers below that do not borrow from root */
 	union {
 		struct {
 			uint64_t id;
@@ -41,7 +45,9 @@ typedef struct frame {
 		} log;
 		struct {
 			const char *name;
-			json_t *data; /* may be NULL */
+			/* "data" as compact JSON text, exactly as json_dumps(JSON_COMPACT |
+			 * JSON_ENCODE_ANY) writes it ("null" for null); NULL when absent */
+			const char *data_json;
 		} msg;
 		struct {
 			const char *id, *state, *error; /* error may be NULL */
@@ -58,6 +64,16 @@ typedef struct frame {
  * ERR_BAD_FRAME or ERR_UNKNOWN_TYPE and err->msg to the detail; out is then
  * left empty (frame_release is still safe). */
 int frame_parse(const char *buf, size_t len, frame *out, metrics_error_kind *kind, tn_error *err);
+
+/* The two paths of frame_parse, exposed for tests and the differential fuzzer
+ * (tests/fuzz/fuzz_frame_diff.c).  frame_parse_fast returns 1 with *out filled
+ * exactly as frame_parse_json fills it for the same bytes, or 0 with *out
+ * empty when it is not sure: it takes only flat log and msg frames whose keys
+ * are the ones the type reads ("type", "level", "msg"; "type", "name",
+ * "data"), valid and within every limit, and refuses nothing itself.
+ * frame_parse_json is the whole jansson path, errors included. */
+int frame_parse_fast(const char *buf, size_t len, frame *out);
+int frame_parse_json(const char *buf, size_t len, frame *out, metrics_error_kind *kind, tn_error *err);
 
 /* Releases what frame_parse took (accepts a zeroed or failed frame). */
 void frame_release(frame *f);

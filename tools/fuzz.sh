@@ -19,10 +19,10 @@ status=0
 sh "$top/tools/embed-schema.sh" "$top"/schema/0*.sql > "$out/schema_sql.c"
 sh "$top/tools/embed-text.sh" flashtable_seed_csv "$top/schema/flash_parts.csv" > "$out/flash_seed.c"
 daemon_srcs="$(ls server/*.c agents/*.c | grep -v '^server/main.c$') build-fuzz/schema_sql.c build-fuzz/flash_seed.c"
-for target in ${FUZZ_TARGETS:-frame sfdp flashparts lua_json agent_env api}; do
+for target in ${FUZZ_TARGETS:-frame frame_diff sfdp flashparts lua_json agent_env api}; do
   src="$top/tests/fuzz/fuzz_$target.c"
   case $target in
-    frame) deps="server/frame.c server/util.c server/metrics.c" ;;
+    frame|frame_diff) deps="server/frame.c server/util.c server/metrics.c" ;;
     sfdp) deps="server/sfdp.c server/util.c" ;;
     flashparts) deps="server/flashparts.c server/util.c" ;;
     lua_json) deps="agents/runtime.c agents/lpattern.c server/util.c" ;;

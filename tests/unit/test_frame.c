@@ -1,6 +1,8 @@
 /* tests/unit/test_frame.c -- the device frame parser (server/frame.c) against
  * docs/protocol.md: every frame type with its fields, every refusal with its
- * error kind, the nesting cap, and frame_release on what a failure leaves. */
+ * error kind, the nesting cap, and frame_release on what a failure leaves;
+ * then the scanner for log and msg frames: what it takes (with the same
+ * frame as jansson gives), what it leaves to jansson, and its limits. */
 #define _GNU_SOURCE /* asprintf */
 #include <check.h>
 #include <stdio.h>
@@ -134,16 +136,19 @@ START_TEST(msg_frames)
 	ck_assert_int_eq(parse("{\"type\":\"msg\",\"name\":\"temp\",\"data\":{\"c\":21.5}}", &f, &kind, &err), 0);
 	ck_assert_int_eq(f.type, FRAME_MSG);
 	ck_assert_str_eq(f.u.msg.name, "temp");
-	ck_assert(json_is_object(f.u.msg.data));
-	ck_assert(json_real_value(json_object_get(f.u.msg.data, "c")) == 21.5);
+	ck_assert_str_eq(f.u.msg.data_json, "{\"c\":21.5}");
 	frame_release(&f);
 
 	ck_assert_int_eq(parse("{\"type\":\"msg\",\"name\":\"ping\"}", &f, &kind, &err), 0);
-	ck_assert_ptr_null(f.u.msg.data);
+	ck_assert_ptr_null(f.u.msg.data_json);
 	frame_release(&f);
 
-	ck_assert_int_eq(parse("{\"type\":\"msg\",\"name\":\"n\",\"data\":[1,\"x\"]}", &f, &kind, &err), 0);
-	ck_assert_uint_eq(json_array_size(f.u.msg.data), 2);
+	/* data is handed on as compact JSON text, as json_dumps writes it */
+	ck_assert_int_eq(parse("{\"type\":\"msg\",\"name\":\"n\",\"data\": [ 1 , \"x\" ] }", &f, &kind, &err), 0);
+	ck_assert_str_eq(f.u.msg.data_json, "[1,\"x\"]");
+	frame_release(&f);
+	ck_assert_int_eq(parse("{\"type\":\"msg\",\"name\":\"n\",\"data\":null}", &f, &kind, &err), 0);
+	ck_assert_str_eq(f.u.msg.data_json, "null");
 	frame_release(&f);
 }
 END_TEST
@@ -416,6 +421,335 @@ START_TEST(release_safe)
 }
 END_TEST
 
+/* --- the fast path ---------------------------------------------------------- */
+
+static void same_str(const char *a, const char *b, const char *what, const char *js)
+{
+	ck_assert_msg((a == NULL) == (b == NULL) && (!a || strcmp(a, b) == 0),
+		      "%s: '%s' against '%s' for %s", what, a ? a : "(null)", b ? b : "(null)", js);
+}
+
+/* Parses js with the scanner, with jansson alone and with frame_parse; checks
+ * that frame_parse answers as jansson does (error kind and message included)
+ * and that what the scanner takes, jansson takes the same.  Returns whether
+ * the scanner took it; *out keeps frame_parse's frame (caller releases). */
+static int fast_checked(const char *js, size_t len, frame *out, int *rc)
+{
+	frame fast, slow;
+	metrics_error_kind ks = KIND_UNSET, kb = KIND_UNSET;
+	tn_error es = { 0 }, eb = { 0 };
+
+	int took = frame_parse_fast(js, len, &fast);
+	int rs = frame_parse_json(js, len, &slow, &ks, &es);
+	*rc = frame_parse(js, len, out, &kb, &eb);
+	ck_assert_int_eq(*rc, rs);
+	ck_assert_int_eq(kb, ks);
+	ck_assert_str_eq(eb.msg, es.msg);
+	if (!took) {
+		ck_assert_ptr_null(fast.text); /* left empty */
+		ck_assert_ptr_null(fast.u.msg.name);
+	} else {
+		ck_assert_msg(rs == 0, "the scanner took what jansson refuses (%s): %s", es.msg, js);
+		ck_assert_ptr_null(fast.root);
+		ck_assert_int_eq(fast.type, slow.type);
+		ck_assert_int_eq(out->type, slow.type);
+		if (fast.type == FRAME_LOG) {
+			ck_assert_int_eq(fast.u.log.is_error, slow.u.log.is_error);
+			same_str(fast.u.log.msg, slow.u.log.msg, "msg", js);
+			same_str(out->u.log.msg, slow.u.log.msg, "msg", js);
+		} else {
+			same_str(fast.u.msg.name, slow.u.msg.name, "name", js);
+			same_str(fast.u.msg.data_json, slow.u.msg.data_json, "data", js);
+			same_str(out->u.msg.data_json, slow.u.msg.data_json, "data", js);
+		}
+	}
+	frame_release(&fast);
+	frame_release(&slow);
+	return took;
+}
+
+static const struct hot {
+	const char *json;
+	frame_type type;
+	int is_error;
+	const char *text; /* log: msg; msg: name */
+	const char *data; /* msg: data_json */
+} hot_frames[] = {
+	/* what tender-sim sends (bench/events_persisted.sh, bench/round_trip.sh) */
+	{ "{\"type\":\"log\",\"level\":\"info\",\"msg\":\"hello from sim 12345\"}", FRAME_LOG, 0,
+	  "hello from sim 12345", NULL },
+	{ "{\"type\":\"msg\",\"name\":\"echo\",\"data\":{\"seq\":123456}}", FRAME_MSG, 0, "echo",
+	  "{\"seq\":123456}" },
+	/* keys in any order, level absent, null or error, whitespace anywhere JSON allows it */
+	{ "{\"msg\":\"m\",\"level\":\"error\",\"type\":\"log\"}", FRAME_LOG, 1, "m", NULL },
+	{ "{\"type\":\"log\",\"msg\":\"m\"}", FRAME_LOG, 0, "m", NULL },
+	{ "{\"type\":\"log\",\"level\":null,\"msg\":\"m\"}", FRAME_LOG, 0, "m", NULL },
+	{ " \r\n\t{ \"type\" :\"log\" ,\n\"msg\"\t: \"m\" } \n", FRAME_LOG, 0, "m", NULL },
+	{ "{\"data\":1,\"name\":\"n\",\"type\":\"msg\"}", FRAME_MSG, 0, "n", "1" },
+	{ "{\"type\":\"msg\",\"name\":\"n\"}", FRAME_MSG, 0, "n", NULL },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":null}", FRAME_MSG, 0, "n", "null" },
+	/* every escape, unescaped; UTF-8 raw and from \u, surrogate pairs */
+	{ "{\"type\":\"log\",\"msg\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"}", FRAME_LOG, 0, "\"\\/\b\f\n\r\t", NULL },
+	{ "{\"type\":\"log\",\"msg\":\"caf\\u00e9 \\u20AC \\ud83d\\ude00 caf\xc3\xa9\"}", FRAME_LOG, 0,
+	  "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 caf\xc3\xa9", NULL },
+	{ "{\"type\":\"log\",\"msg\":\"\\u0001\\u001f\\u007f\x7f\"}", FRAME_LOG, 0, "\x01\x1f\x7f\x7f", NULL },
+	{ "{\"type\":\"\\u006cog\",\"msg\":\"m\"}", FRAME_LOG, 0, "m", NULL }, /* an escaped value is fine */
+	{ "{\"type\":\"msg\",\"name\":\"\xc3\xbc\",\"data\":\"x\"}", FRAME_MSG, 0, "\xc3\xbc", "\"x\"" },
+	/* data as json_dumps writes it: compact, its escapes, its numbers */
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\": { \"a\" : [ 1 , { } , [ ] ] , \"b\" : true , \"c\":false } }",
+	  FRAME_MSG, 0, "n", "{\"a\":[1,{},[]],\"b\":true,\"c\":false}" },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":\"\\u0041\\/\\u001f\\u00e9\\n\\\"\\\\\\u2028\"}", FRAME_MSG, 0,
+	  "n", "\"A/\\u001F\xc3\xa9\\n\\\"\\\\\xe2\x80\xa8\"" },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":[0,-0,-1,9223372036854775807,-9223372036854775808]}",
+	  FRAME_MSG, 0, "n", "[0,0,-1,9223372036854775807,-9223372036854775808]" },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":[21.5,23.7,0.1,1.0,1e2,1E+2,2.5e-5,-0.0,1e-400,1e17]}",
+	  FRAME_MSG, 0, "n",
+	  "[21.5,23.699999999999999,0.10000000000000001,1.0,100.0,100.0,2.5000000000000001e-5,-0.0,0.0,1e17]" },
+	/* the same key in sibling or nested objects is no duplicate */
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":[{\"a\":1},{\"a\":{\"a\":2}}]}", FRAME_MSG, 0, "n",
+	  "[{\"a\":1},{\"a\":{\"a\":2}}]" },
+};
+
+START_TEST(fast_takes_hot_frames)
+{
+	const struct hot *h = &hot_frames[_i];
+	frame f;
+	int rc;
+
+	ck_assert_msg(fast_checked(h->json, strlen(h->json), &f, &rc), "not taken: %s", h->json);
+	ck_assert_int_eq(rc, 0);
+	ck_assert_int_eq(f.type, h->type);
+	ck_assert_ptr_null(f.root);
+	ck_assert_ptr_nonnull(f.text);
+	if (h->type == FRAME_LOG) {
+		ck_assert_int_eq(f.u.log.is_error, h->is_error);
+		ck_assert_str_eq(f.u.log.msg, h->text);
+	} else {
+		ck_assert_str_eq(f.u.msg.name, h->text);
+		same_str(f.u.msg.data_json, h->data, "data", h->json);
+	}
+	frame_release(&f);
+	ck_assert_ptr_null(f.text);
+}
+END_TEST
+
+/* Frames the scanner leaves to jansson: some jansson takes, some it refuses;
+ * either way frame_parse answers as jansson does (fast_checked). */
+static const struct {
+	const char *json;
+	int accepted;
+} left_frames[] = {
+	/* taken by jansson */
+	{ "{\"type\":\"log\",\"msg\":\"m\",\"ts\":1}", 1 },                /* a key log does not read */
+	{ "{\"type\":\"log\",\"msg\":\"m\",\"data\":1}", 1 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"msg\":\"m\"}", 1 },
+	{ "{\"ty\\u0070e\":\"log\",\"msg\":\"m\"}", 1 },                   /* an escaped key */
+	{ HELLO "}", 1 },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0,\"length\":1}", 1 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":0.00000000000000000000000000000000000000000000000000000000000000001}", 1 },
+	/* refused by jansson */
+	{ "{\"type\":\"log\",\"msg\":\"a\",\"msg\":\"b\"}", 0 },
+	{ "{\"type\":\"log\",\"type\":\"log\",\"msg\":\"m\"}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":{\"a\":1,\"b\":{},\"a\":2}}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":{\"a\":1,\"\\u0061\":2}}", 0 }, /* the same key, spelled two ways */
+	{ "{\"type\":\"log\",\"msg\":\"a\\u0000b\"}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":{\"\\u0000\":1}}", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"\xc0\x80\"}", 0 },                  /* overlong */
+	{ "{\"type\":\"log\",\"msg\":\"\xed\xa0\x80\"}", 0 },              /* a surrogate in UTF-8 */
+	{ "{\"type\":\"log\",\"msg\":\"\xf4\x90\x80\x80\"}", 0 },          /* past U+10FFFF */
+	{ "{\"type\":\"log\",\"msg\":\"\xe2\x82\"}", 0 },                  /* cut short */
+	{ "{\"type\":\"log\",\"msg\":\"\\udc00\"}", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"\\ud800\"}", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"\\ud800\\u0041\"}", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"\\x\"}", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"\\u12g4\"}", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"tab\there\"}", 0 },                 /* a raw control character */
+	{ "{\"type\":\"log\",\"level\":\"warn\",\"msg\":\"m\"}", 0 },
+	{ "{\"type\":\"log\",\"level\":\"\",\"msg\":\"m\"}", 0 },
+	{ "{\"type\":\"log\",\"level\":\"INFO\",\"msg\":\"m\"}", 0 },
+	{ "{\"type\":\"log\",\"msg\":null}", 0 },
+	{ "{\"type\":\"log\",\"msg\":[\"m\"]}", 0 },
+	{ "{\"type\":\"log\"}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"\"}", 0 },
+	{ "{\"type\":\"msg\",\"name\":null}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":9223372036854775808}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":-9223372036854775809}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":1e400}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":01}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":1.}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":-}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":[1,]}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":{\"a\":1,}}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":[truex]}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":nul}", 0 },
+	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":}", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"m\",}", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"m\"} x", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"m\"}\xc3\xa9", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"m\"", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"m", 0 },
+	{ "{\"type\":\"log\",\"msg\":\"m\\", 0 },
+	{ "\xef\xbb\xbf{\"type\":\"log\",\"msg\":\"m\"}", 0 },            /* a byte order mark */
+	{ "{\"type\":\"log\",\"msg\":\"m\"}\f", 0 },                       /* not JSON whitespace */
+};
+
+START_TEST(fast_leaves_the_rest)
+{
+	const char *js = left_frames[_i].json;
+	frame f;
+	int rc;
+
+	ck_assert_msg(!fast_checked(js, strlen(js), &f, &rc), "taken: %s", js);
+	ck_assert_msg((rc == 0) == left_frames[_i].accepted, "rc %d for %s", rc, js);
+	frame_release(&f);
+}
+END_TEST
+
+/* A frame around data (owned: caller frees). */
+static char *msg_with(const char *data)
+{
+	char *s = NULL;
+	ck_assert_int_ge(asprintf(&s, "{\"type\":\"msg\",\"name\":\"n\",\"data\":%s}", data), 0);
+	return s;
+}
+
+START_TEST(fast_limits)
+{
+	frame f;
+	int rc;
+	char *js = NULL, *body;
+
+	/* FRAME_MAX_LOG_MSG counts bytes after unescaping: 8192 x \u00e9 is 16384 */
+	size_t n = FRAME_MAX_LOG_MSG / 2;
+	body = malloc(n * 6 + 1);
+	ck_assert_ptr_nonnull(body);
+	for (size_t i = 0; i < n; i++)
+		memcpy(body + i * 6, "\\u00e9", 6);
+	body[n * 6] = '\0';
+	ck_assert_int_ge(asprintf(&js, "{\"type\":\"log\",\"msg\":\"%s\"}", body), 0);
+	ck_assert(fast_checked(js, strlen(js), &f, &rc));
+	ck_assert_uint_eq(strlen(f.u.log.msg), FRAME_MAX_LOG_MSG);
+	frame_release(&f);
+	free(js);
+	/* one byte more: left to jansson, which refuses it */
+	ck_assert_int_ge(asprintf(&js, "{\"type\":\"log\",\"msg\":\"x%s\"}", body), 0);
+	ck_assert(!fast_checked(js, strlen(js), &f, &rc));
+	ck_assert_int_eq(rc, TN_EINVAL);
+	free(js);
+	free(body);
+
+	/* FRAME_MAX_NAME */
+	body = repeat('n', FRAME_MAX_NAME);
+	ck_assert_int_ge(asprintf(&js, "{\"type\":\"msg\",\"name\":\"%s\"}", body), 0);
+	ck_assert(fast_checked(js, strlen(js), &f, &rc));
+	frame_release(&f);
+	free(js);
+	ck_assert_int_ge(asprintf(&js, "{\"type\":\"msg\",\"name\":\"n%s\"}", body), 0);
+	ck_assert(!fast_checked(js, strlen(js), &f, &rc));
+	ck_assert_int_eq(rc, TN_EINVAL);
+	free(js);
+	free(body);
+
+	/* FRAME_MAX_DEPTH, arrays and objects */
+	js = nested(FRAME_MAX_DEPTH - 1);
+	ck_assert(fast_checked(js, strlen(js), &f, &rc));
+	frame_release(&f);
+	free(js);
+	js = nested(FRAME_MAX_DEPTH);
+	ck_assert(!fast_checked(js, strlen(js), &f, &rc));
+	ck_assert_int_eq(rc, TN_EINVAL);
+	free(js);
+	for (int depth = FRAME_MAX_DEPTH - 1; depth <= FRAME_MAX_DEPTH; depth++) {
+		char *open = malloc((size_t)depth * 5 + 1), *close = repeat('}', (size_t)depth);
+		for (int i = 0; i < depth; i++)
+			memcpy(open + i * 5, "{\"a\":", 5);
+		open[depth * 5] = '\0';
+		char *inner = NULL;
+		ck_assert_int_ge(asprintf(&inner, "%s1%s", open, close), 0);
+		js = msg_with(inner);
+		ck_assert_int_eq(fast_checked(js, strlen(js), &f, &rc), depth < FRAME_MAX_DEPTH);
+		ck_assert_int_eq(rc, depth < FRAME_MAX_DEPTH ? 0 : TN_EINVAL);
+		frame_release(&f);
+		free(js);
+		free(inner);
+		free(open);
+		free(close);
+	}
+}
+END_TEST
+
+START_TEST(fast_data_objects)
+{
+	frame f;
+	int rc;
+	char buf[2048], *js;
+	size_t len;
+
+	/* 64 keys open at once are the scanner's; one more is jansson's alone */
+	for (int keys = 64; keys <= 65; keys++) {
+		len = 0;
+		buf[len++] = '{';
+		for (int i = 0; i < keys; i++)
+			len += (size_t)snprintf(buf + len, sizeof buf - len, "%s\"k%d\":%d", i ? "," : "", i, i);
+		buf[len++] = '}';
+		buf[len] = '\0';
+		js = msg_with(buf);
+		ck_assert_int_eq(fast_checked(js, strlen(js), &f, &rc), keys == 64);
+		ck_assert_int_eq(rc, 0);
+		ck_assert_str_eq(f.u.msg.data_json, buf);
+		frame_release(&f);
+		free(js);
+	}
+	/* a duplicate after many keys, and after a closed inner object */
+	js = msg_with("{\"a\":1,\"b\":{\"c\":1,\"d\":2},\"c\":3,\"e\":4,\"d\":5,\"b\":6}");
+	ck_assert(!fast_checked(js, strlen(js), &f, &rc));
+	ck_assert_int_eq(rc, TN_EINVAL);
+	free(js);
+
+	/* data that grows when written as json_dumps does (0.1 is 19 bytes
+	 * there): the scanner's buffer grows with it */
+	len = 0;
+	buf[len++] = '[';
+	for (int i = 0; i < 400; i++) {
+		if (i)
+			buf[len++] = ',';
+		memcpy(buf + len, "0.1", 3);
+		len += 3;
+	}
+	buf[len++] = ']';
+	buf[len] = '\0';
+	js = msg_with(buf);
+	ck_assert(fast_checked(js, strlen(js), &f, &rc));
+	ck_assert_uint_eq(strlen(f.u.msg.data_json), 2 + 400 * 19 + 399);
+	frame_release(&f);
+	free(js);
+}
+END_TEST
+
+START_TEST(fast_nul_bytes)
+{
+	static const char raw[] = "{\"type\":\"log\",\"msg\":\"a\0b\"}";
+	frame f;
+	int rc;
+
+	/* a raw NUL and \u0000 are jansson's to refuse, as before */
+	ck_assert(!fast_checked(raw, sizeof raw - 1, &f, &rc));
+	ck_assert_int_eq(rc, TN_EINVAL);
+	const char *esc = "{\"type\":\"log\",\"msg\":\"a\\u0000b\"}";
+	ck_assert(!fast_checked(esc, strlen(esc), &f, &rc));
+	ck_assert_int_eq(rc, TN_EINVAL);
+	/* a NUL after the frame is not whitespace */
+	static const char after[] = "{\"type\":\"log\",\"msg\":\"m\"}\0";
+	ck_assert(!fast_checked(after, sizeof after - 1, &f, &rc));
+	ck_assert_int_eq(rc, TN_EINVAL);
+	/* only len bytes are read: the frame ends where len says */
+	const char *js = "{\"type\":\"log\",\"msg\":\"m\"}{\"type\":\"log\"";
+	ck_assert(fast_checked(js, 24, &f, &rc));
+	ck_assert_str_eq(f.u.log.msg, "m");
+	frame_release(&f);
+}
+END_TEST
+
 static Suite *frame_suite(void)
 {
 	Suite *s = suite_create("frame");
@@ -441,6 +775,14 @@ static Suite *frame_suite(void)
 	tc = tcase_create("nesting");
 	tcase_add_test(tc, nesting_limit);
 	tcase_add_test(tc, nesting_depth_function);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("fast");
+	tcase_add_loop_test(tc, fast_takes_hot_frames, 0, (int)TN_ARRAY_LEN(hot_frames));
+	tcase_add_loop_test(tc, fast_leaves_the_rest, 0, (int)TN_ARRAY_LEN(left_frames));
+	tcase_add_test(tc, fast_limits);
+	tcase_add_test(tc, fast_data_objects);
+	tcase_add_test(tc, fast_nul_bytes);
 	suite_add_tcase(s, tc);
 	return s;
 }
