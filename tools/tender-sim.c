@@ -41,6 +41,7 @@
 #define SIM_DEFAULT_MQTT_URL	"mqtt://127.0.0.1:1883"
 #define SIM_MAX_RX		(1024 * 1024)	/* larger server frames are an error */
 #define SIM_QUEUE_MAX		32		/* paced frames queued per device */
+#define SIM_COALESCE		(64 * 1024)	/* queued frames written in one send() */
 #define SIM_MAX_RAW_AFTER	16
 #define SIM_OVERSIZE_MIN	23		/* strlen("{\"type\":\"log\",\"msg\":\"\"}") */
 #define SIM_OVERSIZE_MAX	(64L * 1024 * 1024)
@@ -53,6 +54,7 @@
 #define SIM_TICK_MIN_US		10000
 #define SIM_TICK_MAX_US		100000
 #define SIM_POKE_US		1000
+#define SIM_LWS_TICK_US		50000
 #define SIM_NEVER		INT64_MAX
 #define SIM_BACKOFF_MIN_US	500000
 #define SIM_BACKOFF_MAX_US	30000000
@@ -252,12 +254,21 @@ struct sim {
 	uint64_t log_limit, msg_limit;		/* frames per device; UINT64_MAX: no limit */
 	struct lws_context *ctx;
 	struct ev_loop *ev;			/* lws runs on it (epoll), a pass at a time */
-	lws_sorted_usec_list_t cron;
+	/* The cron is a libev timer, not an lws one: on libev, lws re-arms its
+	 * timer only from its own timer or its idle watcher, and an idle watcher
+	 * never runs while I/O keeps coming, so a sooner lws timer set from a
+	 * callback waited for the old one (connects paced at 64 per 100 ms).
+	 * lws_tick, an lws timer every SIM_LWS_TICK_US, keeps lws's own
+	 * deadlines (connect timeouts, async kills) that punctual. */
+	ev_timer cron;
+	lws_sorted_usec_list_t lws_tick;
 	lws_usec_t deadline, stall_at, close_deadline;	/* 0: none */
 	enum sim_stop stop;
 	bool finished;				/* the service loop may end */
 	bool stall_now, stalled, destroying, all_finished;
 	bool in_cron, poked;			/* sim__cron_soon() during the cron */
+	unsigned char *wbuf;			/* owned: LWS_PRE + SIM_COALESCE, frames coalesced */
+	uint64_t mask_rng;			/* xorshift64 state for the frames' mask keys */
 	lws_usec_t cron_at;			/* when the cron runs next */
 	size_t n_state[SIM_NSTATES];
 	uint64_t n_welcomed, n_log_sent, n_msg_sent, n_received;
@@ -270,7 +281,8 @@ struct sim {
 
 static volatile sig_atomic_t sim_signalled;
 
-static void sim__cron(lws_sorted_usec_list_t *sul);
+static void sim__cron(struct ev_loop *loop, ev_timer *w, int revents);
+static void sim__cron_at(struct sim *sim, lws_usec_t delay);
 
 /* ---- output ---------------------------------------------------------------- */
 
@@ -1479,7 +1491,7 @@ static void sim__cron_soon(struct sim *sim)
 	soon = lws_now_usecs() + SIM_POKE_US;
 	if (sim->cron_at > soon) {
 		sim->cron_at = soon;
-		lws_sul_schedule(sim->ctx, 0, &sim->cron, sim__cron, SIM_POKE_US);
+		sim__cron_at(sim, SIM_POKE_US);
 	}
 }
 
@@ -1524,7 +1536,7 @@ static void sim__cron_by(struct sim *sim, lws_usec_t at)
 	if (at < now + SIM_POKE_US)
 		at = now + SIM_POKE_US;
 	sim->cron_at = at;
-	lws_sul_schedule(sim->ctx, 0, &sim->cron, sim__cron, at - now);
+	sim__cron_at(sim, at - now);
 }
 
 /* --update-drop-after: the connection just goes, without a close frame (lws
@@ -2395,6 +2407,79 @@ static int sim__mqtt_close(struct sim_dev *d, struct lws *wsi)
 }
 
 /* One lws_write per WRITEABLE, as lws requires. */
+/* Counts a frame as sent and frees it. */
+static void sim__sent(struct sim *sim, struct sim_dev *d, struct sim_frame *f)
+{
+	if (f->kind == SIM_FRAME_LOG) {
+		d->log.sent++;
+		sim->n_log_sent++;
+	} else if (f->kind == SIM_FRAME_MSG) {
+		d->msg.sent++;
+		sim->n_msg_sent++;
+	}
+	free(f);
+}
+
+/* A client's WebSocket frame header (RFC 6455 5.2: FIN, text, masked) and
+ * its masked payload at out; returns the bytes written.  The mask key comes
+ * from a xorshift generator: lws reads /dev/urandom for every frame it
+ * masks, which was a sixth of the simulator's time. */
+static size_t sim__ws_frame(struct sim *sim, unsigned char *out, const unsigned char *in, size_t len)
+{
+	size_t h = 0;
+	unsigned char key[4];
+	uint64_t x = sim->mask_rng;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	sim->mask_rng = x;
+	memcpy(key, &x, 4);
+	out[h++] = 0x81;
+	if (len < 126) {
+		out[h++] = 0x80 | (unsigned char)len;
+	} else if (len <= 0xffff) {
+		out[h++] = 0x80 | 126;
+		out[h++] = (unsigned char)(len >> 8);
+		out[h++] = (unsigned char)len;
+	} else {
+		out[h++] = 0x80 | 127;
+		for (int i = 0; i < 8; i++)
+			out[h++] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+	}
+	memcpy(out + h, key, 4);
+	h += 4;
+	for (size_t i = 0; i < len; i++)
+		out[h + i] = in[i] ^ key[i & 3];
+	return h + len;
+}
+
+/* Writes the queued frames that fit in SIM_COALESCE in one send() (raw:
+ * framed and masked here, or MQTT packets as they are).  Returns -1 on a
+ * failed write. */
+static int sim__write_coalesced(struct sim *sim, struct sim_dev *d, struct lws *wsi)
+{
+	unsigned char *out = sim->wbuf + LWS_PRE;
+	size_t used = 0;
+	struct sim_frame *f;
+
+	while ((f = d->q_head) && used + 14 + f->len <= SIM_COALESCE) {
+		sim__queue_pop(d);
+		if (sim->o.mqtt) {
+			memcpy(out + used, f->buf + LWS_PRE, f->len);
+			used += f->len;
+		} else {
+			used += sim__ws_frame(sim, out + used, f->buf + LWS_PRE, f->len);
+		}
+		sim__sent(sim, d, f);
+	}
+	if (lws_write(wsi, out, used, LWS_WRITE_RAW) < (int)used) {
+		sim__err("%s: write failed", d->id);
+		return -1;
+	}
+	return 0;
+}
+
 static int sim__on_writeable(struct sim *sim, struct sim_dev *d, struct lws *wsi)
 {
 	struct sim_frame *f;
@@ -2408,25 +2493,25 @@ static int sim__on_writeable(struct sim *sim, struct sim_dev *d, struct lws *wsi
 				 strlen(d->our_reason));
 		return -1;
 	}
-	f = sim__queue_pop(d);
+	f = d->q_head;
 	if (!f)
 		return 0;
-	n = lws_write(wsi, f->buf + LWS_PRE, f->len, sim->o.mqtt ? LWS_WRITE_RAW : LWS_WRITE_TEXT);
-	if (n < (int)f->len) {
-		sim__err("%s: write failed", d->id);
-		free(f);
-		return -1;
+	if (f->len + 14 <= SIM_COALESCE) {
+		if (sim__write_coalesced(sim, d, wsi))
+			return -1;
+	} else {
+		/* Larger than the buffer: lws frames it. */
+		sim__queue_pop(d);
+		n = lws_write(wsi, f->buf + LWS_PRE, f->len, sim->o.mqtt ? LWS_WRITE_RAW : LWS_WRITE_TEXT);
+		if (n < (int)f->len) {
+			sim__err("%s: write failed", d->id);
+			free(f);
+			return -1;
+		}
+		sim__sent(sim, d, f);
 	}
 	now = lws_now_usecs();
 	d->last_tx = now;
-	if (f->kind == SIM_FRAME_LOG) {
-		d->log.sent++;
-		sim->n_log_sent++;
-	} else if (f->kind == SIM_FRAME_MSG) {
-		d->msg.sent++;
-		sim->n_msg_sent++;
-	}
-	free(f);
 	if (sim__dev_fill(sim, d, now))
 		sim__dev_close(d, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
 	if (d->q_head)
@@ -2618,19 +2703,34 @@ static lws_usec_t sim__stopping(struct sim *sim, lws_usec_t now)
 
 	if (!live || now >= sim->close_deadline) {
 		sim->finished = true;
-		lws_cancel_service(sim->ctx);	/* leave lws_service() at once */
+		lws_cancel_service(sim->ctx);	/* end the loop's pass at once */
 	}
 	return sim->close_deadline;
 }
 
+static void sim__cron_at(struct sim *sim, lws_usec_t delay)
+{
+	ev_timer_stop(sim->ev, &sim->cron);
+	ev_timer_set(&sim->cron, (double)delay / 1e6, 0.);
+	ev_timer_start(sim->ev, &sim->cron);
+}
+
+static void sim__lws_tick(lws_sorted_usec_list_t *sul)
+{
+	struct sim *sim = lws_container_of(sul, struct sim, lws_tick);
+
+	if (!sim->finished && !sim->destroying)
+		lws_sul_schedule(sim->ctx, 0, &sim->lws_tick, sim__lws_tick, SIM_LWS_TICK_US);
+}
+
 /* The one periodic job of the service loop.  It sleeps until the next thing
  * it has to do (at most SIM_TICK_MAX_US, at least SIM_TICK_MIN_US): every
- * wake-up costs a poll() over every socket, which at 10,000 devices is
- * milliseconds.  Callbacks that change what it would decide call
+ * run walks every device, which at 10,000 devices is a fraction of a
+ * millisecond.  Callbacks that change what it would decide call
  * sim__cron_soon(). */
-static void sim__cron(lws_sorted_usec_list_t *sul)
+static void sim__cron(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	struct sim *sim = lws_container_of(sul, struct sim, cron);
+	struct sim *sim = lws_container_of(w, struct sim, cron);
 	lws_usec_t now = lws_now_usecs(), next = SIM_NEVER, delay;
 
 	sim->in_cron = true;
@@ -2661,7 +2761,7 @@ static void sim__cron(lws_sorted_usec_list_t *sul)
 	if (sim->poked)
 		delay = SIM_POKE_US;
 	sim->cron_at = now + delay;
-	lws_sul_schedule(sim->ctx, 0, &sim->cron, sim__cron, delay);
+	sim__cron_at(sim, delay);
 }
 
 /* --stall-after: the whole process freezes, so the server sees no reads, no
@@ -2725,8 +2825,10 @@ static int sim__start(struct sim *sim, unsigned fd_limit)
 	lws_set_log_level(levels, sim__lws_log);
 	/* lws's poll() loop scans every socket at every wake-up: on libev
 	 * (epoll) a wake-up costs what is ready, whatever the device count. */
+	sim->wbuf = malloc(LWS_PRE + SIM_COALESCE);
+	sim->mask_rng = ((uint64_t)lrand48() << 32 | (uint64_t)lrand48()) | 1;
 	sim->ev = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
-	if (!sim->ev) {
+	if (!sim->wbuf || !sim->ev) {
 		sim__err("cannot create the event loop");
 		return -1;
 	}
@@ -2757,7 +2859,9 @@ static int sim__start(struct sim *sim, unsigned fd_limit)
 	if (sim->o.stall_after >= 0)
 		sim->stall_at = now + (lws_usec_t)(sim->o.stall_after * 1e6) + 1;
 	sim->cron_at = now + 1;
-	lws_sul_schedule(sim->ctx, 0, &sim->cron, sim__cron, 1);
+	ev_timer_init(&sim->cron, sim__cron, 0., 0.);
+	sim__cron_at(sim, 1);
+	lws_sul_schedule(sim->ctx, 0, &sim->lws_tick, sim__lws_tick, SIM_LWS_TICK_US);
 	return 0;
 }
 
@@ -2816,6 +2920,7 @@ static void sim__free(struct sim *sim)
 		free(d->upd);
 	}
 	free(sim->devs);
+	free(sim->wbuf);
 	free(sim->rtt_us);
 }
 
@@ -2862,7 +2967,8 @@ int main(int argc, char **argv)
 		ev_run(sim.ev, EVRUN_ONCE);
 	}
 	sim.destroying = true;
-	lws_sul_cancel(&sim.cron);
+	ev_timer_stop(sim.ev, &sim.cron);
+	lws_sul_cancel(&sim.lws_tick);
 	lws_context_destroy(sim.ctx);
 	ev_loop_destroy(sim.ev);
 	rc = rc ? 1 : sim__exit_status(&sim);
