@@ -4,7 +4,6 @@
  * Threads: any (pure). */
 #include "frame.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -406,6 +405,19 @@ static char *fast__put_cp(char *o, uint32_t cp, int canon)
 	return o;
 }
 
+/* Bytes a string holds as they are: printable ASCII but the quote and the
+ * backslash (and DEL, which jansson writes raw too). */
+static const unsigned char fast__plain[256] = {
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
 /* The string whose opening quote is at s->p.  Writes its value and a NUL, or
  * with canon the string as json_dumps writes it (quotes included, no NUL).
  * Never longer than its input: an escape is at least as long as what it
@@ -421,7 +433,7 @@ static int fast__string(struct fast *s, int canon)
 		*o++ = '"';
 	for (;;) {
 		const unsigned char *run = p;
-		while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+		while (p < end && fast__plain[*p])
 			p++;
 		memcpy(o, run, (size_t)(p - run));
 		o += p - run;
@@ -482,7 +494,7 @@ static int fast__string(struct fast *s, int canon)
 }
 
 /* A number, written as json_dumps writes what jansson reads from it: an
- * integer (strtoll, in range) as it is ("-0" as 0), a real (strtod, finite)
+ * integer in strtoll's range as it is ("-0" as 0), a real (strtod, finite)
  * as "%.17g" with jansson's touches (a ".0" if it would read as an integer,
  * no '+' nor leading zeros in the exponent). */
 static int fast__number(struct fast *s)
@@ -520,23 +532,28 @@ static int fast__number(struct fast *s)
 			p++;
 	}
 #undef FAST_DIGIT
-	size_t n = (size_t)(p - s->p);
-	if (n >= sizeof tok || fast__reserve(s, sizeof tok + 8))
-		return -1;
-	memcpy(tok, s->p, n);
-	tok[n] = '\0';
-	s->p = p;
-	errno = 0;
+	const char *num = s->p;
+	size_t n = (size_t)(p - num);
 	if (!real) {
-		(void)strtoll(tok, &e, 10);
-		if (errno || e != tok + n)
+		/* strtoll's range, as jansson reads it: up to 18 digits always fit */
+		size_t digits = n - (*num == '-');
+		if (digits > 19 || (digits == 19 && memcmp(p - 19, *num == '-' ? "9223372036854775808"
+							    : "9223372036854775807", 19) > 0))
 			return -1;
-		if (n == 2 && tok[0] == '-' && tok[1] == '0')
-			n = 1, tok[0] = '0';
-		memcpy(s->out + s->used, tok, n);
+		if (n == 2 && num[0] == '-' && num[1] == '0')
+			num++, n = 1; /* -0 is the integer 0 */
+		if (fast__reserve(s, n))
+			return -1;
+		memcpy(s->out + s->used, num, n);
 		s->used += n;
+		s->p = p;
 		return 0;
 	}
+	if (n >= sizeof tok)
+		return -1;
+	memcpy(tok, num, n);
+	tok[n] = '\0';
+	s->p = p;
 	double v = strtod(tok, &e);
 	if (e != tok + n || !isfinite(v))
 		return -1;
@@ -559,6 +576,8 @@ static int fast__number(struct fast *s)
 		memmove(to, from, strlen(from) + 1);
 		m = (int)strlen(tok);
 	}
+	if (fast__reserve(s, (size_t)m))
+		return -1;
 	memcpy(s->out + s->used, tok, (size_t)m);
 	s->used += (size_t)m;
 	return 0;
@@ -656,11 +675,16 @@ int frame_parse_fast(const char *buf, size_t len, frame *out)
 		[FAST_TYPE] = { "type", 4 }, [FAST_LEVEL] = { "level", 5 }, [FAST_MSG] = { "msg", 3 },
 		[FAST_NAME] = { "name", 4 }, [FAST_DATA] = { "data", 4 },
 	};
-	struct fast s = { .p = buf, .end = buf + len };
+	struct fast s; /* (not zeroed whole: keys[] is written before it is read) */
 	size_t off[FAST__KEYS] = { 0 }, n[FAST__KEYS] = { 0 };
 	unsigned seen = 0, level_null = 0;
 	frame_type type = FRAME_LOG;
 
+	s.p = buf;
+	s.end = buf + len;
+	s.out = NULL;
+	s.used = s.cap = 0;
+	s.nkeys = 0;
 	memset(out, 0, sizeof *out);
 	fast__ws(&s);
 	if (s.p == s.end || *s.p != '{' || fast__reserve(&s, len + 1))
