@@ -161,6 +161,7 @@ struct device_loop {
 	lws_sorted_usec_list_t cron;
 
 	unsigned char wbuf[LWS_PRE + DEVICE_COALESCE_BYTES]; /* service thread: frames coalesced */
+	struct lws_protocols protocols[2]; /* device__protocols, adjusted for TLS */
 
 	/* any thread, under lock */
 	pthread_mutex_t lock;
@@ -1131,7 +1132,15 @@ int device_loop_start(device_loop **out, const device_loop_options *opt, store *
 		goto fail;
 	memset(&info, 0, sizeof info);
 	info.port = CONTEXT_PORT_NO_LISTEN_SERVER; /* see device__accept_cb */
-	info.protocols = device__protocols;
+	memcpy(d->protocols, device__protocols, sizeof d->protocols);
+	if (opt->tls_cert)
+		/* With TLS, a whole record (16 KiB at most) is read at once: what a
+		 * smaller read leaves inside OpenSSL is invisible to epoll, and lws
+		 * serves it only from libev's idle watcher, which never runs while
+		 * other sockets keep the loop busy.  OpenSSL's own state costs
+		 * tens of KB per connection, so this is small beside it. */
+		d->protocols[0].rx_buffer_size = 16384 + 64;
+	info.protocols = d->protocols;
 	info.vhost_name = "devices";
 	info.user = d;
 	/* No lws validity timers: the keepalive is ours (device__expire). */

@@ -2580,7 +2580,7 @@ static int sim__callback(struct lws *wsi, enum lws_callback_reasons reason, void
 	}
 }
 
-static const struct lws_protocols sim_protocols[] = {
+static struct lws_protocols sim_protocols[] = {	/* rx buffer set for TLS in sim__start */
 	{ "tender-sim", sim__callback, 0, SIM_RX_BUFFER, 0, NULL, 0 },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 },
 };
@@ -2835,6 +2835,11 @@ static int sim__start(struct sim *sim, unsigned fd_limit)
 	void *foreign_loops[1] = { sim->ev };
 	memset(&info, 0, sizeof(info));
 	info.options = LWS_SERVER_OPTION_LIBEV;
+	/* With TLS, read a whole record (16 KiB at most) at once: what a smaller
+	 * read leaves inside OpenSSL is served only from libev's idle watcher,
+	 * which never runs while other sockets keep the loop busy. */
+	if (sim->o.tls)
+		sim_protocols[0].rx_buffer_size = 16384 + 64;
 	info.foreign_loops = foreign_loops;
 	info.port = CONTEXT_PORT_NO_LISTEN;
 	info.protocols = sim_protocols;
