@@ -55,6 +55,7 @@ struct agent_rt {
 	int in_event;
 	int ref_handlers, ref_connect, ref_disconnect, ref_http;
 	unsigned libs_done;     /* rt__lazy_names opened or assigned (bit i) */
+	int string_open;        /* the string library is (rt__string_open) */
 	size_t reserved;        /* what the libraries not opened yet would take */
 	int refused;            /* the last request was over the cap: Lua may retry it */
 	void *refused_ptr;
@@ -756,23 +757,86 @@ static void rt__set_funcs(lua_State *L, const char *global, const luaL_Reg *fns)
 
 /* --- the libraries ----------------------------------------------------------- */
 
-/* Opened at their first use (the globals' __index, rt__lazy_index), which
- * saves an agent that never uses them about 6 KB of its heap (math alone is
- * 3.8 KB); what the agent sees is the same as if they were opened at the
- * start, but for rawget(_G, name) and next(_G) before that first use. */
-static const char *const rt__lazy_names[] = { "table", "math", "utf8", "coroutine", "os", NULL };
-/* What each takes when opened (Lua 5.4, 64 bits; os with its full table,
- * garbage until the next collection).  The memory cap counts it for every
- * library not opened yet (agent_rt.reserved), so an agent fits under its cap
- * exactly when it would with every library opened at the start, and the
- * first use of a library never runs out of memory where that would not. */
-static const size_t rt__lazy_bytes[] = { 720, 2840, 420, 500, 940 };
+/* The string metatable cannot be read or replaced. */
+static void rt__string_protect(lua_State *L)
+{
+	lua_pushliteral(L, "");
+	lua_getmetatable(L, -1);
+	lua_pushboolean(L, 0);
+	lua_setfield(L, -2, "__metatable");
+	lua_pop(L, 2);
+}
 
-/* Library i is the agent's now (opened, or its name assigned). */
+/* Opened at their first use (the globals' __index, rt__lazy_index), which
+ * saves an agent that never uses them about 8 KB of its heap (math alone is
+ * 3.8 KB, string 2.5); what the agent sees is the same as if they were
+ * opened at the start, but for rawget(_G, name) and next(_G) before that
+ * first use.  `string` is also opened by the first method call on a string
+ * (rt__string_index), and its name is only the way in: `string = nil` does
+ * not stop ("x"):upper(). */
+static const char *const rt__lazy_names[] = { "table", "math", "utf8", "coroutine", "os", "string", NULL };
+#define RT_LIB_STRING 5
+/* What each takes when opened (Lua 5.4, 64 bits; os with its full table,
+ * garbage until the next collection; string with the sandbox's wrappers).
+ * The memory cap counts it for every library not opened yet
+ * (agent_rt.reserved), so an agent fits under its cap exactly when it would
+ * with every library opened at the start, and the first use of a library
+ * never runs out of memory where that would not. */
+static const size_t rt__lazy_bytes[] = { 720, 2840, 420, 500, 940, 2200 };
+
+/* Library i is the agent's now (opened, or its name assigned).  The string
+ * library's reserve goes only when it is opened (rt__string_open): the
+ * string methods reach it whatever its global name holds. */
 static void rt__lazy_done(agent_rt *a, int i)
 {
 	a->libs_done |= 1u << i;
-	a->reserved -= rt__lazy_bytes[i];
+	if (i != RT_LIB_STRING)
+		a->reserved -= rt__lazy_bytes[i];
+}
+
+/* Pushes the string metatable's __index: the string library once opened,
+ * rt__string_index before. */
+static void rt__string_lib(lua_State *L)
+{
+	lua_pushliteral(L, "");
+	lua_getmetatable(L, -1);
+	lua_getfield(L, -1, "__index");
+	lua_replace(L, -3);
+	lua_pop(L, 1);
+}
+
+/* Pushes the string library, opened (and made the strings' __index) at the
+ * first call, with the sandbox's changes: no dump, rep bounded, the
+ * patterns counted. */
+static void rt__string_open(lua_State *L)
+{
+	agent_rt *a = rt__self(L);
+	if (a->string_open) {
+		rt__string_lib(L);
+		return;
+	}
+	a->string_open = 1;
+	a->reserved -= rt__lazy_bytes[RT_LIB_STRING];
+	/* A new metatable for strings, with the library as __index. */
+	luaopen_string(L);
+	lua_pushnil(L);
+	lua_setfield(L, -2, "dump");
+	lua_newtable(L); /* the original rep, kept out of reach */
+	lua_getfield(L, -2, "rep");
+	lua_setfield(L, -2, "rep");
+	lua_pushcclosure(L, rt__string_rep, 1);
+	lua_setfield(L, -2, "rep");
+	lpat_open(L, rt__pattern_charge); /* find, match, gmatch, gsub: counted */
+	rt__string_protect(L);
+}
+
+/* __index of strings until the library is opened: ("x"):upper() opens it. */
+static int rt__string_index(lua_State *L)
+{
+	rt__string_open(L);
+	lua_pushvalue(L, 2);
+	lua_gettable(L, -2);
+	return 1;
 }
 
 /* Pushes library i of rt__lazy_names, as the sandbox has it. */
@@ -798,6 +862,9 @@ static void rt__open_lib(lua_State *L, int i)
 		break;
 	case 3:
 		luaopen_coroutine(L);
+		break;
+	case RT_LIB_STRING:
+		rt__string_open(L);
 		break;
 	default: /* os: only the clock */
 		luaopen_os(L);
@@ -888,8 +955,17 @@ static void rt__open_sandbox(lua_State *L)
 	 * only hold memory. */
 	luaopen_base(L);
 	lua_pop(L, 1);
+	/* The string metatable with its arithmetic ("10" + 1), and the library
+	 * itself left for the first use (rt__string_index): the library this
+	 * makes is garbage at the collection after the top level. */
 	luaopen_string(L);
-	lua_setglobal(L, LUA_STRLIBNAME);
+	lua_pop(L, 1);
+	lua_pushliteral(L, "");
+	lua_getmetatable(L, -1);
+	lua_pushcfunction(L, rt__string_index);
+	lua_setfield(L, -2, "__index");
+	lua_pop(L, 2);
+	rt__string_protect(L);
 	rt__open_lazy(L); /* its metatable stays on the stack for the wrappers */
 	for (const char *const *g = (const char *const[]){ "dofile", "loadfile", "collectgarbage", "require",
 							  "print", NULL }; *g; g++) {
@@ -911,22 +987,6 @@ static void rt__open_sandbox(lua_State *L)
 	lua_getglobal(L, "xpcall");
 	lua_pushcclosure(L, rt__xpcall, 1);
 	lua_setglobal(L, "xpcall");
-	lua_getglobal(L, "string");
-	lua_pushnil(L);
-	lua_setfield(L, -2, "dump");
-	lua_newtable(L); /* the original rep, kept out of reach */
-	lua_getfield(L, -2, "rep");
-	lua_setfield(L, -2, "rep");
-	lua_pushcclosure(L, rt__string_rep, 1);
-	lua_setfield(L, -2, "rep");
-	lpat_open(L, rt__pattern_charge); /* find, match, gmatch, gsub: counted */
-	lua_pop(L, 1);
-	/* The string metatable cannot be read or replaced. */
-	lua_pushliteral(L, "");
-	lua_getmetatable(L, -1);
-	lua_pushboolean(L, 0);
-	lua_setfield(L, -2, "__metatable");
-	lua_pop(L, 2);
 }
 
 static void rt__open_api(lua_State *L)

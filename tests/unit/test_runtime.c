@@ -782,6 +782,87 @@ START_TEST(sandbox_no_finalizers)
 }
 END_TEST
 
+/* The string library is opened at its first use, by its global name or by a
+ * method call on a string; until then the string metatable already does the
+ * string arithmetic.  Either way an agent sees what it would with the
+ * library opened at the start. */
+static const char *string_probe =
+	"local function try(f) local ok, v = pcall(f) return tostring(ok) .. ' ' .. tostring(v) end\n"
+	"device.on('m', function()\n"
+	"  local r = {}\n"
+	"  for _, f in ipairs({\n"
+	"    function() return '10' + 1 end, function() return '3' * '4' end, function() return -'2' end,\n"
+	"    function() return '10' // '3' end, function() return '2' ^ 2 end, function() return '7' % '4' end,\n"
+	"    function() return '1' / '2' end, function() return '0x10' + 0 end, function() return '10' - '4' end,\n"
+	"    function() return math.type('10' + 1) end, function() return 'a' + 1 end,\n"
+	"    function() return 1 + {} end, function() return '1' + {} end, function() return ('x')[1] end,\n"
+	"    function() return ('x').nope end, function() return ('x'):nope() end,\n"
+	"    function() return tostring(getmetatable('')) end, function() return ('abc'):upper() end,\n"
+	"    function() return ('ab'):rep(3, ',') end, function() return ('x'):rep(1e9) end,\n"
+	"    function() return ('hello'):find('l+') end, function() return ('x').dump == nil end,\n"
+	"    function() return string.upper == ('').upper end, function() return #string.format('%5d', 1) end,\n"
+	"  }) do r[#r + 1] = try(f) end\n"
+	"  device.send('r', r)\n"
+	"end)\n";
+
+START_TEST(sandbox_string_library_at_first_use)
+{
+	/* The same answers, first use by method or by name. */
+	agent_rt *lazy = start(string_probe);
+	char *src = NULL;
+	ck_assert_int_ge(asprintf(&src, "local _ = string.len %s", string_probe), 0);
+	agent_rt *opened = start(src);
+	free(src);
+	ck_assert_int_eq(agent_rt_message(opened, "m", NULL), AGENT_OK);
+	ck_assert_int_eq(F.nsends, 1);
+	char *want = strdup(F.send_data[0]);
+	ck_sends(lazy, NULL, "r", want);
+	ck_assert_msg(strstr(want, "\"true 11\",\"true 12\",\"true -2\",\"true 3\",\"true 4.0\",\"true 3\","
+				   "\"true 0.5\",\"true 16\",\"true 6\",\"true integer\",\"false ") == want + 1,
+		      "%s", want);
+	ck_assert_msg(strstr(want, "\"true false\",\"true ABC\",\"true ab,ab,ab\",\"false ") != NULL, "%s", want);
+	ck_assert_msg(strstr(want, "\"true 3\",\"true true\",\"true true\",\"true 5\"]") != NULL, "%s", want);
+	free(want);
+	agent_rt_free(lazy);
+	agent_rt_free(opened);
+	forget();
+
+	/* Not opened until used: an agent that never uses it saves its memory. */
+	agent_rt *a = start("device.on('up', function(s) device.send('r', s:upper()) end)\n"
+			    "device.on('name', function() device.send('r', rawget(_G, 'string') ~= nil) end)\n");
+	size_t before = agent_rt_memory(a);
+	ck_assert_int_eq(agent_rt_message(a, "name", NULL), AGENT_OK);
+	ck_assert_str_eq(F.send_data[0], "false");
+	ck_assert_int_eq(agent_rt_message(a, "up", "\"abc\""), AGENT_OK);
+	ck_assert_str_eq(F.send_data[1], "\"ABC\"");
+	ck_assert_uint_gt(agent_rt_memory(a), before + 1000);
+	/* Opened by a method, the library is not put in _G: its name goes
+	 * there at its own first use. */
+	ck_assert_int_eq(agent_rt_message(a, "name", NULL), AGENT_OK);
+	ck_assert_str_eq(F.send_data[2], "false"); /* still not assigned in _G */
+	agent_rt_free(a);
+	forget();
+
+	/* The name is only a way in: assigned first, the methods still work;
+	 * what is added to the library is seen by the methods. */
+	a = start("string = nil\n"
+		  "device.on('m', function() device.send('r', {('ab'):rep(2), tostring(string)}) end)\n");
+	ck_sends(a, NULL, "r", "[\"abab\", \"nil\"]");
+	agent_rt_free(a);
+	a = start("function string.shout(s) return s:upper() .. '!' end\n"
+		  "local co = coroutine.wrap(function() return ('hi'):shout() end)\n"
+		  "device.on('m', function() device.send('r', {co(), ('x').shout == string.shout}) end)\n");
+	ck_sends(a, NULL, "r", "[\"HI!\", true]");
+	agent_rt_free(a);
+
+	/* setmetatable(_G, ...) opens every library first, string too. */
+	a = start("setmetatable(_G, {})\n"
+		  "device.on('m', function() device.send('r', {rawget(_G, 'string') ~= nil, ('x'):upper()}) end)\n");
+	ck_sends(a, NULL, "r", "[true, \"X\"]");
+	agent_rt_free(a);
+}
+END_TEST
+
 /* --- limits ------------------------------------------------------------------- */
 
 START_TEST(limit_budget_stops_a_loop_and_the_agent_goes_on)
@@ -1658,6 +1739,7 @@ int main(void)
 	tcase_add_test(tc, sandbox_binary_chunks_refused);
 	tcase_add_test(tc, sandbox_text_load_works);
 	tcase_add_test(tc, sandbox_no_finalizers);
+	tcase_add_test(tc, sandbox_string_library_at_first_use);
 	suite_add_tcase(su, tc);
 
 	tc = tcase("limits");
