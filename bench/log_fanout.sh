@@ -12,6 +12,13 @@
 # SUBSCRIBERS + 64.  There is no peer server; beside it, in the same run,
 # the same with one subscriber: the floor the fan-out adds to.  Rounds
 # alternate SUBSCRIBERS, 1.  Goal: p99 <= 50 ms at 1,000 events/s.
+# Also printed per round: the client's split of the latency (up to the
+# server's send() / from there to the client's read, from the kernel's
+# receive timestamps: which side is behind), the client's own CPU time, and
+# tenderd's CPU time per delivery (from the first line sent to the last one
+# received).  BENCH_PERF=FILE records tenderd with perf record -g during the
+# SUBSCRIBERS rounds; BENCH_PERF=stat:EVENTS counts EVENTS with perf stat
+# (e.g. stat:syscalls:sys_enter_sendto,context-switches).
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -38,9 +45,16 @@ tenderd_register "$TD_DIR" 1 "$ID_BASE" "$CREDS"
 tenderd_stop
 DEV=$(awk '{ print $1 }' "$CREDS")
 
-# fanout SUBSCRIBERS: sets P50, P99 (us) and SENT_RATE (lines/s the device sent).
+# cpu_us PID: user and system CPU time of PID so far, in microseconds.
+cpu_us() {
+	awk -v hz="$(getconf CLK_TCK)" '{ printf "%d %d\n", $14 * 1e6 / hz, $15 * 1e6 / hz }' "/proc/$1/stat"
+}
+
+# fanout SUBSCRIBERS: sets P50, P99 (us), SENT_RATE (lines/s the device sent)
+# and CPU_DLV (tenderd's CPU time per delivery, us, from the first line sent
+# to the last one received).
 fanout() {
-	local subs=$1 i out=$BENCH_WORK/fanout.out t0 t1 fpid
+	local subs=$1 i out=$BENCH_WORK/fanout.out t0 t1 fpid c0 c1
 	tenderd_start "$TD_DIR"
 	: >"$out"
 	"$FANOUT" "$TD_HTTP_PORT" "/v1/devices/$DEV/logs" "$(cat "$TD_DIR/admin.token")" \
@@ -53,6 +67,16 @@ fanout() {
 		sleep 0.1
 	done
 	grep -q ready "$out" || { cat "$BENCH_WORK/fanout.err" >&2; bench_die "the subscribers did not all connect"; }
+	c0=($(cpu_us "$TD_PID"))
+	local perf_pid=
+	if [ -n "${BENCH_PERF:-}" ] && ((subs > 1)); then
+		case $BENCH_PERF in
+		stat:*) perf stat -e "${BENCH_PERF#stat:}" -p "$TD_PID" 2>"$BENCH_WORK/perf.stat" & ;;
+		*) perf record -q -g -o "$BENCH_PERF" -p "$TD_PID" 2>/dev/null & ;;
+		esac
+		perf_pid=$!
+		BENCH_PIDS+=("$perf_pid")
+	fi
 	t0=$(bench_now_us)
 	"$TENDER_SIM" --creds "$CREDS" --url "ws://127.0.0.1:$TD_DEV_PORT/v1/device" \
 		--log-rate "$RATE" --log-count "$EVENTS" --log-text 'fanout t=%t' \
@@ -60,24 +84,35 @@ fanout() {
 		{ cat "$BENCH_WORK/sim.err" >&2; bench_die "tender-sim failed"; }
 	t1=$(bench_now_us)
 	wait "$fpid" || head -3 "$BENCH_WORK/fanout.err" >&2
+	c1=($(cpu_us "$TD_PID"))
+	if [ -n "$perf_pid" ]; then
+		bench_stop "$perf_pid" INT
+		[ -s "$BENCH_WORK/perf.stat" ] && grep -E "^ +[0-9]" "$BENCH_WORK/perf.stat" | sed "s/^/    /" >&2
+	fi
 	bench_forget "$fpid"
 	tenderd_stop
 	bench_log "$subs subscribers: $(grep deliveries "$out")"
-	P50=$(sed -n 's/.*p50 \([0-9]*\) us.*/\1/p' "$out")
-	P99=$(sed -n 's/.*p99 \([0-9]*\) us.*/\1/p' "$out")
+	bench_log "$subs subscribers: $(grep '^split' "$out")"
+	bench_log "$subs subscribers: $(grep '^client' "$out")"
+	P50=$(sed -n "/^deliveries/s/.*p50 \([0-9]*\) us.*/\1/p" "$out")
+	P99=$(sed -n "/^deliveries/s/.*p99 \([0-9]*\) us.*/\1/p" "$out")
 	SENT_RATE=$(calc "$EVENTS / (($t1 - $t0) / 1e6)")
 	# Streams cut off as too slow (--stream-queue) lose the rest: counted.
 	LOST=$(awk '/^deliveries/ { print $4 - $2 }' "$out")
+	local got
+	got=$(awk '/^deliveries/ { print $2 }' "$out")
+	CPU_DLV=$(calc "(${c1[0]} + ${c1[1]} - ${c0[0]} - ${c0[1]}) / ($got > 0 ? $got : 1)")
+	bench_log "$subs subscribers: tenderd CPU $(calc "(${c1[0]} - ${c0[0]}) / 1e6") s user, $(calc "(${c1[1]} - ${c0[1]}) / 1e6") s system: $CPU_DLV us per delivery"
 }
 
-fp50=() fp99=() op50=() op99=() lost=0
+fp50=() fp99=() fcpu=() op50=() op99=() ocpu=() lost=0
 for ((r = 1; r <= ROUNDS; r++)); do
 	fanout "$SUBS"
-	fp50+=("$P50") fp99+=("$P99") lost=$((lost + LOST))
-	bench_log "round $r $SUBS subscribers: p50 $P50 us, p99 $P99 us (device sent $SENT_RATE lines/s)"
+	fp50+=("$P50") fp99+=("$P99") fcpu+=("$CPU_DLV") lost=$((lost + LOST))
+	bench_log "round $r $SUBS subscribers: p50 $P50 us, p99 $P99 us, $CPU_DLV us CPU per delivery (device sent $SENT_RATE lines/s)"
 	fanout 1
-	op50+=("$P50") op99+=("$P99")
-	bench_log "round $r 1 subscriber: p50 $P50 us, p99 $P99 us"
+	op50+=("$P50") op99+=("$P99") ocpu+=("$CPU_DLV")
+	bench_log "round $r 1 subscriber: p50 $P50 us, p99 $P99 us, $CPU_DLV us CPU per delivery"
 done
 
 us_row() {	# FIGURE T P GOAL
@@ -89,5 +124,8 @@ us_row "log line delivery p50, $SUBS subscribers, $RATE/s" "$t" "$p" "(reference
 t=$(mean "${fp99[@]}") p=$(mean "${op99[@]}")
 us_row "log line delivery p99, $SUBS subscribers, $RATE/s" "$t" "$p" \
 	"$(awk -v t="$t" -v l="$lost" 'BEGIN { print (t <= 50000 && !l ? "<= 50 ms: met" : "<= 50 ms: MISSED") }')"
+t=$(mean "${fcpu[@]}") p=$(mean "${ocpu[@]}")
+table_row "tenderd CPU per delivery, $SUBS subscribers" "$(printf '%.2f us' "$t")" "$(printf '%.1f us' "$p")" \
+	"$(calc "$t / $p" | xargs printf '%.3fx')" "(reference: 1 subscriber is the device's whole path)"
 ((lost)) && table_row "deliveries lost (streams cut off as too slow)" "$lost" "" "" "(none allowed)"
 table_print "log_fanout ($(date -u +%F), $(nproc) cores, mean of $ROUNDS rounds; peer: the same tenderd with 1 subscriber; tenderd --log-rate 0)"

@@ -316,6 +316,14 @@ int bus_sub_take(bus_sub *s, bus_item *items, int max, void (*on_wait)(void *), 
 	return n;
 }
 
+size_t bus_sub_pending(bus_sub *s)
+{
+	pthread_mutex_lock(&s->lock);
+	size_t n = s->len;
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
 const char *bus_sub_cut_reason(bus_sub *s)
 {
 	return s->cut;

@@ -79,6 +79,9 @@ typedef struct bus_item {
  * marked; -1 the subscriber has ended (its final notice was taken already). */
 int bus_sub_take(bus_sub *s, bus_item *items, int max, void (*on_wait)(void *), void *arg);
 
+/* How many items wait in its queue now (a look: it may change at once). */
+size_t bus_sub_pending(bus_sub *s);
+
 /* Why it was cut off ("" if it was not). */
 const char *bus_sub_cut_reason(bus_sub *s);
 

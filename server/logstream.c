@@ -12,11 +12,13 @@
  * a reader copies it straight from there into MHD's buffer.
  *
  * Readers are resumed in batches: the bus's wake only puts the reader on a
- * list, and one thread resumes every reader on it, at most once per
- * LOGSTREAM_WAKE_MS.  At a high event rate each resumed reader then sends the
- * several events that arrived meanwhile in one write, instead of paying a
- * resume, a send() and its reader's recv() per event; an event that arrives
- * after a quiet spell is passed on at once.
+ * list, and one thread (the waker) resumes every reader on it in passes, a
+ * window apart that grows with the readers a pass resumed (1 ms for a few,
+ * up to 25 ms for a thousand; see ls__waker).  A resumed reader sends what
+ * it has in one write and then waits for the next pass, even if more came
+ * meanwhile: at a high event rate a reader pays one resume, one send() and
+ * its client's one recv() per pass instead of per event; an event that
+ * arrives after a quiet spell is passed on at once.
  *
  * Named streams are bounded: at most opt.max_streams in all and
  * opt.max_per_owner per API token, and one not opened within
@@ -39,7 +41,11 @@
 #include "metrics.h"
 
 #define LOGSTREAM_PAGE 500
-#define LOGSTREAM_WAKE_MS 5
+/* The waker's window: after resuming n readers it waits n * PER_READER, at
+ * least MIN and at most MAX, before the next pass. */
+#define LOGSTREAM_WAKE_MIN_US 1000
+#define LOGSTREAM_WAKE_MAX_US 25000
+#define LOGSTREAM_WAKE_PER_READER_US 25
 #define LOGSTREAM_BATCH 32          /* bus items taken under one lock */
 
 struct stream {
@@ -63,6 +69,7 @@ struct reader {
 	int64_t last_sent;
 	struct reader *wake_next;   /* on ls->to_wake (under ls->wake_lock) */
 	int wake_queued;
+	int sent;                   /* handed MHD live data since its last resume */
 	bus_item batch[LOGSTREAM_BATCH]; /* taken from the bus, not yet sent */
 	int batch_i, batch_n;
 	json_t *page;
@@ -91,17 +98,31 @@ struct logstreams {
 	pthread_t waker;
 };
 
-/* Resumes every queued reader (under wake_lock: a reader leaves the list
- * before it is freed, so none on it is freed meanwhile). */
-static void ls__wake_all_locked(logstreams *ls)
+/* Resumes every queued reader.  Called with wake_lock held; returns with it
+ * held, but releases it while it resumes, so that the bus's wakes (the store
+ * writer, holding the bus's locks) never wait for a pass of a thousand
+ * MHD_resume_connection calls.  Safe because a reader on the list is
+ * suspended: MHD leaves it alone, so it cannot end and be freed until it is
+ * resumed here (and its next pointer is read before that); it is marked not
+ * queued before it is taken, so a wake after its resume queues it again. */
+static int ls__wake_all_locked(logstreams *ls)
 {
-	while (ls->to_wake) {
-		struct reader *r = ls->to_wake;
-		ls->to_wake = r->wake_next;
-		r->wake_next = NULL;
+	struct reader *list = ls->to_wake;
+	int n = 0;
+	ls->to_wake = NULL;
+	for (struct reader *r = list; r; r = r->wake_next) {
 		r->wake_queued = 0;
+		r->sent = 0;
+		n++;
+	}
+	pthread_mutex_unlock(&ls->wake_lock);
+	while (list) {
+		struct reader *r = list;
+		list = r->wake_next;
 		MHD_resume_connection(r->conn);
 	}
+	pthread_mutex_lock(&ls->wake_lock);
+	return n;
 }
 
 static void ls__stream_free(logstreams *ls, struct stream *st);
@@ -135,8 +156,13 @@ static void ls__expire(logstreams *ls)
 	}
 }
 
-/* The waker thread: resumes queued readers, then lets LOGSTREAM_WAKE_MS
- * pass so that the next batch gathers; once a second it expires streams. */
+/* The waker thread: resumes queued readers, then lets a window pass so that
+ * the next batch gathers; once a second it expires streams.  The window
+ * grows with the readers it resumed: a pass of n readers costs n sends (and
+ * n reads in the clients), so waiting n * LOGSTREAM_WAKE_PER_READER_US
+ * between passes bounds what the passes cost (about 40,000 sends a second),
+ * while a few readers still get their events within a millisecond or two
+ * and the window never passes LOGSTREAM_WAKE_MAX_US. */
 static void *ls__waker(void *arg)
 {
 	logstreams *ls = arg;
@@ -157,9 +183,10 @@ static void *ls__waker(void *arg)
 			pthread_cond_timedwait(&ls->wake_cond, &ls->wake_lock, &ts);
 			continue;
 		}
-		ls__wake_all_locked(ls);
+		int64_t window = (int64_t)ls__wake_all_locked(ls) * LOGSTREAM_WAKE_PER_READER_US;
 		pthread_mutex_unlock(&ls->wake_lock);
-		usleep(LOGSTREAM_WAKE_MS * 1000);
+		usleep((useconds_t)(window < LOGSTREAM_WAKE_MIN_US ? LOGSTREAM_WAKE_MIN_US
+				    : window > LOGSTREAM_WAKE_MAX_US ? LOGSTREAM_WAKE_MAX_US : window));
 		pthread_mutex_lock(&ls->wake_lock);
 	}
 	ls__wake_all_locked(ls);
@@ -318,13 +345,15 @@ static void ls__suspend(void *arg)
 	MHD_suspend_connection(r->conn);
 }
 
-/* The bus's wake (from the publishing thread): queue it for the waker. */
+/* The bus's wake (from the publishing thread), or a reader that defers
+ * (its own MHD thread, suspended): queue it for the waker's next pass. */
 static void ls__wake(void *arg)
 {
 	struct reader *r = arg;
 	logstreams *ls = r->ls;
 	pthread_mutex_lock(&ls->wake_lock);
 	if (!ls->waker_running) {
+		r->sent = 0;
 		MHD_resume_connection(r->conn);
 	} else if (!r->wake_queued) {
 		r->wake_queued = 1;
@@ -336,10 +365,10 @@ static void ls__wake(void *arg)
 	pthread_mutex_unlock(&ls->wake_lock);
 }
 
-/* Fills buf with as many events as fit; suspends only when it has nothing. */
-static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
+/* Copies into buf what the reader has to send, up to max bytes; returns
+ * how much (0: it suspended, or it has ended). */
+static size_t ls__fill(struct reader *r, char *buf, size_t max)
 {
-	struct reader *r = cls;
 	size_t done = 0;
 
 	while (done < max) {
@@ -353,7 +382,7 @@ static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
 			continue;
 		}
 		if (r->ended)
-			return done ? (ssize_t)done : MHD_CONTENT_READER_END_OF_STREAM;
+			return done;
 		if (r->after >= 0 && ls__history(r))
 			continue;
 		if (r->batch_i < r->batch_n) {
@@ -372,18 +401,39 @@ static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
 			}
 			continue;
 		}
+		if (!done && r->sent && bus_sub_pending(r->st->sub)) {
+			/* Sent once in this pass: the rest goes in the next. */
+			MHD_suspend_connection(r->conn);
+			ls__wake(r);
+			return 0;
+		}
 		/* With something to hand over already, only look; else wait. */
 		int n = bus_sub_take(r->st->sub, r->batch, LOGSTREAM_BATCH, done ? NULL : ls__suspend, r);
 		if (n > 0) {
 			r->batch_i = 0;
 			r->batch_n = n;
 		} else if (n == 0) {
-			return (ssize_t)done; /* 0: suspended, the bus resumes it */
+			return done; /* 0: suspended, the bus resumes it */
 		} else {
 			r->ended = 1;
 		}
 	}
-	return (ssize_t)done;
+	return done;
+}
+
+/* Fills buf with as many events as fit; suspends when it has nothing, and
+ * also when it has already handed over what it had since the waker resumed
+ * it: what came meanwhile waits for the waker's next pass, so that a reader
+ * makes one send() per pass, not one per event that arrives while MHD
+ * sends.  A reader that filled buf is behind and goes on at once. */
+static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct reader *r = cls;
+	(void)pos;
+	size_t done = ls__fill(r, buf, max);
+	if (done > 0 && done < max && r->after < 0)
+		r->sent = 1;
+	return done ? (ssize_t)done : r->ended ? MHD_CONTENT_READER_END_OF_STREAM : 0;
 }
 
 static void ls__stream_free(logstreams *ls, struct stream *st)
