@@ -1,5 +1,7 @@
 /* agents/runtime.c -- one sandboxed Lua 5.4 agent (see runtime.h, docs/agents.md).
  *
+ * Memory: Lua's small blocks come from pages shared by all agents, without
+ * malloc's header (rt__small_alloc).
  * Limits: a quota allocator refuses memory over the cap (the event then
  * reports AGENT_OOM and the supervisor stops the agent); a count hook stops a
  * handler over its instruction budget, and keeps raising until the event
@@ -20,12 +22,30 @@
 #include <lua.h>
 #include <lualib.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "lpattern.h"
+
+/* Under AddressSanitizer the small blocks (below) are poisoned but for the
+ * bytes Lua asked for.  The pages they come from are not scanned for leaks
+ * (as a root region they would keep every agent's blocks reachable, a leaked
+ * agent too), so at exit every agent must have been freed, or what only its
+ * small blocks point to shows as leaked. */
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#define RT_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define RT_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define RT_POISON(p, n) ((void)(p), (void)(n))
+#define RT_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 #define RT_HOOK_EVERY 1000
 #define RT_BYTES_PER_STEP 16    /* bytes allocated that count as one instruction */
@@ -71,6 +91,244 @@ static agent_rt *rt__self(lua_State *L)
 	return *(agent_rt **)lua_getextraspace(L);
 }
 
+/* --- small blocks ---------------------------------------------------------------- */
+
+/* Most of an agent's blocks are small: short strings of 25 to 40 bytes (the
+ * names of everything), tables of 56, closures, upvalues.  malloc adds 8
+ * bytes to each and rounds up to 16, at least 32: about 16 bytes a block,
+ * 2.4 KB of a small agent's 12.9 KB.  Lua says a block's size when it frees
+ * or resizes it, so blocks of up to RT_SMALL_MAX bytes need no header: they
+ * come from 4 KB pages of one size class each (8-byte steps), and a freed
+ * block goes back to its page, found by rounding its address down.  The
+ * pages are the process's, shared by all agents, so what one agent frees
+ * serves the next; a page whose blocks are all free goes to a pool (but the
+ * last of its class), for any class to take, and its memory goes back to
+ * the system if it stays there (rt__pool_moved).  Larger blocks come from
+ * malloc.  Threads: any (agents run on several workers, and move between
+ * them): a lock per size class, and one for the pool, always taken in that
+ * order. */
+#define RT_SMALL_MAX 128
+#define RT_GRAIN 8
+#define RT_NCLASS (RT_SMALL_MAX / RT_GRAIN)
+#define RT_PAGE 4096
+#define RT_SEGMENT (256 * RT_PAGE)      /* mapped at once; a page costs memory once used */
+
+struct rt_page {
+	struct rt_page *prev, *next;    /* in its class's list of pages with a free block */
+	void *free;                     /* its free blocks, linked through their first word */
+	unsigned short used;            /* blocks handed out */
+	unsigned short carved;          /* blocks cut so far: the rest of the page is untouched */
+	unsigned short cap;             /* blocks it holds */
+};
+#define RT_PAGE_HEAD ((sizeof(struct rt_page) + RT_GRAIN - 1) / RT_GRAIN * RT_GRAIN)
+
+static struct rt_class {
+	pthread_mutex_t lock;
+	struct rt_page *avail;          /* its pages with a free block; the first is used first */
+} rt__class[RT_NCLASS] = { [0 ... RT_NCLASS - 1] = { PTHREAD_MUTEX_INITIALIZER, NULL } };
+
+/* The empty pages are a stack, used from the top.  Those a whole window of
+ * RT_POOL_WINDOW page moves did not reach, less RT_PAGES_WARM, are given back
+ * to the system (madvise): giving back costs a system call, a TLB flush and
+ * a page fault at the next use, and garbage collections empty and refill
+ * pages all the time, so only what stayed unused is.  What is given back is
+ * always the bottom of the stack. */
+#define RT_POOL_WINDOW 1024
+#define RT_PAGES_WARM 64
+
+static struct rt_pool {
+	pthread_mutex_t lock;
+	char *seg_next, *seg_end;       /* what the last segment has not handed out yet */
+	struct rt_page **empty;         /* empty pages, the latest last */
+	size_t nempty, cap;
+	size_t cold;                    /* empty[0..cold) have been given back */
+	size_t low;                     /* the least nempty in this window */
+	unsigned moves;                 /* page moves in this window */
+	size_t pages;                   /* taken from segments, ever */
+	long sys_page;                  /* the system's page size (0: not known yet) */
+} rt__pool = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* A page moved in or out of the pool (under its lock): at the end of a
+ * window, what stayed below its low mark goes back to the system. */
+static void rt__pool_moved(struct rt_pool *o)
+{
+	if (o->nempty < o->low)
+		o->low = o->nempty;
+	if (o->cold > o->nempty)
+		o->cold = o->nempty;
+	if (++o->moves < RT_POOL_WINDOW)
+		return;
+	if (!o->sys_page)
+		o->sys_page = sysconf(_SC_PAGESIZE);
+	/* Only when the system's pages are ours: with bigger ones, madvise
+	 * would take the neighbours' blocks too. */
+	while (o->sys_page == RT_PAGE && o->cold + RT_PAGES_WARM < o->low &&
+	       madvise(o->empty[o->cold], RT_PAGE, MADV_DONTNEED) == 0)
+		o->cold++;
+	o->moves = 0;
+	o->low = o->nempty;
+}
+
+/* A page for a class (its header to be filled in), or NULL. */
+static struct rt_page *rt__page_get(void)
+{
+	struct rt_pool *o = &rt__pool;
+	struct rt_page *pg = NULL;
+	pthread_mutex_lock(&o->lock);
+	if (o->nempty) {
+		pg = o->empty[--o->nempty];
+		rt__pool_moved(o);
+	} else {
+		if (o->seg_next == o->seg_end) {
+			char *seg = mmap(NULL, RT_SEGMENT, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (seg != MAP_FAILED) {
+				/* A huge page would make one used page cost 2 MB. */
+				madvise(seg, RT_SEGMENT, MADV_NOHUGEPAGE);
+				RT_POISON(seg, RT_SEGMENT);
+				o->seg_next = seg;
+				o->seg_end = seg + RT_SEGMENT;
+			}
+		}
+		if (o->seg_next != o->seg_end) {
+			pg = (struct rt_page *)o->seg_next;
+			o->seg_next += RT_PAGE;
+			o->pages++;
+		}
+	}
+	pthread_mutex_unlock(&o->lock);
+	return pg;
+}
+
+/* An empty page back to the pool. */
+static void rt__page_put(struct rt_page *pg)
+{
+	struct rt_pool *o = &rt__pool;
+	pthread_mutex_lock(&o->lock);
+	RT_POISON(pg, RT_PAGE);
+	if (o->nempty == o->cap) {
+		size_t cap = o->cap ? o->cap * 2 : 64;
+		struct rt_page **grown = realloc(o->empty, cap * sizeof *grown);
+		if (grown) {
+			o->empty = grown;
+			o->cap = cap;
+		}
+	}
+	if (o->nempty < o->cap) {
+		o->empty[o->nempty++] = pg;
+		rt__pool_moved(o);
+	} else if (munmap(pg, RT_PAGE) == 0) {
+		o->pages--; /* no room to list it (out of memory): the page goes */
+	}
+	pthread_mutex_unlock(&o->lock);
+}
+
+static void *rt__small_alloc(size_t size)
+{
+	unsigned c = (unsigned)((size - 1) / RT_GRAIN);
+	size_t bsize = (size_t)(c + 1) * RT_GRAIN;
+	struct rt_class *k = &rt__class[c];
+	void *b;
+
+	pthread_mutex_lock(&k->lock);
+	struct rt_page *pg = k->avail;
+	if (!pg) {
+		if (!(pg = rt__page_get())) {
+			pthread_mutex_unlock(&k->lock);
+			return NULL;
+		}
+		RT_UNPOISON(pg, RT_PAGE_HEAD);
+		*pg = (struct rt_page){ .cap = (unsigned short)((RT_PAGE - RT_PAGE_HEAD) / bsize) };
+		k->avail = pg;
+	}
+	if (pg->free) {
+		b = pg->free;
+		RT_UNPOISON(b, sizeof(void *));
+		pg->free = *(void **)b;
+		RT_POISON(b, sizeof(void *));
+	} else {
+		b = (char *)pg + RT_PAGE_HEAD + (size_t)pg->carved++ * bsize;
+	}
+	if (++pg->used == pg->cap) { /* full: off the list */
+		k->avail = pg->next;
+		if (pg->next)
+			pg->next->prev = NULL;
+		pg->next = NULL;
+	}
+	pthread_mutex_unlock(&k->lock);
+	RT_UNPOISON(b, size);
+	return b;
+}
+
+static void rt__small_free(void *b, size_t size)
+{
+	unsigned c = (unsigned)((size - 1) / RT_GRAIN);
+	size_t bsize = (size_t)(c + 1) * RT_GRAIN;
+	struct rt_class *k = &rt__class[c];
+	struct rt_page *pg = (struct rt_page *)((uintptr_t)b & ~(uintptr_t)(RT_PAGE - 1));
+	int give = 0;
+
+	pthread_mutex_lock(&k->lock);
+	RT_UNPOISON(b, bsize);
+	*(void **)b = pg->free;
+	RT_POISON(b, bsize); /* under the lock: the next owner unpoisons it */
+	pg->free = b;
+	if (pg->used-- == pg->cap) { /* it was full: back on the list */
+		pg->prev = NULL;
+		pg->next = k->avail;
+		if (k->avail)
+			k->avail->prev = pg;
+		k->avail = pg;
+	} else if (!pg->used && (pg->prev || pg->next)) { /* empty, and not the class's last */
+		if (pg->prev)
+			pg->prev->next = pg->next;
+		else
+			k->avail = pg->next;
+		if (pg->next)
+			pg->next->prev = pg->prev;
+		give = 1;
+	}
+	pthread_mutex_unlock(&k->lock);
+	if (give)
+		rt__page_put(pg);
+}
+
+/* realloc for Lua's blocks (old: 0 for a new one; nsize 0 frees): small ones
+ * from the pages, bigger ones from malloc.  NULL when out of memory, the
+ * block then unchanged. */
+static void *rt__realloc(void *ptr, size_t old, size_t nsize)
+{
+	int was_small = ptr && old <= RT_SMALL_MAX, small = nsize && nsize <= RT_SMALL_MAX;
+
+	if (!nsize) {
+		if (was_small)
+			rt__small_free(ptr, old);
+		else
+			free(ptr);
+		return NULL;
+	}
+	if (ptr && !was_small && !small)
+		return realloc(ptr, nsize);
+	if (was_small && small && (old - 1) / RT_GRAIN == (nsize - 1) / RT_GRAIN) {
+		RT_POISON(ptr, old);
+		RT_UNPOISON(ptr, nsize);
+		return ptr;
+	}
+	void *p = small ? rt__small_alloc(nsize) : malloc(nsize);
+	if (!p || !ptr)
+		return p;
+	memcpy(p, ptr, old < nsize ? old : nsize);
+	rt__realloc(ptr, old, 0);
+	return p;
+}
+
+void agent_rt_pages(size_t *in_use, size_t *empty)
+{
+	pthread_mutex_lock(&rt__pool.lock);
+	*in_use = rt__pool.pages - rt__pool.nempty;
+	*empty = rt__pool.nempty - rt__pool.cold;
+	pthread_mutex_unlock(&rt__pool.lock);
+}
+
 /* --- limits ---------------------------------------------------------------------- */
 
 static void *rt__alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -80,7 +338,7 @@ static void *rt__alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 
 	if (nsize == 0) {
 		a->used -= old;
-		free(ptr);
+		rt__realloc(ptr, old, 0);
 		return NULL;
 	}
 	/* Over the cap, Lua collects all its garbage (an emergency collection,
@@ -102,7 +360,7 @@ static void *rt__alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 		}
 		return NULL;
 	}
-	void *p = realloc(ptr, nsize);
+	void *p = rt__realloc(ptr, old, nsize);
 	if (!p) {
 		a->oom = 1;
 		return NULL;

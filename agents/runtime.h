@@ -2,7 +2,8 @@
  * server-side code (docs/agents.md).
  * Owns: the lua_State, its memory-capped allocator, its instruction budget,
  * its handlers (device.on, device.onconnect/ondisconnect, http.onrequest) and
- * timers.  Knows nothing of threads, sockets or the store: everything outside
+ * timers; and, process-wide, the pages all agents' small Lua blocks come
+ * from (agent_rt_pages).  Knows nothing of threads, sockets or the store: everything outside
  * goes through the agent_host callbacks.
  * Threads: an agent_rt is used by one thread at a time (its worker); it may
  * move to another worker between calls (migration). */
@@ -127,5 +128,10 @@ int agent_rt_rearm_timers(agent_rt *a, const agent_timer *t, int n, int next_id)
 
 /* Bytes the Lua state holds now. */
 size_t agent_rt_memory(const agent_rt *a);
+
+/* The 4 KB pages all agents' small Lua blocks come from (process-wide, any
+ * thread): those holding blocks (or kept for their size class), and the
+ * empty ones kept in memory for reuse (not given back to the system). */
+void agent_rt_pages(size_t *in_use, size_t *empty);
 
 #endif
