@@ -32,7 +32,7 @@ for target in ${FUZZ_TARGETS:-frame frame_diff sfdp flashparts lua_json agent_en
   libs=$LIBS
   opts=""
   if [ "$target" = api ]; then
-    libs="$(pkg-config --libs libwebsockets libmicrohttpd sqlite3 jansson libcrypto lua5.4) -lpthread -lm"
+    libs="$(pkg-config --libs libwebsockets libmicrohttpd sqlite3 jansson libcrypto lua5.4) -lev -lpthread -lm"
     # the daemon's threads allocate while an input runs: per-input leak
     # checks would blame them (ASan still checks every access)
     opts="-detect_leaks=0"
