@@ -53,6 +53,7 @@
 #define RT_MAX_REP (1 << 20)
 #define RT_MAX_LOG 4096
 #define RT_MAX_HEADERS 32
+#define RT_GC_PAUSE 125         /* % (agent_rt_new) */
 
 struct rt_timer {
 	int64_t due;
@@ -1400,6 +1401,15 @@ int agent_rt_new(agent_rt **out, const char *source, size_t len, const agent_lim
 		return tn_err(err, TN_ENOMEM, "out of memory");
 	}
 	*(agent_rt **)lua_getextraspace(a->L) = a;
+	/* A collection cycle starts when the heap reaches RT_GC_PAUSE % of what
+	 * the last one left (Lua's default: 200): an agent that handles
+	 * messages holds that much less garbage, for no CPU time measured (an
+	 * echo agent of 9.6 KB held 14.9 KB on average under messages at 200,
+	 * 11.1 KB at 125; one of 375 KB, 586 KB and 438 KB).  Not the
+	 * generational mode: Lua 5.4.4 sets no proper target for the next cycle
+	 * after a full collection in it, and agents have those (the one after
+	 * the top level, the emergency ones at the memory cap). */
+	lua_gc(a->L, LUA_GCINC, RT_GC_PAUSE, 0, 0);
 	a->ref_connect = a->ref_disconnect = a->ref_http = LUA_NOREF;
 	lua_sethook(a->L, rt__hook, LUA_MASKCOUNT, RT_HOOK_EVERY);
 	if (rt__protect(a, rt__open, NULL) != AGENT_OK || a->oom) {
