@@ -62,29 +62,30 @@ struct rt_timer {
 	int id;
 };
 
+/* Laid out without padding: one per agent. */
 struct agent_rt {
 	lua_State *L;
 	agent_host host;
 	agent_limits lim;
 	size_t used;
-	int oom;
-	uint64_t count;         /* instructions (and pattern steps) in the current event */
-	int over_budget;
-	int over_in_pattern;    /* the budget ran out in string.find/match/gmatch/gsub */
-	int over_cpu;           /* the event ran out of CPU time (lim.cpu_ms) */
-	int64_t cpu_start_us;   /* the thread's CPU clock when the event began */
-	int in_event;
-	int ref_handlers, ref_connect, ref_disconnect, ref_http;
-	unsigned libs_done;     /* rt__lazy_names opened or assigned (bit i) */
-	int string_open;        /* the string library is (rt__string_open) */
 	size_t reserved;        /* what the libraries not opened yet would take */
-	int refused;            /* the last request was over the cap: Lua may retry it */
+	uint64_t count;         /* instructions (and pattern steps) in the current event */
+	int64_t cpu_start_us;   /* the thread's CPU clock when the event began */
 	void *refused_ptr;
 	size_t refused_nsize;
 	struct rt_timer *timers;
-	int ntimers, timers_cap, next_timer_id;
 	agent_http_res *res;    /* the response being built, during http */
-	int res_sent;
+	int ref_handlers, ref_connect, ref_disconnect, ref_http;
+	int ntimers, timers_cap, next_timer_id;
+	unsigned libs_done;     /* rt__lazy_names opened or assigned (bit i) */
+	unsigned char oom;
+	unsigned char over_budget;
+	unsigned char over_in_pattern;  /* the budget ran out in string.find/match/gmatch/gsub */
+	unsigned char over_cpu;         /* the event ran out of CPU time (lim.cpu_ms) */
+	unsigned char in_event;
+	unsigned char string_open;      /* the string library is (rt__string_open) */
+	unsigned char refused;          /* the last request was over the cap: Lua may retry it */
+	unsigned char res_sent;
 };
 
 static agent_rt *rt__self(lua_State *L)
@@ -745,7 +746,7 @@ static int rt__timer_add(lua_State *L, int repeat)
 	if (a->ntimers == a->timers_cap) {
 		/* Doubling: one slot at a time copied the array on every add
 		 * (quadratic, and seconds under ASan for 10,000 timers). */
-		int cap = a->timers_cap ? a->timers_cap * 2 : 4;
+		int cap = a->timers_cap ? a->timers_cap * 2 : 1;
 		if (cap > RT_MAX_TIMERS)
 			cap = RT_MAX_TIMERS;
 		struct rt_timer *grown = realloc(a->timers, (size_t)cap * sizeof *grown);
