@@ -1,6 +1,7 @@
 /* server/log.c -- tenderd's stderr log and the libraries' loggers routed into it. */
 #define _GNU_SOURCE
 #include "log.h"
+#include "metrics.h"
 
 #include <libwebsockets.h>
 #include <sqlite3.h>
@@ -55,6 +56,10 @@ int log_level_parse(const char *name)
 
 static void log__lws(int lws_level, const char *line)
 {
+	/* lws closes such a connection without telling its callback: its log
+	 * line (an error, always routed) is the only sign of it. */
+	if (strstr(line, "Ran out of header data space"))
+		metrics_error(ERR_DEVICE_HEADER_TOO_LARGE);
 	int level = (lws_level & LLL_ERR) ? LOG_ERR : (lws_level & LLL_WARN) ? LOG_WARN
 		    : (lws_level & (LLL_NOTICE | LLL_INFO)) ? LOG_INFO : LOG_DEBUG;
 	TN_LOG(level, "lws: %s", line);

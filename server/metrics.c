@@ -29,6 +29,7 @@ static const char *const metrics__error_names[ERR__COUNT] = {
 	[ERR_AGENT_OFFLINE_QUEUE] = "agent_offline_queue_full",
 	[ERR_HTTP_CONNS_FULL] = "http_conns_full", [ERR_HTTP_CONNS_PER_IP] = "http_conns_per_ip",
 	[ERR_HTTP_CONNS_REFUSED] = "http_conns_refused", [ERR_HTTP_HEADER_TOO_LARGE] = "http_header_too_large",
+	[ERR_DEVICE_HEADER_TOO_LARGE] = "device_header_too_large",
 	[ERR_HTTP_TIMEOUT] = "http_timeout",
 };
 

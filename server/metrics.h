@@ -27,6 +27,7 @@ typedef enum {
 	ERR_HTTP_CONNS_REFUSED,    /* an HTTP connection past libmicrohttpd's hard cap, closed */
 	ERR_HTTP_HEADER_TOO_LARGE, /* request line or headers over libmicrohttpd's pool: 431 */
 	ERR_HTTP_TIMEOUT,          /* an HTTP connection closed by --http-timeout */
+	ERR_DEVICE_HEADER_TOO_LARGE, /* a device's upgrade request over lws's header space: closed */
 	ERR__COUNT
 } metrics_error_kind;
 

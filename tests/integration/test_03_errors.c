@@ -548,7 +548,8 @@ END_TEST
 
 /* --http-timeout closes a connection that says nothing, one that stops in
  * the middle of its headers and one kept alive idle, each counted;
- * headers over libmicrohttpd's 32 KiB pool get 431, counted. */
+ * headers over libmicrohttpd's 32 KiB pool get 431, counted; a device's
+ * upgrade request over libwebsockets' header space is closed, counted. */
 START_TEST(http_timeout_and_header_size_are_counted)
 {
 	th_server srv;
@@ -582,8 +583,19 @@ START_TEST(http_timeout_and_header_size_are_counted)
 		ck_assert_msg(strstr(buf, size == 30000 ? "HTTP/1.1 200" : "HTTP/1.1 431 Request Header Fields Too Large"),
 			      "%d: %s", size, buf);
 	}
-	free(big);
 	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"http_header_too_large\"}"), 1);
+
+	/* The device port's upgrade request: over libwebsockets' 4 KiB of
+	 * header space it is closed unanswered, and counted. */
+	int fd = raw_connect(srv.device_port, "127.0.0.1");
+	int len = snprintf(big, 41000, "GET /v1/device HTTP/1.1\r\nHost: tender\r\nUpgrade: websocket\r\n"
+			   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+			   "Sec-WebSocket-Version: 13\r\nX-Pad: %0*d\r\n\r\n", 6000, 0);
+	ck_assert_int_eq(send(fd, big, (size_t)len, MSG_NOSIGNAL), len);
+	ck_assert_int_le(raw_read(fd, buf, sizeof buf, NULL), 0);
+	close(fd);
+	free(big);
+	ck_assert_int_eq(th_metric(&srv, "tender_errors_total{kind=\"device_header_too_large\"}"), 1);
 	th_server_cleanup(&srv);
 }
 END_TEST
