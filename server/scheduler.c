@@ -430,7 +430,7 @@ static int sched__transition(scheduler *s, struct sched__tx *t)
 	uint64_t dev;
 	int rc = 0;
 	t->st = s->st;
-	if (store_sync(s->st, sched__tx_apply, t, &err))
+	if (store_sync_state(s->st, sched__tx_apply, t, &err))
 		log_err("scheduler: rollout %lld device %s: %s -> %s not recorded: %s",
 			(long long)t->rollout, t->device, t->from, t->to, err.msg);
 	else
@@ -813,7 +813,7 @@ static int sched__write(scheduler *s, const char *sql, int64_t a, int64_t b, int
 {
 	struct sched__sql x = { sql, a, b, c, text, 0 };
 	tn_error err = { 0 };
-	if (store_sync(s->st, sched__sql_apply, &x, &err)) {
+	if (store_sync_state(s->st, sched__sql_apply, &x, &err)) {
 		log_err("scheduler: %s", err.msg);
 		return -1;
 	}

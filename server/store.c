@@ -9,9 +9,11 @@
  *
  * The queue is bounded (opt.max_queue_bytes): past it, device and agent log
  * lines are refused (counted per device, and said in one status line each
- * once the queue has drained to half), and writes someone waits for fail at
- * once with TN_ESTATE.  State changes and status lines are always queued:
- * they are few, bounded by connections, and someone relies on them.
+ * once the queue has drained to half), and writes someone waits for
+ * (store_sync: API calls, server.save) fail at once with TN_ESTATE.  State
+ * changes, status lines and state machines' steps (store_sync_state: the
+ * update scheduler) are always queued: they are few, bounded by
+ * connections, and someone relies on them.
  *
  * Reads: a pool of read connections; WAL lets them run beside the writer.
  *
@@ -65,6 +67,9 @@ struct store_op {
 #define STORE_READERS_MAX 64
 #define STORE_CKPT_PAGES 1000        /* SQLite's own auto-checkpoint threshold */
 #define STORE_CKPT_RESTART_PAGES 4000 /* 16 MiB of WAL with 4 KiB pages */
+#define STORE_BUSY_MS 5000
+#define STORE_AUDIT_MAX_ROWS 1000000   /* default of opt.audit_max_rows */
+#define STORE_RESTART_BUSY_MS 100        /* what the writer waits for readers to restart the WAL */
 
 struct store {
 	char *path;
@@ -92,6 +97,7 @@ struct store {
 	pthread_cond_t ckpt_wake;   /* under lock */
 	int ckpt_wanted;            /* under lock */
 	pthread_mutex_t ckpt_run;   /* held while a checkpoint runs: SQLite lets one at a time */
+	int restart_pages;          /* writer thread: WAL pages at which it restarts the WAL */
 
 	struct bus *bus;
 	int64_t next_retention;     /* writer thread: when retention runs next (mono ms) */
@@ -100,7 +106,7 @@ struct store {
 	tn_event *tx_events;
 	size_t ntx_events, cap_tx_events;
 	char write_err[256];        /* writer thread: why the last commit failed */
-	int queued_syncs;           /* sync ops in the queue (under lock) */
+	int queued_syncs;           /* sync ops with a fn in the queue (under lock) */
 	/* Under lock: bytes of the ops queued or being committed; while `full`
 	 * (from the first refused line until the queue drains to half) log lines
 	 * are refused, counted per device in `drops` (id -> count). */
@@ -132,7 +138,7 @@ static int store__open_conn(const char *path, sqlite3 **out, tn_error *err)
 		sqlite3_close(db);
 		return TN_EIO;
 	}
-	sqlite3_busy_timeout(db, 5000);
+	sqlite3_busy_timeout(db, STORE_BUSY_MS);
 	sqlite3_extended_result_codes(db, 1);
 	*out = db;
 	return 0;
@@ -265,13 +271,17 @@ static void *store__ckpt_main(void *arg);
 static int store__wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
 	store *s = arg;
-	if (pages >= STORE_CKPT_RESTART_PAGES) {
+	if (pages >= s->restart_pages) {
 		/* After the checkpointer's run, if any (a second checkpoint would
-		 * only get SQLITE_BUSY); readers of old frames are waited for
-		 * (busy_timeout). */
+		 * only get SQLITE_BUSY).  Readers of old frames are waited for,
+		 * briefly: a long read (a big history page) must not hold up every
+		 * write; the restart is tried again a thousand pages later. */
 		pthread_mutex_lock(&s->ckpt_run);
-		sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+		sqlite3_busy_timeout(db, STORE_RESTART_BUSY_MS);
+		int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
+		sqlite3_busy_timeout(db, STORE_BUSY_MS);
 		pthread_mutex_unlock(&s->ckpt_run);
+		s->restart_pages = rc == SQLITE_OK ? STORE_CKPT_RESTART_PAGES : pages + STORE_CKPT_PAGES;
 	} else if (pages >= STORE_CKPT_PAGES) {
 		pthread_mutex_lock(&s->lock);
 		s->ckpt_wanted = 1;
@@ -299,6 +309,8 @@ int store_open(store **out, const char *dir, const store_options *opt, tn_error 
 	s->opt = *opt;
 	if (s->opt.batch_max < 1)
 		s->opt.batch_max = 1024;
+	if (s->opt.audit_max_rows < 1)
+		s->opt.audit_max_rows = STORE_AUDIT_MAX_ROWS;
 	if (asprintf(&s->path, "%s/tender.db", dir) < 0) {
 		s->path = NULL;
 		rc = tn_err(err, TN_ENOMEM, "out of memory");
@@ -343,6 +355,7 @@ int store_open(store **out, const char *dir, const store_options *opt, tn_error 
 		goto fail;
 	}
 	s->ckpt_started = 1;
+	s->restart_pages = STORE_CKPT_RESTART_PAGES;
 	sqlite3_wal_hook(s->wdb, store__wal_hook, s);
 	if (pthread_create(&s->writer, NULL, store__writer_main, s) != 0) {
 		rc = tn_err(err, TN_EIO, "cannot start the store writer thread");
@@ -509,7 +522,7 @@ static struct store_op *store__fail_syncs(store *s, struct store_op *list, struc
 	pthread_mutex_lock(&s->lock);
 	while (taken && *pp) {
 		struct store_op *op = *pp;
-		if (op->kind != OP_SYNC) {
+		if (op->kind != OP_SYNC || !op->fn) { /* a flush waits for the retry */
 			pp = &op->next;
 			continue;
 		}
@@ -521,7 +534,7 @@ static struct store_op *store__fail_syncs(store *s, struct store_op *list, struc
 	/* The queue grows while the disk is full: walk it only for a sync op. */
 	for (pp = &s->head; s->queued_syncs && *pp;) {
 		struct store_op *op = *pp;
-		if (op->kind != OP_SYNC) {
+		if (op->kind != OP_SYNC || !op->fn) {
 			prev = op;
 			pp = &op->next;
 			continue;
@@ -640,13 +653,28 @@ static int store__retention_chunk(store *s)
 			}
 		}
 	}
+	/* The audit trail: by the same age, and never more than
+	 * opt.audit_max_rows (refused requests add rows too). */
+	int audit_deleted = 0;
+	if (deleted < STORE_RETENTION_CHUNK &&
+	    sqlite3_prepare_v2(s->wdb, "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < ?1 "
+			       "OR id <= (SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?2) "
+			       "ORDER BY id LIMIT ?3)", -1, &q, NULL) == SQLITE_OK) {
+		sqlite3_bind_int64(q, 1, s->opt.retention_age_ms > 0 ? tn_now_ms() - s->opt.retention_age_ms : 0);
+		sqlite3_bind_int64(q, 2, s->opt.audit_max_rows);
+		sqlite3_bind_int(q, 3, STORE_RETENTION_CHUNK);
+		if (sqlite3_step(q) == SQLITE_DONE)
+			audit_deleted = sqlite3_changes(s->wdb);
+		sqlite3_finalize(q);
+		q = NULL;
+	}
 	if (store__exec(s->wdb, "COMMIT", &err)) {
 		store__exec(s->wdb, "ROLLBACK", NULL);
 		return 0;
 	}
 	if (deleted)
 		metrics_add(M_EVENTS_EXPIRED, deleted);
-	return deleted;
+	return deleted + audit_deleted;
 }
 
 struct store__drop_report {
@@ -702,15 +730,10 @@ static void *store__writer_main(void *arg)
 	store *s = arg;
 	pthread_setname_np(pthread_self(), "tn-store"); /* for top -H, perf, gdb */
 
-	int retention = s->opt.retention_age_ms > 0 || s->opt.retention_count > 0;
 	s->next_retention = tn_mono_ms() + 1000;
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
 		while (!s->head && !s->stopping) {
-			if (!retention) {
-				pthread_cond_wait(&s->wake, &s->lock);
-				continue;
-			}
 			if (tn_mono_ms() >= s->next_retention) {
 				pthread_mutex_unlock(&s->lock);
 				/* A full chunk means more to do: soon, but writes first. */
@@ -922,7 +945,7 @@ int store_device_offline(store *s, uint64_t device, int64_t ts_ms)
 	return store__push_state(s, op);
 }
 
-int store_sync(store *s, store_sync_fn fn, void *arg, tn_error *err)
+static int store__sync(store *s, store_sync_fn fn, void *arg, tn_error *err, int refusable)
 {
 	struct store_op op = { .kind = OP_SYNC, .fn = fn, .arg = arg, .err = err };
 
@@ -932,19 +955,31 @@ int store_sync(store *s, store_sync_fn fn, void *arg, tn_error *err)
 		return tn_err(err, TN_ESTATE, "the store is closed");
 	}
 	/* Behind a full queue it would wait for all of it: say so instead
-	 * (a flush, with no fn, waits: shutdown and tests rely on it). */
-	if (fn && s->full) {
+	 * (a flush, with no fn, waits: shutdown and tests rely on it; so does
+	 * a state machine's step, which must not be lost to a log flood). */
+	if (fn && refusable && s->full) {
 		size_t queued = s->queued_bytes;
 		pthread_mutex_unlock(&s->lock);
 		return tn_err(err, TN_ESTATE, "the store cannot write now, try again (its write queue is "
 			      "full: %zu bytes wait for the disk)", queued);
 	}
 	store__push_locked(s, &op);
-	s->queued_syncs++;
+	if (fn)
+		s->queued_syncs++;
 	while (!op.done)
 		pthread_cond_wait(&s->done, &s->lock);
 	pthread_mutex_unlock(&s->lock);
 	return op.result;
+}
+
+int store_sync(store *s, store_sync_fn fn, void *arg, tn_error *err)
+{
+	return store__sync(s, fn, arg, err, 1);
+}
+
+int store_sync_state(store *s, store_sync_fn fn, void *arg, tn_error *err)
+{
+	return store__sync(s, fn, arg, err, 0);
 }
 
 int store_flush(store *s)

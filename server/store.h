@@ -29,6 +29,8 @@ typedef struct store_options {
 	int sync_full;  /* synchronous=FULL instead of NORMAL */
 	int64_t retention_age_ms;   /* events older than this are deleted (0: kept) */
 	int64_t retention_count;    /* events kept per device, the newest (0: all) */
+	int64_t audit_max_rows;     /* audit entries kept, the newest (0: 1,000,000); they
+				     * also go after retention_age_ms */
 	size_t max_queue_bytes;     /* writes waiting for the disk, at most (0: no limit); past
 				     * it log lines are refused and counted, and store_sync
 				     * fails with TN_ESTATE until the queue drains to half */
@@ -78,6 +80,10 @@ int store_device_offline(store *s, uint64_t device, int64_t ts_ms);
  * while commits fail or the write queue is full. */
 typedef int (*store_sync_fn)(sqlite3 *db, void *arg, tn_error *err);
 int store_sync(store *s, store_sync_fn fn, void *arg, tn_error *err);
+/* The same for a state machine's step (the update scheduler's transitions,
+ * the supervisor's clean-up): never refused because the write queue is full
+ * (it waits its turn behind it), only while commits fail. */
+int store_sync_state(store *s, store_sync_fn fn, void *arg, tn_error *err);
 
 /* Inside a store_sync fn (on the writer thread, within its transaction):
  * writes one event with the next id, so that a state change and the log

@@ -241,6 +241,19 @@ static int write_queue_fn(sqlite3 *db, void *arg, tn_error *err)
 	return 0;
 }
 
+/* A state machine's step (store_sync_state) while the queue is full. */
+static int state_step_fn(sqlite3 *db, void *arg, tn_error *err)
+{
+	return store_event_insert_tx(st, db, 7, EV_STATUS, "firmware update completed: 1 -> 2") > 0 ? 0 : TN_EIO;
+}
+
+static void *state_step_thread(void *arg)
+{
+	tn_error err = { 0 };
+	*(int *)arg = store_sync_state(st, state_step_fn, NULL, &err);
+	return NULL;
+}
+
 START_TEST(write_queue_bounded)
 {
 	store_options opt = { .max_queue_bytes = 65536 };
@@ -277,9 +290,18 @@ START_TEST(write_queue_bounded)
 	ck_assert_int_gt(store_event_append(st, 7, EV_STATUS, "Device disconnected"), 0);
 	ck_assert_int_eq(store_sync(st, write_queue_fn, NULL, &err), TN_ESTATE);
 	ck_assert_msg(strstr(err.msg, "try again") && strstr(err.msg, "write queue is full"), "%s", err.msg);
+	/* A state machine's step is not refused: it waits its turn. */
+	pthread_t step;
+	int step_rc = -1;
+	ck_assert_int_eq(pthread_create(&step, NULL, state_step_thread, &step_rc), 0);
+	usleep(300 * 1000); /* let it queue while the queue is full (it is, until the commit) */
 
 	ck_assert_int_eq(sqlite3_exec(blocker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(blocker);
+	pthread_join(step, NULL);
+	ck_assert_int_eq(step_rc, 0);
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events WHERE device = 7 AND msg = "
+				   "'firmware update completed: 1 -> 2'"), 1);
 	char want[160];
 	snprintf(want, sizeof want, "SELECT count(*) FROM events WHERE device = 7 AND type = 0 AND msg = "
 		 "'%d log lines dropped: the store''s write queue was full (the disk could not keep up)'", refused);
@@ -289,7 +311,7 @@ START_TEST(write_queue_bounded)
 		usleep(50 * 1000);
 	}
 	ck_assert_int_eq(query_int("SELECT count(*) FROM events WHERE device = 7 AND type IN (1, 2)"), accepted);
-	ck_assert_int_eq(query_int("SELECT count(*) FROM events WHERE device = 7 AND type = 0"), 2);
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events WHERE device = 7 AND type = 0"), 3);
 	ck_assert_int_eq(metrics_get(M_STORE_QUEUE_BYTES), 0);
 	/* Drained: lines and synchronous writes are taken again. */
 	ck_assert_int_gt(store_event_append(st, 7, EV_DEVICE, line), 0);
@@ -639,6 +661,43 @@ START_TEST(wal_checkpointed_and_bounded)
 }
 END_TEST
 
+static int audit_rows_fn(sqlite3 *db, void *arg, tn_error *err)
+{
+	int64_t now = *(int64_t *)arg;
+	for (int i = 0; i < 40; i++) {
+		char sql[200];
+		/* 10 of them from long ago, 30 recent */
+		snprintf(sql, sizeof sql, "INSERT INTO audit (ts, actor, method, path, status) VALUES "
+			 "(%lld, 'anonymous', 'GET', '/v1/devices', 401)",
+			 (long long)(i < 10 ? now - 3600 * 1000 : now));
+		if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
+			return TN_EIO;
+	}
+	return 0;
+}
+
+/* The audit trail is trimmed by the events' age and by a count, by the
+ * writer's retention rounds, whatever else is configured. */
+START_TEST(audit_trail_is_trimmed)
+{
+	store_options opt = { .retention_age_ms = 60 * 1000, .audit_max_rows = 25 };
+	tn_error err = { 0 };
+	int64_t now = tn_now_ms();
+
+	store_close(st);
+	st = NULL;
+	ck_assert_msg(store_open(&st, dir, &opt, &err) == 0, "store_open: %s", err.msg);
+	ck_assert_int_eq(store_sync(st, audit_rows_fn, &now, &err), 0);
+	/* The old ten go by age, then five more by count; a round runs at most
+	 * every 5 s. */
+	for (int tries = 0; query_int("SELECT count(*) FROM audit") != 25; tries++) {
+		ck_assert_msg(tries < 150, "%lld audit rows left", (long long)query_int("SELECT count(*) FROM audit"));
+		usleep(100 * 1000);
+	}
+	ck_assert_int_eq(query_int("SELECT count(*) FROM audit WHERE ts < strftime('%s', 'now') * 1000 - 60000"), 0);
+}
+END_TEST
+
 static TCase *add_tcase(Suite *s, const char *name)
 {
 	TCase *tc = tcase_create(name);
@@ -661,6 +720,7 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, events_paging);
 	tcase_add_test(tc, write_queue_bounded);
 	tcase_add_test(tc, wal_checkpointed_and_bounded);
+	tcase_add_test(tc, audit_trail_is_trimmed);
 	tc = add_tcase(s, "devices");
 	tcase_add_test(tc, device_crud);
 	tcase_add_test(tc, device_list_filters);
