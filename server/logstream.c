@@ -5,20 +5,38 @@
  * the store (committed events only) and live events whose id it has already
  * sent are skipped, so nothing is sent twice.  When its queue is empty the
  * reader suspends its connection (under the subscriber's lock); the bus
- * resumes it when an event arrives.
+ * wakes it when an event arrives.
  *
  * A live event's SSE frame is made once, by the first reader that sends it,
- * and kept in the bus's shared event for every other reader (bus_event_frame):
- * a reader copies it straight from there into MHD's buffer.
+ * and kept in the bus's shared event for every other reader (bus_event_frame).
  *
- * Readers are resumed in batches: the bus's wake only puts the reader on a
- * list, and one thread (the waker) resumes every reader on it in passes, a
- * window apart that grows with the readers a pass resumed (1 ms for a few,
- * up to 25 ms for a thousand; see ls__waker).  A resumed reader sends what
- * it has in one write and then waits for the next pass, even if more came
- * meanwhile: at a high event rate a reader pays one resume, one send() and
- * its client's one recv() per pass instead of per event; an event that
- * arrives after a quiet spell is passed on at once.
+ * Readers are woken in passes: the bus's wake only puts the reader on its
+ * waker's list, and the waker threads (one per core, at most
+ * LOGSTREAM_WAKERS_MAX) take their lists in passes, a window apart that
+ * grows with the readers a pass took (1 ms for a few, up to 25 ms for a
+ * thousand; see ls__waker).  A reader sends what it has in one write per
+ * pass, even if more came meanwhile: at a high event rate a reader costs
+ * one send() and its client's one recv() per pass instead of per event; an
+ * event that arrives after a quiet spell is passed on at once.
+ *
+ * Who writes (the state diagram of a reader):
+ *
+ *   MHD's --(nothing to send, live, plain TCP: ls__on_wait)--> the waker's
+ *   the waker's --(socket full, send failed, stream ended, server stopping:
+ *                  ls__handback)--> MHD's
+ *
+ * MHD's reader: MHD calls ls__read, which copies frames into MHD's buffer;
+ * history, TLS connections and readers whose socket is full are always
+ * MHD's.  The waker's reader ("direct"): its connection stays suspended in
+ * MHD and the waker send()s its frames to the socket itself, with no resume,
+ * no MHD thread and no copy into MHD's buffer (a resume, its wake of an MHD
+ * thread and two content-reader calls cost more than the send() itself).
+ * This is sound because MHD calls a content reader only once everything it
+ * returned before is on the socket, the call that hands a reader over
+ * returns nothing, MHD neither reads nor writes a suspended connection, and
+ * the response is HTTP/1.0 (no chunk framing to keep in step).  Only the
+ * thread that owns a reader touches it; the hand-overs happen under the
+ * subscriber's lock (to the waker) and by MHD_resume_connection (back).
  *
  * Named streams are bounded: at most opt.max_streams in all and
  * opt.max_per_owner per API token, and one not opened within
@@ -27,11 +45,15 @@
 #define _GNU_SOURCE
 #include "logstream.h"
 
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,6 +69,8 @@
 #define LOGSTREAM_WAKE_MAX_US 25000
 #define LOGSTREAM_WAKE_PER_READER_US 25
 #define LOGSTREAM_BATCH 32          /* bus items taken under one lock */
+#define LOGSTREAM_DIRECT_BUF 65536  /* the most a direct send() carries */
+#define LOGSTREAM_WAKERS_MAX 4
 
 struct stream {
 	struct stream *next;
@@ -59,15 +83,27 @@ struct stream {
 	unsigned types;             /* 1 << event_type of each type it sends; 0: all */
 };
 
+/* A waker thread and the readers it is to resume or send to. */
+struct waker {
+	logstreams *ls;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct reader *to_wake;
+	int running, stop;          /* under lock */
+	pthread_t thread;
+	char *buf;                  /* LOGSTREAM_DIRECT_BUF bytes, for ls__direct */
+};
+
 struct reader {
 	logstreams *ls;
+	struct waker *w;            /* the one that wakes it */
 	struct stream *st;
 	struct MHD_Connection *conn;
 	int text;
 	uint64_t device;            /* history for this device, if after >= 0 */
 	int64_t after;              /* -1: no history (left) */
 	int64_t last_sent;
-	struct reader *wake_next;   /* on ls->to_wake (under ls->wake_lock) */
+	struct reader *wake_next;   /* on w->to_wake (under w->lock) */
 	int wake_queued;
 	int sent;                   /* handed MHD live data since its last resume */
 	bus_item batch[LOGSTREAM_BATCH]; /* taken from the bus, not yet sent */
@@ -78,7 +114,14 @@ struct reader {
 	size_t out_len, out_off;
 	char *out_own;              /* owned (history, notices), or */
 	bus_event *out_ev;          /* the shared event it is borrowed from */
+	char *unsent;               /* what a direct send() left, owned: goes first */
+	size_t unsent_len, unsent_off;
 	int ended;
+	/* Direct sending (see ls__direct). */
+	int can_direct;             /* plain TCP: the waker may write to fd */
+	int fd;
+	int direct;                 /* the waker's now: MHD holds it suspended */
+	int broken;                 /* a direct send() failed: MHD closes it */
 };
 
 struct logstreams {
@@ -89,39 +132,51 @@ struct logstreams {
 	struct stream *streams;     /* the named ones */
 	int nstreams;               /* under lock */
 	_Atomic int readers;
+	_Atomic unsigned next_waker; /* readers are dealt to the wakers in turn */
 	int closing;
-	/* The waker thread and the readers it is to resume. */
-	pthread_mutex_t wake_lock;
-	pthread_cond_t wake_cond;
-	struct reader *to_wake;
-	int waker_running, waker_stop;   /* under wake_lock */
-	pthread_t waker;
+	struct waker wakers[LOGSTREAM_WAKERS_MAX];
+	int nwakers;                /* made (and to free) */
+	int share;                  /* the wakers that share the send budget */
 };
 
-/* Resumes every queued reader.  Called with wake_lock held; returns with it
- * held, but releases it while it resumes, so that the bus's wakes (the store
- * writer, holding the bus's locks) never wait for a pass of a thousand
- * MHD_resume_connection calls.  Safe because a reader on the list is
- * suspended: MHD leaves it alone, so it cannot end and be freed until it is
- * resumed here (and its next pointer is read before that); it is marked not
- * queued before it is taken, so a wake after its resume queues it again. */
-static int ls__wake_all_locked(logstreams *ls)
+/* A pass: every queued reader is sent to (ls__direct) or resumed.  Called
+ * with w->lock held; returns with it held, but releases it during the pass,
+ * so that the bus's wakes (the store writer, holding the bus's locks) never
+ * wait for a pass of a thousand sends or resumes.  Safe because a reader on
+ * the list is suspended: MHD leaves it alone, so it cannot end and be freed
+ * until it is handed back here (and its next pointer is read before that);
+ * it is marked not queued before it is taken, so a wake during the pass
+ * queues it for the next one. */
+static void ls__direct(struct waker *w, struct reader *r);
+static void ls__handback(struct reader *r);
+
+static int64_t ls__mono_us(void)
 {
-	struct reader *list = ls->to_wake;
-	int n = 0;
-	ls->to_wake = NULL;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int ls__wake_all_locked(struct waker *w)
+{
+	struct reader *list = w->to_wake;
+	int n = 0, stopping = w->stop;
+	w->to_wake = NULL;
 	for (struct reader *r = list; r; r = r->wake_next) {
 		r->wake_queued = 0;
 		r->sent = 0;
 		n++;
 	}
-	pthread_mutex_unlock(&ls->wake_lock);
+	pthread_mutex_unlock(&w->lock);
 	while (list) {
 		struct reader *r = list;
 		list = r->wake_next;
-		MHD_resume_connection(r->conn);
+		if (r->direct && !stopping)
+			ls__direct(w, r);
+		else
+			ls__handback(r);
 	}
-	pthread_mutex_lock(&ls->wake_lock);
+	pthread_mutex_lock(&w->lock);
 	return n;
 }
 
@@ -156,55 +211,80 @@ static void ls__expire(logstreams *ls)
 	}
 }
 
-/* The waker thread: resumes queued readers, then lets a window pass so that
- * the next batch gathers; once a second it expires streams.  The window
- * grows with the readers it resumed: a pass of n readers costs n sends (and
- * n reads in the clients), so waiting n * LOGSTREAM_WAKE_PER_READER_US
- * between passes bounds what the passes cost (about 40,000 sends a second),
- * while a few readers still get their events within a millisecond or two
- * and the window never passes LOGSTREAM_WAKE_MAX_US. */
+/* A waker thread: makes a pass over its queued readers, then lets a window
+ * pass so that the next batch gathers; the first waker also expires streams
+ * once a second.  The window grows with the readers a pass took: a pass of
+ * n readers costs n sends (and n reads in the clients), so n *
+ * LOGSTREAM_WAKE_PER_READER_US (times the wakers, which share that budget)
+ * from the start of one pass to the next bounds what the passes cost (about
+ * 40,000 sends a second in all), while a few readers still get their events
+ * within a millisecond or two, and the window never passes
+ * LOGSTREAM_WAKE_MAX_US.  The readers are dealt to as
+ * many wakers as there are cores (at most LOGSTREAM_WAKERS_MAX): a pass of
+ * a thousand sends is several milliseconds of one core's time. */
 static void *ls__waker(void *arg)
 {
-	logstreams *ls = arg;
+	struct waker *w = arg;
+	logstreams *ls = w->ls;
+	int expires = w == &ls->wakers[0];
+	pthread_setname_np(pthread_self(), "tn-logstream"); /* for top -H, perf, gdb */
 	int64_t next_expiry = tn_mono_ms() + 1000;
-	pthread_mutex_lock(&ls->wake_lock);
-	while (!ls->waker_stop) {
-		if (tn_mono_ms() >= next_expiry) {
-			pthread_mutex_unlock(&ls->wake_lock);
+	pthread_mutex_lock(&w->lock);
+	while (!w->stop) {
+		if (expires && tn_mono_ms() >= next_expiry) {
+			pthread_mutex_unlock(&w->lock);
 			ls__expire(ls);
 			next_expiry = tn_mono_ms() + 1000;
-			pthread_mutex_lock(&ls->wake_lock);
+			pthread_mutex_lock(&w->lock);
 			continue;
 		}
-		if (!ls->to_wake) {
+		if (!w->to_wake) {
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_sec += 1;
-			pthread_cond_timedwait(&ls->wake_cond, &ls->wake_lock, &ts);
+			pthread_cond_timedwait(&w->cond, &w->lock, &ts);
 			continue;
 		}
-		int64_t window = (int64_t)ls__wake_all_locked(ls) * LOGSTREAM_WAKE_PER_READER_US;
-		pthread_mutex_unlock(&ls->wake_lock);
-		usleep((useconds_t)(window < LOGSTREAM_WAKE_MIN_US ? LOGSTREAM_WAKE_MIN_US
-				    : window > LOGSTREAM_WAKE_MAX_US ? LOGSTREAM_WAKE_MAX_US : window));
-		pthread_mutex_lock(&ls->wake_lock);
+		int64_t start = ls__mono_us();
+		int64_t window = (int64_t)ls__wake_all_locked(w) * ls->share * LOGSTREAM_WAKE_PER_READER_US;
+		if (window > LOGSTREAM_WAKE_MAX_US)
+			window = LOGSTREAM_WAKE_MAX_US;
+		window -= ls__mono_us() - start;
+		pthread_mutex_unlock(&w->lock);
+		usleep((useconds_t)(window < LOGSTREAM_WAKE_MIN_US ? LOGSTREAM_WAKE_MIN_US : window));
+		pthread_mutex_lock(&w->lock);
 	}
-	ls__wake_all_locked(ls);
-	pthread_mutex_unlock(&ls->wake_lock);
+	ls__wake_all_locked(w);
+	pthread_mutex_unlock(&w->lock);
 	return NULL;
 }
 
-/* Stops the waker, resuming what it had queued; later wakes resume at once. */
-static void ls__waker_stop(logstreams *ls)
+/* Stops the wakers, each handing what it had queued back to MHD; later
+ * wakes resume at once. */
+static void ls__wakers_stop(logstreams *ls)
 {
-	pthread_mutex_lock(&ls->wake_lock);
-	int running = ls->waker_running;
-	ls->waker_running = 0;
-	ls->waker_stop = 1;
-	pthread_cond_signal(&ls->wake_cond);
-	pthread_mutex_unlock(&ls->wake_lock);
-	if (running)
-		pthread_join(ls->waker, NULL);
+	for (int i = 0; i < ls->nwakers; i++) {
+		struct waker *w = &ls->wakers[i];
+		pthread_mutex_lock(&w->lock);
+		int running = w->running;
+		w->running = 0;
+		w->stop = 1;
+		pthread_cond_signal(&w->cond);
+		pthread_mutex_unlock(&w->lock);
+		if (running)
+			pthread_join(w->thread, NULL);
+	}
+}
+
+static void ls__wakers_free(logstreams *ls)
+{
+	ls__wakers_stop(ls);
+	for (int i = 0; i < ls->nwakers; i++) {
+		pthread_cond_destroy(&ls->wakers[i].cond);
+		pthread_mutex_destroy(&ls->wakers[i].lock);
+		free(ls->wakers[i].buf);
+	}
+	ls->nwakers = 0;
 }
 
 int logstreams_new(logstreams **out, bus *b, store *st, const logstreams_options *opt)
@@ -218,18 +298,27 @@ int logstreams_new(logstreams **out, bus *b, store *st, const logstreams_options
 	if (ls->opt.open_timeout_ms <= 0)
 		ls->opt.open_timeout_ms = 60000;
 	pthread_mutex_init(&ls->lock, NULL);
-	pthread_mutex_init(&ls->wake_lock, NULL);
-	pthread_cond_init(&ls->wake_cond, NULL);
-	if (pthread_create(&ls->waker, NULL, ls__waker, ls)) {
-		pthread_cond_destroy(&ls->wake_cond);
-		pthread_mutex_destroy(&ls->wake_lock);
-		pthread_mutex_destroy(&ls->lock);
-		free(ls);
-		return TN_ENOMEM;
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+	ls->share = cores < 1 ? 1 : cores > LOGSTREAM_WAKERS_MAX ? LOGSTREAM_WAKERS_MAX : (int)cores;
+	for (int i = 0; i < ls->share; i++) {
+		struct waker *w = &ls->wakers[i];
+		w->ls = ls;
+		if (!(w->buf = malloc(LOGSTREAM_DIRECT_BUF)))
+			goto fail;
+		pthread_mutex_init(&w->lock, NULL);
+		pthread_cond_init(&w->cond, NULL);
+		ls->nwakers++;
+		if (pthread_create(&w->thread, NULL, ls__waker, w))
+			goto fail;
+		w->running = 1;
 	}
-	ls->waker_running = 1;
 	*out = ls;
 	return 0;
+fail:
+	ls__wakers_free(ls);
+	pthread_mutex_destroy(&ls->lock);
+	free(ls);
+	return TN_ENOMEM;
 }
 
 int logstreams_open_timeout_s(const logstreams *ls)
@@ -339,10 +428,25 @@ static int ls__history(struct reader *r)
 	}
 }
 
-static void ls__suspend(void *arg)
+/* The reader has nothing to send and waits for the bus's wake (called under
+ * its subscriber's lock).  MHD's reader suspends its connection, and a live
+ * one on plain TCP becomes the waker's to send to (ls__direct): MHD calls a
+ * content reader only once all it returned before is sent, and this call
+ * returns nothing, so MHD has nothing unsent on the socket, and it leaves a
+ * suspended connection alone.  The socket is uncorked and set to send at
+ * once: the waker's sends are whole batches. */
+static void ls__on_wait(void *arg)
 {
 	struct reader *r = arg;
+	if (r->direct)
+		return; /* the waker's: suspended already */
 	MHD_suspend_connection(r->conn);
+	if (r->can_direct && r->after < 0) {
+		int off = 0, on = 1;
+		setsockopt(r->fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+		setsockopt(r->fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+		r->direct = 1;
+	}
 }
 
 /* The bus's wake (from the publishing thread), or a reader that defers
@@ -350,28 +454,41 @@ static void ls__suspend(void *arg)
 static void ls__wake(void *arg)
 {
 	struct reader *r = arg;
-	logstreams *ls = r->ls;
-	pthread_mutex_lock(&ls->wake_lock);
-	if (!ls->waker_running) {
-		r->sent = 0;
-		MHD_resume_connection(r->conn);
+	struct waker *w = r->w;
+	pthread_mutex_lock(&w->lock);
+	if (!w->running) {
+		ls__handback(r);
 	} else if (!r->wake_queued) {
 		r->wake_queued = 1;
-		r->wake_next = ls->to_wake;
-		ls->to_wake = r;
+		r->wake_next = w->to_wake;
+		w->to_wake = r;
 		if (!r->wake_next)
-			pthread_cond_signal(&ls->wake_cond);
+			pthread_cond_signal(&w->cond);
 	}
-	pthread_mutex_unlock(&ls->wake_lock);
+	pthread_mutex_unlock(&w->lock);
 }
 
 /* Copies into buf what the reader has to send, up to max bytes; returns
- * how much (0: it suspended, or it has ended). */
-static size_t ls__fill(struct reader *r, char *buf, size_t max)
+ * how much; 0: it waits for the bus (and may be the waker's already: the
+ * caller must not touch r); -1: it has ended and sent everything. */
+static ssize_t ls__fill(struct reader *r, char *buf, size_t max)
 {
 	size_t done = 0;
 
 	while (done < max) {
+		if (r->unsent) {
+			size_t n = r->unsent_len - r->unsent_off;
+			if (n > max - done)
+				n = max - done;
+			memcpy(buf + done, r->unsent + r->unsent_off, n);
+			r->unsent_off += n;
+			done += n;
+			if (r->unsent_off == r->unsent_len) {
+				free(r->unsent);
+				r->unsent = NULL;
+			}
+			continue;
+		}
 		if (r->out && r->out_off < r->out_len) {
 			size_t n = r->out_len - r->out_off;
 			if (n > max - done)
@@ -382,7 +499,7 @@ static size_t ls__fill(struct reader *r, char *buf, size_t max)
 			continue;
 		}
 		if (r->ended)
-			return done;
+			return done ? (ssize_t)done : -1;
 		if (r->after >= 0 && ls__history(r))
 			continue;
 		if (r->batch_i < r->batch_n) {
@@ -401,24 +518,24 @@ static size_t ls__fill(struct reader *r, char *buf, size_t max)
 			}
 			continue;
 		}
-		if (!done && r->sent && bus_sub_pending(r->st->sub)) {
+		if (!done && r->sent && !r->direct && bus_sub_pending(r->st->sub)) {
 			/* Sent once in this pass: the rest goes in the next. */
 			MHD_suspend_connection(r->conn);
 			ls__wake(r);
 			return 0;
 		}
 		/* With something to hand over already, only look; else wait. */
-		int n = bus_sub_take(r->st->sub, r->batch, LOGSTREAM_BATCH, done ? NULL : ls__suspend, r);
+		int n = bus_sub_take(r->st->sub, r->batch, LOGSTREAM_BATCH, done ? NULL : ls__on_wait, r);
 		if (n > 0) {
 			r->batch_i = 0;
 			r->batch_n = n;
 		} else if (n == 0) {
-			return done; /* 0: suspended, the bus resumes it */
+			return (ssize_t)done; /* 0: waiting, the bus wakes it */
 		} else {
 			r->ended = 1;
 		}
 	}
-	return done;
+	return (ssize_t)done;
 }
 
 /* Fills buf with as many events as fit; suspends when it has nothing, and
@@ -430,10 +547,88 @@ static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
 {
 	struct reader *r = cls;
 	(void)pos;
-	size_t done = ls__fill(r, buf, max);
-	if (done > 0 && done < max && r->after < 0)
+	if (r->broken)
+		return MHD_CONTENT_READER_END_WITH_ERROR;
+	ssize_t done = ls__fill(r, buf, max);
+	if (done < 0)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	if (done > 0 && (size_t)done < max && r->after < 0)
 		r->sent = 1;
-	return done ? (ssize_t)done : r->ended ? MHD_CONTENT_READER_END_OF_STREAM : 0;
+	return done; /* 0: suspended (r may be the waker's now) */
+}
+
+/* Hands a suspended reader (back) to MHD: it resumes the connection and
+ * calls ls__read, which sends what is left, ends the response or, after a
+ * failed send, closes it.  The caller must not touch r after this. */
+static void ls__handback(struct reader *r)
+{
+	r->direct = 0;
+	r->sent = 0;
+	MHD_resume_connection(r->conn);
+}
+
+/* Queues a direct reader for the waker's next pass (the waker's thread). */
+static void ls__requeue(struct reader *r)
+{
+	ls__wake(r);
+}
+
+/* One pass for a direct reader, in the waker's thread: what it has goes to
+ * its socket in one send(), with no resume, no MHD thread and no copy into
+ * MHD's buffer; then it waits for the bus again.  It goes back to MHD when
+ * it cannot go on alone: its socket took only part (the rest waits in
+ * r->unsent, and MHD writes it once the socket drains, with its timeout),
+ * the send failed (MHD closes it), the stream ended (MHD ends the response),
+ * or the server is stopping. */
+static void ls__direct(struct waker *w, struct reader *r)
+{
+	ssize_t n = ls__fill(r, w->buf, LOGSTREAM_DIRECT_BUF);
+	if (n == 0)
+		return; /* waiting: left to the bus's wake */
+	if (n > 0) {
+		ssize_t k;
+		do
+			k = send(r->fd, w->buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+		while (k < 0 && errno == EINTR);
+		if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+			r->broken = 1;
+			ls__handback(r);
+			return;
+		}
+		if (k < 0)
+			k = 0;
+		if (k < n) {
+			r->unsent_len = (size_t)(n - k);
+			r->unsent_off = 0;
+			r->unsent = malloc(r->unsent_len);
+			if (r->unsent)
+				memcpy(r->unsent, w->buf + k, r->unsent_len);
+			else
+				r->broken = 1; /* never a silent gap */
+			ls__handback(r);
+			return;
+		}
+	}
+	if (n < 0 || r->ended) {
+		ls__handback(r); /* MHD ends the response */
+		return;
+	}
+	if (n == LOGSTREAM_DIRECT_BUF) {
+		ls__requeue(r); /* more to send: the next pass */
+		return;
+	}
+	/* It sent all it had: wait, or go on in the next pass with what came
+	 * meanwhile.  (Once it waits the bus may wake it at once: r is not
+	 * touched after this.) */
+	int m = bus_sub_take(r->st->sub, r->batch, LOGSTREAM_BATCH, ls__on_wait, r);
+	if (m > 0) {
+		r->batch_i = 0;
+		r->batch_n = m;
+		ls__requeue(r);
+	} else if (m < 0) {
+		r->ended = 1;
+		ls__handback(r);
+	}
 }
 
 static void ls__stream_free(logstreams *ls, struct stream *st)
@@ -459,20 +654,21 @@ static void ls__reader_done(void *cls)
 		pthread_mutex_unlock(&ls->lock);
 	}
 	ls__stream_free(ls, r->st);
-	pthread_mutex_lock(&ls->wake_lock);
+	pthread_mutex_lock(&r->w->lock);
 	if (r->wake_queued)
-		for (struct reader **pp = &ls->to_wake; *pp; pp = &(*pp)->wake_next)
+		for (struct reader **pp = &r->w->to_wake; *pp; pp = &(*pp)->wake_next)
 			if (*pp == r) {
 				*pp = r->wake_next;
 				break;
 			}
-	pthread_mutex_unlock(&ls->wake_lock);
+	pthread_mutex_unlock(&r->w->lock);
 	for (; r->batch_i < r->batch_n; r->batch_i++) {
 		bus_event_release(r->batch[r->batch_i].ev);
 		free(r->batch[r->batch_i].notice);
 	}
 	json_decref(r->page);
 	ls__set_out(r, NULL, NULL, NULL, 0);
+	free(r->unsent);
 	free(r);
 	atomic_fetch_sub(&ls->readers, 1);
 }
@@ -484,18 +680,30 @@ static struct MHD_Response *ls__response(logstreams *ls, struct MHD_Connection *
 	if (!r)
 		return NULL;
 	r->ls = ls;
+	r->w = &ls->wakers[atomic_fetch_add(&ls->next_waker, 1) % (unsigned)ls->nwakers];
 	r->st = st;
 	r->conn = conn;
 	r->text = text;
 	r->device = device;
 	r->after = after;
 	r->last_sent = after > 0 ? after : 0;
+	/* The waker may write to a plain TCP socket itself (ls__direct); not
+	 * to a TLS one, whose records only MHD can make. */
+	const union MHD_ConnectionInfo *fd = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD),
+				       *tls = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	r->fd = fd ? fd->connect_fd : -1;
+	r->can_direct = r->fd >= 0 && !(tls && tls->tls_session);
 	struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 65536, ls__read, r,
 								      ls__reader_done);
 	if (!resp) {
 		free(r);
 		return NULL;
 	}
+	/* An HTTP/1.0 response: its body is the bytes as sent, with no chunk
+	 * framing for direct sends to keep in step with MHD's (the stream ends
+	 * when the connection closes, as an endless stream would anyway). */
+	if (MHD_set_response_options(resp, MHD_RF_HTTP_VERSION_1_0_RESPONSE, MHD_RO_END) != MHD_YES)
+		r->can_direct = 0;
 	atomic_fetch_add(&ls->readers, 1);
 	bus_sub_set_wake(st->sub, ls__wake, r);
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream; charset=utf-8");
@@ -765,7 +973,7 @@ void logstreams_close(logstreams *ls)
 {
 	if (!ls)
 		return;
-	ls__waker_stop(ls);
+	ls__wakers_stop(ls);
 	bus_close(ls->b);
 	for (int i = 0; i < 500 && atomic_load(&ls->readers) > 0; i++)
 		usleep(10 * 1000);
@@ -781,9 +989,7 @@ void logstreams_free(logstreams *ls)
 		metrics_add(M_STREAMS, -1);
 		ls__stream_free(ls, st);
 	}
-	ls__waker_stop(ls);
-	pthread_cond_destroy(&ls->wake_cond);
-	pthread_mutex_destroy(&ls->wake_lock);
+	ls__wakers_free(ls);
 	pthread_mutex_destroy(&ls->lock);
 	free(ls);
 }
