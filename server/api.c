@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -28,6 +27,7 @@
 #include "logfmt.h"
 #include "logstream.h"
 #include "metrics.h"
+#include "net.h"
 #include "multipart.h"
 #include "rollout.h"
 #include "scheduler.h"
@@ -1509,25 +1509,11 @@ static struct api_conn *api__conn_of(struct MHD_Connection *conn)
 	return ci ? ci->socket_context : NULL;
 }
 
-/* FNV-1a of the peer's address bytes (the device endpoint hashes its text). */
+/* The peer's address as a key for counting connections per address. */
 static uint64_t api__ip_key(struct MHD_Connection *conn)
 {
 	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-	const struct sockaddr *sa = ci ? ci->client_addr : NULL;
-	const unsigned char *p = NULL;
-	size_t n = 0;
-	uint64_t h = 0xcbf29ce484222325ULL;
-
-	if (sa && sa->sa_family == AF_INET) {
-		p = (const unsigned char *)&((const struct sockaddr_in *)sa)->sin_addr;
-		n = sizeof(struct in_addr);
-	} else if (sa && sa->sa_family == AF_INET6) {
-		p = (const unsigned char *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
-		n = sizeof(struct in6_addr);
-	}
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ p[i]) * 0x100000001b3ULL;
-	return h;
+	return net_addr_key(ci ? ci->client_addr : NULL);
 }
 
 static void api__conn_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
@@ -1697,30 +1683,7 @@ static void api__mhd_log(void *cls, const char *fmt, va_list ap)
 /* Binds and listens ourselves, so that port 0 works and the chosen port is known. */
 static int api__listen(api *a, tn_error *err)
 {
-	struct addrinfo hints = { .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV,
-				  .ai_socktype = SOCK_STREAM }, *res = NULL;
-	char port[16];
-	int one = 1;
-
-	snprintf(port, sizeof port, "%d", a->opt.port);
-	int rc = getaddrinfo(a->opt.bind, port, &hints, &res);
-	if (rc)
-		return tn_err(err, TN_EINVAL, "--bind %s: %s", a->opt.bind, gai_strerror(rc));
-	a->fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC, 0);
-	if (a->fd < 0 || setsockopt(a->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
-	    bind(a->fd, res->ai_addr, res->ai_addrlen) || listen(a->fd, 128)) {
-		rc = tn_err(err, TN_EIO, "cannot listen on %s port %d for the HTTP API: %s", a->opt.bind,
-			    a->opt.port, strerror(errno));
-		freeaddrinfo(res);
-		return rc;
-	}
-	freeaddrinfo(res);
-	struct sockaddr_storage ss;
-	socklen_t len = sizeof ss;
-	getsockname(a->fd, (struct sockaddr *)&ss, &len);
-	a->port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-						 : ((struct sockaddr_in *)&ss)->sin_port);
-	return 0;
+	return net_listen(a->opt.bind, a->opt.port, 128, 0, "the HTTP API", &a->fd, &a->port, err);
 }
 
 int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error *err)

@@ -27,7 +27,7 @@ struct opt {
 static const struct opt config__opts[] = {
 	{ "data-dir", OPT_STR, OFF(data_dir), 0, 0, "DIR",
 	  "database, tokens and firmware files (default ./tender-data; created if missing)" },
-	{ "bind", OPT_STR, OFF(bind), 0, 0, "ADDR", "address both ports listen on (default 127.0.0.1)" },
+	{ "bind", OPT_STR, OFF(bind), 0, 0, "ADDR", "numeric IPv4 or IPv6 address both ports listen on (default 127.0.0.1; 0.0.0.0 or :: for all)" },
 	{ "web-dir", OPT_STR, OFF(web_dir), 0, 0, "DIR",
 	  "the dashboard's files, served at / (default ./web if present, else " TN_DATADIR "/web)" },
 	{ "device-port", OPT_INT, OFF(device_port), 0, 65535, "N",

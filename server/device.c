@@ -11,9 +11,11 @@
  *                                                                            "Device disconnected"
  *                                                                            unless replaced/forgotten)
  *
- * Before the handshake completes, a connection from an address that already
- * holds --max-conns-per-ip connections is answered 503 and closed: counted
- * per address in `per_ip` from ESTABLISHED to CLOSED.
+ * Sockets are counted per address in `per_ip` from accept to
+ * LWS_CALLBACK_WSI_DESTROY (the key rides in the wsi's opaque user data), so
+ * handshakes under way count too.  At the upgrade, a connection from an
+ * address holding more than --max-conns-per-ip is answered 503 and closed;
+ * past DEVICE_FD_SLACK more, its sockets are closed at accept.
  *
  * Invariants: a device id maps to at most one ONLINE connection (`online`);
  * only that connection's close marks the device offline.  Connections are
@@ -48,7 +50,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -59,6 +60,7 @@
 #include "idmap.h"
 #include "log.h"
 #include "metrics.h"
+#include "net.h"
 #include "ratelimit.h"
 #include "scheduler.h"
 #include "supervisor.h"
@@ -100,7 +102,6 @@ struct conn {
 	ratelimit logs;                /* log lines per second */
 	uint64_t ticket;               /* an enrollment under way, or 0 */
 	struct pending_hello *pending; /* owned: its hello, parsed again once enrolled */
-	uint64_t ip_key;               /* its address, hashed: the key in per_ip */
 	struct conn *tprev, *tnext;    /* its place in d->timing[tlist] */
 	int64_t deadline;              /* tn_mono_ms() when the cron acts on it */
 };
@@ -565,17 +566,11 @@ binary:
 
 #define DEVICE_PER_IP_REFUSED "too many connections from this address"
 
-/* FNV-1a of the peer's address text: 64 bits make a collision (two addresses
- * sharing one count) too unlikely to matter. */
+/* The address key of an adopted socket (net_addr_key | 1, so never NULL),
+ * or 0. */
 static uint64_t device__ip_key(struct lws *wsi)
 {
-	char peer[64] = "";
-	uint64_t h = 0xcbf29ce484222325ULL;
-
-	lws_get_peer_simple(wsi, peer, sizeof peer);
-	for (const char *p = peer; *p; p++)
-		h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
-	return h;
+	return (uint64_t)(uintptr_t)lws_get_opaque_user_data(wsi);
 }
 
 static uintptr_t device__ip_count(device_loop *d, uint64_t key)
@@ -585,6 +580,8 @@ static uintptr_t device__ip_count(device_loop *d, uint64_t key)
 
 static void device__ip_add(device_loop *d, uint64_t key, int delta)
 {
+	if (!key)
+		return; /* a socket not adopted through device__accept_cb */
 	uintptr_t n = device__ip_count(d, key) + (uintptr_t)(intptr_t)delta;
 	int oom = 0;
 
@@ -597,8 +594,9 @@ static void device__ip_add(device_loop *d, uint64_t key, int delta)
 /* Returns 1 (refused: answered 503) when the address is at its limit. */
 static int device__over_ip_limit(device_loop *d, struct lws *wsi)
 {
+	/* This socket counts itself. */
 	if (!d->opt.max_conns_per_ip ||
-	    device__ip_count(d, device__ip_key(wsi)) < (uintptr_t)d->opt.max_conns_per_ip)
+	    device__ip_count(d, device__ip_key(wsi)) <= (uintptr_t)d->opt.max_conns_per_ip)
 		return 0;
 	char peer[64] = "";
 	lws_get_peer_simple(wsi, peer, sizeof peer);
@@ -648,7 +646,9 @@ static void device__accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 			ev_io_stop(loop, w); /* device__socket_gone() starts it again */
 			return;
 		}
-		int fd = accept4(d->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct sockaddr_storage peer;
+		socklen_t plen = sizeof peer;
+		int fd = accept4(d->listen_fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE) {
 				/* Out of descriptors after all: wait for the cron. */
@@ -657,8 +657,21 @@ static void device__accept_cb(struct ev_loop *loop, ev_io *w, int revents)
 			}
 			return; /* EAGAIN, or a connection that went away meanwhile */
 		}
+		uint64_t key = net_addr_key((struct sockaddr *)&peer) | 1;
+		if (d->opt.max_conns_per_ip &&
+		    device__ip_count(d, key) >= (uintptr_t)d->opt.max_conns_per_ip + DEVICE_FD_SLACK) {
+			/* Far over its limit (the upgrade answers 503 before this):
+			 * not even a handshake's worth of memory for it. */
+			metrics_error(ERR_CONNS_PER_IP);
+			close(fd);
+			continue;
+		}
 		/* lws closes fd itself if it cannot adopt it. */
-		lws_adopt_socket_vhost(d->vhost, fd);
+		struct lws *wsi = lws_adopt_socket_vhost(d->vhost, fd);
+		if (wsi) {
+			lws_set_opaque_user_data(wsi, (void *)(uintptr_t)key);
+			device__ip_add(d, key, 1);
+		}
 	}
 }
 
@@ -672,33 +685,10 @@ static void device__socket_gone(device_loop *d)
 
 static int device__listen(device_loop *d, const char *bind_addr, int port, tn_error *err)
 {
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV }, *ai = NULL;
-	char service[16];
-	int one = 1, rc;
-
-	snprintf(service, sizeof service, "%d", port);
-	if ((rc = getaddrinfo(bind_addr, service, &hints, &ai)) != 0)
-		return tn_err(err, TN_EINVAL, "--bind %s: %s", bind_addr, gai_strerror(rc));
-	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
-	    bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, SOMAXCONN)) {
-		rc = tn_err(err, TN_EIO, "cannot listen on %s port %d for devices: %s", bind_addr, port,
-			    strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		freeaddrinfo(ai);
-		return rc;
-	}
-	freeaddrinfo(ai);
-	struct sockaddr_storage sa;
-	socklen_t len = sizeof sa;
-	getsockname(fd, (struct sockaddr *)&sa, &len);
-	d->port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&sa)->sin6_port
-						  : ((struct sockaddr_in *)&sa)->sin_port);
-	d->listen_fd = fd;
-	ev_io_init(&d->accept_w, device__accept_cb, fd, EV_READ);
-	return 0;
+	int rc = net_listen(bind_addr, port, SOMAXCONN, 1, "devices", &d->listen_fd, &d->port, err);
+	if (rc == 0)
+		ev_io_init(&d->accept_w, device__accept_cb, d->listen_fd, EV_READ);
+	return rc;
 }
 
 /* Returns 1 (refused: answered 503) when the loop holds max_conns. */
@@ -730,8 +720,6 @@ static void device__on_established(device_loop *d, struct conn *c, struct lws *w
 		d->conns->prev = c;
 	d->conns = c;
 	d->nconns++;
-	c->ip_key = device__ip_key(wsi);
-	device__ip_add(d, c->ip_key, 1);
 	metrics_inc(M_CONNECTIONS_TOTAL);
 	device__time(c, T_HELLO, (int64_t)d->opt.hello_timeout * 1000);
 	if (d->stopping)
@@ -773,7 +761,6 @@ static void device__on_closed(device_loop *d, struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	d->nconns--;
-	device__ip_add(d, c->ip_key, -1);
 	c->wsi = NULL;
 }
 
@@ -787,25 +774,20 @@ static void device__pop(struct conn *c)
 	free(m);
 }
 
-/* A WebSocket frame header (RFC 6455 5.2: FIN, opcode, unmasked length);
- * returns its size (2, 4 or 10). */
+/* A WebSocket frame header (RFC 6455 5.2: FIN, opcode, unmasked length) of
+ * a frame that fits in DEVICE_COALESCE_BYTES; returns its size (2 or 4). */
 static size_t device__ws_header(unsigned char *p, size_t len, int binary)
 {
+	assert(len <= 0xffff);
 	p[0] = 0x80 | (binary ? 0x2 : 0x1);
 	if (len < 126) {
 		p[1] = (unsigned char)len;
 		return 2;
 	}
-	if (len <= 0xffff) {
-		p[1] = 126;
-		p[2] = (unsigned char)(len >> 8);
-		p[3] = (unsigned char)len;
-		return 4;
-	}
-	p[1] = 127;
-	for (int i = 0; i < 8; i++)
-		p[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-	return 10;
+	p[1] = 126;
+	p[2] = (unsigned char)(len >> 8);
+	p[3] = (unsigned char)len;
+	return 4;
 }
 
 static int device__on_writeable(struct conn *c, struct lws *wsi)
@@ -825,7 +807,7 @@ static int device__on_writeable(struct conn *c, struct lws *wsi)
 	struct outmsg *m = c->out_head;
 	if (!m)
 		return 0;
-	if (!m->next || m->len + m->next->len + 20 > DEVICE_COALESCE_BYTES) {
+	if (!m->next || m->len + m->next->len + 8 > DEVICE_COALESCE_BYTES) {
 		int n = lws_write(wsi, m->buf + LWS_PRE, m->len, m->binary ? LWS_WRITE_BINARY : LWS_WRITE_TEXT);
 		if (n < (int)m->len)
 			return -1;
@@ -838,7 +820,7 @@ static int device__on_writeable(struct conn *c, struct lws *wsi)
 		unsigned char *out = c->loop->wbuf + LWS_PRE;
 		size_t used = 0;
 		int64_t frames = 0, bytes = 0;
-		while ((m = c->out_head) && used + 10 + m->len <= DEVICE_COALESCE_BYTES) {
+		while ((m = c->out_head) && used + 4 + m->len <= DEVICE_COALESCE_BYTES) {
 			used += device__ws_header(out + used, m->len, m->binary);
 			memcpy(out + used, m->buf + LWS_PRE, m->len);
 			used += m->len;
@@ -999,8 +981,10 @@ static int device__callback(struct lws *wsi, enum lws_callback_reasons reason, v
 			d->nsockets++;
 		return 0;
 	case LWS_CALLBACK_WSI_DESTROY:
-		if (d)
+		if (d) {
+			device__ip_add(d, device__ip_key(wsi), -1);
 			device__socket_gone(d);
+		}
 		return 0;
 	default:
 		return 0;

@@ -2963,8 +2963,7 @@ int main(int argc, char **argv)
 		sim__free(&sim);
 		return 1;
 	}
-	rc = 0;
-	while (!sim.finished && !rc) {
+	while (!sim.finished) {
 		if (sim_signalled)
 			sim__cron_soon(&sim);
 		if (sim.stall_now)
@@ -2976,7 +2975,7 @@ int main(int argc, char **argv)
 	lws_sul_cancel(&sim.lws_tick);
 	lws_context_destroy(sim.ctx);
 	ev_loop_destroy(sim.ev);
-	rc = rc ? 1 : sim__exit_status(&sim);
+	rc = sim__exit_status(&sim);
 	if (sim.stop == SIM_STOP_DONE && sim.all_finished)
 		sim__event(&sim, "done");
 	fprintf(stderr, "tender-sim: %zu devices, %" PRIu64 " welcomed, %" PRIu64

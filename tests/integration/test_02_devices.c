@@ -191,6 +191,59 @@ START_TEST(quiet_device_answering_pings_stays_online)
 }
 END_TEST
 
+/* Frames the server queues for one device are written together (framed by
+ * tenderd, one send()): an agent answers one message with a burst of frames
+ * of every length class (under 126 bytes, 16-bit lengths, one near the
+ * 64 KiB write), and an independent WebSocket client (node-ws, which
+ * refuses any malformed frame) gets each one whole, in order. */
+static const char burst_agent[] =
+	"local sizes = { 1, 90, 110, 118, 119, 120, 200, 1000, 65400, 5, 30000, 40000, 2 }\n"
+	"device.on('burst', function()\n"
+	"  for i, n in ipairs(sizes) do device.send('b', { i = i, s = string.rep('x', n) }) end\n"
+	"  device.send('last', #sizes)\n"
+	"end)\n";
+
+START_TEST(burst_of_frames_arrives_whole)
+{
+	static const int sizes[] = { 1, 90, 110, 118, 119, 120, 200, 1000, 65400, 5, 30000, 40000, 2 };
+	const int n = (int)(sizeof sizes / sizeof sizes[0]);
+	th_server s;
+	th_resp r;
+	th_server_start(&s, NULL);
+	char *secret = th_register(&s, DEV1, "burst");
+	th_http(&s, "PUT", "/v1/groups/burst/agent", "text/plain", burst_agent, NULL, &r);
+	ck_assert_int_eq(r.status, 200);
+	th_resp_free(&r);
+	const char *out = th_tmp(&s, "burst.out");
+	char *const argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"),
+			       "connect", s.ws_url, "hello", DEV1, secret, "expect", "welcome",
+			       "send", "{\"type\":\"msg\",\"name\":\"burst\",\"data\":1}",
+			       "expectmsg", "last", "close", NULL };
+	pid_t pid = th_spawn(argv, out);
+	ck_assert_int_eq(th_wait_pid(pid, 30000), 0);
+	char *text = th_read_file(out);
+	ck_assert_ptr_nonnull(text);
+	ck_assert_msg(!strstr(text, "closed 1002") && !strstr(text, "closed 1006"), "%s", text);
+	/* Each frame, in order: {"type":"msg","name":"b","data":{"i":I,"s":"xx..."}} */
+	const char *p = text;
+	for (int i = 1; i <= n; i++) {
+		char head[64];
+		snprintf(head, sizeof head, "\"name\":\"b\",\"data\":{\"i\":%d,\"s\":\"", i);
+		const char *h = strstr(p, head);
+		ck_assert_msg(h, "frame %d missing", i);
+		h += strlen(head);
+		size_t len = strspn(h, "x");
+		ck_assert_int_eq((long)len, sizes[i - 1]);
+		ck_assert_msg(h[len] == '"', "frame %d cut", i);
+		p = h + len;
+	}
+	ck_assert_ptr_nonnull(strstr(p, "\"name\":\"last\""));
+	free(text);
+	free(secret);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 START_TEST(second_connection_replaces_the_first)
 {
 	th_server s;
@@ -505,7 +558,7 @@ int main(void)
 	const TTest *tests[] = {
 		tender_sim_connects_logs_and_disconnects,
 		node_client_connects_and_logs,
-		vanished_device_goes_offline_within_idle_timeout, quiet_device_answering_pings_stays_online,
+		vanished_device_goes_offline_within_idle_timeout, quiet_device_answering_pings_stays_online, burst_of_frames_arrives_whole,
 		second_connection_replaces_the_first,
 		list_filter_page_patch_delete,
 		log_history_pages_newest_last,

@@ -363,7 +363,7 @@ static int http_slot(int port)
 
 START_TEST(per_address_limit)
 {
-	char cmd[1024], creds[300], *out = NULL;
+	char cmd[1024], creds[300], buf[1024], *out = NULL;
 
 	/* Plain text: the limit is the same with or without TLS. */
 	th_server_start(&s, "--max-conns-per-ip 5");
@@ -423,11 +423,35 @@ START_TEST(per_address_limit)
 	ck_assert_ptr_nonnull(strstr(out, "welcome " DEV));
 	free(out);
 
+	/* Sockets that never finish a handshake count too (they hold a slot
+	 * for up to 10 s): with five silent ones the device is refused 503, and
+	 * past the limit and 16 more the address's sockets are closed at once,
+	 * so one address cannot take every slot of the endpoint. */
+	int silent[5 + 16];
+	for (int i = 0; i < 5; i++)
+		ck_assert_int_ge(silent[i] = tcp_connect(s.device_port), 0);
+	/* (accepted in order: before the device's connection) */
+	snprintf(cmd, sizeof cmd, "exec '%s' --url %s --id %s --secret %s --log-count 1 --exit-when-done 2>&1",
+		 th_bin("tender-sim"), s.ws_url, DEV, secret);
+	ck_assert_int_eq(sh(cmd, &out), 1);
+	ck_assert_msg(strstr(out, "connect-error " DEV) && strstr(out, "503"), "%s", out);
+	free(out);
+	for (int i = 5; i < 5 + 16; i++)
+		ck_assert_int_ge(silent[i] = tcp_connect(s.device_port), 0);
+	int over = tcp_connect(s.device_port);
+	ck_assert_int_ge(over, 0);
+	ck_assert_int_eq(read(over, buf, sizeof buf), 0); /* closed at accept, nothing said */
+	close(over);
+	for (int i = 0; i < 5 + 16; i++)
+		close(silent[i]);
+	ck_assert_int_eq(th_run(sixth, &out, 30), 0);
+	ck_assert_ptr_nonnull(strstr(out, "welcome " DEV));
+	free(out);
+
 	/* The HTTP API: with five keep-alive connections from this address, a
 	 * sixth is answered 503 with the reason (and closed) while the five are
 	 * still served; their slots free as they close. */
 	int fds[5];
-	char buf[1024];
 	for (int i = 0; i < 5; i++)
 		fds[i] = http_slot(s.http_port);
 	int extra = tcp_connect(s.http_port);
