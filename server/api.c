@@ -95,12 +95,11 @@ static void api__audit(struct req *r, unsigned status)
 	if (!r->audit)
 		return;
 	r->audit = 0;
-	char path[512];
-	snprintf(path, sizeof path, "%s", r->url);
+	/* the texts are made valid UTF-8 by audit_append: r->url is decoded, any bytes */
 	audit_entry e = {
 		.token_id = r->who.id, .actor = r->who.id ? r->who.name : NULL,
 		.role = r->who.id ? tokens_role_name(r->who.role) : NULL, .addr = r->addr,
-		.method = r->method, .path = path, .status = (int)status,
+		.method = r->method, .path = r->url, .status = (int)status,
 		.detail = r->audit_detail[0] ? r->audit_detail : NULL,
 	};
 	tn_error err = { 0 };
@@ -186,7 +185,7 @@ static enum MHD_Result api__error(struct req *r, unsigned status, const char *fm
 				*p = '?';
 	json_decref(probe);
 	if (r->audit && !r->audit_detail[0])
-		snprintf(r->audit_detail, sizeof r->audit_detail, "%.*s", (int)sizeof r->audit_detail - 1, msg);
+		audit_copy(r->audit_detail, sizeof r->audit_detail, msg);  /* not inside a character */
 	for (size_t i = 0; i < TN_ARRAY_LEN(api__errors); i++)
 		if (api__errors[i].status == status) {
 			code = api__errors[i].code;

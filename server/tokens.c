@@ -241,6 +241,92 @@ int tokens_revoke(store *st, int64_t id, tn_error *err)
 
 /* --- audit ------------------------------------------------------------------- */
 
+/* Length of the valid UTF-8 character at s (left bytes there), 1 to 4; 0 if
+ * none starts there.  The rules jansson checks: no overlong form, no
+ * surrogate, nothing past U+10FFFF; and no NUL (a C string would end). */
+static size_t audit__utf8_len(const unsigned char *s, size_t left)
+{
+	uint32_t cp;
+	size_t n;
+
+	if (s[0] == 0)
+		return 0;
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xC2 && s[0] <= 0xDF)
+		n = 2, cp = s[0] & 0x1F;
+	else if (s[0] >= 0xE0 && s[0] <= 0xEF)
+		n = 3, cp = s[0] & 0x0F;
+	else if (s[0] >= 0xF0 && s[0] <= 0xF4)
+		n = 4, cp = s[0] & 0x07;
+	else
+		return 0;
+	if (n > left)
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3F);
+	}
+	if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) || (cp >= 0xD800 && cp <= 0xDFFF))
+		return 0;
+	return n;
+}
+
+/* s (len bytes) as valid UTF-8 of at most max bytes, cut between
+ * characters.  escape: '%', control characters and every byte of no valid
+ * character written %XX (a path, a method: what was requested stays
+ * readable and exact); else such a byte becomes U+FFFD.  owned: caller
+ * frees with free(); NULL when memory runs out. */
+static char *audit__clean(const char *s, size_t len, size_t max, int escape)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	char *out = malloc(max + 1), *p = out;
+
+	if (!out)
+		return NULL;
+	for (size_t i = 0; i < len;) {
+		const unsigned char *c = (const unsigned char *)s + i;
+		size_t n = audit__utf8_len(c, len - i);
+		const char *piece = (const char *)c;
+		size_t piece_len = n;
+		char esc[3];
+		if (n == 0 || (escape && n == 1 && (*c < 0x20 || *c == 0x7f || *c == '%'))) {
+			if (escape) {
+				esc[0] = '%', esc[1] = hex[*c >> 4], esc[2] = hex[*c & 15];
+				piece = esc;
+			} else {
+				piece = "\xEF\xBF\xBD";   /* U+FFFD REPLACEMENT CHARACTER */
+			}
+			piece_len = 3;
+			n = 1;
+		}
+		if ((size_t)(p - out) + piece_len > max)
+			break;
+		memcpy(p, piece, piece_len);
+		p += piece_len;
+		i += n;
+	}
+	*p = '\0';
+	return out;
+}
+
+void audit_copy(char *dst, size_t cap, const char *src)
+{
+	size_t len = strlen(src), keep = 0;
+
+	if (!cap)
+		return;
+	while (keep < len) {
+		size_t n = audit__utf8_len((const unsigned char *)src + keep, len - keep);
+		if (keep + (n ? n : 1) > cap - 1)
+			break;
+		keep += n ? n : 1;
+	}
+	memcpy(dst, src, keep);
+	dst[keep] = '\0';
+}
+
 static void tokens__bind_opt(sqlite3_stmt *q, int i, const char *s)
 {
 	if (s)
@@ -261,7 +347,7 @@ static int audit__append_tx(sqlite3 *db, void *arg, tn_error *err)
 		sqlite3_bind_int64(q, 2, e->token_id);
 	else
 		sqlite3_bind_null(q, 2);
-	sqlite3_bind_text(q, 3, e->actor ? e->actor : "anonymous", -1, SQLITE_STATIC);
+	sqlite3_bind_text(q, 3, e->actor, -1, SQLITE_STATIC);
 	tokens__bind_opt(q, 4, e->role);
 	tokens__bind_opt(q, 5, e->addr);
 	sqlite3_bind_text(q, 6, e->method, -1, SQLITE_STATIC);
@@ -273,9 +359,84 @@ static int audit__append_tx(sqlite3 *db, void *arg, tn_error *err)
 	return rc == SQLITE_DONE ? 0 : tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
 }
 
+/* A text of an entry, cleaned (NULL stays NULL). */
+static int audit__clean_opt(const char *s, size_t max, int escape, char **out)
+{
+	*out = s ? audit__clean(s, strlen(s), max, escape) : NULL;
+	return s && !*out;
+}
+
 int audit_append(store *st, const audit_entry *e, tn_error *err)
 {
-	return store_sync(st, audit__append_tx, (void *)e, err);
+	audit_entry c = *e;
+	char *actor, *role, *addr, *method, *path, *detail;
+	int oom = audit__clean_opt(e->actor ? e->actor : "anonymous", AUDIT_MAX_TEXT, 0, &actor) |
+		  audit__clean_opt(e->role, AUDIT_MAX_TEXT, 0, &role) |
+		  audit__clean_opt(e->addr, AUDIT_MAX_TEXT, 0, &addr) |
+		  audit__clean_opt(e->method ? e->method : "", AUDIT_MAX_METHOD, 1, &method) |
+		  audit__clean_opt(e->path ? e->path : "", AUDIT_MAX_PATH, 1, &path) |
+		  audit__clean_opt(e->detail, AUDIT_MAX_TEXT, 0, &detail);
+	int rc;
+
+	if (oom) {
+		rc = tn_err(err, TN_ENOMEM, "out of memory");
+	} else {
+		c.actor = actor, c.role = role, c.addr = addr, c.method = method, c.path = path, c.detail = detail;
+		rc = store_sync(st, audit__append_tx, &c, err);
+	}
+	free(actor);
+	free(role);
+	free(addr);
+	free(method);
+	free(path);
+	free(detail);
+	return rc;
+}
+
+/* A text column as JSON: as stored, or cleaned like audit_append does when it
+ * is not valid UTF-8 (rows written before it did).  NULL: out of memory. */
+static json_t *audit__column(sqlite3_stmt *q, int col, int escape)
+{
+	if (sqlite3_column_type(q, col) == SQLITE_NULL)
+		return json_null();
+	const char *s = (const char *)sqlite3_column_text(q, col);
+	size_t len = (size_t)sqlite3_column_bytes(q, col);
+	if (!s)
+		return NULL;
+	json_t *j = json_stringn(s, len);
+	if (j)
+		return j;
+	char *clean = audit__clean(s, len, 3 * len, escape);
+	j = clean ? json_string(clean) : NULL;
+	free(clean);
+	return j;
+}
+
+/* One entry of GET /v1/audit.  NULL: out of memory. */
+static json_t *audit__row(sqlite3_stmt *q)
+{
+	char ts[32];
+	json_t *row = json_object();
+
+	if (!row)
+		return NULL;
+	logfmt_iso8601(ts, sizeof ts, sqlite3_column_int64(q, 1));
+	int bad = json_object_set_new(row, "id", json_integer(sqlite3_column_int64(q, 0))) |
+		  json_object_set_new(row, "ts", json_string(ts)) |
+		  json_object_set_new(row, "token_id", sqlite3_column_type(q, 2) == SQLITE_NULL
+			? json_null() : json_integer(sqlite3_column_int64(q, 2))) |
+		  json_object_set_new(row, "actor", audit__column(q, 3, 0)) |
+		  json_object_set_new(row, "role", audit__column(q, 4, 0)) |
+		  json_object_set_new(row, "addr", audit__column(q, 5, 0)) |
+		  json_object_set_new(row, "method", audit__column(q, 6, 1)) |
+		  json_object_set_new(row, "path", audit__column(q, 7, 1)) |
+		  json_object_set_new(row, "status", json_integer(sqlite3_column_int(q, 8))) |
+		  json_object_set_new(row, "detail", audit__column(q, 9, 0));
+	if (bad) {
+		json_decref(row);
+		return NULL;
+	}
+	return row;
 }
 
 json_t *audit_list(store *st, int64_t before, int64_t token_id, int limit, tn_error *err)
@@ -284,7 +445,7 @@ json_t *audit_list(store *st, int64_t before, int64_t token_id, int limit, tn_er
 	sqlite3_stmt *q = NULL;
 	json_t *list = json_array(), *out = NULL;
 	int n = 0, rc;
-	char ts[32];
+	int64_t last_id = 0;
 
 	if (!db || !list) {
 		tn_err(err, TN_EIO, "no read connection");
@@ -299,29 +460,28 @@ json_t *audit_list(store *st, int64_t before, int64_t token_id, int limit, tn_er
 	sqlite3_bind_int64(q, 1, before);
 	sqlite3_bind_int64(q, 2, token_id);
 	sqlite3_bind_int(q, 3, limit + 1);
+	/* Every row read is listed, so a page holds `limit` entries and
+	 * next_before names the last of them. */
 	while ((rc = sqlite3_step(q)) == SQLITE_ROW && n < limit) {
-		logfmt_iso8601(ts, sizeof ts, sqlite3_column_int64(q, 1));
-		json_t *tok = sqlite3_column_type(q, 2) == SQLITE_NULL ? json_null()
-								       : json_integer(sqlite3_column_int64(q, 2));
-		json_array_append_new(list, json_pack("{sI ss so ss s:s? s:s? ss ss si s:s?}",
-			"id", (json_int_t)sqlite3_column_int64(q, 0), "ts", ts, "token_id", tok,
-			"actor", (const char *)sqlite3_column_text(q, 3),
-			"role", (const char *)sqlite3_column_text(q, 4),
-			"addr", (const char *)sqlite3_column_text(q, 5),
-			"method", (const char *)sqlite3_column_text(q, 6),
-			"path", (const char *)sqlite3_column_text(q, 7),
-			"status", sqlite3_column_int(q, 8),
-			"detail", (const char *)sqlite3_column_text(q, 9)));
+		int64_t id = sqlite3_column_int64(q, 0);
+		json_t *row = audit__row(q);
+		if (!row)
+			row = json_pack("{sI ss}", "id", (json_int_t)id, "detail", "(this entry cannot be shown)");
+		if (!row || json_array_append_new(list, row)) {
+			tn_err(err, TN_ENOMEM, "out of memory");
+			goto done;
+		}
+		last_id = id;
 		n++;
 	}
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
 		tn_err(err, TN_EIO, "sqlite: %s", sqlite3_errmsg(db));
 		goto done;
 	}
-	json_t *next = json_null();
-	if (rc == SQLITE_ROW && n > 0)
-		next = json_incref(json_object_get(json_array_get(list, (size_t)n - 1), "id"));
-	out = json_pack("{sO so}", "entries", list, "next_before", next);
+	out = json_pack("{sO so}", "entries", list, "next_before",
+			rc == SQLITE_ROW && n > 0 ? json_integer(last_id) : json_null());
+	if (!out)
+		tn_err(err, TN_ENOMEM, "out of memory");
 done:
 	sqlite3_finalize(q);
 	store_reader_put(st, db);

@@ -61,12 +61,31 @@ typedef struct audit_entry {
 	const char *detail;        /* NULL or why (e.g. the refusal's reason) */
 } audit_entry;
 
-/* Appends one entry; durable when it returns 0. */
+/* Longest texts an entry keeps, in bytes (cut on a character boundary). */
+#define AUDIT_MAX_METHOD 64
+#define AUDIT_MAX_PATH 1024
+#define AUDIT_MAX_TEXT 1024        /* actor, role, address, detail */
+
+/* Appends one entry; durable when it returns 0.  Whatever bytes a request
+ * held, the entry is stored as valid UTF-8 (jansson, and so GET /v1/audit,
+ * accepts nothing else): in method and path, '%', control characters and
+ * every byte that is not part of a valid UTF-8 character are written %XX
+ * (the path is the decoded one, so /v1/devices/%ff is stored as
+ * /v1/devices/%FF and a literal '%' as %25); in the other texts such a byte
+ * becomes U+FFFD.  A text over its limit is cut on a character boundary. */
 int audit_append(store *st, const audit_entry *e, tn_error *err);
+
+/* Copies src into dst (cap bytes with the NUL) like snprintf("%s"), but cuts
+ * a text too long for dst before the character the cut would split. */
+void audit_copy(char *dst, size_t cap, const char *src);
 
 /* Entries newest first: {"entries":[{"id","ts","token_id","actor","role",
  * "addr","method","path","status","detail"}], "next_before": id or null}.
- * before 0: from the newest; token_id 0: every token. */
+ * before 0: from the newest; token_id 0: every token.  A stored text that is
+ * not valid UTF-8 (written before audit_append cleaned its texts) is shown
+ * cleaned the same way; a row that still cannot be shown is listed as
+ * {"id", "detail": "(this entry cannot be shown)"}, never left out.  NULL
+ * only when the store cannot be read (or memory runs out). */
 json_t *audit_list(store *st, int64_t before, int64_t token_id, int limit, tn_error *err);
 
 /* --- failed authentication, per address ---------------------------------------- */

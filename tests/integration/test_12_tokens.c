@@ -5,6 +5,7 @@
  * audit trail of who did what, surviving a restart. */
 #define _GNU_SOURCE
 #include <check.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,6 +253,7 @@ START_TEST(audit_trail_says_who_did_what)
 	ck_assert_int_eq(call(&s, "GET", "/v1/devices", NULL, NULL, viewer), 200);  /* reads: not recorded */
 
 	/* survives a restart */
+	ck_assert_int_eq(th_server_stop(&s), 0);
 	th_server_restart(&s);
 	json_t *a = th_get_json(&s, "/v1/audit?limit=100", 200), *e;
 	json_t *entries = json_object_get(a, "entries");
@@ -318,6 +320,117 @@ START_TEST(audit_trail_says_who_did_what)
 }
 END_TEST
 
+/* The entry of the audit trail with this path and status (borrowed), or NULL. */
+static json_t *find_entry(json_t *list, const char *path, int status)
+{
+	size_t i;
+	json_t *e;
+	json_array_foreach(json_object_get(list, "entries"), i, e)
+		if (strcmp(json_string_value(json_object_get(e, "path")), path) == 0 &&
+		    json_integer_value(json_object_get(e, "status")) == status)
+			return e;
+	return NULL;
+}
+
+/* libmicrohttpd decodes %XX before tenderd sees a path, so a refused request
+ * may carry any bytes, and an error quoting it may be cut anywhere: the
+ * trail keeps them as valid UTF-8 (path and method %XX-escaped, other texts
+ * with U+FFFD, cut between characters) and lists every entry, page by page.
+ * Before, such a row was left out of its page, and a full page answered 500. */
+START_TEST(audit_trail_lists_requests_with_any_bytes)
+{
+	static const struct {
+		const char *method, *sent, *method_stored, *path_stored;
+	} wrong[] = {
+		{ "GET", "/v1/devices/%ff", "GET", "/v1/devices/%FF" },
+		{ "GET", "/v1/devices/%25ff", "GET", "/v1/devices/%25ff" },
+		{ "DELETE", "/v1/devices/%C3%A9%C3", "DELETE", "/v1/devices/\xC3\xA9%C3" },
+		{ "GET", "/v1/devices/a%0Ab%7F", "GET", "/v1/devices/a%0Ab%7F" },
+		/* a 4-byte character is kept; an encoded surrogate is not UTF-8 */
+		{ "GET", "/v1/devices/%F0%9F%98%80%ED%A0%80", "GET", "/v1/devices/\xF0\x9F\x98\x80%ED%A0%80" },
+		{ "\xFFX", "/v1/fleet", "%FFX", "/v1/fleet" },
+	};
+	th_server s;
+	th_resp r;
+	char path[1024], decoded[1024], msg[1200];
+
+	th_server_start(&s, "--auth-fail-limit 0");
+	long long viewer_id;
+	char *viewer = make_token(&s, "viewer", "wall", NULL, &viewer_id);
+	for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++)
+		ck_assert_int_eq(call(&s, wrong[i].method, wrong[i].sent, NULL, NULL, "tdt_wrong"), 401);
+	/* A refusal's detail quotes the path: 100 three-byte characters after 0,
+	 * 1 or 2 ASCII ones, so the 255-byte detail ends inside a character in
+	 * at least two of them. */
+	for (int pre = 0; pre < 3; pre++) {
+		int n = snprintf(path, sizeof path, "/v1/devices/%.*s", pre, "ab");
+		int d = snprintf(decoded, sizeof decoded, "%s", path);
+		for (int k = 0; k < 100; k++) {
+			n += snprintf(path + n, sizeof path - (size_t)n, "%%E2%%82%%AC");
+			d += snprintf(decoded + d, sizeof decoded - (size_t)d, "\xE2\x82\xAC");
+		}
+		ck_assert_int_eq(call(&s, "PATCH", path, NULL, "{}", viewer), 403);
+	}
+
+	json_t *all = th_get_json(&s, "/v1/audit?limit=1000", 200), *e;
+	for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
+		ck_assert_msg((e = find_entry(all, wrong[i].path_stored, 401)) != NULL, "no entry for %s",
+			      wrong[i].sent);
+		ck_assert_str_eq(json_string_value(json_object_get(e, "method")), wrong[i].method_stored);
+	}
+	for (int pre = 0; pre < 3; pre++) {
+		int d = snprintf(decoded, sizeof decoded, "/v1/devices/%.*s", pre, "ab");
+		for (int k = 0; k < 100; k++)
+			d += snprintf(decoded + d, sizeof decoded - (size_t)d, "\xE2\x82\xAC");
+		ck_assert_msg((e = find_entry(all, decoded, 403)) != NULL, "no 403 entry with %d ASCII bytes", pre);
+		snprintf(msg, sizeof msg, "PATCH %s needs the operator role; this token (%lld) is viewer", decoded,
+			 viewer_id);
+		const char *detail = json_string_value(json_object_get(e, "detail"));
+		size_t len = strlen(detail);
+		ck_assert_msg(len >= 253 && len <= 255 && strncmp(detail, msg, len) == 0, "detail: %s", detail);
+	}
+
+	/* Page by page, one entry each: the same entries, in the same order. */
+	size_t total = json_array_size(json_object_get(all, "entries")), pages = 0;
+	ck_assert_int_ge((int)total, 10);
+	long long before = 0;
+	do {
+		snprintf(path, sizeof path, "/v1/audit?limit=1%s%lld", before ? "&before=" : "&x=", before);
+		th_http(&s, "GET", path, NULL, NULL, NULL, &r);
+		ck_assert_msg(r.status == 200 && r.json, "%s: %ld %s", path, r.status, r.body);
+		json_t *page = json_object_get(r.json, "entries");
+		ck_assert_int_eq((int)json_array_size(page), 1);
+		ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(page, 0), "id")),
+				 json_integer_value(json_object_get(json_array_get(json_object_get(all, "entries"),
+										   pages), "id")));
+		pages++;
+		before = json_integer_value(json_object_get(r.json, "next_before"));
+		ck_assert(before > 0 || json_is_null(json_object_get(r.json, "next_before")));
+		th_resp_free(&r);
+	} while (before && pages <= total);
+	ck_assert_int_eq((int)pages, (int)total);
+	json_decref(all);
+
+	/* A row stored raw before the trail cleaned its texts is listed cleaned. */
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	sqlite3 *db;
+	ck_assert_int_eq(sqlite3_open(th_tmp(&s, "tender.db"), &db), SQLITE_OK);
+	ck_assert_int_eq(sqlite3_exec(db, "INSERT INTO audit (ts, actor, addr, method, path, status, detail) "
+				      "VALUES (1, CAST(X'6E616D65FF' AS TEXT), '10.0.0.1', 'GET', "
+				      "CAST(X'2F7631FF' AS TEXT), 401, CAST(X'41C3' AS TEXT))", NULL, NULL, NULL),
+			 SQLITE_OK);
+	sqlite3_close(db);
+	th_server_restart(&s);
+	all = th_get_json(&s, "/v1/audit?limit=1", 200);
+	ck_assert_msg((e = find_entry(all, "/v1%FF", 401)) != NULL, "the raw row is not listed");
+	ck_assert_str_eq(json_string_value(json_object_get(e, "actor")), "name\xEF\xBF\xBD");
+	ck_assert_str_eq(json_string_value(json_object_get(e, "detail")), "A\xEF\xBF\xBD");
+	json_decref(all);
+	free(viewer);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -325,6 +438,7 @@ int main(void)
 		tokens_expire_and_are_revoked,
 		failed_attempts_are_throttled_per_address,
 		audit_trail_says_who_did_what,
+		audit_trail_lists_requests_with_any_bytes,
 	};
 	return th_run_tests("12_tokens", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }
