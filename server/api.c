@@ -53,6 +53,7 @@ struct api {
 	int port;
 	_Atomic int suspended;  /* /agent/ requests a worker still has to answer */
 	authlimit *auth_limit;  /* failed token attempts per address */
+	auditlimit *audit_limit; /* refusals recorded one by one, per address (tokens.h) */
 	/* Connections, in all and per address (under conns_lock). */
 	pthread_mutex_t conns_lock;
 	int nconns;
@@ -79,6 +80,7 @@ struct req {
 	tokens_who who;
 	char addr[48];
 	int audit;             /* 1: record it in the audit trail when answered */
+	int refusal;           /* ...as a refused request (401, 403, 429): bounded */
 	char audit_detail[256];
 	int retry_after;       /* seconds, for a 429 or 503 */
 	int counted;           /* the refusal is counted already, as its own kind */
@@ -103,7 +105,7 @@ static void api__audit(struct req *r, unsigned status)
 		.detail = r->audit_detail[0] ? r->audit_detail : NULL,
 	};
 	tn_error err = { 0 };
-	if (audit_append(r->a->st, &e, &err))
+	if (r->refusal ? audit_refusal(r->a->audit_limit, &e, &err) : audit_append(r->a->st, &e, &err))
 		log_err("api: cannot record %s %s by token %lld in the audit trail: %s", r->method, r->url,
 			(long long)r->who.id, err.msg);
 }
@@ -1350,6 +1352,7 @@ static int api__check_access(struct req *r, enum MHD_Result *ret)
 	int wait = authlimit_wait(r->a->auth_limit, r->addr, now);
 	if (wait) {
 		r->retry_after = wait;
+		r->audit = r->refusal = 1;   /* counted in its address's summary */
 		*ret = api__error(r, 429, "too many failed authentication attempts from %s: try again in %d s",
 				  r->addr, wait);
 		return -1;
@@ -1368,7 +1371,7 @@ static int api__check_access(struct req *r, enum MHD_Result *ret)
 		/* A wrong, expired or revoked token is an attempt: counted per
 		 * address, and recorded (with the token's id when it is known). */
 		authlimit_failed(r->a->auth_limit, r->addr, now);
-		r->audit = 1;
+		r->audit = r->refusal = 1;
 		*ret = api__error(r, 401, "%s: a valid token is required (Authorization: Bearer TOKEN)", err.msg);
 		r->who.id = 0;
 		return -1;
@@ -1378,7 +1381,7 @@ static int api__check_access(struct req *r, enum MHD_Result *ret)
 	if (change)
 		r->audit = 1;
 	if (r->who.role < need) {
-		r->audit = 1;
+		r->audit = r->refusal = 1;
 		*ret = api__error(r, 403, "%s %s needs the %s role; this token (%lld) is %s", r->method, r->url,
 				  tokens_role_name(need), (long long)r->who.id, tokens_role_name(r->who.role));
 		return -1;
@@ -1705,6 +1708,10 @@ int api_start(api **out, const api_options *opt, const api_deps *deps, tn_error 
 		free(a);
 		return tn_err(err, TN_ENOMEM, "out of memory");
 	}
+	if (!(a->audit_limit = auditlimit_new(a->st, opt->auth_fail_window))) {
+		rc = tn_err(err, TN_ENOMEM, "cannot start the audit trail's summary thread");
+		goto fail;
+	}
 	int tls = opt->tls_cert_pem && opt->tls_key_pem;
 	if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
 		rc = tn_err(err, TN_EINVAL, "--tls-cert: this libmicrohttpd was built without TLS");
@@ -1770,6 +1777,7 @@ void api_stop(api *a)
 		MHD_stop_daemon(a->mhd);
 	if (a->fd >= 0)
 		close(a->fd);
+	auditlimit_free(a->audit_limit);  /* no request left: writes the last summaries */
 	authlimit_free(a->auth_limit);
 	idmap_free(&a->per_ip);
 	pthread_mutex_destroy(&a->conns_lock);

@@ -1,14 +1,19 @@
-/* server/tokens.c -- API tokens, their scopes, the audit trail and the
- * failed-authentication limiter (see tokens.h). */
+/* server/tokens.c -- API tokens, their scopes, the audit trail (refusals
+ * bounded per address and window, the rest summarized by the tn-audit
+ * thread) and the failed-authentication limiter (see tokens.h). */
+#define _GNU_SOURCE  /* pthread_setname_np */
 #include "tokens.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "auth.h"
+#include "log.h"
 #include "logfmt.h"
 #include "tn.h"
 
@@ -487,6 +492,326 @@ done:
 	store_reader_put(st, db);
 	json_decref(list);
 	return out;
+}
+
+/* --- refused requests, bounded -------------------------------------------------- */
+
+#define AUDITLIMIT_SLOTS 1024  /* addresses tracked at once; a reused one's counts are summarized */
+#define AUDITLIMIT_PROBE 8
+
+static int audit__per_addr = AUDIT_REFUSALS_PER_ADDR, audit__per_window = AUDIT_REFUSALS_PER_WINDOW;
+
+void audit_refusal_limits(int per_addr, int per_window)
+{
+	audit__per_addr = per_addr;
+	audit__per_window = per_window;
+}
+
+/* Refusals counted, not recorded one by one: one summary entry's worth. */
+struct audit__tally {
+	int n401, n403, n429;
+	int64_t first_ms, last_ms; /* wall-clock */
+	int64_t token_id;          /* the token all of them presented; 0: none */
+	int several;               /* not all the same token (or none) */
+	int all;                   /* the summary of all addresses (addr: the last one) */
+	char actor[129];
+	char role[16];
+	char addr[48];
+};
+
+struct auditlimit_slot {
+	char addr[48];
+	int64_t window_start;      /* tn_mono_ms(); 0: free */
+	int recorded;              /* its refusals recorded one by one in this window */
+	struct audit__tally t;
+};
+
+/* A slot is free, or holds an address's window (live until window_ms has
+ * passed since its first refusal) and counts in t what is not recorded one
+ * by one.  A slot is retired -- t made a pending summary, or merged into
+ * `all` once the total is reached -- when the thread finds its window over,
+ * when it is taken for another address, and at shutdown.  Everything under
+ * lock; the thread writes the pending summaries without it. */
+struct auditlimit {
+	store *st;
+	int per_addr, per_window;
+	int64_t window_ms;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	pthread_t thread;
+	int stopping;
+	int64_t window_start;      /* the window for all addresses; 0: none open */
+	int recorded;              /* refusal entries of that window: one by one and summaries */
+	struct audit__tally all;   /* what went over the total in it */
+	struct audit__tally *pending;  /* summaries for the thread to write */
+	size_t npending, cap_pending;
+	struct auditlimit_slot slots[AUDITLIMIT_SLOTS];
+};
+
+static int audit__tally_count(const struct audit__tally *t)
+{
+	return t->n401 + t->n403 + t->n429;
+}
+
+/* Whose they are: one token's (or no token's), or several. */
+static void audit__tally_token(struct audit__tally *t, int first, int64_t token_id, int several,
+			       const char *actor, const char *role)
+{
+	if (first) {
+		t->token_id = token_id;
+		t->several = several;
+		snprintf(t->actor, sizeof t->actor, "%s", actor ? actor : "");
+		snprintf(t->role, sizeof t->role, "%s", role ? role : "");
+	} else if (several || t->several || t->token_id != token_id) {
+		t->several = 1;
+		t->token_id = 0;
+	}
+}
+
+/* now: wall-clock ms (the summary says when). */
+static void audit__tally_add(struct audit__tally *t, const audit_entry *e, int64_t now)
+{
+	int first = audit__tally_count(t) == 0;
+	audit__tally_token(t, first, e->token_id, 0, e->actor, e->role);
+	if (first)
+		t->first_ms = now;
+	t->last_ms = now;
+	if (e->status == 401)
+		t->n401++;
+	else if (e->status == 403)
+		t->n403++;
+	else
+		t->n429++;
+}
+
+static void audit__tally_merge(struct audit__tally *into, const struct audit__tally *t)
+{
+	int first = audit__tally_count(into) == 0;
+	audit__tally_token(into, first, t->token_id, t->several, t->actor, t->role);
+	if (first || t->first_ms < into->first_ms)
+		into->first_ms = t->first_ms;
+	if (first || t->last_ms > into->last_ms)
+		into->last_ms = t->last_ms;
+	into->n401 += t->n401;
+	into->n403 += t->n403;
+	into->n429 += t->n429;
+	memcpy(into->addr, t->addr, sizeof into->addr);
+}
+
+/* Queues a summary for the thread.  -1 without memory. */
+static int auditlimit__push(auditlimit *l, const struct audit__tally *t)
+{
+	if (l->npending == l->cap_pending) {
+		size_t cap = l->cap_pending ? 2 * l->cap_pending : 16;
+		struct audit__tally *grown = realloc(l->pending, cap * sizeof *grown);
+		if (!grown)
+			return -1;
+		l->pending = grown;
+		l->cap_pending = cap;
+	}
+	l->pending[l->npending++] = *t;
+	return 0;
+}
+
+/* Ends the window for all addresses once it is over (or now, with force):
+ * what went over the total becomes its summary. */
+static void auditlimit__roll(auditlimit *l, int64_t now, int force)
+{
+	if (!l->window_start || (!force && now - l->window_start < l->window_ms))
+		return;
+	if (audit__tally_count(&l->all)) {
+		l->all.all = 1;
+		if (auditlimit__push(l, &l->all))
+			return;   /* kept, and tried again at the next roll */
+	}
+	memset(&l->all, 0, sizeof l->all);
+	l->window_start = 0;
+	l->recorded = 0;
+}
+
+/* An address's counts become its summary, within the total; past it, part
+ * of the summary of all addresses. */
+static void auditlimit__retire(auditlimit *l, struct auditlimit_slot *s, int64_t now)
+{
+	if (!audit__tally_count(&s->t))
+		return;
+	if (!l->window_start)
+		l->window_start = now;
+	memcpy(s->t.addr, s->addr, sizeof s->t.addr);
+	if (l->recorded < l->per_window && auditlimit__push(l, &s->t) == 0)
+		l->recorded++;
+	else
+		audit__tally_merge(&l->all, &s->t);
+	memset(&s->t, 0, sizeof s->t);
+}
+
+/* The live slot of addr, or a new one: free, or its window over, or else the
+ * oldest of its probe run (retired first). */
+static struct auditlimit_slot *auditlimit__slot(auditlimit *l, const char *addr, int64_t now)
+{
+	uint32_t h = 2166136261u;   /* FNV-1a */
+	struct auditlimit_slot *victim = NULL;
+	int victim_live = 1;
+
+	for (const char *p = addr; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	for (int i = 0; i < AUDITLIMIT_PROBE; i++) {
+		struct auditlimit_slot *s = &l->slots[(h + (uint32_t)i) % AUDITLIMIT_SLOTS];
+		int live = s->window_start && now - s->window_start < l->window_ms;
+		if (live && strcmp(s->addr, addr) == 0)
+			return s;
+		if (!live && victim_live) {
+			victim = s;
+			victim_live = 0;
+		} else if (live && victim_live && (!victim || s->window_start < victim->window_start)) {
+			victim = s;
+		}
+	}
+	auditlimit__retire(l, victim, now);
+	snprintf(victim->addr, sizeof victim->addr, "%s", addr);
+	victim->window_start = now;
+	victim->recorded = 0;
+	return victim;
+}
+
+/* Retires the slots whose window is over (every one, with final) and ends
+ * the window for all addresses when it is over (at once, with final). */
+static void auditlimit__sweep(auditlimit *l, int64_t now, int final)
+{
+	auditlimit__roll(l, now, 0);
+	for (int i = 0; i < AUDITLIMIT_SLOTS; i++) {
+		struct auditlimit_slot *s = &l->slots[i];
+		if (!s->window_start || (!final && now - s->window_start < l->window_ms))
+			continue;
+		auditlimit__retire(l, s, now);
+		s->window_start = 0;
+	}
+	auditlimit__roll(l, now, final);
+}
+
+static void auditlimit__write(auditlimit *l, const struct audit__tally *t)
+{
+	char first[32], last[32], detail[512];
+	int n = audit__tally_count(t), status = t->n401 >= t->n403 && t->n401 >= t->n429 ? 401
+						: t->n403 >= t->n429 ? 403 : 429;
+	tn_error err = { 0 };
+
+	logfmt_iso8601(first, sizeof first, t->first_ms);
+	logfmt_iso8601(last, sizeof last, t->last_ms);
+	snprintf(detail, sizeof detail, "%d refused request%s from %s%s%s not recorded one by one, %s to %s: "
+		 "401 x%d, 403 x%d, 429 x%d (recorded one by one: %d per address and %d in all per %lld s)",
+		 n, n == 1 ? "" : "s", t->all ? "several addresses (the last " : t->addr, t->all ? t->addr : "",
+		 t->all ? ")" : "", first, last, t->n401, t->n403, t->n429, l->per_addr, l->per_window,
+		 (long long)(l->window_ms / 1000));
+	audit_entry e = {
+		.token_id = t->several ? 0 : t->token_id,
+		.actor = t->several ? "(several)" : t->token_id ? t->actor : NULL,
+		.role = !t->several && t->token_id && t->role[0] ? t->role : NULL,
+		.addr = t->all ? NULL : t->addr, .method = "*", .path = "*", .status = status, .detail = detail,
+	};
+	if (audit_append(l->st, &e, &err))
+		log_err("audit: cannot record a summary of %d refused requests from %s: %s", n,
+			t->all ? "several addresses" : t->addr, err.msg);
+}
+
+/* Writes the pending summaries (called and returning under lock). */
+static void auditlimit__drain(auditlimit *l)
+{
+	while (l->npending) {
+		struct audit__tally *batch = l->pending;
+		size_t n = l->npending;
+		l->pending = NULL;
+		l->npending = l->cap_pending = 0;
+		pthread_mutex_unlock(&l->lock);
+		for (size_t i = 0; i < n; i++)
+			auditlimit__write(l, &batch[i]);
+		free(batch);
+		pthread_mutex_lock(&l->lock);
+	}
+}
+
+static void *auditlimit__main(void *arg)
+{
+	pthread_setname_np(pthread_self(), "tn-audit"); /* for top -H, perf, gdb */
+	auditlimit *l = arg;
+	pthread_mutex_lock(&l->lock);
+	for (;;) {
+		if (!l->stopping) {
+			struct timespec ts;
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			ts.tv_sec += 1;
+			pthread_cond_timedwait(&l->wake, &l->lock, &ts);
+		}
+		int final = l->stopping;
+		auditlimit__sweep(l, tn_mono_ms(), final);
+		auditlimit__drain(l);
+		if (final)
+			break;
+	}
+	pthread_mutex_unlock(&l->lock);
+	return NULL;
+}
+
+auditlimit *auditlimit_new(store *st, int window_s)
+{
+	auditlimit *l = calloc(1, sizeof *l);
+	pthread_condattr_t ca;
+
+	if (!l)
+		return NULL;
+	l->st = st;
+	l->per_addr = audit__per_addr;
+	l->per_window = audit__per_window;
+	l->window_ms = (int64_t)(window_s > 0 ? window_s : 60) * 1000;
+	pthread_mutex_init(&l->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&l->wake, &ca);
+	pthread_condattr_destroy(&ca);
+	if (pthread_create(&l->thread, NULL, auditlimit__main, l) != 0) {
+		pthread_cond_destroy(&l->wake);
+		pthread_mutex_destroy(&l->lock);
+		free(l);
+		return NULL;
+	}
+	return l;
+}
+
+void auditlimit_free(auditlimit *l)
+{
+	if (!l)
+		return;
+	pthread_mutex_lock(&l->lock);
+	l->stopping = 1;
+	pthread_cond_signal(&l->wake);
+	pthread_mutex_unlock(&l->lock);
+	pthread_join(l->thread, NULL);   /* its last sweep wrote every summary */
+	pthread_cond_destroy(&l->wake);
+	pthread_mutex_destroy(&l->lock);
+	free(l->pending);
+	free(l);
+}
+
+int audit_refusal(auditlimit *l, const audit_entry *e, tn_error *err)
+{
+	int64_t now = tn_mono_ms();   /* windows; the summaries' times are wall-clock */
+	int record;
+
+	assert(e->status == 401 || e->status == 403 || e->status == 429);
+	pthread_mutex_lock(&l->lock);
+	auditlimit__roll(l, now, 0);
+	if (!l->window_start)
+		l->window_start = now;
+	struct auditlimit_slot *s = auditlimit__slot(l, e->addr ? e->addr : "unknown", now);
+	record = e->status != 429 && s->recorded < l->per_addr && l->recorded < l->per_window;
+	if (record) {
+		s->recorded++;
+		l->recorded++;
+	} else {
+		audit__tally_add(&s->t, e, tn_now_ms());
+	}
+	pthread_mutex_unlock(&l->lock);
+	return record ? audit_append(l->st, e, err) : 0;
 }
 
 /* --- the failed-authentication limiter ----------------------------------------- */

@@ -1,10 +1,12 @@
 /* server/tokens.h -- who may call the HTTP API, and what they did.
  * Owns: API token roles and scopes (admin, operator, viewer), token
  * creation, lookup, expiry and revocation; the audit trail (one entry per
- * change made through the API and per refused token); and the per-address
- * limit on failed authentication attempts.
- * Threads: any.  The limiter has its own lock; the rest goes through the
- * store (sync ops on its writer thread, reads on pooled readers). */
+ * change made through the API and per refused request, refusals bounded per
+ * address and window); and the per-address limit on failed authentication
+ * attempts.
+ * Threads: any.  Each limiter has its own lock; the refusal limiter a thread
+ * (tn-audit) that writes its summaries; the rest goes through the store
+ * (sync ops on its writer thread, reads on pooled readers). */
 #ifndef TN_TOKENS_H
 #define TN_TOKENS_H
 
@@ -87,6 +89,41 @@ void audit_copy(char *dst, size_t cap, const char *src);
  * {"id", "detail": "(this entry cannot be shown)"}, never left out.  NULL
  * only when the store cannot be read (or memory runs out). */
 json_t *audit_list(store *st, int64_t before, int64_t token_id, int limit, tn_error *err);
+
+/* --- refused requests in the audit trail, bounded -------------------------------- */
+
+/* Refused requests -- a wrong, expired or revoked token (401), a token
+ * without the role (403), an address throttled by the failed-attempt
+ * limiter (429) -- could otherwise fill the trail and each cost a write
+ * before its answer.  Within a window (--auth-fail-window), the first
+ * AUDIT_REFUSALS_PER_ADDR 401s and 403s from an address, and at most
+ * AUDIT_REFUSALS_PER_WINDOW entries for all addresses together, are recorded
+ * one by one; 429s never are.  Everything else is counted in memory and
+ * written when the address's window ends as one summary entry (method and
+ * path "*", the counts by status, first and last time, the token if all
+ * presented the same one); summaries too count against the total, and once
+ * it is reached the rest go into one summary for all addresses at the end
+ * of that window.  So a window holds at most AUDIT_REFUSALS_PER_WINDOW + 1
+ * refusal entries, whatever the number of addresses.  At shutdown every
+ * count is written; a crash loses at most the last window's. */
+#define AUDIT_REFUSALS_PER_ADDR 20
+#define AUDIT_REFUSALS_PER_WINDOW 200
+
+typedef struct auditlimit auditlimit;
+
+/* Starts the thread that writes summaries (at most a second after their
+ * window ends) on st, borrowed until auditlimit_free.  NULL without memory
+ * or a thread. */
+auditlimit *auditlimit_new(store *st, int window_s);
+/* Writes every summary still counted (open windows too) and stops. */
+void auditlimit_free(auditlimit *l);
+/* Records a refused request as its own entry (as audit_append, durable when
+ * it returns 0) or counts it for a summary (0; nothing written now).  e's
+ * status is 401, 403 or 429; its texts are borrowed for the call only. */
+int audit_refusal(auditlimit *l, const audit_entry *e, tn_error *err);
+/* Replaces the two limits for auditlimits made after it (tests and the API
+ * fuzzer, which must see every entry; not an option). */
+void audit_refusal_limits(int per_addr, int per_window);
 
 /* --- failed authentication, per address ---------------------------------------- */
 

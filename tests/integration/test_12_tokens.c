@@ -5,6 +5,7 @@
  * audit trail of who did what, surviving a restart. */
 #define _GNU_SOURCE
 #include <check.h>
+#include <curl/curl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,13 @@
 #include "harness.h"
 
 #define DEV1 "30000c2a690c77c5"
+
+static size_t discard(char *p, size_t size, size_t n, void *arg)
+{
+	(void)p;
+	(void)arg;
+	return size * n;
+}
 
 /* Creates a token with the admin token; returns it (owned) and its id. */
 static char *make_token(th_server *s, const char *role, const char *name, const char *extra, long long *id)
@@ -427,6 +435,163 @@ START_TEST(audit_trail_lists_requests_with_any_bytes)
 	ck_assert_str_eq(json_string_value(json_object_get(e, "detail")), "A\xEF\xBF\xBD");
 	json_decref(all);
 	free(viewer);
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* A GET with a token from a source address of our own (127.0.0.N): the
+ * answer's status. */
+static long call_from(th_server *s, const char *src, const char *path, const char *token)
+{
+	CURL *c = curl_easy_init();
+	char url[512], auth[300];
+	long status = 0;
+	struct curl_slist *h = NULL;
+
+	ck_assert_ptr_nonnull(c);
+	snprintf(url, sizeof url, "%s%s", s->http_url, path);
+	snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+	h = curl_slist_append(h, auth);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_INTERFACE, src);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(c, CURLOPT_NOBODY, 0L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, 20L);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
+	CURLcode rc = curl_easy_perform(c);
+	ck_assert_msg(rc == CURLE_OK, "GET %s from %s: %s", url, src, curl_easy_strerror(rc));
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	curl_slist_free_all(h);
+	curl_easy_cleanup(c);
+	return status;
+}
+
+/* The refusal entries of the whole trail (owned), newest first: those
+ * recorded one by one in *one, the summaries (method "*") in *sums. */
+static json_t *refusals(th_server *s, int *one, int *sums)
+{
+	json_t *all = th_get_json(s, "/v1/audit?limit=1000", 200), *e;
+	size_t i;
+	*one = *sums = 0;
+	json_array_foreach(json_object_get(all, "entries"), i, e) {
+		int status = (int)json_integer_value(json_object_get(e, "status"));
+		if (status != 401 && status != 403 && status != 429)
+			continue;
+		if (strcmp(json_string_value(json_object_get(e, "method")), "*") == 0)
+			(*sums)++;
+		else
+			(*one)++;
+	}
+	return all;
+}
+
+/* The first summary entry of a trail (borrowed), or NULL. */
+static json_t *summary_of(json_t *all)
+{
+	size_t i;
+	json_t *e;
+	json_array_foreach(json_object_get(all, "entries"), i, e)
+		if (strcmp(json_string_value(json_object_get(e, "method")), "*") == 0)
+			return e;
+	return NULL;
+}
+
+/* Refusals could fill the trail (every one was a row, written before its
+ * answer): an address gets 20 entries one by one per window, the rest are
+ * counted and written as one summary when its window ends; then it starts
+ * again. */
+START_TEST(refusals_are_recorded_up_to_a_limit_then_summarized)
+{
+	th_server s;
+	int one, sums;
+	th_server_start(&s, "--auth-fail-limit 0 --auth-fail-window 10");
+	long long viewer_id;
+	char *viewer = make_token(&s, "viewer", "wall", NULL, &viewer_id);
+	for (int i = 0; i < 15; i++)
+		ck_assert_int_eq(call(&s, "GET", "/v1/fleet", NULL, NULL, "tdt_wrong"), 401);
+	for (int i = 0; i < 15; i++)
+		ck_assert_int_eq(call(&s, "PUT", "/v1/groups/imps/agent", "text/plain", "x = 1", viewer), 403);
+	json_t *all = refusals(&s, &one, &sums);
+	ck_assert_int_eq(one, 20);
+	ck_assert_int_eq(sums, 0);
+	json_decref(all);
+
+	/* The window ends (10 s after the first refusal): its summary says the rest. */
+	json_t *e = NULL;
+	for (int i = 0; i < 300 && !e; i++) {
+		all = refusals(&s, &one, &sums);
+		if (!(e = summary_of(all))) {
+			json_decref(all);
+			usleep(100 * 1000);
+		}
+	}
+	ck_assert_msg(e != NULL, "no summary entry");
+	ck_assert_int_eq(one, 20);
+	ck_assert_int_eq(sums, 1);
+	const char *detail = json_string_value(json_object_get(e, "detail"));
+	ck_assert_msg(strncmp(detail, "10 refused requests from 127.0.0.1 not recorded one by one, ", 60) == 0 &&
+		      strstr(detail, ": 401 x0, 403 x10, 429 x0 (recorded one by one: 20 per address and 200 in "
+			     "all per 10 s)") != NULL, "%s", detail);
+	ck_assert_str_eq(json_string_value(json_object_get(e, "path")), "*");
+	ck_assert_str_eq(json_string_value(json_object_get(e, "addr")), "127.0.0.1");
+	ck_assert_int_eq(json_integer_value(json_object_get(e, "status")), 403);
+	/* all ten came with the viewer's token: the summary names it */
+	ck_assert_int_eq(json_integer_value(json_object_get(e, "token_id")), viewer_id);
+	ck_assert_str_eq(json_string_value(json_object_get(e, "actor")), "wall");
+	ck_assert_str_eq(json_string_value(json_object_get(e, "role")), "viewer");
+	json_decref(all);
+
+	/* A new window: recorded one by one again. */
+	ck_assert_int_eq(call(&s, "GET", "/v1/fleet", NULL, NULL, "tdt_wrong"), 401);
+	all = refusals(&s, &one, &sums);
+	ck_assert_int_eq(one, 21);
+	json_decref(all);
+	free(viewer);
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* Many addresses cannot fill the trail either: 200 refusal entries in all per
+ * window, then one summary for every address; and what is still counted at
+ * shutdown is written then.  Throttled requests (429) are only counted. */
+START_TEST(refusals_from_many_addresses_are_bounded_in_all)
+{
+	th_server s;
+	int one, sums;
+	char src[32];
+	th_server_start(&s, "--auth-fail-limit 25 --auth-fail-window 3600");
+	/* 11 addresses, 22 wrong tokens each: 20 recorded from the first ten
+	 * (the 200 of the window), and 2 each counted (429s after the 25th) */
+	for (int a = 2; a <= 12; a++) {
+		snprintf(src, sizeof src, "127.0.0.%d", a);
+		for (int i = 0; i < 22; i++)
+			ck_assert_int_eq(call_from(&s, src, "/v1/fleet", "tdt_wrong"), 401);
+	}
+	for (int i = 0; i < 30; i++)   /* 25 failures, then throttled */
+		ck_assert_int_eq(call_from(&s, "127.0.0.13", "/v1/fleet", "tdt_wrong"), i < 25 ? 401 : 429);
+	json_t *all = refusals(&s, &one, &sums);
+	ck_assert_int_eq(one, 200);
+	ck_assert_int_eq(sums, 0);
+	json_decref(all);
+
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	th_server_restart(&s);
+	all = refusals(&s, &one, &sums);
+	ck_assert_int_eq(one, 200);
+	ck_assert_int_eq(sums, 1);
+	json_t *e = summary_of(all);
+	const char *detail = json_string_value(json_object_get(e, "detail"));
+	/* 10 x 2 + 22 + 30 */
+	ck_assert_msg(strncmp(detail, "72 refused requests from several addresses (the last 127.0.0.", 61) == 0 &&
+		      strstr(detail, ": 401 x67, 403 x0, 429 x5 (") != NULL, "%s", detail);
+	ck_assert(json_is_null(json_object_get(e, "addr")));
+	ck_assert(json_is_null(json_object_get(e, "token_id")));
+	ck_assert_str_eq(json_string_value(json_object_get(e, "actor")), "anonymous");
+	json_decref(all);
+	ck_assert_int_eq(th_server_stop(&s), 0);
 	th_server_cleanup(&s);
 }
 END_TEST
@@ -439,6 +604,8 @@ int main(void)
 		failed_attempts_are_throttled_per_address,
 		audit_trail_says_who_did_what,
 		audit_trail_lists_requests_with_any_bytes,
+		refusals_are_recorded_up_to_a_limit_then_summarized,
+		refusals_from_many_addresses_are_bounded_in_all,
 	};
 	return th_run_tests("12_tokens", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }
