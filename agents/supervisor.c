@@ -20,7 +20,25 @@
  * along (it is never used by two threads); from another node there is none,
  * and B rebuilds it from the code and the saved state (docs/agents.md).
  *
- * Lock order: route_lock, then a worker's queue lock. */
+ * What the API shows of an agent is read without a round trip to its
+ * worker whenever that gives the same answer.  The owning worker publishes
+ * it into the agent's pub_* fields after each of the agent's events and
+ * timer runs (sup__publish), under that worker's lock, and writes the
+ * agent's last_error and group under that lock too.  A reader takes
+ * route_lock (the agent is neither deleted nor handed to another worker
+ * meanwhile), then the lock of agent->worker.  sup_agent_state (a device
+ * list) reads pub_state and never waits.  Every event routed to an agent
+ * takes the next of its sequence numbers (agent->routed, under route_lock;
+ * sup__seq) and pub_seq is the last one published; events run in the order
+ * they were routed, so when the two are equal nothing sent to the agent is
+ * waiting or running, and sup_agent_info answers from the published
+ * fields; otherwise it queues an EV_INFO behind what is waiting (its answer
+ * reflects every event sent before it).  A move keeps the count: its
+ * MIGRATE_IN carries the last number routed before it, published once it
+ * and the events it carries have run (until then the agent shows what it
+ * was before the move).
+ *
+ * Lock order: route_lock, then a worker's lock, then group_lock. */
 #define _GNU_SOURCE
 #include "supervisor.h"
 
@@ -84,6 +102,7 @@ struct ev {
 	sup_http_done done;
 	void *done_arg;
 	struct sup_info_wait *wait;    /* EV_INFO, EV_DELETE */
+	uint32_t seq;                  /* the agent's sequence number (sup__seq), 0: none */
 };
 
 /* CPU time used in the last second, for rebalancing: a sliding window made
@@ -101,25 +120,30 @@ struct qmsg {
 struct agent {
 	uint64_t device;
 	char hex[17];
+	uint8_t state;                 /* enum sup_state; owning worker only */
+	uint8_t connected;             /* owning worker only */
+	uint8_t pub_state;             /* published (see the top): under its worker's lock */
 	int worker;                    /* under route_lock */
 	/* Where it will be once the moves queued for it have run, and how many
 	 * those are (under route_lock): where sup_migrate counts from. */
 	int dest, moving;
 	supervisor *sup;
-	/* the rest: owning worker only */
+	/* the rest: owning worker only, but for what says otherwise */
 	agent_rt *rt;
-	enum sup_state state;
-	const char *group;             /* interned (sup__intern): NULL until started */
+	uint32_t routed;               /* the last sequence number routed (under route_lock) */
+	uint32_t pub_seq;              /* the last one published (under its worker's lock) */
+	const char *group;             /* interned (sup__intern): NULL until started;
+					* written under its worker's lock */
 	char *agent_id;                /* owned, NULL until started */
 	unsigned char code_hash[32];   /* SHA-256 of the code rt runs */
-	int connected;
+	int q_len;
+	int backoff_ms;
 	uint64_t conn;
 	struct qmsg *q_head, *q_tail;
-	int q_len;
 	int64_t events, restarts, started_ms;
 	int64_t restart_at;            /* ms (monotonic): restart after out of memory */
-	int backoff_ms;
-	char *last_error;              /* owned, NULL until the first error */
+	char *last_error;              /* owned, NULL until the first error; written under
+					* its worker's lock (sup__set_error) */
 	ratelimit logs;
 	struct sup_window load;        /* CPU time it used lately (under its worker's lock) */
 	/* Its place in its worker's due heap (owning worker only): when its
@@ -127,6 +151,12 @@ struct agent {
 	 * (0: not in the heap, nothing due). */
 	int64_t due;
 	int heap_pos;
+	/* The rest of what is published (under its worker's lock), laid out
+	 * to keep the struct in a 288-byte malloc chunk. */
+	uint32_t pub_memory;
+	int64_t pub_events, pub_restarts;
+	int pub_queued;
+	uint8_t pub_connected;
 };
 
 /* A group name, interned once for every agent of the group; `has_code` says
@@ -260,10 +290,25 @@ static int sup__any_code(supervisor *s)
 	return n;
 }
 
+/* The agent's last_error and group, set by its owning worker under its lock
+ * (readers elsewhere take it: see the top). */
 static void sup__set_error(struct agent *a, const char *msg)
 {
-	free(a->last_error);
-	a->last_error = msg && *msg ? strdup(msg) : NULL;
+	char *copy = msg && *msg ? strdup(msg) : NULL, *old;
+	struct worker *w = &a->sup->workers[a->worker];
+	pthread_mutex_lock(&w->lock);
+	old = a->last_error;
+	a->last_error = copy;
+	pthread_mutex_unlock(&w->lock);
+	free(old);
+}
+
+static void sup__set_group(struct agent *a, const char *interned)
+{
+	struct worker *w = &a->sup->workers[a->worker];
+	pthread_mutex_lock(&w->lock);
+	a->group = interned;
+	pthread_mutex_unlock(&w->lock);
 }
 
 /* --- queues ------------------------------------------------------------------- */
@@ -356,8 +401,8 @@ static int sup__wants_agent(supervisor *s, struct ev *e, struct agent **found)
 			idmap_put(&s->seen, e->device, SUP_SEEN(e->conn, 0), &oom);
 		return 0;
 	}
-	if (e->kind == EV_DELETE)
-		return 0; /* nothing to delete */
+	if (e->kind == EV_DELETE || e->kind == EV_INFO)
+		return 0; /* nothing to delete, or to ask: deleted meanwhile */
 	if (e->kind != EV_ONLINE && e->kind != EV_MSG)
 		return 1;
 	/* Seen online without an agent: its group had no code at its hello, and
@@ -385,6 +430,15 @@ static int sup__wants_agent(supervisor *s, struct ev *e, struct agent **found)
 	if (e->kind == EV_ONLINE)
 		idmap_put(&s->seen, e->device, SUP_SEEN(e->conn, 1), &oom);
 	return 0;
+}
+
+/* The agent's next sequence number, for an event routed to it (route_lock
+ * held; see the top).  Never 0, which means none. */
+static uint32_t sup__seq(struct agent *a)
+{
+	if (++a->routed == 0)
+		a->routed = 1;
+	return a->routed;
 }
 
 /* --- rebalancing ------------------------------------------------------------- */
@@ -473,6 +527,7 @@ static void sup__rebalance(supervisor *s, struct agent *a, int64_t now)
 	if (!mo)
 		return;
 	mo->target = s->idlest;
+	mo->seq = sup__seq(a);
 	a->dest = s->idlest;
 	a->moving++;
 	sup__push(from, mo);
@@ -515,12 +570,12 @@ static void sup__route(supervisor *s, struct ev *e)
 		a->device = e->device;
 		tn_device_id_format(e->device, a->hex);
 		a->sup = s;
-		a->state = ST_STOPPED;
+		a->state = a->pub_state = ST_STOPPED;
 		/* Online before its agent was needed: connected, as EV_ONLINE
 		 * would have made it (the worker adopts it before any event). */
 		void *seen = idmap_get(&s->seen, e->device);
 		if (seen) {
-			a->connected = SUP_SEEN_ONLINE(seen);
+			a->connected = a->pub_connected = (uint8_t)SUP_SEEN_ONLINE(seen);
 			a->conn = SUP_SEEN_CONN(seen);
 			idmap_del(&s->seen, e->device);
 		}
@@ -537,6 +592,7 @@ static void sup__route(supervisor *s, struct ev *e)
 	if (s->nworkers > 1 && (e->kind == EV_ONLINE || e->kind == EV_OFFLINE || e->kind == EV_MSG ||
 				e->kind == EV_HTTP))
 		sup__rebalance(s, a, tn_mono_ms());
+	e->seq = sup__seq(a);
 	sup__push(&s->workers[a->worker], e);
 	pthread_mutex_unlock(&s->route_lock);
 	return;
@@ -766,7 +822,7 @@ static void sup__start_agent(struct agent *a, const char *status_line)
 
 	free(a->agent_id);
 	a->agent_id = agent_id;
-	a->group = group ? sup__intern(a->sup, group) : NULL;
+	sup__set_group(a, group ? sup__intern(a->sup, group) : NULL);
 	free(group);
 	if (!code) {
 		sup__stop_agent(a, NULL, exists ? ST_NO_CODE : ST_NO_DEVICE);
@@ -874,14 +930,49 @@ static void sup__on_http(struct agent *a, struct ev *e)
 	agent_http_res_clear(&res);
 }
 
+/* What GET /v1/devices/{id}/agent shows of an agent (sup_agent_info). */
+struct sup_view {
+	enum sup_state state;
+	const char *group;             /* interned, or NULL */
+	int worker, connected, queued;
+	size_t memory;
+	int64_t events, restarts;
+	const char *last_error;        /* borrowed, or NULL */
+};
+
+static json_t *sup__view_json(const char *hex, const struct sup_view *v)
+{
+	return json_pack("{ss ss ss si sI sI sI sb si ss?}", "device", hex,
+			 "state", sup__states[v->state], "group", v->group ? v->group : "", "worker", v->worker,
+			 "memory", (json_int_t)v->memory, "events", (json_int_t)v->events,
+			 "restarts", (json_int_t)v->restarts, "device_connected", v->connected,
+			 "queued_messages", v->queued, "last_error", v->last_error);
+}
+
+/* The agent as it is, on its owning worker. */
 static json_t *sup__info(struct agent *a, struct worker *w)
 {
-	return json_pack("{ss ss ss si sI sI sI sb si ss?}", "device", a->hex,
-			 "state", sup__states[a->state], "group", a->group ? a->group : "", "worker", w->index,
-			 "memory", (json_int_t)(a->rt ? agent_rt_memory(a->rt) : 0),
-			 "events", (json_int_t)a->events, "restarts", (json_int_t)a->restarts,
-			 "device_connected", a->connected, "queued_messages", a->q_len,
-			 "last_error", a->last_error);
+	struct sup_view v = {
+		.state = a->state, .group = a->group, .worker = w->index, .connected = a->connected,
+		.queued = a->q_len, .memory = a->rt ? agent_rt_memory(a->rt) : 0, .events = a->events,
+		.restarts = a->restarts, .last_error = a->last_error,
+	};
+	return sup__view_json(a->hex, &v);
+}
+
+/* Publishes the agent as it is now (see the top), and that the events up
+ * to `seq` have run (0: no event of its); its owning worker, w->lock held. */
+static void sup__publish(struct agent *a, uint32_t seq)
+{
+	size_t memory = a->rt ? agent_rt_memory(a->rt) : 0;
+	a->pub_state = a->state;
+	a->pub_connected = a->connected;
+	a->pub_queued = a->q_len;
+	a->pub_memory = memory > UINT32_MAX ? UINT32_MAX : (uint32_t)memory;
+	a->pub_events = a->events;
+	a->pub_restarts = a->restarts;
+	if (seq)
+		a->pub_seq = seq;
 }
 
 /* --- the due heap ---------------------------------------------------------------- */
@@ -1166,7 +1257,7 @@ static void sup__detach(struct agent *a)
 	sup__set_error(a, NULL);
 	free(a->agent_id);
 	a->agent_id = NULL;
-	a->group = NULL;
+	sup__set_group(a, NULL);
 	memset(a->code_hash, 0, sizeof a->code_hash);
 	a->state = ST_MIGRATING;
 }
@@ -1232,6 +1323,7 @@ static void sup__migrate_out(struct worker *w, struct agent *a, int target)
 	if (a->rt)
 		sup__event(a, EV_STATUS, "Agent stopped: migrating.");
 	in->env_sent = now;
+	in->seq = a->routed; /* every event routed to it so far has run, or goes along */
 	in->live = a->rt;
 	a->rt = NULL;
 	sup__detach(a);
@@ -1301,7 +1393,7 @@ static void sup__env_apply(struct agent *a, agent_env *env, int64_t base)
 {
 	free(a->agent_id);
 	a->agent_id = env->agent_id && *env->agent_id ? strdup(env->agent_id) : NULL;
-	a->group = env->group && *env->group ? sup__intern(a->sup, env->group) : NULL;
+	sup__set_group(a, env->group && *env->group ? sup__intern(a->sup, env->group) : NULL);
 	a->state = ST_STOPPED; /* a state this node does not know: stopped */
 	for (size_t i = 0; env->state && i < sizeof sup__states / sizeof *sup__states; i++)
 		if (strcmp(env->state, sup__states[i]) == 0)
@@ -1436,7 +1528,7 @@ static void sup__migrate_in(struct worker *w, struct ev *e)
 	 * the head of this worker's queue: the newer ones are behind them.  (Run
 	 * from the queue, not from here, so that a migration among them takes
 	 * the rest along.) */
-	struct ev *head = NULL, **tail = &head;
+	struct ev *head = NULL, **tail = &head, *last = NULL;
 	for (uint32_t i = 0; i < env.nev; i++) {
 		struct ev *x = sup__ev_from_env(s, a->device, &env.ev[i]);
 		if (!x) {
@@ -1448,10 +1540,16 @@ static void sup__migrate_in(struct worker *w, struct ev *e)
 			}
 			continue;
 		}
-		*tail = x;
+		*tail = last = x;
 		tail = &x->next;
 	}
 	agent_env_clear(&env);
+	/* What was routed before the move has run once the last of them has
+	 * (with none, once this has: sup__worker_main publishes e->seq). */
+	if (last) {
+		last->seq = e->seq;
+		e->seq = 0;
+	}
 	pthread_mutex_lock(&w->lock);
 	sup__put_back(w, head);
 	pthread_mutex_unlock(&w->lock);
@@ -1555,14 +1653,19 @@ static struct agent *sup__handle(struct worker *w, struct ev *e)
 	return a;
 }
 
-/* Counts `us` of CPU time against the worker and the agent (if any). */
-static void sup__charge(struct worker *w, struct agent *a, int64_t us)
+/* After an event or a timer run: counts `us` of CPU time against the worker
+ * and the agent that ran (if any), and publishes `pub` (if any: the agent
+ * that is still this worker's) with the sequence number `seq` of the event
+ * (0: none). */
+static void sup__charge(struct worker *w, struct agent *ran, int64_t us, struct agent *pub, uint32_t seq)
 {
 	int64_t now = tn_mono_ms();
 	pthread_mutex_lock(&w->lock);
 	sup__window_add(&w->load, now, us);
-	if (a)
-		sup__window_add(&a->load, now, us);
+	if (ran)
+		sup__window_add(&ran->load, now, us);
+	if (pub)
+		sup__publish(pub, seq);
 	pthread_mutex_unlock(&w->lock);
 }
 
@@ -1577,14 +1680,14 @@ static void sup__run_due(struct worker *w, struct agent *a, int64_t now)
 		if (t >= 0 && t <= now) {
 			int64_t cpu = sup__cpu_us();
 			sup__after(a, agent_rt_run_timers(a->rt, now));
-			sup__charge(w, a, sup__cpu_us() - cpu);
+			sup__charge(w, a, sup__cpu_us() - cpu, a, 0);
 		}
 	} else if (a->restart_at && a->restart_at <= now) {
 		int64_t cpu = sup__cpu_us();
 		a->restart_at = 0;
 		a->restarts++;
 		sup__start_agent(a, "Agent started.");
-		sup__charge(w, a, sup__cpu_us() - cpu);
+		sup__charge(w, a, sup__cpu_us() - cpu, a, 0);
 	}
 }
 
@@ -1616,9 +1719,13 @@ static int64_t sup__run_heap(struct worker *w)
 
 static void sup__stop_one(void *arg, uint64_t key, void *val)
 {
+	struct worker *w = arg;
 	struct agent *a = val;
 	sup__stop_agent(a, "Agent stopped: shutdown.", ST_STOPPED);
 	a->restart_at = 0; /* no restart after out of memory either */
+	pthread_mutex_lock(&w->lock);
+	sup__publish(a, 0);
+	pthread_mutex_unlock(&w->lock);
 }
 
 static void *sup__worker_main(void *arg)
@@ -1662,7 +1769,7 @@ static void *sup__worker_main(void *arg)
 				/* From now on no agent starts or arrives here (sup_stop
 				 * routes nothing after this event, and no move starts):
 				 * each that ran ends with exactly this line. */
-				idmap_foreach(&w->local, sup__stop_one, NULL);
+				idmap_foreach(&w->local, sup__stop_one, w);
 				w->stopped = 1;
 				while (w->heap_len)
 					w->heap[--w->heap_len]->heap_pos = 0;
@@ -1674,13 +1781,15 @@ static void *sup__worker_main(void *arg)
 			int64_t cpu = sup__cpu_us();
 			uint64_t device = e->device;
 			struct agent *ran = sup__handle(w, e);
+			uint32_t seq = e->seq;
 			if (e->wait) /* a delete with nothing to delete */
 				sup__wake(e->wait, NULL);
 			sup__ev_free(e);
-			sup__charge(w, ran, sup__cpu_us() - cpu);
-			/* Only this agent's due time can have changed (one that left
-			 * this worker left its heap too). */
+			/* Only this agent can have changed: it is published, and
+			 * its due time set (one that left this worker left its
+			 * heap too, and is published by the one it went to). */
 			struct agent *a = w->stopped ? NULL : idmap_get(&w->local, device);
+			sup__charge(w, ran, sup__cpu_us() - cpu, a, seq);
 			if (a)
 				sup__schedule(w, a);
 		}
@@ -2010,6 +2119,7 @@ int sup_migrate(supervisor *s, uint64_t device, int worker, int *from, int *to, 
 		return 0;
 	}
 	e->target = *to;
+	e->seq = sup__seq(a);
 	a->dest = *to;
 	a->moving++;
 	sup__push(&s->workers[a->worker], e);
@@ -2017,29 +2127,74 @@ int sup_migrate(supervisor *s, uint64_t device, int worker, int *from, int *to, 
 	return 0;
 }
 
+/* The published agent (see the top), under route_lock. */
+static void sup__published(supervisor *s, struct agent *a, struct sup_view *v, int *fresh)
+{
+	struct worker *w = &s->workers[a->worker];
+	pthread_mutex_lock(&w->lock);
+	*v = (struct sup_view){
+		.state = a->pub_state, .group = a->group, .worker = a->worker, .connected = a->pub_connected,
+		.queued = a->pub_queued, .memory = a->pub_memory, .events = a->pub_events,
+		.restarts = a->pub_restarts, .last_error = a->last_error ? strdup(a->last_error) : NULL,
+	};
+	*fresh = a->pub_seq == a->routed;
+	pthread_mutex_unlock(&w->lock);
+}
+
+const char *sup_agent_state(supervisor *s, uint64_t device)
+{
+	const char *state = "not started";
+	pthread_mutex_lock(&s->route_lock);
+	struct agent *a = idmap_get(&s->route, device);
+	if (a) {
+		struct worker *w = &s->workers[a->worker];
+		pthread_mutex_lock(&w->lock);
+		state = sup__states[a->pub_state];
+		pthread_mutex_unlock(&w->lock);
+	} else if (idmap_get(&s->seen, device)) {
+		state = "no code";
+	}
+	pthread_mutex_unlock(&s->route_lock);
+	return state;
+}
+
 json_t *sup_agent_info(supervisor *s, uint64_t device)
 {
+	struct sup_view v = { 0 };
+	int fresh = 0;
+	char hex[17];
+	tn_device_id_format(device, hex);
 	pthread_mutex_lock(&s->route_lock);
-	int known = idmap_get(&s->route, device) != NULL;
-	void *seen = known ? NULL : idmap_get(&s->seen, device);
+	struct agent *a = idmap_get(&s->route, device);
+	void *seen = a ? NULL : idmap_get(&s->seen, device);
+	if (a) {
+		sup__published(s, a, &v, &fresh);
+		fresh |= s->stopping; /* nothing runs any more: what it was is what it is */
+	}
 	pthread_mutex_unlock(&s->route_lock);
+	if (fresh) {
+		json_t *info = sup__view_json(hex, &v);
+		free((char *)v.last_error);
+		return info;
+	}
+	free((char *)v.last_error);
 	if (seen) {
 		/* Seen online, its group without code: what its agent entry said
 		 * when there was one for every device. */
-		char hex[17];
-		tn_device_id_format(device, hex);
 		return json_pack("{ss ss ss si sI sI sI sb si}", "device", hex, "state", "no code", "group", "",
 				 "worker", 0, "memory", (json_int_t)0, "events", (json_int_t)0, "restarts",
 				 (json_int_t)0, "device_connected", SUP_SEEN_ONLINE(seen), "queued_messages", 0);
 	}
-	if (!known)
+	if (!a)
 		return json_pack("{ss}", "state", "not started");
-	struct sup_info_wait wait = { .done = 0 };
-	pthread_mutex_init(&wait.lock, NULL);
-	pthread_cond_init(&wait.cond, NULL);
+	/* Events sent to it are waiting or running: the answer comes after
+	 * them, from its worker. */
 	struct ev *e = sup__ev(EV_INFO, device);
 	if (!e)
 		return NULL;
+	struct sup_info_wait wait = { .done = 0 };
+	pthread_mutex_init(&wait.lock, NULL);
+	pthread_cond_init(&wait.cond, NULL);
 	e->wait = &wait;
 	sup__route(s, e);
 	pthread_mutex_lock(&wait.lock);
@@ -2048,7 +2203,13 @@ json_t *sup_agent_info(supervisor *s, uint64_t device)
 	pthread_mutex_unlock(&wait.lock);
 	pthread_mutex_destroy(&wait.lock);
 	pthread_cond_destroy(&wait.cond);
-	return wait.info ? wait.info : json_pack("{ss}", "state", "migrating");
+	if (wait.info)
+		return wait.info;
+	/* No answer: deleted meanwhile, or a request racing a move. */
+	pthread_mutex_lock(&s->route_lock);
+	int known = idmap_get(&s->route, device) != NULL;
+	pthread_mutex_unlock(&s->route_lock);
+	return json_pack("{ss}", "state", known ? "migrating" : "not started");
 }
 
 int sup_http(supervisor *s, const char *agent_id, const agent_http_req *req, sup_http_done done, void *arg)

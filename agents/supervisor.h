@@ -61,9 +61,20 @@ int sup_workers(const supervisor *s);
  * its group has no code) or, with -1, nowhere to move it (one worker). */
 int sup_migrate(supervisor *s, uint64_t device, int worker, int *from, int *to, tn_error *err);
 
-/* The agent as the API shows it ({"agent_id","state","worker","memory",
- * "events","last_error",...}), or NULL if the device does not exist. */
+/* The agent as the API shows it ({"device","state","group","worker",
+ * "memory","events","restarts","device_connected","queued_messages",
+ * "last_error"?}; {"state":"not started"} when nothing has called on it
+ * since the server started), owned, or NULL when out of memory.  It
+ * reflects every event sent to the agent before the call: answered at once
+ * from what its worker published after its last event when no event of its
+ * is waiting or running; otherwise its worker answers after those events
+ * (the call waits for them). */
 json_t *sup_agent_info(supervisor *s, uint64_t device);
+
+/* The agent's state, as sup_agent_info names it ("running", "not started",
+ * "no code", ...; static), as of its last event or timer run: never waits
+ * for its worker.  For lists of devices. */
+const char *sup_agent_state(supervisor *s, uint64_t device);
 
 /* An HTTP request for the agent with this agent_id.  `done` is called once,
  * from a worker thread, with the response (status 404 when the agent has no

@@ -388,25 +388,26 @@ static void api__flash_facts(struct req *r, json_t *dev, json_t *cache)
 }
 
 /* Adds "agent_state": the agent's state as GET .../agent shows it, or null
- * when the device's group has no agent code.  groups caches, per page,
- * which groups have code. */
+ * when the device's group has no agent code.  What its worker published:
+ * a list never waits for an agent worker (a busy one would hold an HTTP
+ * thread per device).  groups (may be NULL) caches, per page, which groups
+ * have code. */
 static void api__agent_state(struct req *r, json_t *dev, json_t *groups)
 {
 	json_t *state = json_null();
 	const char *id = json_string_value(json_object_get(dev, "id"));
 	const char *group = json_string_value(json_object_get(dev, "group"));
 	uint64_t dev_id;
+	int has = 0;
 
-	if (group && !json_object_get(groups, group))
-		json_object_set_new(groups, group, json_boolean(store_group_has_agent(r->a->st, group)));
-	if (group && json_is_true(json_object_get(groups, group)) && r->a->sup && id &&
-	    tn_device_id_parse(id, &dev_id) == 0) {
-		json_t *info = sup_agent_info(r->a->sup, dev_id);
-		const char *s = json_string_value(json_object_get(info, "state"));
-		if (s)
-			state = json_string(s);
-		json_decref(info);
+	if (group) {
+		json_t *known = groups ? json_object_get(groups, group) : NULL;
+		has = known ? json_is_true(known) : store_group_has_agent(r->a->st, group);
+		if (!known && groups)
+			json_object_set_new(groups, group, json_boolean(has));
 	}
+	if (has && r->a->sup && id && tn_device_id_parse(id, &dev_id) == 0)
+		state = json_string(sup_agent_state(r->a->sup, dev_id));
 	json_object_set_new(dev, "agent_state", state);
 }
 
@@ -683,6 +684,7 @@ static enum MHD_Result api__device_route(struct req *r, const char *rest)
 			if (!dev)
 				return api__error(r, 404, "no such device %s", idtext);
 			api__flash_facts(r, dev, NULL);
+			api__agent_state(r, dev, NULL);
 			return api__json(r, 200, dev);
 		}
 		if (strcmp(r->method, "PATCH") == 0)

@@ -6,12 +6,14 @@
  * offline device (and the bound on them), the management API (the agent's
  * fields, restart, a refused deploy, a group change, 404 and 500 over HTTP),
  * deleting a device stops its agent, tenderctl, migration answers, migration under traffic (with timers moving
- * along), rebalancing of a busy worker, and a catastrophic pattern stopped by
- * the budget.  T07_ONLY=name,name runs some of them. */
+ * along), rebalancing of a busy worker, a catastrophic pattern stopped by
+ * the budget, and device lists that a busy worker does not hold up.
+ * T07_ONLY=name,name runs some of them. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <curl/curl.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1061,6 +1063,116 @@ START_TEST(migrate_answers)
 }
 END_TEST
 
+/* An agent that holds its worker in a handler until its saved state says
+ * go, which the test writes into the store (let_go): nothing here depends
+ * on how long anything takes.  The CPU bound only ends it if the test
+ * fails before it lets go (over the 20 s its HTTP requests wait). */
+static const char *holding_agent =
+	"device.on('hold', function()\n"
+	"  server.log('holding the worker')\n"
+	"  local t0 = os.clock()\n"
+	"  while not (server.load() or {}).go and os.clock() - t0 < 60 do end\n"
+	"  server.log('let go')\n"
+	"end)\n";
+
+static void let_go(th_server *s, const char *dev)
+{
+	sqlite3 *db;
+	char sql[200], *err = NULL;
+	ck_assert_int_eq(sqlite3_open(th_tmp(s, "tender.db"), &db), SQLITE_OK);
+	sqlite3_busy_timeout(db, 20000);
+	snprintf(sql, sizeof sql, "INSERT OR REPLACE INTO agent_state (device, saved, updated) "
+		 "VALUES ('%s', '{\"go\":true}', 0)", dev);
+	ck_assert_msg(sqlite3_exec(db, sql, NULL, NULL, &err) == SQLITE_OK, "%s", err ? err : "");
+	sqlite3_close(db);
+}
+
+static const char *agent_state_in(json_t *list, const char *dev, int *found)
+{
+	json_t *d;
+	size_t i;
+	*found = 0;
+	json_array_foreach(json_object_get(list, "devices"), i, d)
+		if (strcmp(json_string_value(json_object_get(d, "id")), dev) == 0) {
+			*found = 1;
+			return json_string_value(json_object_get(d, "agent_state"));
+		}
+	return NULL;
+}
+
+/* With the only agent worker held by a busy handler, the device list, a
+ * device, the agent of an idle device on that worker and the fleet counts
+ * all answer (from what the worker published), with the right states; the
+ * busy agent's own GET .../agent answers after its event, counting it. */
+START_TEST(a_busy_worker_holds_up_no_device_list)
+{
+	th_server s;
+	th_server_start(&s, "--agent-workers 1 --agent-cpu-ms 120000 --agent-budget 2000000000");
+	deploy(&s, "lab", holding_agent, 200);
+	char *sec1 = th_register(&s, DEV1, "lab"), *sec2 = th_register(&s, DEV2, "lab");
+	free(th_register(&s, "00000000000a0003", "lab"));   /* never connects: "not started" */
+	free(th_register(&s, "00000000000a0004", "plain")); /* no code in its group: null */
+	const char *out2 = th_tmp(&s, "idle.out"), *out1 = th_tmp(&s, "busy.out");
+	char *const idle[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"), "connect", s.ws_url,
+			       "hello", DEV2, sec2, "expect", "welcome", "hold", NULL };
+	pid_t pid2 = th_spawn(idle, out2);
+	ck_assert_int_ge(th_wait_event(&s, DEV2, "status", "Agent started.", 20000), 1);
+	char *const busy[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"), "connect", s.ws_url,
+			       "hello", DEV1, sec1, "expect", "welcome",
+			       "send", "{\"type\":\"msg\",\"name\":\"hold\",\"data\":null}", "hold", NULL };
+	pid_t pid1 = th_spawn(busy, out1);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "agent", "holding the worker", 20000), 1);
+
+	/* The worker runs the handler until let_go: each answer came meanwhile. */
+	json_t *list = th_get_json(&s, "/v1/devices", 200);
+	int found;
+	const char *st = agent_state_in(list, DEV1, &found);
+	ck_assert_msg(found && st && strcmp(st, "running") == 0, "busy: %s", st ? st : "null");
+	st = agent_state_in(list, DEV2, &found);
+	ck_assert_msg(found && st && strcmp(st, "running") == 0, "idle: %s", st ? st : "null");
+	st = agent_state_in(list, "00000000000a0003", &found);
+	ck_assert_msg(found && st && strcmp(st, "not started") == 0, "never connected: %s", st ? st : "null");
+	st = agent_state_in(list, "00000000000a0004", &found);
+	ck_assert_msg(found && !st, "no code: %s", st);
+	json_decref(list);
+	list = th_get_json(&s, "/v1/devices?online=true", 200);
+	ck_assert_uint_eq(json_array_size(json_object_get(list, "devices")), 2);
+	json_decref(list);
+	json_t *d = th_get_json(&s, "/v1/devices/" DEV1, 200);
+	ck_assert_str_eq(json_string_value(json_object_get(d, "agent_state")), "running");
+	json_decref(d);
+	d = th_get_json(&s, "/v1/devices/00000000000a0004", 200);
+	ck_assert(json_is_null(json_object_get(d, "agent_state")));
+	json_decref(d);
+	json_t *a = th_get_json(&s, "/v1/devices/" DEV2 "/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(a, "state")), "running");
+	ck_assert(json_is_true(json_object_get(a, "device_connected")));
+	ck_assert_int_eq(json_integer_value(json_object_get(a, "worker")), 0);
+	ck_assert_int_ge(json_integer_value(json_object_get(a, "events")), 1);
+	ck_assert_int_gt(json_integer_value(json_object_get(a, "memory")), 0);
+	json_decref(a);
+	json_t *f = th_get_json(&s, "/v1/fleet", 200);
+	ck_assert_int_eq(json_integer_value(json_object_get(f, "devices")), 4);
+	ck_assert_int_eq(json_integer_value(json_object_get(f, "online")), 2);
+	json_decref(f);
+	ck_assert_int_eq(th_count_events(&s, DEV1, "let go"), 0);
+
+	let_go(&s, DEV1);
+	ck_assert_int_ge(th_wait_event(&s, DEV1, "agent", "let go", 20000), 1);
+	a = th_get_json(&s, "/v1/devices/" DEV1 "/agent", 200);
+	ck_assert_str_eq(json_string_value(json_object_get(a, "state")), "running");
+	ck_assert_int_eq(json_integer_value(json_object_get(a, "events")), 2); /* its connect and the hold */
+	ck_assert_msg(!json_is_string(json_object_get(a, "last_error")), "%s",
+		      json_string_value(json_object_get(a, "last_error")));
+	json_decref(a);
+	th_server_cleanup(&s);
+	th_wait_pid(pid1, 20000);
+	th_wait_pid(pid2, 20000);
+	free(sec1);
+	free(sec2);
+}
+END_TEST
+
 START_TEST(tender_sim_scripted_round_trips)
 {
 	th_server s;
@@ -1155,6 +1267,7 @@ int main(void)
 		deleting_a_device_stops_its_agent,
 		an_http_request_as_the_agent_sees_it,
 		deploy_starts_agents_of_online_devices,
+		a_busy_worker_holds_up_no_device_list,
 	};
 	/* T07_ONLY=name,name runs only those tests (while working on one). */
 	const TTest *chosen[sizeof tests / sizeof tests[0]];

@@ -44,11 +44,12 @@ static char root[64], dir[80];
 static store *st;
 static supervisor *sup;
 
-static int log_rate; /* sup_options.log_rate of the next start_sup */
+static int log_rate;         /* sup_options.log_rate of the next start_sup */
+static agent_limits limits;  /* and its limits (0: the defaults) */
 
 static void start_sup(int workers)
 {
-	sup_options opt = { .workers = workers, .offline_queue = 4, .log_rate = log_rate };
+	sup_options opt = { .workers = workers, .offline_queue = 4, .log_rate = log_rate, .limits = limits };
 	tn_error err = { 0 };
 	ck_assert_msg(sup_start(&sup, &opt, st, &err) == 0, "sup_start: %s", err.msg);
 	sup_set_device_loop(sup, STUB_LOOP);
@@ -64,6 +65,7 @@ static void setup(void)
 	sent = json_array();
 	sup = NULL;
 	log_rate = 0;
+	memset(&limits, 0, sizeof limits);
 }
 
 static void teardown(void)
@@ -589,6 +591,115 @@ START_TEST(a_log_drop_report_comes_due)
 }
 END_TEST
 
+/* --- reading an agent without its worker ---------------------------------------------- */
+
+/* Holds its worker in a handler until its saved state says go (let_go). */
+static const char *holding_code =
+	"device.on('hold', function()\n"
+	"  server.log('holding')\n"
+	"  while not (server.load() or {}).go do end\n"
+	"  server.log('let go')\n"
+	"end)\n"
+	"device.on('ping', function() end)\n";
+
+static void let_go(uint64_t device)
+{
+	struct sup__save sv = { NULL, "{\"go\":true}" };
+	char hex[17];
+	tn_error err = { 0 };
+	tn_device_id_format(device, hex);
+	sv.hex = hex;
+	ck_assert_msg(store_sync(st, sup__save_tx, &sv, &err) == 0, "%s", err.msg);
+}
+
+struct reads {
+	uint64_t busy, idle, seen, unknown;
+	const char *busy_state, *idle_state, *seen_state, *unknown_state, *idle_state_later;
+	json_t *idle_info;
+	_Atomic int done;
+};
+
+/* What the API reads while the worker is held. */
+static void *reads_main(void *arg)
+{
+	struct reads *r = arg;
+	r->busy_state = sup_agent_state(sup, r->busy);
+	r->idle_state = sup_agent_state(sup, r->idle);
+	r->seen_state = sup_agent_state(sup, r->seen);
+	r->unknown_state = sup_agent_state(sup, r->unknown);
+	r->idle_info = sup_agent_info(sup, r->idle); /* nothing of its waits: at once */
+	sup_device_message(sup, r->idle, "ping", NULL); /* waits behind the held one now */
+	r->idle_state_later = sup_agent_state(sup, r->idle);
+	atomic_store(&r->done, 1);
+	return NULL;
+}
+
+static void *info_main(void *arg)
+{
+	struct reads *r = arg;
+	return sup_agent_info(sup, r->idle);
+}
+
+/* With the only worker held by a handler, sup_agent_state answers for every
+ * device, and sup_agent_info for an agent with nothing waiting, from what
+ * the worker published; sup_agent_info for one whose event waits answers
+ * after that event, counting it. */
+START_TEST(an_agent_is_read_without_waiting_for_its_worker)
+{
+	limits = (agent_limits){ .instructions = 2000000000, .cpu_ms = 600000 };
+	start_sup(1);
+	deploy("lab", holding_code);
+	struct reads r = { .busy = add_device(20, "lab"), .idle = add_device(21, "lab"),
+			   .seen = add_device(22, "plain"), .unknown = add_device(23, "lab") };
+	sup_device_online(sup, r.seen, 1);
+	sup_device_online(sup, r.idle, 2);
+	sup_device_online(sup, r.busy, 3);
+	sup_device_message(sup, r.busy, "hold", NULL);
+	int holding = 0;
+	for (int i = 0; i < 1000 && !holding; i++) {
+		holding = count_lines(r.busy, EV_AGENT, "holding");
+		if (!holding)
+			usleep(10 * 1000);
+	}
+	ck_assert_int_eq(holding, 1);
+
+	pthread_t t;
+	ck_assert_int_eq(pthread_create(&t, NULL, reads_main, &r), 0);
+	for (int i = 0; i < 2000 && !atomic_load(&r.done); i++)
+		usleep(10 * 1000);
+	int done = atomic_load(&r.done);
+	if (!done)
+		let_go(r.busy); /* so that the thread ends, and the test with it */
+	pthread_join(t, NULL);
+	ck_assert_msg(done, "the reads waited for the held worker");
+	ck_assert_int_eq(count_lines(r.busy, EV_AGENT, "let go"), 0);
+	ck_assert_str_eq(r.busy_state, "running");
+	ck_assert_str_eq(r.idle_state, "running");
+	ck_assert_str_eq(r.seen_state, "no code");
+	ck_assert_str_eq(r.unknown_state, "not started");
+	ck_assert_str_eq(r.idle_state_later, "running");
+	ck_assert_str_eq(json_string_value(json_object_get(r.idle_info, "state")), "running");
+	ck_assert_int_eq(json_integer_value(json_object_get(r.idle_info, "events")), 1);
+	ck_assert(json_is_true(json_object_get(r.idle_info, "device_connected")));
+	ck_assert_str_eq(json_string_value(json_object_get(r.idle_info, "group")), "lab");
+	json_decref(r.idle_info);
+
+	/* Asked while its ping waits: the answer comes after the ping. */
+	pthread_t ti;
+	void *later = NULL;
+	ck_assert_int_eq(pthread_create(&ti, NULL, info_main, &r), 0);
+	let_go(r.busy);
+	pthread_join(ti, &later);
+	ck_assert_ptr_nonnull(later);
+	ck_assert_int_eq(json_integer_value(json_object_get(later, "events")), 2);
+	json_decref(later);
+	ck_assert_int_eq(count_lines(r.busy, EV_AGENT, "let go"), 1);
+	json_t *busy = info_of(r.busy);
+	ck_assert_int_eq(json_integer_value(json_object_get(busy, "events")), 2);
+	json_decref(busy);
+}
+END_TEST
+
 /* --- deleting ------------------------------------------------------------------------ */
 
 struct mover {
@@ -604,6 +715,7 @@ static void *mover_main(void *arg)
 		tn_error err = { 0 };
 		sup_migrate(sup, m->device, -1, &from, &to, &err);
 		sup_device_message(sup, m->device, "ping", "1");
+		sup_agent_state(sup, m->device); /* reads it on whichever worker, until it is gone */
 		json_decref(sup_agent_info(sup, m->device)); /* waits: no backlog builds up */
 	}
 	return NULL;
@@ -667,6 +779,7 @@ int main(void)
 	tcase_add_test(tc, a_delete_follows_a_moving_agent);
 	tcase_add_test(tc, timers_come_due_across_many_agents);
 	tcase_add_test(tc, a_log_drop_report_comes_due);
+	tcase_add_test(tc, an_agent_is_read_without_waiting_for_its_worker);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
