@@ -166,8 +166,7 @@ export function fleetView() {
   // again (only rows on screen, so this stays one request per change).
   async function refreshRow(id) {
     try {
-      const [d, a] = await Promise.all([api(`/v1/devices/${id}`), api(`/v1/devices/${id}/agent`)]);
-      if (!('agent_state' in d)) d.agent_state = a.state === 'no code' ? null : a.state;
+      const d = await api(`/v1/devices/${id}`);  // agent_state included
       const tr = rows.get(id);
       if (stopped || !tr) return;
       const fresh = deviceRow(d);
