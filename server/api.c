@@ -169,6 +169,18 @@ static const struct {
 static enum MHD_Result api__error(struct req *r, unsigned status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* Messages quote input (a compile error quotes the code, a 405 the method):
+ * whatever the input was, the answer must be valid JSON, so valid UTF-8. */
+static void api__valid_text(char *msg)
+{
+	json_t *probe = json_string(msg);
+	if (!probe)
+		for (char *p = msg; *p; p++)
+			if ((unsigned char)*p >= 0x80 || (unsigned char)*p < 0x20)
+				*p = '?';
+	json_decref(probe);
+}
+
 static enum MHD_Result api__error(struct req *r, unsigned status, const char *fmt, ...)
 {
 	char msg[512];
@@ -178,14 +190,7 @@ static enum MHD_Result api__error(struct req *r, unsigned status, const char *fm
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	/* Messages quote input (a compile error quotes the code): whatever the
-	 * input was, the answer must be valid JSON, so valid UTF-8. */
-	json_t *probe = json_string(msg);
-	if (!probe)
-		for (char *p = msg; *p; p++)
-			if ((unsigned char)*p >= 0x80 || (unsigned char)*p < 0x20)
-				*p = '?';
-	json_decref(probe);
+	api__valid_text(msg);
 	if (r->audit && !r->audit_detail[0])
 		audit_copy(r->audit_detail, sizeof r->audit_detail, msg);  /* not inside a character */
 	for (size_t i = 0; i < TN_ARRAY_LEN(api__errors); i++)
@@ -201,6 +206,7 @@ static enum MHD_Result api__method_not_allowed(struct req *r, const char *allow)
 {
 	char msg[128];
 	snprintf(msg, sizeof msg, "%s is not allowed here; allowed: %s", r->method, allow);
+	api__valid_text(msg);   /* a method may be any bytes */
 	metrics_error(ERR_HTTP_METHOD);
 	char *text = NULL;
 	json_t *obj = json_pack("{s:{s:s, s:s}}", "error", "code", "method_not_allowed", "message", msg);
