@@ -69,6 +69,8 @@ struct store_op {
 #define STORE_CKPT_RESTART_PAGES 4000 /* 16 MiB of WAL with 4 KiB pages */
 #define STORE_BUSY_MS 5000
 #define STORE_AUDIT_MAX_ROWS 1000000   /* default of opt.audit_max_rows */
+#define STORE_AUDIT_REFUSALS_SHARE 10   /* refused requests keep at most a tenth of it */
+#define STORE_AUDIT_TRIM_MS 60000       /* the audit trail is trimmed once a minute */
 #define STORE_RESTART_BUSY_MS 100        /* what the writer waits for readers to restart the WAL */
 
 struct store {
@@ -101,6 +103,7 @@ struct store {
 
 	struct bus *bus;
 	int64_t next_retention;     /* writer thread: when retention runs next (mono ms) */
+	int64_t next_audit_trim;    /* writer thread: when the audit trail is trimmed next */
 	/* events written inside sync ops of the current transaction (writer
 	 * thread only), published once it commits */
 	tn_event *tx_events;
@@ -653,20 +656,33 @@ static int store__retention_chunk(store *s)
 			}
 		}
 	}
-	/* The audit trail: by the same age, and never more than
-	 * opt.audit_max_rows (refused requests add rows too). */
+	/* The audit trail, once a minute: refused requests (401, 403, 429)
+	 * beyond a tenth of the cap first, so that an attack cannot push the
+	 * record of changes out; then by the events' age, and never more than
+	 * opt.audit_max_rows in all. */
 	int audit_deleted = 0;
-	if (deleted < STORE_RETENTION_CHUNK &&
-	    sqlite3_prepare_v2(s->wdb, "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < ?1 "
-			       "OR id <= (SELECT id FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?2) "
-			       "ORDER BY id LIMIT ?3)", -1, &q, NULL) == SQLITE_OK) {
-		sqlite3_bind_int64(q, 1, s->opt.retention_age_ms > 0 ? tn_now_ms() - s->opt.retention_age_ms : 0);
-		sqlite3_bind_int64(q, 2, s->opt.audit_max_rows);
-		sqlite3_bind_int(q, 3, STORE_RETENTION_CHUNK);
-		if (sqlite3_step(q) == SQLITE_DONE)
-			audit_deleted = sqlite3_changes(s->wdb);
-		sqlite3_finalize(q);
-		q = NULL;
+	if (deleted < STORE_RETENTION_CHUNK && tn_mono_ms() >= s->next_audit_trim) {
+		static const char *const sql[] = {
+			"DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE status IN (401, 403, 429) "
+			"AND id <= (SELECT id FROM audit WHERE status IN (401, 403, 429) ORDER BY id DESC "
+			"LIMIT 1 OFFSET ?2) ORDER BY id LIMIT ?3)",
+			"DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < ?1 OR id <= (SELECT id "
+			"FROM audit ORDER BY id DESC LIMIT 1 OFFSET ?4) ORDER BY id LIMIT ?3)",
+		};
+		for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++) {
+			if (sqlite3_prepare_v2(s->wdb, sql[i], -1, &q, NULL) != SQLITE_OK)
+				continue;
+			sqlite3_bind_int64(q, 1, s->opt.retention_age_ms > 0 ? tn_now_ms() - s->opt.retention_age_ms : 0);
+			sqlite3_bind_int64(q, 2, s->opt.audit_max_rows / STORE_AUDIT_REFUSALS_SHARE);
+			sqlite3_bind_int(q, 3, STORE_RETENTION_CHUNK);
+			sqlite3_bind_int64(q, 4, s->opt.audit_max_rows);
+			if (sqlite3_step(q) == SQLITE_DONE)
+				audit_deleted += sqlite3_changes(s->wdb);
+			sqlite3_finalize(q);
+			q = NULL;
+		}
+		/* A full chunk: more to do at the next round. */
+		s->next_audit_trim = tn_mono_ms() + (audit_deleted >= STORE_RETENTION_CHUNK ? 0 : STORE_AUDIT_TRIM_MS);
 	}
 	if (store__exec(s->wdb, "COMMIT", &err)) {
 		store__exec(s->wdb, "ROLLBACK", NULL);

@@ -664,23 +664,26 @@ END_TEST
 static int audit_rows_fn(sqlite3 *db, void *arg, tn_error *err)
 {
 	int64_t now = *(int64_t *)arg;
-	for (int i = 0; i < 40; i++) {
+	for (int i = 0; i < 60; i++) {
 		char sql[200];
-		/* 10 of them from long ago, 30 recent */
+		/* 10 refusals from long ago, then 20 changes and 20 refusals now,
+		 * interleaved */
 		snprintf(sql, sizeof sql, "INSERT INTO audit (ts, actor, method, path, status) VALUES "
-			 "(%lld, 'anonymous', 'GET', '/v1/devices', 401)",
-			 (long long)(i < 10 ? now - 3600 * 1000 : now));
+			 "(%lld, 'anonymous', 'POST', '/v1/devices', %d)",
+			 (long long)(i < 10 ? now - 3600 * 1000 : now), i < 10 || i % 2 ? 401 : 201);
 		if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK)
 			return TN_EIO;
 	}
 	return 0;
 }
 
-/* The audit trail is trimmed by the events' age and by a count, by the
- * writer's retention rounds, whatever else is configured. */
+/* The audit trail is trimmed by the writer's retention rounds, whatever
+ * else is configured: refused requests beyond a tenth of its cap first
+ * (so they cannot push the changes out), then by the events' age and the
+ * cap. */
 START_TEST(audit_trail_is_trimmed)
 {
-	store_options opt = { .retention_age_ms = 60 * 1000, .audit_max_rows = 25 };
+	store_options opt = { .retention_age_ms = 60 * 1000, .audit_max_rows = 30 };
 	tn_error err = { 0 };
 	int64_t now = tn_now_ms();
 
@@ -688,13 +691,14 @@ START_TEST(audit_trail_is_trimmed)
 	st = NULL;
 	ck_assert_msg(store_open(&st, dir, &opt, &err) == 0, "store_open: %s", err.msg);
 	ck_assert_int_eq(store_sync(st, audit_rows_fn, &now, &err), 0);
-	/* The old ten go by age, then five more by count; a round runs at most
-	 * every 5 s. */
-	for (int tries = 0; query_int("SELECT count(*) FROM audit") != 25; tries++) {
+	for (int tries = 0; query_int("SELECT count(*) FROM audit") != 28; tries++) {
 		ck_assert_msg(tries < 150, "%lld audit rows left", (long long)query_int("SELECT count(*) FROM audit"));
 		usleep(100 * 1000);
 	}
-	ck_assert_int_eq(query_int("SELECT count(*) FROM audit WHERE ts < strftime('%s', 'now') * 1000 - 60000"), 0);
+	/* Every change kept, and the three newest refusals. */
+	ck_assert_int_eq(query_int("SELECT count(*) FROM audit WHERE status = 201"), 25);
+	ck_assert_int_eq(query_int("SELECT count(*) FROM audit WHERE status = 401"), 3);
+	ck_assert_int_eq(query_int("SELECT min(id) FROM audit WHERE status = 401"), 56);
 }
 END_TEST
 
