@@ -2077,7 +2077,7 @@ void sup_device_deleted(supervisor *s, uint64_t device)
 	struct sup__forget f = { .id = device };
 	tn_error err = { 0 };
 	tn_device_id_format(device, f.hex);
-	if (store_sync(s->st, sup__forget_tx, &f, &err))
+	if (store_sync_state(s->st, sup__forget_tx, &f, &err))
 		log_warn("device %s deleted: its agent's last state or lines stay: %s", f.hex, err.msg);
 }
 
