@@ -116,6 +116,11 @@ struct store {
 	size_t queued_bytes;
 	int full;
 	idmap drops;
+	/* Writer thread only, for --retention-count: events per device as far
+	 * as known (count + 1; absent: not known, counted when needed) and the
+	 * devices written since the last retention round.  A hint only: what
+	 * is deleted is decided by an exact query. */
+	idmap counts, dirty;
 };
 
 /* --- opening ---------------------------------------------------------------- */
@@ -456,6 +461,19 @@ static int store__apply(store *s, struct store_op *op)
 	return TN_EINVAL;
 }
 
+/* An event of device is written (known: add it to a known count; else
+ * forget the count), and the device is due for the next retention round. */
+static void store__counted(store *s, uint64_t device, int known)
+{
+	int oom = 0;
+	uintptr_t n = (uintptr_t)idmap_get(&s->counts, device);
+	if (n && known)
+		idmap_put(&s->counts, device, (void *)(n + 1), &oom);
+	else if (n)
+		idmap_del(&s->counts, device);
+	idmap_put(&s->dirty, device, (void *)1, &oom); /* oom: checked when next written */
+}
+
 /* Applies ops [first, end) in one transaction.  Returns 0 once committed. */
 static int store__commit_chunk(store *s, struct store_op *first, struct store_op *end, int *nevents)
 {
@@ -473,6 +491,13 @@ static int store__commit_chunk(store *s, struct store_op *first, struct store_op
 	}
 	if (store__exec(s->wdb, "COMMIT", &err))
 		goto fail;
+	if (s->opt.retention_count > 0) {
+		for (struct store_op *op = first; op != end; op = op->next)
+			if (op->kind == OP_EVENT)
+				store__counted(s, op->device, 1);
+		for (size_t i = 0; i < s->ntx_events; i++)
+			store__counted(s, s->tx_events[i].device, 0);
+	}
 	/* Durable now: the live subscribers get them, in id order.  (Events
 	 * written inside sync ops carry later ids than the plain ones before them
 	 * in this chunk, and earlier ones than any after: publish in id order.) */
@@ -612,6 +637,80 @@ static void store__commit_list(store *s, struct store_op *list)
 
 #define STORE_RETENTION_CHUNK 10000
 
+struct store__dirty_list {
+	uint64_t *ids;
+	size_t n, cap;
+};
+
+static void store__collect_dirty(void *arg, uint64_t key, void *val)
+{
+	struct store__dirty_list *l = arg;
+	if (l->n < l->cap)
+		l->ids[l->n++] = key;
+}
+
+/* --retention-count for the devices written since the last round (within
+ * the caller's transaction), at most `budget` rows: a device's count is
+ * read once (an index range) and then kept up to date, so a round costs
+ * what was written, not a scan of every event.  Returns the rows deleted. */
+static int store__retention_count(store *s, int budget)
+{
+	struct store__dirty_list l = { .cap = s->dirty.count < 4096 ? s->dirty.count : 4096 };
+	sqlite3_stmt *cnt = NULL, *del = NULL;
+	int deleted = 0, oom = 0;
+
+	if (!l.cap || !(l.ids = malloc(l.cap * sizeof *l.ids)))
+		return 0;
+	idmap_foreach(&s->dirty, store__collect_dirty, &l);
+	if (sqlite3_prepare_v2(s->wdb, "SELECT count(*) FROM events WHERE device = ?", -1, &cnt, NULL) ||
+	    sqlite3_prepare_v2(s->wdb, "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE device = ?1 "
+			       "AND id <= (SELECT id FROM events WHERE device = ?1 ORDER BY id DESC LIMIT 1 "
+			       "OFFSET ?2) ORDER BY id LIMIT ?3)", -1, &del, NULL))
+		goto done;
+	for (size_t i = 0; i < l.n && deleted < budget; i++) {
+		uint64_t device = l.ids[i];
+		uintptr_t n = (uintptr_t)idmap_get(&s->counts, device);
+		if (!n) {
+			sqlite3_bind_int64(cnt, 1, (int64_t)device);
+			if (sqlite3_step(cnt) == SQLITE_ROW)
+				n = (uintptr_t)sqlite3_column_int64(cnt, 0) + 1;
+			sqlite3_reset(cnt);
+			if (!n)
+				continue;
+		}
+		int over = (int64_t)(n - 1) > s->opt.retention_count;
+		if (over) {
+			/* The exact query decides what goes, whatever the hint said. */
+			int limit = budget - deleted;
+			sqlite3_bind_int64(del, 1, (int64_t)device);
+			sqlite3_bind_int64(del, 2, s->opt.retention_count);
+			sqlite3_bind_int(del, 3, limit);
+			int gone = sqlite3_step(del) == SQLITE_DONE ? sqlite3_changes(s->wdb) : 0;
+			sqlite3_reset(del);
+			deleted += gone;
+			if (gone == limit) {
+				n -= (uintptr_t)gone; /* the budget ran out: more next round */
+			} else {
+				/* Everything beyond the newest N went: N are left, or,
+				 * if nothing went (the hint was high), not known. */
+				n = gone ? (uintptr_t)s->opt.retention_count + 1 : 0;
+				over = 0;
+			}
+		}
+		if (n)
+			idmap_put(&s->counts, device, (void *)n, &oom);
+		else
+			idmap_del(&s->counts, device);
+		if (!over)
+			idmap_del(&s->dirty, device);
+	}
+done:
+	sqlite3_finalize(cnt);
+	sqlite3_finalize(del);
+	free(l.ids);
+	return deleted;
+}
+
 /* Deletes at most one chunk of expired events in its own transaction, so
  * writes queued meanwhile wait one short transaction at most.  Returns the
  * rows deleted. */
@@ -625,37 +724,23 @@ static int store__retention_chunk(store *s)
 		return 0;
 	if (s->opt.retention_age_ms > 0 &&
 	    sqlite3_prepare_v2(s->wdb, "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ? "
-			       "ORDER BY id LIMIT ?)", -1, &q, NULL) == SQLITE_OK) {
+			       "ORDER BY id LIMIT ?) RETURNING device", -1, &q, NULL) == SQLITE_OK) {
 		sqlite3_bind_int64(q, 1, tn_now_ms() - s->opt.retention_age_ms);
 		sqlite3_bind_int(q, 2, STORE_RETENTION_CHUNK);
-		if (sqlite3_step(q) == SQLITE_DONE)
-			deleted += sqlite3_changes(s->wdb);
+		while (sqlite3_step(q) == SQLITE_ROW) {
+			/* Keep the known counts right. */
+			uint64_t device = (uint64_t)sqlite3_column_int64(q, 0);
+			uintptr_t n = (uintptr_t)idmap_get(&s->counts, device);
+			int oom = 0;
+			if (n > 1)
+				idmap_put(&s->counts, device, (void *)(n - 1), &oom);
+			deleted++;
+		}
 		sqlite3_finalize(q);
 		q = NULL;
 	}
-	if (s->opt.retention_count > 0 && deleted < STORE_RETENTION_CHUNK) {
-		/* One device over its count at a time: its oldest beyond the newest N. */
-		if (sqlite3_prepare_v2(s->wdb, "SELECT device FROM events GROUP BY device HAVING count(*) > ? "
-				       "LIMIT 1", -1, &q, NULL) == SQLITE_OK) {
-			sqlite3_bind_int64(q, 1, s->opt.retention_count);
-			int64_t device = 0;
-			int found = sqlite3_step(q) == SQLITE_ROW;
-			if (found)
-				device = sqlite3_column_int64(q, 0);
-			sqlite3_finalize(q);
-			q = NULL;
-			if (found && sqlite3_prepare_v2(s->wdb, "DELETE FROM events WHERE id IN (SELECT id FROM events "
-							"WHERE device = ?1 ORDER BY id DESC LIMIT ?3 OFFSET ?2)", -1, &q,
-							NULL) == SQLITE_OK) {
-				sqlite3_bind_int64(q, 1, device);
-				sqlite3_bind_int64(q, 2, s->opt.retention_count);
-				sqlite3_bind_int(q, 3, STORE_RETENTION_CHUNK);
-				if (sqlite3_step(q) == SQLITE_DONE)
-					deleted += sqlite3_changes(s->wdb);
-				sqlite3_finalize(q);
-			}
-		}
-	}
+	if (s->opt.retention_count > 0 && deleted < STORE_RETENTION_CHUNK)
+		deleted += store__retention_count(s, STORE_RETENTION_CHUNK - deleted);
 	/* The audit trail, once a minute: refused requests (401, 403, 429)
 	 * beyond a tenth of the cap first, so that an attack cannot push the
 	 * record of changes out; then by the events' age, and never more than
@@ -1030,6 +1115,8 @@ void store_close(store *s)
 	store__tx_events_done(s, 0);
 	free(s->tx_events);
 	idmap_free(&s->drops);
+	idmap_free(&s->counts);
+	idmap_free(&s->dirty);
 	sqlite3_finalize(s->ins_event);
 	sqlite3_finalize(s->set_online);
 	sqlite3_finalize(s->set_offline);

@@ -702,6 +702,56 @@ START_TEST(audit_trail_is_trimmed)
 }
 END_TEST
 
+static int delete_device_events_fn(sqlite3 *db, void *arg, tn_error *err)
+{
+	return sqlite3_exec(db, "DELETE FROM events WHERE device = 0xA1", NULL, NULL, NULL) == SQLITE_OK ? 0 : TN_EIO;
+}
+
+static void wait_count(const char *sql, int64_t want)
+{
+	for (int tries = 0; query_int(sql) != want; tries++) {
+		ck_assert_msg(tries < 150, "%s: %lld, want %lld", sql, (long long)query_int(sql), (long long)want);
+		usleep(100 * 1000);
+	}
+}
+
+/* --retention-count keeps each device's newest N, by counts kept up to
+ * date as events are written (no scan of every event per round); a count
+ * that is wrong (rows deleted behind its back) never deletes a kept row. */
+START_TEST(retention_by_count_per_device)
+{
+	store_options opt = { .retention_count = 50 };
+	tn_error err = { 0 };
+
+	store_close(st);
+	st = NULL;
+	ck_assert_msg(store_open(&st, dir, &opt, &err) == 0, "store_open: %s", err.msg);
+	int64_t last = 0;
+	for (int i = 0; i < 200; i++)
+		last = store_event_append(st, 0xA1, EV_DEVICE, "a");
+	for (int i = 0; i < 30; i++)
+		store_event_append(st, 0xB2, EV_DEVICE, "b");
+	ck_assert_int_eq(store_flush(st), 0);
+	wait_count("SELECT count(*) FROM events WHERE device = 0xA1", 50);
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events WHERE device = 0xB2"), 30);
+	char sql[120];
+	snprintf(sql, sizeof sql, "SELECT max(id) FROM events WHERE device = 0xA1");
+	ck_assert_int_eq(query_int(sql), last);
+	/* Its rows go behind the count's back: the next line must stay. */
+	ck_assert_int_eq(store_sync(st, delete_device_events_fn, NULL, &err), 0);
+	last = store_event_append(st, 0xA1, EV_DEVICE, "after");
+	ck_assert_int_eq(store_flush(st), 0);
+	usleep(1500 * 1000); /* a retention round or more */
+	ck_assert_int_eq(query_int("SELECT count(*) FROM events WHERE device = 0xA1"), 1);
+	/* and counting starts over right: 60 more leave the newest 50 */
+	for (int i = 0; i < 60; i++)
+		last = store_event_append(st, 0xA1, EV_DEVICE, "c");
+	ck_assert_int_eq(store_flush(st), 0);
+	wait_count("SELECT count(*) FROM events WHERE device = 0xA1", 50);
+	ck_assert_int_eq(query_int(sql), last);
+}
+END_TEST
+
 static TCase *add_tcase(Suite *s, const char *name)
 {
 	TCase *tc = tcase_create(name);
@@ -718,6 +768,7 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, migrations_applied);
 	tcase_add_test(tc, integrity_after_workload);
 	tc = add_tcase(s, "events");
+	tcase_set_timeout(tc, 30); /* retention rounds come every 5 s */
 	tcase_add_test(tc, append_id_after_commit);
 	tcase_add_test(tc, event_ids_monotonic);
 	tcase_add_test(tc, concurrent_append);
@@ -725,6 +776,7 @@ static Suite *store_suite(void)
 	tcase_add_test(tc, write_queue_bounded);
 	tcase_add_test(tc, wal_checkpointed_and_bounded);
 	tcase_add_test(tc, audit_trail_is_trimmed);
+	tcase_add_test(tc, retention_by_count_per_device);
 	tc = add_tcase(s, "devices");
 	tcase_add_test(tc, device_crud);
 	tcase_add_test(tc, device_list_filters);
