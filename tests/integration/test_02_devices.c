@@ -224,20 +224,26 @@ START_TEST(burst_of_frames_arrives_whole)
 	char *text = th_read_file(out);
 	ck_assert_ptr_nonnull(text);
 	ck_assert_msg(!strstr(text, "closed 1002") && !strstr(text, "closed 1006"), "%s", text);
-	/* Each frame, in order: {"type":"msg","name":"b","data":{"i":I,"s":"xx..."}} */
-	const char *p = text;
-	for (int i = 1; i <= n; i++) {
-		char head[64];
-		snprintf(head, sizeof head, "\"name\":\"b\",\"data\":{\"i\":%d,\"s\":\"", i);
-		const char *h = strstr(p, head);
-		ck_assert_msg(h, "frame %d missing", i);
-		h += strlen(head);
-		size_t len = strspn(h, "x");
-		ck_assert_int_eq((long)len, sizes[i - 1]);
-		ck_assert_msg(h[len] == '"', "frame %d cut", i);
-		p = h + len;
+	/* Each frame whole and in order: msg "b" with data {i, s}, then "last". */
+	int next = 1, last = 0;
+	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+		if (strncmp(line, "frame ", 6) != 0)
+			continue;
+		json_t *f = json_loads(line + 6, 0, NULL);
+		ck_assert_msg(f, "not JSON: %.80s", line);
+		const char *name = json_string_value(json_object_get(f, "name"));
+		json_t *data = json_object_get(f, "data");
+		if (name && strcmp(name, "b") == 0) {
+			ck_assert_int_eq(json_integer_value(json_object_get(data, "i")), next);
+			ck_assert_int_eq((long)json_string_length(json_object_get(data, "s")), sizes[next - 1]);
+			next++;
+		} else if (name && strcmp(name, "last") == 0) {
+			last = 1;
+		}
+		json_decref(f);
 	}
-	ck_assert_ptr_nonnull(strstr(p, "\"name\":\"last\""));
+	ck_assert_int_eq(next, n + 1);
+	ck_assert(last);
 	free(text);
 	free(secret);
 	th_server_cleanup(&s);
