@@ -620,8 +620,11 @@ static enum MHD_Result api__device_logs(struct req *r, uint64_t id)
 		if (!dev)
 			return api__error(r, 404, "no such device");
 		json_decref(dev);
-		return api__stream(r, logstream_device_response(r->a->streams, r->conn, id, resume,
-								 api__text_format(r)));
+		struct MHD_Response *resp = logstream_device_response(r->a->streams, r->conn, id, resume,
+								      api__text_format(r), &err);
+		if (!resp)
+			return api__store_error(r, &err); /* 503 while stopping */
+		return api__stream(r, resp);
 	}
 
 	if (api__int_arg(r, "limit", 1, API_MAX_LIMIT, &limit, &ret) ||
@@ -1776,8 +1779,15 @@ void api_stop(api *a)
 {
 	if (!a)
 		return;
-	/* MHD must not stop under a suspended connection: end the log streams,
-	 * and let the agents answer the requests they hold (5 s at most each). */
+	/* No new connection from here on (a quiesced MHD leaves its listening
+	 * socket to us).  MHD must not stop under a suspended connection: end
+	 * the log streams, and let the agents answer the requests they hold
+	 * (5 s at most each). */
+	if (a->mhd) {
+		MHD_socket lfd = MHD_quiesce_daemon(a->mhd);
+		if (lfd != MHD_INVALID_SOCKET)
+			a->fd = lfd;
+	}
 	logstreams_close(a->streams);
 	for (int i = 0; i < 500 && atomic_load(&a->suspended) > 0; i++)
 		usleep(10 * 1000);

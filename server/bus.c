@@ -26,6 +26,8 @@ struct bus_event {
 	char msg[];
 };
 
+#define BUS_SHUTDOWN_NOTICE "closed: the server is shutting down"
+
 /* Rings above this many slots are freed when they drain, so that one burst
  * does not pin a subscriber's memory. */
 #define BUS_RING_KEEP 256
@@ -49,6 +51,7 @@ struct bus {
 	pthread_mutex_t lock;
 	bus_sub *subs;
 	uint64_t cutoffs;
+	int closed;           /* bus_close was called: new subscribers start ended */
 };
 
 int bus_new(bus **out, const bus_options *opt)
@@ -241,6 +244,12 @@ bus_sub *bus_subscribe(bus *b, int all, bus_wake_fn wake, void *wake_arg)
 	s->wake_arg = wake_arg;
 	metrics_add(M_STREAM_SUBSCRIBERS, 1);
 	pthread_mutex_lock(&b->lock);
+	if (b->closed) {
+		/* Subscribed during the shutdown: its reader gets the last word at
+		 * once and never waits for an event (nothing would wake it). */
+		bus__notice_locked(s, BUS_SHUTDOWN_NOTICE);
+		s->ended = 1;
+	}
 	s->next = b->subs;
 	if (b->subs)
 		b->subs->prev = s;
@@ -362,10 +371,11 @@ void bus_close(bus *b)
 	if (!b)
 		return;
 	pthread_mutex_lock(&b->lock);
+	b->closed = 1;
 	for (bus_sub *s = b->subs; s; s = s->next) {
 		pthread_mutex_lock(&s->lock);
 		if (!s->ended) {
-			bus__notice_locked(s, "closed: the server is shutting down");
+			bus__notice_locked(s, BUS_SHUTDOWN_NOTICE);
 			s->ended = 1;
 		}
 		bus__wake_locked(s);

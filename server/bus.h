@@ -30,7 +30,8 @@ typedef struct bus_options {
 } bus_options;
 
 int bus_new(bus **out, const bus_options *opt);
-/* Ends every subscriber (each gets a last notice and wakes). */
+/* Ends every subscriber (each gets a last notice and wakes); one that
+ * subscribes later starts ended, with that notice. */
 void bus_close(bus *b);
 /* Frees the bus once every subscriber has unsubscribed. */
 void bus_free(bus *b);

@@ -132,8 +132,9 @@ struct logstreams {
 	struct stream *streams;     /* the named ones */
 	int nstreams;               /* under lock */
 	_Atomic int readers;
+	_Atomic int suspended;      /* readers whose connection MHD holds suspended */
 	_Atomic unsigned next_waker; /* readers are dealt to the wakers in turn */
-	int closing;
+	_Atomic int closing;        /* logstreams_close began: no new reader */
 	struct waker wakers[LOGSTREAM_WAKERS_MAX];
 	int nwakers;                /* made (and to free) */
 	int share;                  /* the wakers that share the send budget */
@@ -155,6 +156,21 @@ static int64_t ls__mono_us(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Every suspend and resume of a reader's connection goes through these:
+ * MHD must never be stopped with one suspended (logstreams_close). */
+static void ls__suspend(struct reader *r)
+{
+	atomic_fetch_add(&r->ls->suspended, 1);
+	MHD_suspend_connection(r->conn);
+}
+
+static void ls__resume(struct reader *r)
+{
+	logstreams *ls = r->ls;
+	MHD_resume_connection(r->conn); /* r may be gone once it runs */
+	atomic_fetch_sub(&ls->suspended, 1);
 }
 
 static int ls__wake_all_locked(struct waker *w)
@@ -440,7 +456,7 @@ static void ls__on_wait(void *arg)
 	struct reader *r = arg;
 	if (r->direct)
 		return; /* the waker's: suspended already */
-	MHD_suspend_connection(r->conn);
+	ls__suspend(r);
 	if (r->can_direct && r->after < 0) {
 		int off = 0, on = 1;
 		setsockopt(r->fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
@@ -520,7 +536,7 @@ static ssize_t ls__fill(struct reader *r, char *buf, size_t max)
 		}
 		if (!done && r->sent && !r->direct && bus_sub_pending(r->st->sub)) {
 			/* Sent once in this pass: the rest goes in the next. */
-			MHD_suspend_connection(r->conn);
+			ls__suspend(r);
 			ls__wake(r);
 			return 0;
 		}
@@ -564,7 +580,7 @@ static void ls__handback(struct reader *r)
 {
 	r->direct = 0;
 	r->sent = 0;
-	MHD_resume_connection(r->conn);
+	ls__resume(r);
 }
 
 /* Queues a direct reader for the waker's next pass (the waker's thread). */
@@ -712,20 +728,35 @@ static struct MHD_Response *ls__response(logstreams *ls, struct MHD_Connection *
 	return resp;
 }
 
-struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connection *conn,
-					       uint64_t device, int64_t after_id, int text)
+/* New readers are refused once the server is stopping (one that got past
+ * this check meanwhile subscribes to a closed bus: it ends at once). */
+static int ls__refuse_closing(logstreams *ls, tn_error *err)
 {
-	struct stream *st = calloc(1, sizeof *st);
-	if (!st)
+	if (!atomic_load(&ls->closing))
+		return 0;
+	return tn_err(err, TN_ESTATE, "the server is shutting down: reconnect in a moment");
+}
+
+struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connection *conn,
+					       uint64_t device, int64_t after_id, int text, tn_error *err)
+{
+	if (ls__refuse_closing(ls, err))
 		return NULL;
+	struct stream *st = calloc(1, sizeof *st);
+	if (!st) {
+		tn_err(err, TN_ENOMEM, "out of memory");
+		return NULL;
+	}
 	st->sub = bus_subscribe(ls->b, 0, NULL, NULL);
 	if (!st->sub || bus_sub_add_device(st->sub, device)) {
 		ls__stream_free(ls, st);
+		tn_err(err, TN_ENOMEM, "out of memory");
 		return NULL;
 	}
 	struct MHD_Response *resp = ls__response(ls, conn, st, device, after_id >= 0 ? after_id : -1, text);
 	if (!resp) {
 		ls__stream_free(ls, st);
+		tn_err(err, TN_ENOMEM, "out of memory");
 		return NULL;
 	}
 	return resp;
@@ -901,6 +932,8 @@ int logstream_create(logstreams *ls, int64_t owner, json_t *body, json_t **out, 
 struct MHD_Response *logstream_open(logstreams *ls, struct MHD_Connection *conn, const char *id, int text,
 				    tn_error *err)
 {
+	if (ls__refuse_closing(ls, err))
+		return NULL;
 	pthread_mutex_lock(&ls->lock);
 	struct stream *st = ls__find_locked(ls, id);
 	if (!st) {
@@ -973,10 +1006,24 @@ void logstreams_close(logstreams *ls)
 {
 	if (!ls)
 		return;
+	/* Refuse new readers first; then every reader is handed back to MHD:
+	 * the wakers hand back what they hold as they stop (and resume at once
+	 * whatever is woken later), and the closed bus ends every subscriber,
+	 * waking those that wait, and ends new ones at birth, so that none
+	 * suspends again. */
+	atomic_store(&ls->closing, 1);
 	ls__wakers_stop(ls);
 	bus_close(ls->b);
 	for (int i = 0; i < 500 && atomic_load(&ls->readers) > 0; i++)
 		usleep(10 * 1000);
+	/* None is left suspended (MHD_stop_daemon aborts on one): a reader
+	 * suspends only while its subscriber is live, and none is now. */
+	for (int ms = 0; atomic_load(&ls->suspended) > 0; ms++) {
+		if (ms == 5000)
+			log_err("log streams: %d readers still suspended 5 s after the bus closed; waiting",
+				atomic_load(&ls->suspended));
+		usleep(1000);
+	}
 }
 
 void logstreams_free(logstreams *ls)

@@ -27,16 +27,18 @@ typedef struct logstreams_options {
 int logstreams_new(logstreams **out, bus *b, store *st, const logstreams_options *opt);
 /* Seconds a named stream may wait to be opened (a Retry-After for refusals). */
 int logstreams_open_timeout_s(const logstreams *ls);
-/* Ends every stream (their readers get a last notice) and waits up to 5 s
- * for their connections to finish; call before MHD_stop_daemon. */
+/* Ends every stream (their readers get a last notice), refuses new ones
+ * (TN_ESTATE), waits up to 5 s for their connections to finish and until
+ * none is suspended; call before MHD_stop_daemon. */
 void logstreams_close(logstreams *ls);
 void logstreams_free(logstreams *ls);
 
 /* A response that streams one device's log, first what came after
- * `after_id` (-1: nothing old; 0: the whole log), then live.  text: the text form.  NULL on
- * out-of-memory.  The connection must allow suspend/resume. */
+ * `after_id` (-1: nothing old; 0: the whole log), then live.  text: the
+ * text form.  NULL with err: TN_ESTATE while the server stops, TN_ENOMEM.
+ * The connection must allow suspend/resume. */
 struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connection *conn,
-					       uint64_t device, int64_t after_id, int text);
+					       uint64_t device, int64_t after_id, int text, tn_error *err);
 
 /* POST /v1/logstreams: body {"devices":[...]} or {"group": "g"} or
  * {"all": true}, and optionally "types": [...] (only events of those types
@@ -46,7 +48,8 @@ struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connec
 int logstream_create(logstreams *ls, int64_t owner, json_t *body, json_t **out, tn_error *err);
 
 /* GET /v1/logstreams/{id}: its SSE response (one reader at a time), or NULL
- * with err (TN_ENOTFOUND, TN_EEXIST when a reader is already attached). */
+ * with err (TN_ENOTFOUND, TN_EEXIST when a reader is already attached,
+ * TN_ESTATE while the server stops). */
 struct MHD_Response *logstream_open(logstreams *ls, struct MHD_Connection *conn, const char *id,
 				    int text, tn_error *err);
 

@@ -14,7 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -512,6 +516,80 @@ START_TEST(a_stream_over_tls)
 }
 END_TEST
 
+/* A server that stops while a reader is attached and its client keeps
+ * reconnecting (as tenderctl logs -f does, 500 ms after the shutting-down
+ * notice; here at once, again and again), with a device logging and then
+ * disconnected by the stop: no stream opened during the shutdown is left
+ * suspended when the HTTP server stops (libmicrohttpd aborts then), and
+ * no event published afterwards wakes one.  tenderd exits 0 (and under the
+ * sanitizers with no leak and no use after free). */
+/* A client in a child process that reads a stream to its end and at once
+ * connects again, until nothing listens (at most 100,000 times, 60 s);
+ * exits with how many streams it read, at most 255. */
+static pid_t reconnecting_client(th_server *s, const char *path)
+{
+	pid_t pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid)
+		return pid;
+	int streams = 0;
+	time_t end = time(NULL) + 60;
+	for (int i = 0; i < 100000 && time(NULL) < end; i++) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)s->http_port) };
+		sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+			break;
+		char req[600], buf[4096];
+		int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+				 "Accept: text/event-stream\r\n\r\n", path, s->token);
+		if (send(fd, req, (size_t)n, MSG_NOSIGNAL) == n)
+			while (recv(fd, buf, sizeof buf, 0) > 0)
+				;
+		close(fd);
+		streams++;
+	}
+	_exit(streams > 255 ? 255 : streams);
+}
+
+/* A server that stops while readers are attached and their clients keep
+ * reconnecting (as `tenderctl logs -f` does, 500 ms after the
+ * shutting-down notice; here at once), with a device logging that the stop
+ * then disconnects: no stream opened during the shutdown is left suspended
+ * when the HTTP server stops (libmicrohttpd aborts then), and no event
+ * published afterwards wakes one.  tenderd exits 0 (and under the
+ * sanitizers with no leak and no use after free). */
+START_TEST(stop_while_readers_keep_reconnecting)
+{
+	enum { CLIENTS = 4 };
+	th_server s;
+	th_server_start(&s, "--log-rate 0");
+	char *sec = th_register(&s, DEV, NULL);
+	const char *first = th_tmp(&s, "first.sse"), *sim_out = th_tmp(&s, "sim.out");
+	char *const sim[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DEV, "--secret", sec,
+			      "--log-count", "1000000", "--log-text", "steady %n", "--log-rate", "200", NULL };
+	pid_t dev = th_spawn(sim, sim_out);
+	ck_assert_int_ge(th_wait_event(&s, DEV, "device", "steady 1", 10000), 1);
+	pid_t c = stream(&s, "/v1/devices/" DEV "/logs?follow=1", NULL, first);
+	pid_t again[CLIENTS];
+	for (int i = 0; i < CLIENTS; i++)
+		again[i] = reconnecting_client(&s, "/v1/devices/" DEV "/logs?follow=1");
+	ck_assert_int_eq(wait_metric(&s, "tender_log_stream_subscribers", 1 + CLIENTS, 10000), 1 + CLIENTS);
+	ck_assert_int_eq(th_wait_file(first, "steady ", 10000), 0);
+	ck_assert_int_eq(th_server_stop(&s), 0);
+	ck_assert_int_eq(th_wait_file(first, "closed: the server is shutting down", 1000), 0);
+	for (int i = 0; i < CLIENTS; i++)
+		ck_assert_int_ge(th_wait_pid(again[i], 70000), 1);
+	th_wait_pid(c, 10000);
+	if (th_wait_pid(dev, 10000) < 0) {
+		kill(dev, SIGKILL);
+		waitpid(dev, NULL, 0);
+	}
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -524,6 +602,13 @@ int main(void)
 		many_readers_share_each_event_in_both_forms,
 		readers_that_leave_are_dropped_and_a_deleted_stream_ends,
 		a_stream_over_tls,
+		stop_while_readers_keep_reconnecting,
 	};
-	return th_run_tests("08_logstreams", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
+	/* TN_ONLY=name runs the tests whose name contains it (while working on one). */
+	const TTest *only[sizeof tests / sizeof tests[0]];
+	size_t n = 0;
+	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
+		if (!getenv("TN_ONLY") || strstr(tests[i]->name, getenv("TN_ONLY")))
+			only[n++] = tests[i];
+	return th_run_tests("08_logstreams", 120, only, n, NULL, NULL);
 }
