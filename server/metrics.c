@@ -55,6 +55,10 @@ static const struct {
 	[M_STREAMS] = { "tender_log_streams", "gauge", "Named log streams (POST /v1/logstreams) held." },
 	[M_STREAMS_EXPIRED] = { "tender_log_streams_expired_total", "counter",
 				"Named log streams removed because nobody opened them in time." },
+	[M_STREAM_DIRECT_WRITES] = { "tender_log_stream_direct_writes_total", "counter",
+				     "Log stream writes the waker threads made themselves (caught-up readers on plain TCP)." },
+	[M_STREAM_MHD_WRITES] = { "tender_log_stream_mhd_writes_total", "counter",
+				  "Log stream writes left to libmicrohttpd (history, TLS, readers behind or with a full socket)." },
 };
 
 void metrics_add(metrics_counter c, int64_t n)

@@ -43,6 +43,8 @@ typedef enum {
 	M_STORE_QUEUE_BYTES,   /* gauge: bytes waiting for the store writer */
 	M_STREAMS,             /* gauge: named log streams held */
 	M_STREAMS_EXPIRED,     /* named log streams removed, not opened in time */
+	M_STREAM_DIRECT_WRITES, /* log stream writes made by the waker threads */
+	M_STREAM_MHD_WRITES,   /* log stream writes left to libmicrohttpd */
 	M__COUNT
 } metrics_counter;
 

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -60,6 +61,51 @@ static long long wait_metric(th_server *s, const char *name, long long want, int
 		v = th_metric(s, name);
 	}
 	return v;
+}
+
+/* A stream's client on a raw socket with a receive buffer of rcvbuf bytes
+ * (0: the default), for clients that read slowly, not at all, or leave:
+ * returns the connected socket, the request sent. */
+static int raw_stream(th_server *s, const char *path, int rcvbuf)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	ck_assert_int_ge(fd, 0);
+	if (rcvbuf)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)s->http_port) };
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+	char req[600];
+	int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+			 "Accept: text/event-stream\r\n\r\n", path, s->token);
+	ck_assert_int_eq(send(fd, req, (size_t)n, MSG_NOSIGNAL), n);
+	return fd;
+}
+
+/* Reads fd into *text (grown, NUL-terminated) until it holds needle; 0, or
+ * -1 after timeout_ms or at the end of the stream. */
+static int recv_until(int fd, char **text, size_t *len, const char *needle, int timeout_ms)
+{
+	for (int waited = 0; !(*text && strstr(*text, needle)); ) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (waited >= timeout_ms)
+			return -1;
+		if (poll(&p, 1, 100) == 0) {
+			waited += 100;
+			continue;
+		}
+		char buf[65536];
+		ssize_t n = recv(fd, buf, sizeof buf, 0);
+		if (n <= 0)
+			return -1;
+		char *grown = realloc(*text, *len + (size_t)n + 1);
+		ck_assert_ptr_nonnull(grown);
+		memcpy(grown + *len, buf, (size_t)n);
+		*len += (size_t)n;
+		grown[*len] = '\0';
+		*text = grown;
+	}
+	return 0;
 }
 
 /* tenderd's resident memory, in KB. */
@@ -470,6 +516,35 @@ START_TEST(readers_that_leave_are_dropped_and_a_deleted_stream_ends)
 }
 END_TEST
 
+/* A stream's headers go out at once, followed by a comment line, even on a
+ * quiet device (libmicrohttpd sends headers with MSG_MORE: they would wait
+ * for the first event); then, on plain TCP with the libmicrohttpd 0.9.75
+ * direct sending was checked against, the server's waker threads write the
+ * live events themselves.  (Over TLS MHD writes everything: a_stream_over_tls.) */
+START_TEST(a_stream_opens_at_once_and_its_events_go_direct)
+{
+	th_server s;
+	th_server_start(&s, "--log-rate 0");
+	char *sec = th_register(&s, DEV, NULL);
+	int fd = raw_stream(&s, "/v1/devices/" DEV "/logs?follow=1", 0);
+	char *text = NULL;
+	size_t len = 0;
+	ck_assert_int_eq(recv_until(fd, &text, &len, "\r\n\r\n: \n\n", 10000), 0);
+	ck_assert_int_eq(strncmp(text, "HTTP/1.0 200 OK\r\n", 17), 0);
+	ck_assert_ptr_nonnull(strstr(text, "Content-Type: text/event-stream"));
+	long long mhd = th_metric(&s, "tender_log_stream_mhd_writes_total");
+	ck_assert_int_ge(mhd, 1); /* the opening comment */
+	logs(&s, sec, "direct %n", 3);
+	ck_assert_int_eq(recv_until(fd, &text, &len, "\"msg\":\"direct 3\"", 10000), 0);
+	ck_assert_int_ge(th_metric(&s, "tender_log_stream_direct_writes_total"), 1);
+	ck_assert_int_eq(th_metric(&s, "tender_log_stream_mhd_writes_total"), mhd);
+	free(text);
+	close(fd);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 /* Over TLS only MHD can write the stream (its records): the same stream,
  * history then live, every event once and in order. */
 START_TEST(a_stream_over_tls)
@@ -496,6 +571,8 @@ START_TEST(a_stream_over_tls)
 	ck_assert_int_eq(th_wait_file(out, "\"msg\":\"before 20\"", 10000), 0);
 	logs(&s, sec, "live %n", 200);
 	ck_assert_int_eq(th_wait_file(out, "\"msg\":\"live 200\"", 10000), 0);
+	ck_assert_int_eq(th_metric(&s, "tender_log_stream_direct_writes_total"), 0);
+	ck_assert_int_ge(th_metric(&s, "tender_log_stream_mhd_writes_total"), 2);
 	usleep(300 * 1000);
 	kill(c, SIGKILL);
 	waitpid(c, NULL, 0);
@@ -601,6 +678,7 @@ int main(void)
 		fleet_history_with_filters,
 		many_readers_share_each_event_in_both_forms,
 		readers_that_leave_are_dropped_and_a_deleted_stream_ends,
+		a_stream_opens_at_once_and_its_events_go_direct,
 		a_stream_over_tls,
 		stop_while_readers_keep_reconnecting,
 	};
