@@ -325,6 +325,15 @@ int bus_sub_take(bus_sub *s, bus_item *items, int max, void (*on_wait)(void *), 
 	return n;
 }
 
+int bus_sub_claim(bus_sub *s)
+{
+	pthread_mutex_lock(&s->lock);
+	int was = s->waiting;
+	s->waiting = 0;
+	pthread_mutex_unlock(&s->lock);
+	return was;
+}
+
 size_t bus_sub_pending(bus_sub *s)
 {
 	pthread_mutex_lock(&s->lock);

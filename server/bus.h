@@ -80,6 +80,11 @@ typedef struct bus_item {
  * marked; -1 the subscriber has ended (its final notice was taken already). */
 int bus_sub_take(bus_sub *s, bus_item *items, int max, void (*on_wait)(void *), void *arg);
 
+/* Takes a waiting subscriber out of waiting, so that its `wake` is not
+ * called (its reader is to be handed on by whoever claimed it): 1 if it was
+ * waiting, 0 if it was not (woken already, or not waiting at all). */
+int bus_sub_claim(bus_sub *s);
+
 /* How many items wait in its queue now (a look: it may change at once). */
 size_t bus_sub_pending(bus_sub *s);
 

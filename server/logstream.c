@@ -47,7 +47,7 @@
  *    sets them only when it writes; after its first whole body write on
  *    Linux the record says "not corked, TCP_NODELAY on" and that is true.
  *    So a reader becomes direct only after MHD has written to it once
- *    (every stream opens with a comment line, LOGSTREAM_OPENING, which also
+ *    (every stream opens with a comment line, LOGSTREAM_COMMENT, which also
  *    pushes out the headers that MHD sent with MSG_MORE): the waker's
  *    send()s then go out at once with no setsockopt, and MHD's record is
  *    still right when the reader is handed back;
@@ -80,6 +80,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -98,8 +99,11 @@
 #define LOGSTREAM_BATCH 32          /* bus items taken under one lock */
 #define LOGSTREAM_DIRECT_BUF 65536  /* the most a direct send() carries */
 #define LOGSTREAM_WAKERS_MAX 4
-/* What every stream starts with: an SSE comment, which clients ignore. */
-#define LOGSTREAM_OPENING ": \n\n"
+/* What every stream starts with, and what an idle one gets every
+ * LOGSTREAM_HEARTBEAT_MS: an SSE comment, which clients ignore. */
+#define LOGSTREAM_COMMENT ": \n\n"
+#define LOGSTREAM_HEARTBEAT_MS 15000
+#define LOGSTREAM_HEARTBEATS_MAX 256 /* per waker and second */
 /* The libmicrohttpd whose insides direct sending was checked against. */
 #define LOGSTREAM_DIRECT_MHD "0.9.75"
 #if MHD_VERSION == 0x00097500
@@ -119,14 +123,18 @@ struct stream {
 	unsigned types;             /* 1 << event_type of each type it sends; 0: all */
 };
 
-/* A waker thread and the readers it is to resume or send to. */
+/* A waker thread and the readers it is to resume or send to.  While the
+ * thread runs, only it resumes its readers (ls__handback). */
 struct waker {
 	logstreams *ls;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct reader *to_wake;
-	int running, stop;          /* under lock */
+	struct reader *susp;        /* its readers that are suspended (under lock) */
+	int running;                /* under lock: a thread takes to_wake (else wakes resume at once) */
+	int started, stop;          /* under lock: the thread was made, is to stop */
 	pthread_t thread;
+	int epfd;                   /* the suspended readers' sockets, for hang-ups */
 	char *buf;                  /* LOGSTREAM_DIRECT_BUF bytes, for ls__direct */
 };
 
@@ -141,6 +149,10 @@ struct reader {
 	int64_t last_sent;
 	struct reader *wake_next;   /* on w->to_wake (under w->lock) */
 	int wake_queued;
+	struct reader *susp_prev, *susp_next; /* on w->susp (under w->lock) */
+	int suspended;              /* under w->lock */
+	int64_t last_write;         /* tn_mono_ms of the last data handed out */
+	int heartbeat;              /* idle: a comment goes out first */
 	int sent;                   /* handed MHD live data since its last resume */
 	bus_item batch[LOGSTREAM_BATCH]; /* taken from the bus, not yet sent */
 	int batch_i, batch_n;
@@ -154,12 +166,12 @@ struct reader {
 	size_t unsent_len, unsent_off;
 	int ended;
 	/* Direct sending (see ls__direct). */
-	int returned;               /* ls__read's last call returned data */
+	int returned;               /* ls__read returned data once */
 	int pushed;                 /* MHD wrote (and pushed) data of ours */
 	int can_direct;             /* plain TCP: the waker may write to fd */
 	int fd;
 	int direct;                 /* the waker's now: MHD holds it suspended */
-	int broken;                 /* a direct send() failed: MHD closes it */
+	int broken;                 /* a direct send() failed, or its client hung up: MHD closes it */
 };
 
 struct logstreams {
@@ -189,6 +201,7 @@ struct logstreams {
  * queues it for the next one. */
 static void ls__direct(struct waker *w, struct reader *r);
 static void ls__handback(struct reader *r);
+static void ls__wake(void *arg);
 
 static int64_t ls__mono_us(void)
 {
@@ -198,11 +211,27 @@ static int64_t ls__mono_us(void)
 }
 
 /* Every suspend and resume of a reader's connection goes through these:
- * MHD must never be stopped with one suspended (logstreams_close). */
+ * MHD must never be stopped with one suspended (logstreams_close).  A
+ * suspended connection is outside MHD's epoll and timeouts: its waker
+ * watches the socket for a hang-up (ls__hangups) and sends a heartbeat
+ * when it is idle (ls__heartbeats). */
 static void ls__suspend(struct reader *r)
 {
+	struct waker *w = r->w;
 	atomic_fetch_add(&r->ls->suspended, 1);
 	MHD_suspend_connection(r->conn);
+	pthread_mutex_lock(&w->lock);
+	r->suspended = 1;
+	r->susp_prev = NULL;
+	r->susp_next = w->susp;
+	if (w->susp)
+		w->susp->susp_prev = r;
+	w->susp = r;
+	pthread_mutex_unlock(&w->lock);
+	if (r->fd >= 0) {
+		struct epoll_event ev = { .events = EPOLLRDHUP, .data.ptr = r }; /* and HUP, ERR */
+		epoll_ctl(w->epfd, EPOLL_CTL_ADD, r->fd, &ev);
+	}
 }
 
 static void ls__resume(struct reader *r)
@@ -226,7 +255,7 @@ static int ls__wake_all_locked(struct waker *w)
 	while (list) {
 		struct reader *r = list;
 		list = r->wake_next;
-		if (r->direct && !stopping)
+		if (r->direct && !stopping && !r->broken)
 			ls__direct(w, r);
 		else
 			ls__handback(r);
@@ -266,9 +295,48 @@ static void ls__expire(logstreams *ls)
 	}
 }
 
+/* Suspended readers whose client hung up go back to MHD, which closes them
+ * (a reader on a quiet stream would otherwise hold its socket, its
+ * subscription and a connection slot forever).  One that waits is claimed
+ * from the bus first, so that no wake comes for it once it is MHD's; one
+ * that was woken meanwhile is on to_wake, and its pass hands it back. */
+static void ls__hangups(struct waker *w)
+{
+	struct epoll_event ev[64];
+	int n = epoll_wait(w->epfd, ev, 64, 0);
+	for (int i = 0; i < n; i++) {
+		struct reader *r = ev[i].data.ptr;
+		r->broken = 1;
+		if (bus_sub_claim(r->st->sub))
+			ls__handback(r);
+	}
+}
+
+/* A reader that has sent nothing for LOGSTREAM_HEARTBEAT_MS gets a comment
+ * line: proxies keep the connection, and a client that went away without
+ * a word is found when the send fails.  The waker's cron, once a second. */
+static void ls__heartbeats(struct waker *w)
+{
+	struct reader *idle[LOGSTREAM_HEARTBEATS_MAX];
+	int n = 0;
+	int64_t now = tn_mono_ms();
+	pthread_mutex_lock(&w->lock);
+	for (struct reader *r = w->susp; r && n < LOGSTREAM_HEARTBEATS_MAX; r = r->susp_next)
+		if (!r->wake_queued && now - r->last_write >= LOGSTREAM_HEARTBEAT_MS)
+			idle[n++] = r;
+	pthread_mutex_unlock(&w->lock);
+	/* Only this thread resumes them: they are still suspended. */
+	for (int i = 0; i < n; i++)
+		if (bus_sub_claim(idle[i]->st->sub)) {
+			idle[i]->heartbeat = 1;
+			ls__wake(idle[i]);
+		}
+}
+
 /* A waker thread: makes a pass over its queued readers, then lets a window
- * pass so that the next batch gathers; the first waker also expires streams
- * once a second.  The window grows with the readers a pass took: a pass of
+ * pass so that the next batch gathers; after each pass, and at least once a
+ * second, it looks for hang-ups; once a second it sends heartbeats, and the
+ * first waker also expires streams.  The window grows with the readers a pass took: a pass of
  * n readers costs n sends (and n reads in the clients), so n *
  * LOGSTREAM_WAKE_PER_READER_US (times the wakers, which share that budget)
  * from the start of one pass to the next bounds what the passes cost (about
@@ -283,13 +351,15 @@ static void *ls__waker(void *arg)
 	logstreams *ls = w->ls;
 	int expires = w == &ls->wakers[0];
 	pthread_setname_np(pthread_self(), "tn-logstream"); /* for top -H, perf, gdb */
-	int64_t next_expiry = tn_mono_ms() + 1000;
+	int64_t next_cron = tn_mono_ms() + 1000;
 	pthread_mutex_lock(&w->lock);
 	while (!w->stop) {
-		if (expires && tn_mono_ms() >= next_expiry) {
+		if (tn_mono_ms() >= next_cron) {
 			pthread_mutex_unlock(&w->lock);
-			ls__expire(ls);
-			next_expiry = tn_mono_ms() + 1000;
+			if (expires)
+				ls__expire(ls);
+			ls__heartbeats(w);
+			next_cron = tn_mono_ms() + 1000;
 			pthread_mutex_lock(&w->lock);
 			continue;
 		}
@@ -298,14 +368,18 @@ static void *ls__waker(void *arg)
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_sec += 1;
 			pthread_cond_timedwait(&w->cond, &w->lock, &ts);
+			pthread_mutex_unlock(&w->lock);
+			ls__hangups(w);
+			pthread_mutex_lock(&w->lock);
 			continue;
 		}
 		int64_t start = ls__mono_us();
 		int64_t window = (int64_t)ls__wake_all_locked(w) * ls->share * LOGSTREAM_WAKE_PER_READER_US;
 		if (window > LOGSTREAM_WAKE_MAX_US)
 			window = LOGSTREAM_WAKE_MAX_US;
-		window -= ls__mono_us() - start;
 		pthread_mutex_unlock(&w->lock);
+		ls__hangups(w);
+		window -= ls__mono_us() - start;
 		usleep((useconds_t)(window < LOGSTREAM_WAKE_MIN_US ? LOGSTREAM_WAKE_MIN_US : window));
 		pthread_mutex_lock(&w->lock);
 	}
@@ -315,19 +389,32 @@ static void *ls__waker(void *arg)
 }
 
 /* Stops the wakers, each handing what it had queued back to MHD; later
- * wakes resume at once. */
+ * wakes resume at once.  Wakes are queued until the thread is gone, so that
+ * no other thread resumes a reader while it may be at work on it. */
 static void ls__wakers_stop(logstreams *ls)
 {
 	for (int i = 0; i < ls->nwakers; i++) {
 		struct waker *w = &ls->wakers[i];
 		pthread_mutex_lock(&w->lock);
-		int running = w->running;
-		w->running = 0;
+		int started = w->started;
+		w->started = 0;
 		w->stop = 1;
 		pthread_cond_signal(&w->cond);
 		pthread_mutex_unlock(&w->lock);
-		if (running)
+		if (started)
 			pthread_join(w->thread, NULL);
+		pthread_mutex_lock(&w->lock);
+		w->running = 0;
+		struct reader *list = w->to_wake;
+		w->to_wake = NULL;
+		for (struct reader *r = list; r; r = r->wake_next)
+			r->wake_queued = 0;
+		pthread_mutex_unlock(&w->lock);
+		while (list) {
+			struct reader *r = list;
+			list = r->wake_next;
+			ls__handback(r);
+		}
 	}
 }
 
@@ -337,6 +424,8 @@ static void ls__wakers_free(logstreams *ls)
 	for (int i = 0; i < ls->nwakers; i++) {
 		pthread_cond_destroy(&ls->wakers[i].cond);
 		pthread_mutex_destroy(&ls->wakers[i].lock);
+		if (ls->wakers[i].epfd >= 0)
+			close(ls->wakers[i].epfd);
 		free(ls->wakers[i].buf);
 	}
 	ls->nwakers = 0;
@@ -362,14 +451,20 @@ int logstreams_new(logstreams **out, bus *b, store *st, const logstreams_options
 	for (int i = 0; i < ls->share; i++) {
 		struct waker *w = &ls->wakers[i];
 		w->ls = ls;
+		w->epfd = -1;
 		if (!(w->buf = malloc(LOGSTREAM_DIRECT_BUF)))
 			goto fail;
 		pthread_mutex_init(&w->lock, NULL);
 		pthread_cond_init(&w->cond, NULL);
 		ls->nwakers++;
-		if (pthread_create(&w->thread, NULL, ls__waker, w))
+		if ((w->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
 			goto fail;
-		w->running = 1;
+		w->running = 1; /* before the thread: it reads it */
+		if (pthread_create(&w->thread, NULL, ls__waker, w)) {
+			w->running = 0;
+			goto fail;
+		}
+		w->started = 1;
 	}
 	*out = ls;
 	return 0;
@@ -508,9 +603,8 @@ static void ls__wake(void *arg)
 	struct reader *r = arg;
 	struct waker *w = r->w;
 	pthread_mutex_lock(&w->lock);
-	if (!w->running) {
-		ls__handback(r);
-	} else if (!r->wake_queued) {
+	int now = !w->running;
+	if (!now && !r->wake_queued) {
 		r->wake_queued = 1;
 		r->wake_next = w->to_wake;
 		w->to_wake = r;
@@ -518,6 +612,8 @@ static void ls__wake(void *arg)
 			pthread_cond_signal(&w->cond);
 	}
 	pthread_mutex_unlock(&w->lock);
+	if (now)
+		ls__handback(r);
 }
 
 /* Copies into buf what the reader has to send, up to max bytes; returns
@@ -527,6 +623,11 @@ static ssize_t ls__fill(struct reader *r, char *buf, size_t max)
 {
 	size_t done = 0;
 
+	if (r->heartbeat) {
+		r->heartbeat = 0; /* a comment, unless something is on its way anyway */
+		if (!r->unsent && !(r->out && r->out_off < r->out_len))
+			ls__set_out(r, NULL, NULL, LOGSTREAM_COMMENT, sizeof LOGSTREAM_COMMENT - 1);
+	}
 	while (done < max) {
 		if (r->unsent) {
 			size_t n = r->unsent_len - r->unsent_off;
@@ -601,13 +702,16 @@ static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
 	(void)pos;
 	if (r->broken)
 		return MHD_CONTENT_READER_END_WITH_ERROR;
-	/* Called again: what it returned last is on the socket, pushed. */
+	/* Called again after it returned data: that is all on the socket, and
+	 * MHD pushed it (its record of TCP_NODELAY is now true). */
 	if (r->returned)
 		r->pushed = 1;
 	ssize_t done = ls__fill(r, buf, max);
-	r->returned = done > 0;
-	if (done > 0)
+	if (done > 0) { /* (with 0 it is suspended: r may be the waker's now) */
+		r->returned = 1;
+		r->last_write = tn_mono_ms();
 		metrics_inc(M_STREAM_MHD_WRITES);
+	}
 	if (done < 0)
 		return MHD_CONTENT_READER_END_OF_STREAM;
 	if (done > 0 && (size_t)done < max && r->after < 0)
@@ -617,9 +721,23 @@ static ssize_t ls__read(void *cls, uint64_t pos, char *buf, size_t max)
 
 /* Hands a suspended reader (back) to MHD: it resumes the connection and
  * calls ls__read, which sends what is left, ends the response or, after a
- * failed send, closes it.  The caller must not touch r after this. */
+ * failed send or a hang-up, closes it.  The reader must not be waiting for
+ * the bus (nor claimable by a wake).  The caller must not touch r after
+ * this. */
 static void ls__handback(struct reader *r)
 {
+	struct waker *w = r->w;
+	if (r->fd >= 0) /* before MHD may close the socket */
+		epoll_ctl(w->epfd, EPOLL_CTL_DEL, r->fd, NULL);
+	pthread_mutex_lock(&w->lock);
+	if (r->susp_prev)
+		r->susp_prev->susp_next = r->susp_next;
+	else
+		w->susp = r->susp_next;
+	if (r->susp_next)
+		r->susp_next->susp_prev = r->susp_prev;
+	r->suspended = 0;
+	pthread_mutex_unlock(&w->lock);
 	r->direct = 0;
 	r->sent = 0;
 	ls__resume(r);
@@ -653,10 +771,12 @@ static void ls__direct(struct waker *w, struct reader *r)
 			ls__handback(r);
 			return;
 		}
-		if (k < 0)
+		if (k < 0) {
 			k = 0;
-		else
+		} else {
+			r->last_write = tn_mono_ms();
 			metrics_inc(M_STREAM_DIRECT_WRITES);
+		}
 		if (k < n) {
 			r->unsent_len = (size_t)(n - k);
 			r->unsent_off = 0;
@@ -747,13 +867,14 @@ static struct MHD_Response *ls__response(logstreams *ls, struct MHD_Connection *
 	r->device = device;
 	r->after = after;
 	r->last_sent = after > 0 ? after : 0;
+	r->last_write = tn_mono_ms();
 	/* The waker may write to a plain TCP socket itself (ls__direct); not
 	 * to a TLS one, whose records only MHD can make. */
 	const union MHD_ConnectionInfo *fd = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD),
 				       *tls = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
 	r->fd = fd ? fd->connect_fd : -1;
 	r->can_direct = ls->direct_ok && r->fd >= 0 && !(tls && tls->tls_session);
-	ls__set_out(r, NULL, NULL, LOGSTREAM_OPENING, sizeof LOGSTREAM_OPENING - 1);
+	ls__set_out(r, NULL, NULL, LOGSTREAM_COMMENT, sizeof LOGSTREAM_COMMENT - 1);
 	struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 65536, ls__read, r,
 								      ls__reader_done);
 	if (!resp) {
