@@ -41,6 +41,9 @@ struct bus_sub {
 	size_t cap, head, len;
 	int waiting;          /* the reader found nothing and waits for `wake` */
 	int ended;            /* cut off or closed: no more events */
+	int resumable;        /* its reader can resume with Last-Event-ID */
+	size_t max_queue;
+	int64_t last_id;      /* the last event queued for it (or published before it subscribed) */
 	char cut[160];
 	bus_wake_fn wake;
 	void *wake_arg;
@@ -51,6 +54,7 @@ struct bus {
 	pthread_mutex_t lock;
 	bus_sub *subs;
 	uint64_t cutoffs;
+	int64_t last_id;      /* the last event published */
 	int closed;           /* bus_close was called: new subscribers start ended */
 };
 
@@ -175,46 +179,58 @@ static void bus__notice_locked(bus_sub *s, const char *text)
 		free(sl.notice);
 }
 
-/* The id before the oldest event it has waiting (or before `next`, the one
- * being published, if none waits): it has seen everything up to there. */
-static int64_t bus__seen_locked(bus_sub *s, int64_t next)
+/* The id before the oldest event it has waiting (or the last one it was
+ * given, if none waits): it has seen everything up to there. */
+static int64_t bus__seen_locked(bus_sub *s)
 {
 	for (size_t i = 0; i < s->len; i++) {
 		bus_item *sl = &s->q[(s->head + i) & (s->cap - 1)];
 		if (sl->ev)
 			return sl->ev->ev.id - 1;
 	}
-	return next - 1;
+	return s->last_id;
 }
 
 /* Ends the subscriber with a last notice (its queue is dropped: the notice
- * says where to resume from). */
-static void bus__cut_locked(bus_sub *s, const char *why, int64_t last_id)
+ * says where to resume from, or, for a reader that cannot resume, where
+ * what it missed is). */
+static void bus__cut_locked(bus_sub *s, const char *why)
 {
-	char text[300];
+	char text[400];
+	long long seen = (long long)bus__seen_locked(s);
 	bus__free_items(s);
 	snprintf(s->cut, sizeof s->cut, "%s", why);
-	snprintf(text, sizeof text, "closed: %s; reconnect with Last-Event-ID: %lld to resume", why,
-		 (long long)last_id);
+	if (s->resumable)
+		snprintf(text, sizeof text, "closed: %s; reconnect with Last-Event-ID: %lld to resume", why, seen);
+	else
+		snprintf(text, sizeof text, "closed: %s; this stream cannot resume: create a new one, and read "
+			 "what it missed with GET /v1/logs?after=%lld", why, seen);
 	bus__notice_locked(s, text);
 	s->ended = 1;
 	bus__wake_locked(s);
+}
+
+/* Its queue is full: cut it off, so that it neither holds the others back
+ * nor grows. */
+static void bus__too_slow_locked(bus_sub *s)
+{
+	char why[120];
+	metrics_inc(M_STREAM_CUTOFFS);
+	snprintf(why, sizeof why, "too slow: %zu events were waiting", s->len);
+	bus__cut_locked(s, why);
 }
 
 void bus_publish(bus *b, const tn_event *ev)
 {
 	bus_event *e = NULL; /* made when the first subscriber takes it */
 	pthread_mutex_lock(&b->lock);
+	b->last_id = ev->id;
 	for (bus_sub *s = b->subs; s; s = s->next) {
 		pthread_mutex_lock(&s->lock);
 		if (!s->ended && (s->all || idmap_get(&s->devices, ev->device))) {
-			if (s->len >= b->opt.max_queue) {
-				/* Too slow: never let it hold the others back, nor grow. */
+			if (s->len >= s->max_queue) {
 				b->cutoffs++;
-				metrics_inc(M_STREAM_CUTOFFS);
-				char why[120];
-				snprintf(why, sizeof why, "too slow: %zu events were waiting", s->len);
-				bus__cut_locked(s, why, bus__seen_locked(s, ev->id));
+				bus__too_slow_locked(s);
 			} else {
 				if (!e)
 					e = bus__event_new(ev);
@@ -223,7 +239,9 @@ void bus_publish(bus *b, const tn_event *ev)
 				if (!e || bus__append_locked(s, (bus_item){ .ev = e })) {
 					/* Never a silent gap: end it, saying where to resume. */
 					bus_event_release(e);
-					bus__cut_locked(s, "out of memory", bus__seen_locked(s, ev->id));
+					bus__cut_locked(s, "out of memory");
+				} else {
+					s->last_id = ev->id;
 				}
 			}
 		}
@@ -233,17 +251,18 @@ void bus_publish(bus *b, const tn_event *ev)
 	bus_event_release(e); /* the publisher's own reference */
 }
 
-bus_sub *bus_subscribe(bus *b, int all, bus_wake_fn wake, void *wake_arg)
+bus_sub *bus_subscribe(bus *b, int all, int resumable)
 {
 	bus_sub *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
 	pthread_mutex_init(&s->lock, NULL);
 	s->all = all;
-	s->wake = wake;
-	s->wake_arg = wake_arg;
+	s->resumable = resumable;
+	s->max_queue = b->opt.max_queue;
 	metrics_add(M_STREAM_SUBSCRIBERS, 1);
 	pthread_mutex_lock(&b->lock);
+	s->last_id = b->last_id;
 	if (b->closed) {
 		/* Subscribed during the shutdown: its reader gets the last word at
 		 * once and never waits for an event (nothing would wake it). */
@@ -293,7 +312,11 @@ int bus_sub_has_device(bus_sub *s, uint64_t device)
 void bus_sub_notice(bus_sub *s, const char *text)
 {
 	pthread_mutex_lock(&s->lock);
-	if (!s->ended)
+	if (s->ended)
+		;
+	else if (s->len >= s->max_queue)
+		bus__too_slow_locked(s); /* notices count as events do */
+	else
 		bus__notice_locked(s, text);
 	pthread_mutex_unlock(&s->lock);
 }

@@ -26,7 +26,7 @@ typedef struct bus_event bus_event;
 #define BUS_FORMS 2
 
 typedef struct bus_options {
-	size_t max_queue;     /* events a subscriber may have waiting (default 10000) */
+	size_t max_queue;     /* events and notices a subscriber may have waiting (default 10000) */
 } bus_options;
 
 int bus_new(bus **out, const bus_options *opt);
@@ -43,15 +43,19 @@ void bus_publish(bus *b, const tn_event *ev);
  * publishing thread) when something arrives while it waits; keep it short. */
 typedef void (*bus_wake_fn)(void *arg);
 
-/* Filter: every device (all = 1), or the devices in its set. */
-bus_sub *bus_subscribe(bus *b, int all, bus_wake_fn wake, void *wake_arg);
+/* Filter: every device (all = 1), or the devices in its set.  resumable:
+ * its reader can resume with Last-Event-ID (a device's stream), which is
+ * what a cut-off notice tells it to do; else the notice says to create a
+ * new stream and where the history of what it missed is. */
+bus_sub *bus_subscribe(bus *b, int all, int resumable);
 /* Sets who is woken (a reader attached after the subscription was made). */
 void bus_sub_set_wake(bus_sub *s, bus_wake_fn wake, void *arg);
 int bus_sub_add_device(bus_sub *s, uint64_t device);
 void bus_sub_remove_device(bus_sub *s, uint64_t device);
 int bus_sub_has_device(bus_sub *s, uint64_t device);
 
-/* Queues a control notice (an SSE `state_change`) for this subscriber. */
+/* Queues a control notice (an SSE `state_change`) for this subscriber;
+ * like an event, one that finds the queue full cuts the subscriber off. */
 void bus_sub_notice(bus_sub *s, const char *text);
 
 /* A published event, shared by every queue it is in.  bus_event_get: the

@@ -913,7 +913,7 @@ struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connec
 		tn_err(err, TN_ENOMEM, "out of memory");
 		return NULL;
 	}
-	st->sub = bus_subscribe(ls->b, 0, NULL, NULL);
+	st->sub = bus_subscribe(ls->b, 0, 1);
 	if (!st->sub || bus_sub_add_device(st->sub, device)) {
 		ls__stream_free(ls, st);
 		tn_err(err, TN_ENOMEM, "out of memory");
@@ -1056,20 +1056,29 @@ int logstream_create(logstreams *ls, int64_t owner, json_t *body, json_t **out, 
 	st->owner = owner;
 	st->open_by = tn_mono_ms() + ls->opt.open_timeout_ms;
 	st->types = types;
-	st->sub = bus_subscribe(ls->b, json_is_true(all), NULL, NULL);
+	st->sub = bus_subscribe(ls->b, json_is_true(all), 0);
 	if (!st->sub) {
 		free(st);
 		json_decref(list);
 		return tn_err(err, TN_ENOMEM, "out of memory");
 	}
-	/* Subscribed at creation: events from now on wait for the reader. */
+	/* Subscribed at creation: events from now on wait for the reader.  One
+	 * notice for all the devices: a stream of a 100,000 devices must not
+	 * start with its queue full of them (the answer lists them). */
 	bus_sub_notice(st->sub, "opened");
 	json_array_foreach(list, i, v) {
 		uint64_t id;
-		char line[64];
 		tn_device_id_parse(json_string_value(v), &id);
-		bus_sub_add_device(st->sub, id);
-		snprintf(line, sizeof line, "%s subscribed", json_string_value(v));
+		if (bus_sub_add_device(st->sub, id)) {
+			ls__stream_free(ls, st);
+			json_decref(list);
+			return tn_err(err, TN_ENOMEM, "out of memory");
+		}
+	}
+	if (json_array_size(list)) {
+		char line[64];
+		snprintf(line, sizeof line, "%zu device%s subscribed", json_array_size(list),
+			 json_array_size(list) == 1 ? "" : "s");
 		bus_sub_notice(st->sub, line);
 	}
 	pthread_mutex_lock(&ls->lock);

@@ -213,7 +213,7 @@ START_TEST(multi_device_stream_with_state_changes)
 	th_resp_free(&r);
 	const char *out = th_tmp(&s, "ls.sse");
 	pid_t c = stream(&s, path, NULL, out);
-	ck_assert_int_eq(th_wait_file(out, "data: 00000000000e0002 subscribed", 5000), 0);
+	ck_assert_int_eq(th_wait_file(out, "data: 1 device subscribed", 5000), 0);
 	/* Not subscribed yet: not seen.  Then subscribed: seen, in the text form. */
 	logs(&s, sec, "before %n", 1);
 	th_http(&s, "PUT", dpath, NULL, NULL, NULL, &r);
@@ -494,7 +494,7 @@ START_TEST(readers_that_leave_are_dropped_and_a_deleted_stream_ends)
 	snprintf(path, sizeof path, "/v1/logstreams/%s", id);
 	const char *named = th_tmp(&s, "named.sse");
 	pid_t n = stream(&s, path, NULL, named);
-	ck_assert_int_eq(th_wait_file(named, "data: " DEV " subscribed", 10000), 0);
+	ck_assert_int_eq(th_wait_file(named, "data: 1 device subscribed", 10000), 0);
 	logs(&s, sec, "named %n", 3);
 	ck_assert_int_eq(th_wait_file(named, "\"msg\":\"named 3\"", 10000), 0);
 	th_http(&s, "DELETE", path, NULL, NULL, NULL, &r);
@@ -578,6 +578,67 @@ START_TEST(a_quiet_stream_gets_heartbeats_and_one_left_is_dropped)
 	free(text);
 	close(fd);
 	ck_assert_int_eq(wait_metric(&s, "tender_log_stream_subscribers", 0, 10000), 0);
+	th_server_cleanup(&s);
+}
+END_TEST
+
+/* A named stream's notices are bounded like its events: a stream of 2000
+ * devices starts with one notice for them all, not 2000 that would fill a
+ * queue of 100 and cut it off at its first event; notices past the bound
+ * (a PUT for each of 150 devices before anyone reads) cut it off, with
+ * advice it can follow (a named stream cannot resume with Last-Event-ID). */
+START_TEST(a_named_streams_notices_are_bounded)
+{
+	enum { MANY = 2000 };
+	th_server s;
+	th_server_start(&s, "--stream-queue 100 --log-rate 0");
+	char *sec = th_register(&s, DEV, NULL);
+	size_t cap = 64 + MANY * 20;
+	char *body = malloc(cap);
+	int n = snprintf(body, cap, "{\"devices\":[\"" DEV "\"");
+	for (int i = 1; i < MANY; i++)
+		n += snprintf(body + n, cap - (size_t)n, ",\"%016x\"", 0xa0000 + i);
+	snprintf(body + n, cap - (size_t)n, "]}");
+	th_resp r;
+	th_http(&s, "POST", "/v1/logstreams", NULL, body, NULL, &r);
+	free(body);
+	ck_assert_int_eq(r.status, 201);
+	ck_assert_int_eq((int)json_array_size(json_object_get(r.json, "devices")), MANY);
+	char path[200];
+	snprintf(path, sizeof path, "/v1/logstreams/%s", json_string_value(json_object_get(r.json, "id")));
+	th_resp_free(&r);
+	logs(&s, sec, "among many %n", 1);
+	const char *out = th_tmp(&s, "many.sse");
+	pid_t c = stream(&s, path, NULL, out);
+	ck_assert_int_eq(th_wait_file(out, "\"msg\":\"among many 1\"", 10000), 0);
+	char *text = th_read_file(out);
+	ck_assert_ptr_nonnull(strstr(text, "data: opened\n\nevent: state_change\ndata: 2000 devices subscribed\n\n"));
+	ck_assert_ptr_null(strstr(text, "closed"));
+	free(text);
+	kill(c, SIGKILL);
+	waitpid(c, NULL, 0);
+
+	th_http(&s, "POST", "/v1/logstreams", NULL, "{\"devices\":[\"" DEV "\"]}", NULL, &r);
+	ck_assert_int_eq(r.status, 201);
+	snprintf(path, sizeof path, "/v1/logstreams/%s", json_string_value(json_object_get(r.json, "id")));
+	th_resp_free(&r);
+	for (int i = 0; i < 150; i++) {
+		char dpath[300];
+		snprintf(dpath, sizeof dpath, "%s/devices/%016x", path, 0xb0000 + i);
+		th_http(&s, "PUT", dpath, NULL, NULL, NULL, &r);
+		ck_assert_int_eq(r.status, 204);
+		th_resp_free(&r);
+	}
+	ck_assert_int_ge(th_metric(&s, "tender_log_stream_cutoffs_total"), 1);
+	out = th_tmp(&s, "puts.sse");
+	c = stream(&s, path, NULL, out);
+	ck_assert_int_eq(th_wait_pid(c, 10000), 0); /* it ends after its last word */
+	text = th_read_file(out);
+	ck_assert_ptr_nonnull(strstr(text, "data: closed: too slow: 100 events were waiting; this stream cannot "
+				     "resume: create a new one, and read what it missed with GET /v1/logs?after="));
+	ck_assert_ptr_null(strstr(text, "Last-Event-ID"));
+	free(text);
+	free(sec);
 	th_server_cleanup(&s);
 }
 END_TEST
@@ -717,6 +778,7 @@ int main(void)
 		readers_that_leave_are_dropped_and_a_deleted_stream_ends,
 		a_stream_opens_at_once_and_its_events_go_direct,
 		a_quiet_stream_gets_heartbeats_and_one_left_is_dropped,
+		a_named_streams_notices_are_bounded,
 		a_stream_over_tls,
 		stop_while_readers_keep_reconnecting,
 	};
