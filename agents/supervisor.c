@@ -1732,6 +1732,10 @@ static void *sup__worker_main(void *arg)
 {
 	struct worker *w = arg;
 	int64_t next = -1;
+	char name[16];
+
+	snprintf(name, sizeof name, "tn-agents-%d", w->index);
+	pthread_setname_np(pthread_self(), name); /* for top -H, perf, gdb */
 
 	pthread_mutex_lock(&w->lock);
 	for (;;) {
