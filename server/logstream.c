@@ -21,8 +21,9 @@
  *
  * Who writes (the state diagram of a reader):
  *
- *   MHD's --(nothing to send, live, plain TCP, MHD wrote to it before:
- *            ls__on_wait)--> the waker's
+ *   MHD's --(nothing to send, or sent once in this pass with more
+ *            waiting; live, plain TCP, MHD wrote to it before:
+ *            ls__on_wait, ls__fill)--> the waker's
  *   the waker's --(socket full, send failed, stream ended, server stopping:
  *                  ls__handback)--> MHD's
  *
@@ -672,8 +673,12 @@ static ssize_t ls__fill(struct reader *r, char *buf, size_t max)
 			continue;
 		}
 		if (!done && r->sent && !r->direct && bus_sub_pending(r->st->sub)) {
-			/* Sent once in this pass: the rest goes in the next. */
+			/* Sent once in this pass: the rest goes in the next, by
+			 * the waker itself if it may (else a reader handed back
+			 * would stay MHD's for as long as events keep coming). */
 			ls__suspend(r);
+			if (r->can_direct && r->pushed && r->after < 0)
+				r->direct = 1;
 			ls__wake(r);
 			return 0;
 		}

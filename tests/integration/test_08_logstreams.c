@@ -25,6 +25,8 @@
 #include "harness.h"
 
 #define DEV "00000000000e0001"
+/* Makes a log line long enough to fill socket buffers soon. */
+#define STEADY_PAD ", with some padding to fill the socket buffers: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
 
 /* curl streaming a URL into out (SSE), optionally from a Last-Event-ID. */
 static pid_t stream(th_server *s, const char *path, const char *last_id, const char *out)
@@ -106,6 +108,60 @@ static int recv_until(int fd, char **text, size_t *len, const char *needle, int 
 		*text = grown;
 	}
 	return 0;
+}
+
+/* Checks an SSE capture against the device's log: after the HTTP headers,
+ * only whole frames (comments, state_change notices, events of "id:",
+ * "event: message" and "data:" lines) and, from its first event on, every
+ * event of the store in order, each once; returns how many events. */
+static int check_capture(th_server *s, const char *text, const char *last_msg)
+{
+	const char *p = strstr(text, "\r\n\r\n");
+	ck_assert_ptr_nonnull(p);
+	p += 4;
+	static long long ids[20000];
+	int n = 0;
+	while (*p) {
+		const char *end = strstr(p, "\n\n");
+		ck_assert_msg(end != NULL, "a frame cut short at byte %td: %.80s", p - text, p);
+		if (strncmp(p, "id: ", 4) == 0) {
+			char *e;
+			ck_assert_int_lt(n, 20000);
+			ids[n++] = strtoll(p + 4, &e, 10);
+			ck_assert_msg(strncmp(e, "\nevent: message\ndata: {", 23) == 0, "a bad frame: %.80s", p);
+			ck_assert_msg(end[-1] == '}', "a bad frame: %.*s", (int)(end - p), p);
+		} else {
+			ck_assert_msg(strncmp(p, ": ", 2) == 0 || strncmp(p, "event: state_change\ndata: ", 26) == 0,
+				      "a bad frame: %.80s", p);
+		}
+		p = end + 2;
+	}
+	ck_assert_int_ge(n, 1);
+	ck_assert_ptr_nonnull(strstr(text, last_msg));
+	/* The store's events from the first one sent on: the same ids, in order. */
+	char q[128];
+	snprintf(q, sizeof q, "/v1/devices/" DEV "/logs?after=%lld&limit=1000", ids[0] - 1);
+	int k = 0;
+	for (;;) {
+		json_t *page = th_get_json(s, q, 200), *ev;
+		size_t i;
+		json_array_foreach(json_object_get(page, "events"), i, ev) {
+			if (k >= n)
+				break;
+			ck_assert_int_eq(ids[k], json_integer_value(json_object_get(ev, "id")));
+			k++;
+		}
+		json_t *next = json_object_get(page, "next_after");
+		int more = k < n && json_is_integer(next);
+		if (more)
+			snprintf(q, sizeof q, "/v1/devices/" DEV "/logs?after=%lld&limit=1000",
+				 (long long)json_integer_value(next));
+		json_decref(page);
+		if (!more)
+			break;
+	}
+	ck_assert_int_eq(k, n);
+	return n;
 }
 
 /* tenderd's resident memory, in KB. */
@@ -643,6 +699,65 @@ START_TEST(a_named_streams_notices_are_bounded)
 }
 END_TEST
 
+/* A client that reads slowly, in bursts, through a small receive buffer,
+ * while a device logs fast: the server's sends to it are cut short again
+ * and again (what a send left goes to libmicrohttpd, which writes it once
+ * the socket drains), and each time the reader catches up it goes back to
+ * the waker's own sends; it gets every event of the store, whole, in
+ * order, once. */
+START_TEST(a_slow_bursty_reader_gets_every_event_once)
+{
+	enum { LINES = 1500 };
+	th_server s;
+	th_server_start(&s, "--log-rate 0 --stream-queue 100000");
+	char *sec = th_register(&s, DEV, NULL);
+	int fd = raw_stream(&s, "/v1/devices/" DEV "/logs?follow=1", 4096);
+	char *text = NULL;
+	size_t len = 0;
+	ck_assert_int_eq(recv_until(fd, &text, &len, "\r\n\r\n: \n\n", 10000), 0);
+	long long direct0 = th_metric(&s, "tender_log_stream_direct_writes_total"),
+		  mhd0 = th_metric(&s, "tender_log_stream_mhd_writes_total");
+	/* 3 KB lines, 1500 a second: 4.5 MB/s, more than the socket buffers
+	 * hold (the server's grows to 4 MB) in a pause of the reader's. */
+	static char line[3100], last[3200];
+	char n[16];
+	memset(line, 'x', 3000);
+	memcpy(line, "bursty %n ", 10);
+	snprintf(n, sizeof n, "%d", LINES);
+	char *const sim[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DEV, "--secret", sec,
+			      "--log-count", n, "--log-text", line, "--log-rate", "1500", "--exit-when-done", NULL };
+	pid_t dev = th_spawn(sim, th_tmp(&s, "sim.out"));
+	snprintf(last, sizeof last, "\"msg\":\"bursty %d %s\"", LINES, line + 10);
+	/* 64 KB every 2 ms, faster than the device, with a pause of 600 ms
+	 * after every 50 reads: about as fast on the whole. */
+	static char buf[65536];
+	for (int i = 0; i < 20000 && !(text && strstr(text + (len > 8000 ? len - 8000 : 0), last)); i++) {
+		ssize_t got = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+		if (got == 0)
+			break;
+		if (got > 0) {
+			text = realloc(text, len + (size_t)got + 1);
+			memcpy(text + len, buf, (size_t)got);
+			len += (size_t)got;
+			text[len] = '\0';
+		}
+		usleep(i % 50 == 49 ? 600000 : 2000);
+	}
+	ck_assert_int_eq(th_wait_pid(dev, 60000), 0);
+	ck_assert_int_eq(recv_until(fd, &text, &len, last, 30000), 0);
+	long long direct = th_metric(&s, "tender_log_stream_direct_writes_total") - direct0,
+		  mhd = th_metric(&s, "tender_log_stream_mhd_writes_total") - mhd0;
+	fprintf(stderr, "slow bursty reader: %lld direct writes, %lld by MHD\n", direct, mhd);
+	ck_assert_int_ge(check_capture(&s, text, last), LINES);
+	ck_assert_int_ge(mhd, 10);    /* cut short, handed back */
+	ck_assert_int_ge(direct, 10); /* and back to the waker's sends */
+	free(text);
+	close(fd);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 /* Over TLS only MHD can write the stream (its records): the same stream,
  * history then live, every event once and in order. */
 START_TEST(a_stream_over_tls)
@@ -779,6 +894,7 @@ int main(void)
 		a_stream_opens_at_once_and_its_events_go_direct,
 		a_quiet_stream_gets_heartbeats_and_one_left_is_dropped,
 		a_named_streams_notices_are_bounded,
+		a_slow_bursty_reader_gets_every_event_once,
 		a_stream_over_tls,
 		stop_while_readers_keep_reconnecting,
 	};
