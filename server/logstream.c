@@ -14,8 +14,8 @@
  * waker's list, and the waker threads (one per core, at most
  * LOGSTREAM_WAKERS_MAX) take their lists in passes, a window apart that
  * grows with the readers a pass took (1 ms for a few, up to 25 ms for a
- * thousand; see ls__waker).  A reader sends what it has in one write per
- * pass, even if more came meanwhile: at a high event rate a reader costs
+ * thousand; see ls__waker).  A reader that has caught up sends what it has
+ * in one write per pass, even if more came meanwhile: at a high event rate a reader costs
  * one send() and its client's one recv() per pass instead of per event; an
  * event that arrives after a quiet spell is passed on at once.
  *
@@ -99,6 +99,7 @@
 #define LOGSTREAM_WAKE_PER_READER_US 25
 #define LOGSTREAM_BATCH 32          /* bus items taken under one lock */
 #define LOGSTREAM_DIRECT_BUF 65536  /* the most a direct send() carries */
+#define LOGSTREAM_DIRECT_BUDGET (16 * LOGSTREAM_DIRECT_BUF) /* a reader's sends in one pass */
 #define LOGSTREAM_WAKERS_MAX 4
 /* What every stream starts with, and what an idle one gets every
  * LOGSTREAM_HEARTBEAT_MS: an SSE comment, which clients ignore. */
@@ -755,52 +756,59 @@ static void ls__requeue(struct reader *r)
 }
 
 /* One pass for a direct reader, in the waker's thread: what it has goes to
- * its socket in one send(), with no resume, no MHD thread and no copy into
- * MHD's buffer; then it waits for the bus again.  It goes back to MHD when
- * it cannot go on alone: its socket took only part (the rest waits in
+ * its socket, with no resume, no MHD thread and no copy into MHD's buffer,
+ * in one send() if it has caught up; one that is behind goes on while its
+ * socket takes every byte, up to LOGSTREAM_DIRECT_BUDGET a pass (else it
+ * would get LOGSTREAM_DIRECT_BUF a window: 2.6 MB/s with the windows of a
+ * thousand readers); then it waits for the bus again.  It goes back to MHD
+ * when it cannot go on alone: its socket took only part (the rest waits in
  * r->unsent, and MHD writes it once the socket drains, with its timeout),
- * the send failed (MHD closes it), the stream ended (MHD ends the response),
- * or the server is stopping. */
+ * the send failed (MHD closes it), the stream ended (MHD ends the
+ * response), or the server is stopping. */
 static void ls__direct(struct waker *w, struct reader *r)
 {
-	ssize_t n = ls__fill(r, w->buf, LOGSTREAM_DIRECT_BUF);
-	if (n == 0)
-		return; /* waiting: left to the bus's wake */
-	if (n > 0) {
-		ssize_t k;
-		do
-			k = send(r->fd, w->buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-		while (k < 0 && errno == EINTR);
-		if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-			r->broken = 1;
-			ls__handback(r);
+	for (size_t budget = LOGSTREAM_DIRECT_BUDGET;; budget -= LOGSTREAM_DIRECT_BUF) {
+		ssize_t n = ls__fill(r, w->buf, LOGSTREAM_DIRECT_BUF);
+		if (n == 0)
+			return; /* waiting: left to the bus's wake */
+		if (n > 0) {
+			ssize_t k;
+			do
+				k = send(r->fd, w->buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+			while (k < 0 && errno == EINTR);
+			if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+				r->broken = 1;
+				ls__handback(r);
+				return;
+			}
+			if (k < 0) {
+				k = 0;
+			} else {
+				r->last_write = tn_mono_ms();
+				metrics_inc(M_STREAM_DIRECT_WRITES);
+			}
+			if (k < n) {
+				r->unsent_len = (size_t)(n - k);
+				r->unsent_off = 0;
+				r->unsent = malloc(r->unsent_len);
+				if (r->unsent)
+					memcpy(r->unsent, w->buf + k, r->unsent_len);
+				else
+					r->broken = 1; /* never a silent gap */
+				ls__handback(r);
+				return;
+			}
+		}
+		if (n < 0 || r->ended) {
+			ls__handback(r); /* MHD ends the response */
 			return;
 		}
-		if (k < 0) {
-			k = 0;
-		} else {
-			r->last_write = tn_mono_ms();
-			metrics_inc(M_STREAM_DIRECT_WRITES);
-		}
-		if (k < n) {
-			r->unsent_len = (size_t)(n - k);
-			r->unsent_off = 0;
-			r->unsent = malloc(r->unsent_len);
-			if (r->unsent)
-				memcpy(r->unsent, w->buf + k, r->unsent_len);
-			else
-				r->broken = 1; /* never a silent gap */
-			ls__handback(r);
+		if (n < LOGSTREAM_DIRECT_BUF)
+			break; /* caught up */
+		if (budget <= LOGSTREAM_DIRECT_BUF) {
+			ls__requeue(r); /* more to send: the next pass */
 			return;
 		}
-	}
-	if (n < 0 || r->ended) {
-		ls__handback(r); /* MHD ends the response */
-		return;
-	}
-	if (n == LOGSTREAM_DIRECT_BUF) {
-		ls__requeue(r); /* more to send: the next pass */
-		return;
 	}
 	/* It sent all it had: wait, or go on in the next pass with what came
 	 * meanwhile.  (Once it waits the bus may wake it at once: r is not
