@@ -197,6 +197,20 @@ static void logs(th_server *s, const char *secret, const char *text, int count)
 	logs_at(s, secret, text, count, "0");
 }
 
+/* Waits until the device is offline and each capture holds the newest
+ * event of its log (its "Device disconnected"): then a count is exact. */
+static void wait_store_end(th_server *s, const char *const *captures, int n, int timeout_ms)
+{
+	ck_assert_int_eq(th_wait_online(s, DEV, 0, timeout_ms), 0);
+	json_t *page = th_get_json(s, "/v1/devices/" DEV "/logs?limit=1", 200);
+	char line[40];
+	snprintf(line, sizeof line, "id: %lld\n",
+		 (long long)json_integer_value(json_object_get(json_array_get(json_object_get(page, "events"), 0), "id")));
+	json_decref(page);
+	for (int i = 0; i < n; i++)
+		ck_assert_int_eq(th_wait_file(captures[i], line, timeout_ms), 0);
+}
+
 /* The ids of the "id:" lines of an SSE capture, in order. */
 static int ids_of(const char *path, long long *ids, int max)
 {
@@ -221,7 +235,7 @@ START_TEST(resume_with_last_event_id_gets_every_event_once)
 	const char *a = th_tmp(&s, "a.sse"), *b = th_tmp(&s, "b.sse");
 
 	pid_t c1 = stream(&s, "/v1/devices/" DEV "/logs?follow=1", NULL, a);
-	usleep(300 * 1000);
+	ck_assert_int_eq(wait_metric(&s, "tender_log_stream_subscribers", 1, 10000), 1);
 	logs(&s, sec, "first %n", 20);
 	ck_assert_int_eq(th_wait_file(a, "first 20", 5000), 0);
 	kill(c1, SIGKILL);
@@ -237,7 +251,7 @@ START_TEST(resume_with_last_event_id_gets_every_event_once)
 	ck_assert_int_eq(th_wait_file(b, "second 30", 5000), 0);
 	logs(&s, sec, "third %n", 10);
 	ck_assert_int_eq(th_wait_file(b, "third 10", 5000), 0);
-	usleep(300 * 1000);
+	wait_store_end(&s, &b, 1, 10000);
 	kill(c2, SIGKILL);
 	waitpid(c2, NULL, 0);
 	int n2 = ids_of(b, seen + n1, 1000 - n1);
@@ -301,7 +315,7 @@ START_TEST(stalled_subscriber_is_cut_off_others_carry_on)
 	const char *stalled = th_tmp(&s, "stalled.sse"), *good = th_tmp(&s, "good.sse");
 	pid_t slow = stream(&s, "/v1/devices/" DEV "/logs?follow=1", NULL, stalled);
 	pid_t fast = stream(&s, "/v1/devices/" DEV "/logs?follow=1", NULL, good);
-	usleep(300 * 1000);
+	ck_assert_int_eq(wait_metric(&s, "tender_log_stream_subscribers", 2, 10000), 2);
 	long rss_before = rss_kb(s.pid);
 	kill(slow, SIGSTOP);
 	/* Enough to fill the stalled socket's buffers and then its queue. */
@@ -473,11 +487,11 @@ START_TEST(many_readers_share_each_event_in_both_forms)
 		c[i] = stream(&s, i % 2 ? "/v1/devices/" DEV "/logs?follow=1&format=text" : "/v1/devices/" DEV "/logs?follow=1",
 			      NULL, out[i]);
 	}
-	usleep(300 * 1000);
+	ck_assert_int_eq(wait_metric(&s, "tender_log_stream_subscribers", READERS, 10000), READERS);
 	logs(&s, sec, "shared %n", LINES);
 	for (int i = 0; i < READERS; i++)
 		ck_assert_int_eq(th_wait_file(out[i], "shared 300", 10000), 0);
-	usleep(300 * 1000);
+	wait_store_end(&s, out, READERS, 10000);
 	static long long ids[READERS][1000];
 	int n[READERS];
 	for (int i = 0; i < READERS; i++) {
@@ -758,6 +772,48 @@ START_TEST(a_slow_bursty_reader_gets_every_event_once)
 }
 END_TEST
 
+/* A reader that resumes with Last-Event-ID while its device keeps logging
+ * fast: it subscribes, then replays the store's history, then goes live,
+ * skipping live events its history already sent; every event after the
+ * resume point arrives whole, in order, exactly once. */
+START_TEST(resume_while_the_device_logs_gets_every_event_once)
+{
+	enum { LINES = 4000 };
+	th_server s;
+	th_server_start(&s, "--log-rate 0");
+	char *sec = th_register(&s, DEV, NULL);
+	char n[16];
+	snprintf(n, sizeof n, "%d", LINES);
+	char *const sim[] = { (char *)th_bin("tender-sim"), "--url", s.ws_url, "--id", DEV, "--secret", sec,
+			      "--log-count", n, "--log-text", "racing %n" STEADY_PAD, "--log-rate", "1000",
+			      "--exit-when-done", NULL };
+	pid_t dev = th_spawn(sim, th_tmp(&s, "sim.out"));
+	long long from = th_wait_event(&s, DEV, "device", "racing 100" STEADY_PAD, 20000);
+	ck_assert_int_ge(from, 1);
+	ck_assert_int_ge(th_wait_event(&s, DEV, "device", "racing 1000" STEADY_PAD, 20000), 1);
+	/* Resumed from line 100's id, 900 lines behind and the device going on. */
+	char path[128];
+	snprintf(path, sizeof path, "/v1/devices/" DEV "/logs?follow=1&last_event_id=%lld", from);
+	int fd = raw_stream(&s, path, 0);
+	char *text = NULL;
+	size_t len = 0;
+	char last[200];
+	snprintf(last, sizeof last, "\"msg\":\"racing %d%s\"", LINES, STEADY_PAD);
+	ck_assert_int_eq(recv_until(fd, &text, &len, last, 60000), 0);
+	ck_assert_int_eq(th_wait_pid(dev, 30000), 0);
+	long long first;
+	char *id = strstr(text, "\nid: ");
+	ck_assert_ptr_nonnull(id);
+	first = atoll(id + 5);
+	ck_assert_int_eq(first, from + 1);
+	ck_assert_int_ge(check_capture(&s, text, last), LINES - 100);
+	free(text);
+	close(fd);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 /* Over TLS only MHD can write the stream (its records): the same stream,
  * history then live, every event once and in order. */
 START_TEST(a_stream_over_tls)
@@ -786,7 +842,7 @@ START_TEST(a_stream_over_tls)
 	ck_assert_int_eq(th_wait_file(out, "\"msg\":\"live 200\"", 10000), 0);
 	ck_assert_int_eq(th_metric(&s, "tender_log_stream_direct_writes_total"), 0);
 	ck_assert_int_ge(th_metric(&s, "tender_log_stream_mhd_writes_total"), 2);
-	usleep(300 * 1000);
+	wait_store_end(&s, &out, 1, 10000);
 	kill(c, SIGKILL);
 	waitpid(c, NULL, 0);
 	static long long ids[1000];
@@ -895,6 +951,7 @@ int main(void)
 		a_quiet_stream_gets_heartbeats_and_one_left_is_dropped,
 		a_named_streams_notices_are_bounded,
 		a_slow_bursty_reader_gets_every_event_once,
+		resume_while_the_device_logs_gets_every_event_once,
 		a_stream_over_tls,
 		stop_while_readers_keep_reconnecting,
 	};
