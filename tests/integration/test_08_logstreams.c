@@ -110,32 +110,41 @@ static int recv_until(int fd, char **text, size_t *len, const char *needle, int 
 	return 0;
 }
 
-/* Checks an SSE capture against the device's log: after the HTTP headers,
- * only whole frames (comments, state_change notices, events of "id:",
- * "event: message" and "data:" lines) and, from its first event on, every
- * event of the store in order, each once; returns how many events. */
-static int check_capture(th_server *s, const char *text, const char *last_msg)
+/* The ids of an SSE body's events, checking that it holds only whole
+ * frames: comments, state_change notices, and events of "id:", "event:
+ * message" and "data: {...}" lines.  Returns how many (at most max). */
+static int parse_frames(const char *p, long long *ids, int max)
 {
-	const char *p = strstr(text, "\r\n\r\n");
-	ck_assert_ptr_nonnull(p);
-	p += 4;
-	static long long ids[20000];
 	int n = 0;
 	while (*p) {
 		const char *end = strstr(p, "\n\n");
-		ck_assert_msg(end != NULL, "a frame cut short at byte %td: %.80s", p - text, p);
+		ck_assert_msg(end != NULL, "a frame cut short: %.80s", p);
 		if (strncmp(p, "id: ", 4) == 0) {
 			char *e;
-			ck_assert_int_lt(n, 20000);
+			ck_assert_int_lt(n, max);
 			ids[n++] = strtoll(p + 4, &e, 10);
 			ck_assert_msg(strncmp(e, "\nevent: message\ndata: {", 23) == 0, "a bad frame: %.80s", p);
-			ck_assert_msg(end[-1] == '}', "a bad frame: %.*s", (int)(end - p), p);
+			const char *data = e + 22; /* its '{': one line, to the end of the frame */
+			ck_assert_msg(end[-1] == '}' && !memchr(data, '\n', (size_t)(end - data)),
+				      "a bad frame: %.*s", (int)(end - p), p);
 		} else {
 			ck_assert_msg(strncmp(p, ": ", 2) == 0 || strncmp(p, "event: state_change\ndata: ", 26) == 0,
 				      "a bad frame: %.80s", p);
 		}
 		p = end + 2;
 	}
+	return n;
+}
+
+/* Checks an SSE capture against the device's log: after the HTTP headers,
+ * only whole frames and, from its first event on, every event of the store
+ * in order, each once; returns how many events. */
+static int check_capture(th_server *s, const char *text, const char *last_msg)
+{
+	const char *p = strstr(text, "\r\n\r\n");
+	ck_assert_ptr_nonnull(p);
+	static long long ids[20000];
+	int n = parse_frames(p + 4, ids, 20000);
 	ck_assert_int_ge(n, 1);
 	ck_assert_ptr_nonnull(strstr(text, last_msg));
 	/* The store's events from the first one sent on: the same ids, in order. */
@@ -348,9 +357,21 @@ START_TEST(stalled_subscriber_is_cut_off_others_carry_on)
 	kill(slow, SIGCONT);
 	ck_assert_int_eq(th_wait_file(stalled, "closed: too slow", 10000), 0);
 	ck_assert_int_eq(th_wait_file(stalled, "reconnect with Last-Event-ID", 1000), 0);
-	kill(slow, SIGKILL);
+	ck_assert_int_eq(th_wait_pid(slow, 10000), 0); /* the server ended it */
+	/* What it got before its cut-off (the tail of a send its socket did not
+	 * take went out later): whole frames, consecutive ids, none twice, and
+	 * the notice says to resume right after the last one. */
+	char *text = th_read_file(stalled);
+	static long long ids[40100];
+	int n = parse_frames(text, ids, 40100);
+	ck_assert_int_ge(n, 2);
+	for (int k = 1; k < n; k++)
+		ck_assert_int_eq(ids[k], ids[k - 1] + 1);
+	char resume[80];
+	snprintf(resume, sizeof resume, "reconnect with Last-Event-ID: %lld to resume\n\n", ids[n - 1]);
+	ck_assert_ptr_nonnull(strstr(text, resume));
+	free(text);
 	kill(fast, SIGKILL);
-	waitpid(slow, NULL, 0);
 	waitpid(fast, NULL, 0);
 	free(sec);
 	th_server_cleanup(&s);
