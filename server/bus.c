@@ -42,9 +42,9 @@ struct bus_sub {
 	int waiting;          /* the reader found nothing and waits for `wake` */
 	int ended;            /* cut off or closed: no more events */
 	int resumable;        /* its reader can resume with Last-Event-ID */
+	unsigned types;       /* 1 << event_type of each type it takes; 0: all */
 	size_t max_queue;
 	int64_t last_id;      /* the last event queued for it (or published before it subscribed) */
-	char cut[160];
 	bus_wake_fn wake;
 	void *wake_arg;
 };
@@ -53,7 +53,6 @@ struct bus {
 	bus_options opt;
 	pthread_mutex_t lock;
 	bus_sub *subs;
-	uint64_t cutoffs;
 	int64_t last_id;      /* the last event published */
 	int closed;           /* bus_close was called: new subscribers start ended */
 };
@@ -199,7 +198,6 @@ static void bus__cut_locked(bus_sub *s, const char *why)
 	char text[400];
 	long long seen = (long long)bus__seen_locked(s);
 	bus__free_items(s);
-	snprintf(s->cut, sizeof s->cut, "%s", why);
 	if (s->resumable)
 		snprintf(text, sizeof text, "closed: %s; reconnect with Last-Event-ID: %lld to resume", why, seen);
 	else
@@ -227,9 +225,9 @@ void bus_publish(bus *b, const tn_event *ev)
 	b->last_id = ev->id;
 	for (bus_sub *s = b->subs; s; s = s->next) {
 		pthread_mutex_lock(&s->lock);
-		if (!s->ended && (s->all || idmap_get(&s->devices, ev->device))) {
+		if (!s->ended && (!s->types || s->types & 1u << ev->type) &&
+		    (s->all || idmap_get(&s->devices, ev->device))) {
 			if (s->len >= s->max_queue) {
-				b->cutoffs++;
 				bus__too_slow_locked(s);
 			} else {
 				if (!e)
@@ -251,13 +249,14 @@ void bus_publish(bus *b, const tn_event *ev)
 	bus_event_release(e); /* the publisher's own reference */
 }
 
-bus_sub *bus_subscribe(bus *b, int all, int resumable)
+bus_sub *bus_subscribe(bus *b, int all, unsigned types, int resumable)
 {
 	bus_sub *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
 	pthread_mutex_init(&s->lock, NULL);
 	s->all = all;
+	s->types = types;
 	s->resumable = resumable;
 	s->max_queue = b->opt.max_queue;
 	metrics_add(M_STREAM_SUBSCRIBERS, 1);
@@ -299,14 +298,6 @@ void bus_sub_remove_device(bus_sub *s, uint64_t device)
 	pthread_mutex_lock(&s->lock);
 	idmap_del(&s->devices, device);
 	pthread_mutex_unlock(&s->lock);
-}
-
-int bus_sub_has_device(bus_sub *s, uint64_t device)
-{
-	pthread_mutex_lock(&s->lock);
-	int has = s->all || idmap_get(&s->devices, device) != NULL;
-	pthread_mutex_unlock(&s->lock);
-	return has;
 }
 
 void bus_sub_notice(bus_sub *s, const char *text)
@@ -365,11 +356,6 @@ size_t bus_sub_pending(bus_sub *s)
 	return n;
 }
 
-const char *bus_sub_cut_reason(bus_sub *s)
-{
-	return s->cut;
-}
-
 void bus_unsubscribe(bus *b, bus_sub *s)
 {
 	if (!s)
@@ -388,14 +374,6 @@ void bus_unsubscribe(bus *b, bus_sub *s)
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 	metrics_add(M_STREAM_SUBSCRIBERS, -1);
-}
-
-uint64_t bus_cutoffs(bus *b)
-{
-	pthread_mutex_lock(&b->lock);
-	uint64_t n = b->cutoffs;
-	pthread_mutex_unlock(&b->lock);
-	return n;
 }
 
 void bus_close(bus *b)

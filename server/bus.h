@@ -43,16 +43,17 @@ void bus_publish(bus *b, const tn_event *ev);
  * publishing thread) when something arrives while it waits; keep it short. */
 typedef void (*bus_wake_fn)(void *arg);
 
-/* Filter: every device (all = 1), or the devices in its set.  resumable:
+/* Filter: every device (all = 1), or the devices in its set; events of the
+ * types in `types` (1 << event_type each; 0: all), so that the others
+ * neither wake its reader nor fill its queue.  resumable:
  * its reader can resume with Last-Event-ID (a device's stream), which is
  * what a cut-off notice tells it to do; else the notice says to create a
  * new stream and where the history of what it missed is. */
-bus_sub *bus_subscribe(bus *b, int all, int resumable);
+bus_sub *bus_subscribe(bus *b, int all, unsigned types, int resumable);
 /* Sets who is woken (a reader attached after the subscription was made). */
 void bus_sub_set_wake(bus_sub *s, bus_wake_fn wake, void *arg);
 int bus_sub_add_device(bus_sub *s, uint64_t device);
 void bus_sub_remove_device(bus_sub *s, uint64_t device);
-int bus_sub_has_device(bus_sub *s, uint64_t device);
 
 /* Queues a control notice (an SSE `state_change`) for this subscriber;
  * like an event, one that finds the queue full cuts the subscriber off. */
@@ -92,13 +93,7 @@ int bus_sub_claim(bus_sub *s);
 /* How many items wait in its queue now (a look: it may change at once). */
 size_t bus_sub_pending(bus_sub *s);
 
-/* Why it was cut off ("" if it was not). */
-const char *bus_sub_cut_reason(bus_sub *s);
-
 /* Removes and frees the subscriber (after its connection ended). */
 void bus_unsubscribe(bus *b, bus_sub *s);
-
-/* Subscribers cut off for being too slow, so far. */
-uint64_t bus_cutoffs(bus *b);
 
 #endif

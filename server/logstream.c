@@ -118,11 +118,9 @@ struct stream {
 	struct stream *next;
 	char id[64];                /* "" for a device's own stream */
 	bus_sub *sub;
-	int has_reader;
-	int64_t created;
+	int has_reader;             /* under ls->lock */
 	int64_t owner;              /* the API token that created it */
 	int64_t open_by;            /* tn_mono_ms: removed if not opened by then */
-	unsigned types;             /* 1 << event_type of each type it sends; 0: all */
 };
 
 /* A waker thread and the readers it is to resume or send to.  While the
@@ -167,6 +165,7 @@ struct reader {
 	char *unsent;               /* what a direct send() left, owned: goes first */
 	size_t unsent_len, unsent_off;
 	int ended;
+	char last_word[300];        /* a closing notice made with no allocation (ls__cut) */
 	/* Direct sending (see ls__direct). */
 	int returned;               /* ls__read returned data once */
 	int pushed;                 /* MHD wrote (and pushed) data of ours */
@@ -367,7 +366,7 @@ static void *ls__waker(void *arg)
 		}
 		if (!w->to_wake) {
 			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
+			clock_gettime(CLOCK_MONOTONIC, &ts); /* the cond's clock: immune to clock steps */
 			ts.tv_sec += 1;
 			pthread_cond_timedwait(&w->cond, &w->lock, &ts);
 			pthread_mutex_unlock(&w->lock);
@@ -456,8 +455,12 @@ int logstreams_new(logstreams **out, bus *b, store *st, const logstreams_options
 		w->epfd = -1;
 		if (!(w->buf = malloc(LOGSTREAM_DIRECT_BUF)))
 			goto fail;
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 		pthread_mutex_init(&w->lock, NULL);
-		pthread_cond_init(&w->cond, NULL);
+		pthread_cond_init(&w->cond, &ca);
+		pthread_condattr_destroy(&ca);
 		ls->nwakers++;
 		if ((w->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
 			goto fail;
@@ -518,11 +521,33 @@ static char *ls__frame(const tn_event *ev, int text_form)
 	return text;
 }
 
+/* The reader cannot send what comes next (no memory to format it, the
+ * store failed): rather than skip it, a silent gap, the stream ends here
+ * with a last notice saying where to resume, made without allocating. */
+static void ls__cut(struct reader *r, const char *why)
+{
+	int n;
+	if (r->st->id[0])
+		n = snprintf(r->last_word, sizeof r->last_word, "event: state_change\ndata: closed: %s; this stream "
+			     "cannot resume: create a new one, and read what it missed with GET /v1/logs?after=%lld\n\n",
+			     why, (long long)r->last_sent);
+	else
+		n = snprintf(r->last_word, sizeof r->last_word, "event: state_change\ndata: closed: %s; reconnect "
+			     "with Last-Event-ID: %lld to resume\n\n", why, (long long)r->last_sent);
+	ls__set_out(r, NULL, NULL, r->last_word, n > 0 ? (size_t)n : 0);
+	r->ended = 1;
+}
+
 /* A history event (not shared: only this reader sends it). */
 static void ls__format_event(struct reader *r, const tn_event *ev)
 {
+	char *text = ls__frame(ev, r->text);
+	if (!text) {
+		ls__cut(r, "out of memory");
+		return;
+	}
 	r->last_sent = ev->id;
-	ls__set_out(r, ls__frame(ev, r->text), NULL, NULL, 0);
+	ls__set_out(r, text, NULL, NULL, 0);
 }
 
 /* A live event: its shared frame; takes the reference e. */
@@ -530,11 +555,12 @@ static void ls__format_shared(struct reader *r, bus_event *e)
 {
 	size_t len = 0;
 	const char *frame = bus_event_frame(e, r->text ? 1 : 0, ls__frame, &len);
-	r->last_sent = bus_event_get(e)->id;
 	if (!frame) {
 		bus_event_release(e);
-		e = NULL;
+		ls__cut(r, "out of memory");
+		return;
 	}
+	r->last_sent = bus_event_get(e)->id;
 	ls__set_out(r, NULL, e, frame, len);
 }
 
@@ -542,8 +568,9 @@ static void ls__format_notice(struct reader *r, const char *notice)
 {
 	char *text = NULL;
 	if (asprintf(&text, "event: state_change\ndata: %s\n\n", notice) < 0)
-		text = NULL;
-	ls__set_out(r, text, NULL, NULL, 0);
+		ls__cut(r, "out of memory");
+	else
+		ls__set_out(r, text, NULL, NULL, 0);
 }
 
 /* --- the reader ------------------------------------------------------------------- */
@@ -578,8 +605,10 @@ static int ls__history(struct reader *r)
 		tn_error err;
 		r->page = store_events_list(r->ls->st, &q, &err);
 		if (!r->page) {
+			log_err("log stream: the history after %lld: %s", (long long)r->after, err.msg);
 			r->after = -1;
-			return 0;
+			ls__cut(r, "the store could not read the history");
+			return 1;
 		}
 	}
 }
@@ -659,9 +688,7 @@ static ssize_t ls__fill(struct reader *r, char *buf, size_t max)
 			continue;
 		if (r->batch_i < r->batch_n) {
 			bus_item it = r->batch[r->batch_i++];
-			if (it.ev && r->st->types && !(r->st->types & 1u << bus_event_get(it.ev)->type)) {
-				bus_event_release(it.ev); /* a type this stream leaves out */
-			} else if (it.ev && bus_event_get(it.ev)->id > r->last_sent) {
+			if (it.ev && bus_event_get(it.ev)->id > r->last_sent) {
 				ls__format_shared(r, it.ev);
 			} else if (it.ev) {
 				bus_event_release(it.ev);
@@ -883,10 +910,12 @@ static struct MHD_Response *ls__response(logstreams *ls, struct MHD_Connection *
 	r->last_write = tn_mono_ms();
 	/* The waker may write to a plain TCP socket itself (ls__direct); not
 	 * to a TLS one, whose records only MHD can make. */
-	const union MHD_ConnectionInfo *fd = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD),
-				       *tls = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
-	r->fd = fd ? fd->connect_fd : -1;
-	r->can_direct = ls->direct_ok && r->fd >= 0 && !(tls && tls->tls_session);
+	/* (Each answer may be overwritten by the next call: read it first.) */
+	const union MHD_ConnectionInfo *info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	r->fd = info ? info->connect_fd : -1;
+	info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+	int tls = info && info->tls_session;
+	r->can_direct = ls->direct_ok && r->fd >= 0 && !tls;
 	ls__set_out(r, NULL, NULL, LOGSTREAM_COMMENT, sizeof LOGSTREAM_COMMENT - 1);
 	struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 65536, ls__read, r,
 								      ls__reader_done);
@@ -926,7 +955,7 @@ struct MHD_Response *logstream_device_response(logstreams *ls, struct MHD_Connec
 		tn_err(err, TN_ENOMEM, "out of memory");
 		return NULL;
 	}
-	st->sub = bus_subscribe(ls->b, 0, 1);
+	st->sub = bus_subscribe(ls->b, 0, 0, 1);
 	if (!st->sub || bus_sub_add_device(st->sub, device)) {
 		ls__stream_free(ls, st);
 		tn_err(err, TN_ENOMEM, "out of memory");
@@ -1065,11 +1094,9 @@ int logstream_create(logstreams *ls, int64_t owner, json_t *body, json_t **out, 
 		return tn_err(err, TN_ENOMEM, "out of memory");
 	}
 	snprintf(st->id, sizeof st->id, "%.40s", secret);
-	st->created = tn_now_ms();
 	st->owner = owner;
 	st->open_by = tn_mono_ms() + ls->opt.open_timeout_ms;
-	st->types = types;
-	st->sub = bus_subscribe(ls->b, json_is_true(all), 0);
+	st->sub = bus_subscribe(ls->b, json_is_true(all), types, 0);
 	if (!st->sub) {
 		free(st);
 		json_decref(list);
@@ -1138,7 +1165,9 @@ struct MHD_Response *logstream_open(logstreams *ls, struct MHD_Connection *conn,
 	pthread_mutex_unlock(&ls->lock);
 	struct MHD_Response *resp = ls__response(ls, conn, st, 0, -1, text);
 	if (!resp) {
+		pthread_mutex_lock(&ls->lock);
 		st->has_reader = 0;
+		pthread_mutex_unlock(&ls->lock);
 		tn_err(err, TN_ENOMEM, "out of memory");
 	}
 	return resp;

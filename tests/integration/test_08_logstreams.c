@@ -835,6 +835,39 @@ START_TEST(resume_while_the_device_logs_gets_every_event_once)
 }
 END_TEST
 
+/* A stream of some types only: events of the other types never enter its
+ * queue (200 device lines before it is read, a queue of 50: it is not cut
+ * off), and it gets the status lines. */
+START_TEST(other_types_stay_out_of_a_streams_queue)
+{
+	th_server s;
+	th_server_start(&s, "--stream-queue 50 --log-rate 0");
+	char *sec = th_register(&s, DEV, NULL);
+	th_resp r;
+	th_http(&s, "POST", "/v1/logstreams", NULL, "{\"devices\":[\"" DEV "\"],\"types\":[\"status\"]}", NULL, &r);
+	ck_assert_int_eq(r.status, 201);
+	char path[200];
+	snprintf(path, sizeof path, "/v1/logstreams/%s", json_string_value(json_object_get(r.json, "id")));
+	th_resp_free(&r);
+	logs(&s, sec, "not a status %n", 200);
+	ck_assert_int_eq(th_wait_online(&s, DEV, 0, 10000), 0);
+	ck_assert_int_ge(th_wait_event(&s, DEV, "status", "Device disconnected", 10000), 1);
+	const char *out = th_tmp(&s, "types.sse");
+	pid_t c = stream(&s, path, NULL, out);
+	ck_assert_int_eq(th_wait_file(out, "\"msg\":\"Device disconnected\"", 10000), 0);
+	char *text = th_read_file(out);
+	ck_assert_ptr_nonnull(strstr(text, "\"msg\":\"Device connected\""));
+	ck_assert_ptr_null(strstr(text, "not a status"));
+	ck_assert_ptr_null(strstr(text, "closed"));
+	free(text);
+	ck_assert_int_eq(th_metric(&s, "tender_log_stream_cutoffs_total"), 0);
+	kill(c, SIGKILL);
+	waitpid(c, NULL, 0);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 /* Over TLS only MHD can write the stream (its records): the same stream,
  * history then live, every event once and in order. */
 START_TEST(a_stream_over_tls)
@@ -973,6 +1006,7 @@ int main(void)
 		a_named_streams_notices_are_bounded,
 		a_slow_bursty_reader_gets_every_event_once,
 		resume_while_the_device_logs_gets_every_event_once,
+		other_types_stay_out_of_a_streams_queue,
 		a_stream_over_tls,
 		stop_while_readers_keep_reconnecting,
 	};
