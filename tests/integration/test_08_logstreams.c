@@ -1,12 +1,16 @@
 /* tests/integration/test_08_logstreams.c -- live log streams over SSE with
- * curl: every event exactly once across a disconnect and a Last-Event-ID
- * resume; multi-device streams with their state_change notices; a stalled
- * subscriber cut off with its notice while devices and other subscribers
- * carry on; many readers of one device in both forms, sharing each event's
- * formatted frame, each getting every event once, in order; readers that
- * go away are dropped at the next event, and a deleted stream ends its
- * connection (the waker's own sends, on plain TCP); the same over TLS,
- * where MHD sends everything; the device's throttle, retention and the
+ * curl and raw sockets: every event exactly once across a disconnect and a
+ * Last-Event-ID resume, also while the device logs fast; multi-device
+ * streams with their state_change notices, bounded like events, and types
+ * kept out of the queue; a stalled subscriber cut off with its notice while
+ * devices and other subscribers carry on, its capture whole; a slow, bursty
+ * reader whose sends are cut short again and again; many readers of one
+ * device in both forms, sharing each event's formatted frame, each getting
+ * every event once, in order; a stream's headers and opening comment at
+ * once, heartbeats, readers that go away dropped with no event to send, and
+ * a deleted stream that ends its connection (the waker's own sends, on
+ * plain TCP); the same over TLS, where MHD sends everything; a stop while
+ * clients keep reconnecting; the device's throttle, retention and the
  * fleet's history with filters. */
 #define _GNU_SOURCE
 #include <check.h>
@@ -916,13 +920,6 @@ START_TEST(a_stream_over_tls)
 }
 END_TEST
 
-/* A server that stops while a reader is attached and its client keeps
- * reconnecting (as tenderctl logs -f does, 500 ms after the shutting-down
- * notice; here at once, again and again), with a device logging and then
- * disconnected by the stop: no stream opened during the shutdown is left
- * suspended when the HTTP server stops (libmicrohttpd aborts then), and
- * no event published afterwards wakes one.  tenderd exits 0 (and under the
- * sanitizers with no leak and no use after free). */
 /* A client in a child process that reads a stream to its end and at once
  * connects again, until nothing listens (at most 100,000 times, 60 s);
  * exits with how many streams it read, at most 255. */
