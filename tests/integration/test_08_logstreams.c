@@ -627,7 +627,9 @@ START_TEST(a_stream_opens_at_once_and_its_events_go_direct)
 	logs(&s, sec, "direct %n", 3);
 	ck_assert_int_eq(recv_until(fd, &text, &len, "\"msg\":\"direct 3\"", 10000), 0);
 	ck_assert_int_ge(th_metric(&s, "tender_log_stream_direct_writes_total"), 1);
-	ck_assert_int_eq(th_metric(&s, "tender_log_stream_mhd_writes_total"), mhd);
+	/* (One more if MHD's thread was held up between its write of the
+	 * comment and its next call until the first event came.) */
+	ck_assert_int_le(th_metric(&s, "tender_log_stream_mhd_writes_total"), mhd + 1);
 	free(text);
 	close(fd);
 	free(sec);
