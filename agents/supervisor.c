@@ -2057,6 +2057,24 @@ static int sup__forget_tx(sqlite3 *db, void *arg, tn_error *err)
 	return 0;
 }
 
+/* Routes e (steals it) and waits until its worker has handled it; returns
+ * what the worker answered (owned, may be NULL). */
+static json_t *sup__route_and_wait(supervisor *s, struct ev *e)
+{
+	struct sup_info_wait wait = { .done = 0 };
+	pthread_mutex_init(&wait.lock, NULL);
+	pthread_cond_init(&wait.cond, NULL);
+	e->wait = &wait;
+	sup__route(s, e);
+	pthread_mutex_lock(&wait.lock);
+	while (!wait.done)
+		pthread_cond_wait(&wait.cond, &wait.lock);
+	pthread_mutex_unlock(&wait.lock);
+	pthread_mutex_destroy(&wait.lock);
+	pthread_cond_destroy(&wait.cond);
+	return wait.info;
+}
+
 void sup_device_deleted(supervisor *s, uint64_t device)
 {
 	pthread_mutex_lock(&s->route_lock);
@@ -2064,19 +2082,8 @@ void sup_device_deleted(supervisor *s, uint64_t device)
 	int known = idmap_get(&s->route, device) != NULL;
 	pthread_mutex_unlock(&s->route_lock);
 	struct ev *e = known ? sup__ev(EV_DELETE, device) : NULL;
-	if (e) {
-		struct sup_info_wait wait = { .done = 0 };
-		pthread_mutex_init(&wait.lock, NULL);
-		pthread_cond_init(&wait.cond, NULL);
-		e->wait = &wait;
-		sup__route(s, e);
-		pthread_mutex_lock(&wait.lock);
-		while (!wait.done)
-			pthread_cond_wait(&wait.cond, &wait.lock);
-		pthread_mutex_unlock(&wait.lock);
-		pthread_mutex_destroy(&wait.lock);
-		pthread_cond_destroy(&wait.cond);
-	}
+	if (e)
+		json_decref(sup__route_and_wait(s, e));
 	/* The agent can write no more: clear what it wrote since the delete. */
 	struct sup__forget f = { .id = device };
 	tn_error err = { 0 };
@@ -2196,19 +2203,9 @@ json_t *sup_agent_info(supervisor *s, uint64_t device)
 	struct ev *e = sup__ev(EV_INFO, device);
 	if (!e)
 		return NULL;
-	struct sup_info_wait wait = { .done = 0 };
-	pthread_mutex_init(&wait.lock, NULL);
-	pthread_cond_init(&wait.cond, NULL);
-	e->wait = &wait;
-	sup__route(s, e);
-	pthread_mutex_lock(&wait.lock);
-	while (!wait.done)
-		pthread_cond_wait(&wait.cond, &wait.lock);
-	pthread_mutex_unlock(&wait.lock);
-	pthread_mutex_destroy(&wait.lock);
-	pthread_cond_destroy(&wait.cond);
-	if (wait.info)
-		return wait.info;
+	json_t *info = sup__route_and_wait(s, e);
+	if (info)
+		return info;
 	/* No answer: deleted meanwhile, or a request racing a move. */
 	pthread_mutex_lock(&s->route_lock);
 	int known = idmap_get(&s->route, device) != NULL;

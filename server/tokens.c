@@ -496,6 +496,46 @@ done:
 
 /* --- refused requests, bounded -------------------------------------------------- */
 
+/* --- per-address windows, for the two limiters below --------------------------- */
+
+/* An address's window: free (window_start 0) or live until window_ms has
+ * passed since window_start. */
+struct addr_window {
+	char addr[48];
+	int64_t window_start;
+};
+
+/* Among nslots slots of `size` bytes, each starting with a struct
+ * addr_window, the live one of addr (*own set), else the victim to take
+ * for it: a free or expired slot of its probe run, or else the oldest
+ * there.  Linear probing from addr's FNV-1a hash. */
+static struct addr_window *addr_window__find(void *slots, size_t size, int nslots, int probe, const char *addr,
+					     int64_t now, int64_t window_ms, int *own)
+{
+	uint32_t h = 2166136261u;
+	struct addr_window *victim = NULL;
+	int victim_live = 1;
+
+	for (const char *p = addr; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	*own = 0;
+	for (int i = 0; i < probe; i++) {
+		struct addr_window *w = (struct addr_window *)((char *)slots + (size_t)((h + (uint32_t)i) % (uint32_t)nslots) * size);
+		int live = w->window_start && now - w->window_start < window_ms;
+		if (live && strcmp(w->addr, addr) == 0) {
+			*own = 1;
+			return w;
+		}
+		if (!live && victim_live) {
+			victim = w;
+			victim_live = 0;
+		} else if (live && victim_live && (!victim || w->window_start < victim->window_start)) {
+			victim = w;
+		}
+	}
+	return victim;
+}
+
 #define AUDITLIMIT_SLOTS 1024  /* addresses tracked at once; a reused one's counts are summarized */
 #define AUDITLIMIT_PROBE 8
 
@@ -520,8 +560,7 @@ struct audit__tally {
 };
 
 struct auditlimit_slot {
-	char addr[48];
-	int64_t window_start;      /* tn_mono_ms(); 0: free */
+	struct addr_window w;      /* first: see addr_window__find */
 	int recorded;              /* its refusals recorded one by one in this window */
 	struct audit__tally t;
 };
@@ -637,7 +676,7 @@ static void auditlimit__retire(auditlimit *l, struct auditlimit_slot *s, int64_t
 		return;
 	if (!l->window_start)
 		l->window_start = now;
-	memcpy(s->t.addr, s->addr, sizeof s->t.addr);
+	memcpy(s->t.addr, s->w.addr, sizeof s->t.addr);
 	if (l->recorded < l->per_window && auditlimit__push(l, &s->t) == 0)
 		l->recorded++;
 	else
@@ -649,27 +688,14 @@ static void auditlimit__retire(auditlimit *l, struct auditlimit_slot *s, int64_t
  * oldest of its probe run (retired first). */
 static struct auditlimit_slot *auditlimit__slot(auditlimit *l, const char *addr, int64_t now)
 {
-	uint32_t h = 2166136261u;   /* FNV-1a */
-	struct auditlimit_slot *victim = NULL;
-	int victim_live = 1;
-
-	for (const char *p = addr; *p; p++)
-		h = (h ^ (unsigned char)*p) * 16777619u;
-	for (int i = 0; i < AUDITLIMIT_PROBE; i++) {
-		struct auditlimit_slot *s = &l->slots[(h + (uint32_t)i) % AUDITLIMIT_SLOTS];
-		int live = s->window_start && now - s->window_start < l->window_ms;
-		if (live && strcmp(s->addr, addr) == 0)
-			return s;
-		if (!live && victim_live) {
-			victim = s;
-			victim_live = 0;
-		} else if (live && victim_live && (!victim || s->window_start < victim->window_start)) {
-			victim = s;
-		}
-	}
+	int own;
+	struct auditlimit_slot *victim = (struct auditlimit_slot *)addr_window__find(
+		l->slots, sizeof l->slots[0], AUDITLIMIT_SLOTS, AUDITLIMIT_PROBE, addr, now, l->window_ms, &own);
+	if (own)
+		return victim;
 	auditlimit__retire(l, victim, now);
-	snprintf(victim->addr, sizeof victim->addr, "%s", addr);
-	victim->window_start = now;
+	snprintf(victim->w.addr, sizeof victim->w.addr, "%s", addr);
+	victim->w.window_start = now;
 	victim->recorded = 0;
 	return victim;
 }
@@ -681,10 +707,10 @@ static void auditlimit__sweep(auditlimit *l, int64_t now, int final)
 	auditlimit__roll(l, now, 0);
 	for (int i = 0; i < AUDITLIMIT_SLOTS; i++) {
 		struct auditlimit_slot *s = &l->slots[i];
-		if (!s->window_start || (!final && now - s->window_start < l->window_ms))
+		if (!s->w.window_start || (!final && now - s->w.window_start < l->window_ms))
 			continue;
 		auditlimit__retire(l, s, now);
-		s->window_start = 0;
+		s->w.window_start = 0;
 	}
 	auditlimit__roll(l, now, final);
 }
@@ -820,8 +846,7 @@ int audit_refusal(auditlimit *l, const audit_entry *e, tn_error *err)
 #define AUTHLIMIT_PROBE 8
 
 struct authlimit_slot {
-	char addr[48];
-	int64_t window_start;      /* ms; 0: free */
+	struct addr_window w;      /* first: see addr_window__find */
 	int failures;
 };
 
@@ -851,39 +876,19 @@ void authlimit_free(authlimit *l)
 	free(l);
 }
 
-static uint32_t authlimit__hash(const char *s)
-{
-	uint32_t h = 2166136261u;   /* FNV-1a */
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
-}
-
 /* The slot for addr (under lock): its own, a free or expired one, or the
  * oldest of its probe run.  create 0: NULL when addr has none. */
 static struct authlimit_slot *authlimit__slot(authlimit *l, const char *addr, int64_t now, int create)
 {
-	uint32_t h = authlimit__hash(addr);
-	struct authlimit_slot *victim = NULL;
-	int victim_live = 1;
-
-	for (int i = 0; i < AUTHLIMIT_PROBE; i++) {
-		struct authlimit_slot *s = &l->slots[(h + (uint32_t)i) % AUTHLIMIT_SLOTS];
-		int live = s->window_start && now - s->window_start < l->window_ms;
-		if (live && strcmp(s->addr, addr) == 0)
-			return s;
-		/* prefer a free or expired slot, else the oldest window */
-		if (!live && victim_live) {
-			victim = s;
-			victim_live = 0;
-		} else if (live && victim_live && (!victim || s->window_start < victim->window_start)) {
-			victim = s;
-		}
-	}
+	int own;
+	struct authlimit_slot *victim = (struct authlimit_slot *)addr_window__find(
+		l->slots, sizeof l->slots[0], AUTHLIMIT_SLOTS, AUTHLIMIT_PROBE, addr, now, l->window_ms, &own);
+	if (own)
+		return victim;
 	if (!create)
 		return NULL;
-	snprintf(victim->addr, sizeof victim->addr, "%s", addr);
-	victim->window_start = now;
+	snprintf(victim->w.addr, sizeof victim->w.addr, "%s", addr);
+	victim->w.window_start = now;
 	victim->failures = 0;
 	return victim;
 }
@@ -896,7 +901,7 @@ int authlimit_wait(authlimit *l, const char *addr, int64_t now_ms)
 	pthread_mutex_lock(&l->lock);
 	struct authlimit_slot *s = authlimit__slot(l, addr, now_ms, 0);
 	if (s && s->failures >= l->max_failures)
-		wait = (int)((s->window_start + l->window_ms - now_ms + 999) / 1000);
+		wait = (int)((s->w.window_start + l->window_ms - now_ms + 999) / 1000);
 	pthread_mutex_unlock(&l->lock);
 	return wait > 0 ? wait : 0;
 }
