@@ -609,8 +609,11 @@ static int device__over_ip_limit(device_loop *d, struct lws *wsi)
 
 /* --- file descriptors -------------------------------------------------------- */
 
-/* The device endpoint gets RLIMIT_NOFILE less a quarter (at least 32) kept for
- * SQLite, the HTTP API and agents; lws stops accepting at that budget.  Below
+/* The device endpoint gets RLIMIT_NOFILE less a quarter (at least 64) kept for
+ * SQLite (three connections' files, more while API reads run), the HTTP API
+ * and its threads, the log stream threads and the event loops: tenderd
+ * holds about 30 descriptors with no client at all.  tenderd stops
+ * accepting at that budget (device__accept_cb).  Below
  * it DEVICE_FD_SLACK are kept for handshakes under way, so a connection past
  * max_conns is still accepted and refused with a 503, rather than left to
  * fail accept() with EMFILE in a busy loop. */
@@ -627,7 +630,7 @@ static unsigned device__fd_limit(void)
 static unsigned device__fd_budget(void)
 {
 	rlim_t n = device__fd_limit();
-	rlim_t keep = n / 4 > 32 ? n / 4 : 32;
+	rlim_t keep = n / 4 > 64 ? n / 4 : 64;
 	return n > keep + 2 * DEVICE_FD_SLACK ? (unsigned)(n - keep) : 2 * DEVICE_FD_SLACK;
 }
 

@@ -668,10 +668,10 @@ END_TEST
 
 /* --- out of file descriptors ------------------------------------------------ */
 
-#define FD_LIMIT 64
-#define FD_DEVICES 60
+#define FD_LIMIT 160   /* 64 kept for the rest of tenderd, 96 for devices */
+#define FD_DEVICES 120
 #define FD_FIRST 8
-#define FD_RAW 60
+#define FD_RAW 120
 
 static void write_creds(th_server *s, const char *name, char ids[][17], char **secrets, int from, int to)
 {
