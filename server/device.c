@@ -47,6 +47,7 @@
 #include <jansson.h>
 #include <libwebsockets.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
@@ -104,7 +105,24 @@ struct conn {
 	struct pending_hello *pending; /* owned: its hello, parsed again once enrolled */
 	struct conn *tprev, *tnext;    /* its place in d->timing[tlist] */
 	int64_t deadline;              /* tn_mono_ms() when the cron acts on it */
+	device_fetch_grant *grant;     /* one reference, or NULL: fetches served here */
 };
+
+/* Shared by the scheduler (until it revokes) and the connection holding it. */
+struct device_fetch_grant {
+	atomic_int refs;
+	atomic_int revoked;
+	fwstore_file *file;            /* one reference */
+	char update_id[40];
+};
+
+static void device__grant_unref(device_fetch_grant *g)
+{
+	if (!g || atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	fwstore_file_unref(g->file);
+	free(g);
+}
 
 struct pending_hello {
 	size_t len;
@@ -114,7 +132,7 @@ struct pending_hello {
 enum timing_list { T_NONE, T_HELLO, T_ACTIVE, T_PINGED, T_CLOSING, T_COUNT };
 #define DEVICE_CLOSE_BACKSTOP_MS 5000
 
-enum cmd_kind { CMD_KICK, CMD_SEND, CMD_ENROLLED };
+enum cmd_kind { CMD_KICK, CMD_SEND, CMD_ENROLLED, CMD_GRANT };
 
 struct cmd {
 	struct cmd *next;
@@ -127,6 +145,7 @@ struct cmd {
 	char *secret;                  /* CMD_ENROLLED: owned */
 	uint64_t ticket;               /* CMD_ENROLLED */
 	int rc;
+	device_fetch_grant *grant;     /* CMD_GRANT: one reference */
 };
 
 /* Frames of one connection written in one send() when several are queued
@@ -424,6 +443,46 @@ static void device__refuse(struct conn *c, metrics_error_kind kind, const char *
 	}
 }
 
+/* A fetch answered from the connection's grant, without a trip through the
+ * scheduler thread: 1 when answered; 0 when the scheduler must answer (no
+ * grant or a revoked one, another update id, an offset past the end, a
+ * failed read), with the same checks and messages as before. */
+static int device__serve_fetch(struct conn *c, const frame *f)
+{
+	device_fetch_grant *g = c->grant;
+	if (!g)
+		return 0;
+	if (atomic_load_explicit(&g->revoked, memory_order_acquire)) {
+		device__grant_unref(g);
+		c->grant = NULL;
+		return 0;
+	}
+	uint64_t size = fwstore_file_size(g->file), offset = (uint64_t)f->u.fetch.offset;
+	if (f->u.fetch.offset < 0 || offset >= size || strcmp(f->u.fetch.id, g->update_id) != 0)
+		return 0;
+	size_t len = (size_t)(f->u.fetch.length > SCHED_MAX_CHUNK ? SCHED_MAX_CHUNK : f->u.fetch.length);
+	if (offset + len > size)
+		len = (size_t)(size - offset);
+	/* A chunk: 8-byte big-endian offset, then the bytes, read in place. */
+	struct outmsg *m = malloc(sizeof *m + LWS_PRE + 8 + len);
+	if (!m)
+		return 0;
+	m->next = NULL;
+	m->len = 8 + len;
+	m->binary = 1;
+	unsigned char *p = m->buf + LWS_PRE;
+	for (int i = 0; i < 8; i++)
+		p[i] = (unsigned char)(offset >> (56 - 8 * i));
+	if (fwstore_file_read(g->file, offset, p + 8, len)) {
+		free(m);
+		return 0;
+	}
+	metrics_inc(M_FIRMWARE_CHUNKS);
+	metrics_inc(M_FIRMWARE_CHUNKS_LOOP);
+	device__queue_msg(c, m);
+	return 1;
+}
+
 static void device__on_frame_online(struct conn *c, const frame *f)
 {
 	device_loop *d = c->loop;
@@ -465,7 +524,9 @@ static void device__on_frame_online(struct conn *c, const frame *f)
 			device__refuse(c, ERR_BAD_FRAME, "no firmware update is in progress for this device");
 			return;
 		}
-		sched_fetch(d->opt.sched, c->id, c->serial, f->u.fetch.id, f->u.fetch.offset, f->u.fetch.length);
+		if (!device__serve_fetch(c, f))
+			sched_fetch(d->opt.sched, c->id, c->serial, f->u.fetch.id, f->u.fetch.offset,
+				    f->u.fetch.length);
 		break;
 	}
 	c->bad_streak = 0;
@@ -736,6 +797,8 @@ static void device__on_closed(device_loop *d, struct conn *c)
 		idmap_del(&d->enrolling, c->ticket);
 	free(c->pending);
 	c->pending = NULL;
+	device__grant_unref(c->grant);
+	c->grant = NULL;
 	free(c->close_reason);
 	c->close_reason = NULL;
 	if (c->state == ONLINE && idmap_get(&d->online, c->id) == c) {
@@ -903,6 +966,7 @@ static void device__enroll_done(void *arg, uint64_t ticket, int rc, const char *
 
 static void device__cmd_free(struct cmd *cmd)
 {
+	device__grant_unref(cmd->grant);
 	free(cmd->msg);
 	free(cmd->secret);
 	free(cmd);
@@ -927,6 +991,10 @@ static void device__run_commands(device_loop *d)
 			cmd->msg = NULL;
 		} else if (cmd->kind == CMD_ENROLLED) {
 			device__on_enrolled(d, cmd);
+		} else if (cmd->kind == CMD_GRANT && c && c->serial == cmd->serial && !c->closing) {
+			device__grant_unref(c->grant);
+			c->grant = cmd->grant;
+			cmd->grant = NULL;
 		}
 		device__cmd_free(cmd);
 	}
@@ -1203,6 +1271,36 @@ int device_loop_send(device_loop *d, uint64_t id, uint64_t conn, const void *dat
 	cmd->serial = conn;
 	device__push(d, cmd);
 	return 0;
+}
+
+device_fetch_grant *device_loop_grant_fetch(device_loop *d, uint64_t id, uint64_t conn, const char *update_id,
+					    fwstore_file *file)
+{
+	struct cmd *cmd = calloc(1, sizeof *cmd);
+	device_fetch_grant *g = calloc(1, sizeof *g);
+	if (!cmd || !g) {
+		free(cmd);
+		free(g);
+		return NULL;
+	}
+	atomic_init(&g->refs, 2); /* the caller's and the connection's */
+	atomic_init(&g->revoked, 0);
+	g->file = fwstore_file_ref(file);
+	snprintf(g->update_id, sizeof g->update_id, "%s", update_id);
+	cmd->kind = CMD_GRANT;
+	cmd->id = id;
+	cmd->serial = conn;
+	cmd->grant = g;
+	device__push(d, cmd);
+	return g;
+}
+
+void device_fetch_revoke(device_fetch_grant *g)
+{
+	if (!g)
+		return;
+	atomic_store_explicit(&g->revoked, 1, memory_order_release);
+	device__grant_unref(g);
 }
 
 void device_loop_stop(device_loop *d)

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fwstore.h"
 #include "registry.h"
 #include "store.h"
 #include "tn.h"
@@ -48,6 +49,24 @@ int device_loop_kick(device_loop *d, uint64_t id, int code, const char *reason, 
  * the scheduler was given with the device's hello): if the device has
  * reconnected since, the frame is dropped.  `data` is copied. */
 int device_loop_send(device_loop *d, uint64_t id, uint64_t conn, const void *data, size_t len, int binary);
+
+/* Firmware fetches of a device that is already downloading are answered by
+ * the device loop itself, from a grant the scheduler hands it (docs/updates.md,
+ * "Who answers a fetch"): the image, its update id, and a flag the scheduler
+ * sets to take it back.  The flag is read before every chunk, so a revoke
+ * takes effect at once and cannot fail; a fetch the grant does not cover
+ * (another id, an offset past the end, a revoked grant) goes to the scheduler
+ * as before, which answers it or says why not. */
+typedef struct device_fetch_grant device_fetch_grant;
+
+/* Grants connection `conn` of device `id` fetches of `update_id` from
+ * `file` (a reference is taken).  Returns the grant for device_fetch_revoke,
+ * or NULL when out of memory (the scheduler keeps answering). */
+device_fetch_grant *device_loop_grant_fetch(device_loop *d, uint64_t id, uint64_t conn, const char *update_id,
+					    fwstore_file *file);
+
+/* Takes a grant back (at once) and drops the caller's reference.  Accepts NULL. */
+void device_fetch_revoke(device_fetch_grant *g);
 
 /* Closes every connection (1001, "server shutting down"), waits up to 2 s for
  * them to go, stops the thread and frees everything.  Accepts NULL. */

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -270,4 +271,61 @@ int fwstore_verify(const fwstore_info *info, tn_error *err)
 		return tn_err(err, TN_EIO, "firmware %s: the file %s no longer matches its SHA-256",
 			      info->version, info->path);
 	return 0;
+}
+
+/* --- images open for reading ------------------------------------------------- */
+
+struct fwstore_file {
+	atomic_int refs;
+	int fd;
+	uint64_t size;
+	char path[512];
+};
+
+fwstore_file *fwstore_file_open(const fwstore_info *info, tn_error *err)
+{
+	fwstore_file *f = calloc(1, sizeof *f);
+	if (!f) {
+		tn_err(err, TN_ENOMEM, "out of memory");
+		return NULL;
+	}
+	if ((f->fd = open(info->path, O_RDONLY | O_CLOEXEC)) < 0) {
+		tn_err(err, TN_EIO, "cannot open %s: %s", info->path, strerror(errno));
+		log_err("firmware: cannot open %s: %s", info->path, strerror(errno));
+		free(f);
+		return NULL;
+	}
+	atomic_init(&f->refs, 1);
+	f->size = info->size;
+	snprintf(f->path, sizeof f->path, "%s", info->path);
+	return f;
+}
+
+fwstore_file *fwstore_file_ref(fwstore_file *f)
+{
+	if (f)
+		atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+	return f;
+}
+
+void fwstore_file_unref(fwstore_file *f)
+{
+	if (!f || atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	close(f->fd);
+	free(f);
+}
+
+uint64_t fwstore_file_size(const fwstore_file *f)
+{
+	return f->size;
+}
+
+int fwstore_file_read(fwstore_file *f, uint64_t offset, void *buf, size_t len)
+{
+	ssize_t got = pread(f->fd, buf, len, (off_t)offset);
+	if (got == (ssize_t)len)
+		return 0;
+	log_err("firmware: cannot read %s: %s", f->path, got < 0 ? strerror(errno) : "short read");
+	return -1;
 }

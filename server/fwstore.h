@@ -43,6 +43,21 @@ void fwstore_info_clear(fwstore_info *info);
 /* 1 when hw is one of the firmware's targets. */
 int fwstore_targets_hw(const fwstore_info *info, const char *hw);
 
+/* An image open for reading, shared between threads (the scheduler, and the
+ * device loop serving fetches of devices already downloading): reference
+ * counted, closed with its last reference.  Images never change once stored,
+ * so a reader needs no lock. */
+typedef struct fwstore_file fwstore_file;
+
+/* Opens info's image (NULL with *err when it cannot). */
+fwstore_file *fwstore_file_open(const fwstore_info *info, tn_error *err);
+fwstore_file *fwstore_file_ref(fwstore_file *f);
+void fwstore_file_unref(fwstore_file *f);
+uint64_t fwstore_file_size(const fwstore_file *f);
+/* Reads exactly len bytes at offset into buf: 0, or -1 (short or failed;
+ * logged with the file's path). */
+int fwstore_file_read(fwstore_file *f, uint64_t offset, void *buf, size_t len);
+
 /* Recomputes the file's SHA-256 and compares (0, or TN_EIO with a reason). */
 int fwstore_verify(const fwstore_info *info, tn_error *err);
 

@@ -59,6 +59,9 @@ static const struct {
 				     "Log stream writes the waker threads made themselves (caught-up readers on plain TCP)." },
 	[M_STREAM_MHD_WRITES] = { "tender_log_stream_mhd_writes_total", "counter",
 				  "Log stream writes left to libmicrohttpd (history, TLS, readers behind or with a full socket)." },
+	[M_FIRMWARE_CHUNKS] = { "tender_firmware_chunks_total", "counter", "Firmware chunks sent to devices." },
+	[M_FIRMWARE_CHUNKS_LOOP] = { "tender_firmware_chunks_device_loop_total", "counter",
+				     "Firmware chunks the device loop answered itself (a device already downloading)." },
 };
 
 void metrics_add(metrics_counter c, int64_t n)

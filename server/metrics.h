@@ -45,6 +45,8 @@ typedef enum {
 	M_STREAMS_EXPIRED,     /* named log streams removed, not opened in time */
 	M_STREAM_DIRECT_WRITES, /* log stream writes made by the waker threads */
 	M_STREAM_MHD_WRITES,   /* log stream writes left to libmicrohttpd */
+	M_FIRMWARE_CHUNKS,     /* firmware chunks sent (either thread) */
+	M_FIRMWARE_CHUNKS_LOOP, /* of those, answered by the device loop from a grant */
 	M__COUNT
 } metrics_counter;
 

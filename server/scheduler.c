@@ -40,8 +40,6 @@
 #define _GNU_SOURCE
 #include "scheduler.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,9 +51,8 @@
 #include "fwstore.h"
 #include "idmap.h"
 #include "log.h"
+#include "metrics.h"
 #include "rollout.h"
-
-#define SCHED_MAX_CHUNK 65536
 
 enum msg_kind { MSG_ONLINE, MSG_OFFLINE, MSG_STATUS, MSG_FETCH };
 
@@ -122,7 +119,7 @@ struct row {
  * never changed once stored) and closed when the last one ends. */
 struct image {
 	fwstore_info fw;
-	int fd;                   /* -1: not open (yet, or after a failed read) */
+	fwstore_file *file;       /* NULL: not open (yet, or after a failed read) */
 	int users;                /* downloads holding it */
 };
 
@@ -132,6 +129,7 @@ struct image {
 struct download {
 	struct row r;
 	struct image *img;        /* one of its users */
+	device_fetch_grant *grant; /* the device loop answers its fetches, or NULL */
 };
 
 /* --- queue ------------------------------------------------------------------- */
@@ -257,7 +255,6 @@ static struct image *sched__image_hold(scheduler *s, int64_t id, tn_error *err)
 			tn_err(err, TN_ENOMEM, "out of memory");
 			return NULL;
 		}
-		img->fd = -1;
 		if (fwstore_info_get(s->st, s->opt.firmware_dir, id, &img->fw, err))
 			goto fail;
 		idmap_put(&s->images, (uint64_t)id, img, &oom);
@@ -279,8 +276,7 @@ static void sched__image_release(scheduler *s, struct image *img)
 	if (!img || --img->users > 0)
 		return;
 	idmap_del(&s->images, (uint64_t)img->fw.id);
-	if (img->fd >= 0)
-		close(img->fd);
+	fwstore_file_unref(img->file);
 	fwstore_info_clear(&img->fw);
 	free(img);
 }
@@ -289,6 +285,7 @@ static void sched__download_free(scheduler *s, struct download *dl)
 {
 	if (!dl)
 		return;
+	device_fetch_revoke(dl->grant); /* at once: the next fetch comes here */
 	sched__image_release(s, dl->img);
 	free(dl);
 }
@@ -427,15 +424,23 @@ static int sched__tx_apply(sqlite3 *db, void *arg, tn_error *err)
 static int sched__transition(scheduler *s, struct sched__tx *t)
 {
 	tn_error err = { 0 };
-	uint64_t dev;
+	uint64_t dev = 0;
 	int rc = 0;
 	t->st = s->st;
+	int have_dev = tn_device_id_parse(t->device, &dev) == 0;
+	struct download *dl = have_dev ? idmap_get(&s->downloads, dev) : NULL;
+	if (dl) {
+		/* Before the commit: once anyone can see the new state, the device
+		 * loop no longer answers fetches on the old one. */
+		device_fetch_revoke(dl->grant);
+		dl->grant = NULL;
+	}
 	if (store_sync_state(s->st, sched__tx_apply, t, &err))
 		log_err("scheduler: rollout %lld device %s: %s -> %s not recorded: %s",
 			(long long)t->rollout, t->device, t->from, t->to, err.msg);
 	else
 		rc = t->changed;
-	if (tn_device_id_parse(t->device, &dev) == 0)
+	if (have_dev)
 		sched__download_drop(s, dev);
 	return rc;
 }
@@ -689,15 +694,12 @@ static int sched__download_get(scheduler *s, struct sched_msg *m, struct row *r,
  * on first use, and closing it after a failed read so the next one reopens). */
 static int sched__image_read(scheduler *s, struct image *img, int64_t offset, size_t len)
 {
-	if (img->fd < 0)
-		img->fd = open(img->fw.path, O_RDONLY | O_CLOEXEC);
-	ssize_t got = img->fd >= 0 ? pread(img->fd, s->chunk + 8, len, offset) : -1;
-	if (got == (ssize_t)len)
+	if (!img->file && !(img->file = fwstore_file_open(&img->fw, NULL)))
+		return -1;
+	if (fwstore_file_read(img->file, (uint64_t)offset, s->chunk + 8, len) == 0)
 		return 0;
-	log_err("scheduler: cannot read %s: %s", img->fw.path, got < 0 ? strerror(errno) : "short read");
-	if (img->fd >= 0)
-		close(img->fd);
-	img->fd = -1;
+	fwstore_file_unref(img->file); /* grants keep their own reference */
+	img->file = NULL;
 	return -1;
 }
 
@@ -746,6 +748,12 @@ static void sched__on_fetch(scheduler *s, struct sched_msg *m)
 		s->chunk[i] = (unsigned char)((uint64_t)m->offset >> (56 - 8 * i));
 	if (s->dev)
 		device_loop_send(s->dev, m->device, m->conn, s->chunk, 8 + len, 1);
+	metrics_inc(M_FIRMWARE_CHUNKS);
+	/* Downloading: the row stays as it is until a status report, a deadline
+	 * or a reconnect (each drops dl, which revokes), so the device loop can
+	 * answer this connection's next fetches itself. */
+	if (strcmp(r.state, "downloading") == 0 && !dl->grant && s->dev && dl->img->file)
+		dl->grant = device_loop_grant_fetch(s->dev, m->device, m->conn, id, dl->img->file);
 	if (strcmp(r.state, "triggered") == 0) /* drops dl: r is a copy */
 		sched__transition(s, &SCHED_TX(.rollout = r.rollout, .device = r.device, .from = "triggered",
 					       .to = "downloading", .offset = m->offset,

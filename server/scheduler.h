@@ -5,7 +5,9 @@
  * Owns: its thread, the live facts of online devices (from their hello), the
  * rollout_devices rows of running rollouts, and, while devices download, each
  * one's row as last read and the firmware images they fetch (info and one
- * open descriptor per firmware, shared), so that a fetch costs no SQL.
+ * open descriptor per firmware, shared), so that a fetch costs no SQL; once
+ * a device is downloading it grants the device loop its connection's later
+ * fetches (device_loop_grant_fetch) and revokes that at its next transition.
  * Threads: sched_* notifications may be called from any thread (the device
  * loop calls them); they queue to the scheduler thread and wake it. */
 #ifndef TN_SCHEDULER_H
@@ -18,6 +20,9 @@
 
 typedef struct scheduler scheduler;
 struct device_loop;
+
+/* The most firmware bytes one chunk carries (a fetch may ask for more). */
+#define SCHED_MAX_CHUNK 65536
 
 typedef struct sched_options {
 	const char *firmware_dir;   /* DATA_DIR/firmware */

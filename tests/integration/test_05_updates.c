@@ -468,6 +468,97 @@ START_TEST(offered_update_runs_its_course_through_pause_and_abort)
 }
 END_TEST
 
+/* Once a device is downloading, the device loop answers its fetches itself
+ * (a grant from the scheduler), and the device's next transition takes that
+ * back: a fetch after "downloaded" is refused as before, not answered from a
+ * stale grant.  A fetch the grant does not cover (another id, an offset past
+ * the end) is still refused with the scheduler's reason.  An independent
+ * client (node) drives the protocol by hand. */
+START_TEST(downloading_device_is_served_by_the_device_loop_until_its_next_step)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	const char *id = "30000c2a690c77e1";
+	char *sec = th_register(&s, id, NULL);
+	long long fw = upload(&s, "70.1", "imp003", NEEDS_4K_64K);
+	long long chunks0 = th_metric(&s, "tender_firmware_chunks_total");
+	long long loop0 = th_metric(&s, "tender_firmware_chunks_device_loop_total");
+	ck_assert_int_eq(chunks0, 0);
+	ck_assert_int_eq(loop0, 0);
+
+	char hello[300], go[256];
+	snprintf(hello, sizeof hello, "{\"type\":\"hello\",\"id\":\"%s\",\"secret\":\"%s\",\"hw\":\"imp003\","
+		 "\"fw\":\"36.10\",\"flash\":{\"jedec\":\"ef4018\",\"size\":16777216}}", id, sec);
+	snprintf(go, sizeof go, "%s", th_tmp(&s, "go"));
+	const char *out = th_tmp(&s, "node-fetch.out");
+	/* Ten chunks of 30000 bytes: the whole 300000-byte image. */
+	char *const argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"),
+		"connect", s.ws_url, "send", hello, "expect", "welcome", "expect", "update",
+		"fetch", "0", "30000", "expect", "binary", "fetch", "30000", "30000", "expect", "binary",
+		"fetch", "60000", "30000", "expect", "binary", "fetch", "90000", "30000", "expect", "binary",
+		"fetch", "120000", "30000", "expect", "binary", "fetch", "150000", "30000", "expect", "binary",
+		"fetch", "180000", "30000", "expect", "binary", "fetch", "210000", "30000", "expect", "binary",
+		"fetch", "240000", "30000", "expect", "binary", "fetch", "270000", "30000", "expect", "binary",
+		"fetch", "0", "100", "9.9", "expect", "error",          /* another update id */
+		"fetch", "300000", "100", "expect", "error",            /* past the end */
+		"status", "downloaded", "waitfile", go,
+		"fetch", "0", "30000", "expect", "error", "wait", "200", "close", NULL };
+	pid_t node = th_spawn(argv, out);
+	ck_assert_int_eq(th_wait_file(out, "\"type\":\"welcome\"", 10000), 0);
+	char body[256], path[64];
+	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\"],\"start\":true}", fw, id);
+	th_resp r;
+	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_int_eq(r.status, 201);
+	long long rid = json_integer_value(json_object_get(r.json, "id"));
+	th_resp_free(&r);
+	snprintf(path, sizeof path, "/v1/rollouts/%lld", rid);
+	for (int waited = 0;; waited += 50) {
+		json_t *ro = th_get_json(&s, path, 200);
+		json_int_t n = json_integer_value(json_object_get(json_object_get(ro, "counts"), "downloaded"));
+		json_decref(ro);
+		if (n == 1)
+			break;
+		char *text = th_read_file(out);
+		ck_assert_msg(waited < 20000, "the device never was downloaded: %s", text);
+		free(text);
+		usleep(50 * 1000);
+	}
+	FILE *f = fopen(go, "w");
+	ck_assert_ptr_nonnull(f);
+	fclose(f);
+	int status = -1;
+	for (int waited = 0; waitpid(node, &status, WNOHANG) == 0; waited += 50) {
+		ck_assert_msg(waited < 30000, "the node client never finished");
+		usleep(50 * 1000);
+	}
+	char *text = th_read_file(out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "node client: %s", text);
+	/* Every chunk as asked, in order, and the three refusals with the
+	 * scheduler's reasons: the last one after the grant was taken back. */
+	const char *p = text;
+	for (int i = 0; i < 10; i++) {
+		char want[40];
+		snprintf(want, sizeof want, "chunk %d 30000\n", i * 30000);
+		p = strstr(p, want);
+		ck_assert_msg(p != NULL, "no %s in %s", want, text);
+	}
+	ck_assert_msg((p = strstr(p, "update 9.9 is not the current one")) != NULL, "%s", text);
+	ck_assert_msg((p = strstr(p, "offset 300000 is past the image's 300000 bytes")) != NULL, "%s", text);
+	ck_assert_msg((p = strstr(p, "is downloaded: nothing more to fetch")) != NULL, "%s", text);
+	ck_assert_msg(strstr(p, "chunk ") == NULL, "a chunk after downloaded: %s", text);
+	free(text);
+	ck_assert_int_eq(th_metric(&s, "tender_firmware_chunks_total"), 10);
+	/* The first fetch moves it to downloading and the second brings the
+	 * grant; of the other eight, the device loop answers at least the ones
+	 * sent after the grant reached it (all but the first, at the latest). */
+	long long by_loop = th_metric(&s, "tender_firmware_chunks_device_loop_total");
+	ck_assert_msg(by_loop >= 7 && by_loop <= 8, "device loop answered %lld of 10 chunks", by_loop);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -477,6 +568,7 @@ int main(void)
 		flash_parts_and_firmware_api,
 		dropped_download_resumes_and_silent_device_times_out,
 		offered_update_runs_its_course_through_pause_and_abort,
+		downloading_device_is_served_by_the_device_loop_until_its_next_step,
 	};
 	return th_run_tests("05_updates", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }

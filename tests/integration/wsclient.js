@@ -15,21 +15,33 @@
 //                      check that "pong" replies come back with every seq
 //                      once, in order; prints "pingpong ok N" or fails
 //   expectmsg NAME     wait (up to 10 s) for a msg frame with that name
+//   fetch OFF LEN [ID] send a fetch (ID: the last update offer's id); expect
+//                      binary waits for a chunk, printed "chunk OFFSET BYTES"
+//   status STATE       send an update_status for the last offer
+//   waitfile PATH      wait (up to 30 s) until PATH exists: the test says go
 // It prints one line per thing it sees: "frame <json>", "closed <code> <reason>".
 'use strict';
 let WebSocket;
 try { WebSocket = require('ws'); } catch (e) { WebSocket = require('/usr/share/nodejs/ws'); }
 
 const steps = process.argv.slice(2);
-let ws = null, frames = [], waiters = [], closed = null, msgs = [];
+let ws = null, frames = [], waiters = [], closed = null, msgs = [], offer = null;
 
 function out(line) { process.stdout.write(line + '\n'); }
 
 function onFrame(data, isBinary) {
-  const text = isBinary ? '<binary>' : data.toString();
+  if (isBinary) {
+    out('chunk ' + (data.length >= 8 ? data.readBigUInt64BE(0) : '?') + ' ' + (data.length - 8));
+    frames.push('binary');
+    waiters = waiters.filter(w => !w('binary'));
+    return;
+  }
+  const text = data.toString();
   out('frame ' + text);
   let type = null, obj = null;
   try { obj = JSON.parse(text); type = obj.type; } catch (e) { }
+  if (type === 'update')
+    offer = obj.id;
   if (type === 'msg') {
     msgs.push(obj);
     waiters = waiters.filter(w => !w('msg:' + obj.name));
@@ -116,6 +128,18 @@ async function run() {
       const name = steps[++i];
       if (!msgs.some(m => m.name === name))
         await waitFor(t => t === 'msg:' + name, 10000);
+    } else if (s === 'fetch') {
+      const offset = parseInt(steps[++i], 10), length = parseInt(steps[++i], 10);
+      const id = (i + 1 < steps.length && /^[0-9]+\.[0-9]+$/.test(steps[i + 1])) ? steps[++i] : offer;
+      ws.send(JSON.stringify({ type: 'fetch', id, offset, length }));
+    } else if (s === 'status') {
+      ws.send(JSON.stringify({ type: 'update_status', id: offer, state: steps[++i] }));
+    } else if (s === 'waitfile') {
+      const path = steps[++i], fs = require('fs');
+      for (let waited = 0; !fs.existsSync(path); waited += 50) {
+        if (waited > 30000) throw new Error('waitfile: ' + path + ' never appeared');
+        await new Promise(r => setTimeout(r, 50));
+      }
     } else if (s === 'close') {
       if (closed === null) {
         ws.close(1000, 'bye');
