@@ -272,10 +272,11 @@ fail:
 }
 
 /* --- the fast path ------------------------------------------------------------
- * Log lines and messages are nearly every frame a busy device sends, and a
- * jansson tree for them (json_loadb, a hashtable per object, a string copy per
- * member, then json_dumps of "data" for the agent) cost more than the rest of
- * their way to the store or the agent.  This scanner reads them in one pass
+ * Log lines and messages are nearly every frame a busy device sends, and
+ * fetches every frame a downloading one sends; a jansson tree for them
+ * (json_loadb, a hashtable per object, a string copy per member, then
+ * json_dumps of "data" for the agent) cost more than the rest of their way to
+ * the store, the agent or the image.  This scanner reads them in one pass
  * into one buffer.  It accepts a strict subset of what frame_parse_json
  * accepts and gives the same frame for it; anything it is not sure of (an
  * unknown or escaped key, a duplicate, bytes or escapes jansson would refuse,
@@ -664,7 +665,27 @@ static int fast__value(struct fast *s, int depth)
 	}
 }
 
-enum { FAST_TYPE, FAST_LEVEL, FAST_MSG, FAST_NAME, FAST_DATA, FAST__KEYS };
+enum { FAST_TYPE, FAST_LEVEL, FAST_MSG, FAST_NAME, FAST_DATA, FAST_ID, FAST_OFFSET, FAST_LENGTH, FAST__KEYS };
+
+/* A non-negative integer written plainly ("0", or digits without a leading
+ * zero), at most 13 digits: all a fetch needs.  Anything else (a sign, a
+ * fraction, an exponent) is jansson's to judge. */
+static int fast__count(struct fast *s, int64_t *out)
+{
+	const char *p = s->p;
+	int64_t v = 0;
+	int digits = 0;
+	while (p < s->end && *p >= '0' && *p <= '9' && digits < 14) {
+		v = v * 10 + (*p++ - '0');
+		digits++;
+	}
+	if (digits == 0 || digits > 13 || (digits > 1 && *s->p == '0') ||
+	    (p < s->end && (*p == '.' || *p == 'e' || *p == 'E')))
+		return -1;
+	s->p = p;
+	*out = v;
+	return fast__putc(s, '\0');
+}
 
 int frame_parse_fast(const char *buf, size_t len, frame *out)
 {
@@ -673,11 +694,13 @@ int frame_parse_fast(const char *buf, size_t len, frame *out)
 		size_t len;
 	} keys[FAST__KEYS] = {
 		[FAST_TYPE] = { "type", 4 }, [FAST_LEVEL] = { "level", 5 }, [FAST_MSG] = { "msg", 3 },
-		[FAST_NAME] = { "name", 4 }, [FAST_DATA] = { "data", 4 },
+		[FAST_NAME] = { "name", 4 }, [FAST_DATA] = { "data", 4 }, [FAST_ID] = { "id", 2 },
+		[FAST_OFFSET] = { "offset", 6 }, [FAST_LENGTH] = { "length", 6 },
 	};
 	struct fast s; /* (not zeroed whole: keys[] is written before it is read) */
 	size_t off[FAST__KEYS] = { 0 }, n[FAST__KEYS] = { 0 };
 	unsigned seen = 0, level_null = 0;
+	int64_t num[FAST__KEYS] = { 0 };
 	frame_type type = FRAME_LOG;
 
 	s.p = buf;
@@ -724,6 +747,9 @@ int frame_parse_fast(const char *buf, size_t len, frame *out)
 			level_null = 1;
 			if (fast__putc(&s, '\0'))
 				goto unsure;
+		} else if (key == FAST_OFFSET || key == FAST_LENGTH) {
+			if (fast__count(&s, &num[key]))
+				goto unsure;
 		} else if (*s.p != '"' || fast__string(&s, 0)) {
 			goto unsure;
 		}
@@ -734,6 +760,8 @@ int frame_parse_fast(const char *buf, size_t len, frame *out)
 				type = FRAME_LOG;
 			else if (n[key] == 3 && memcmp(s.out + off[key], "msg", 3) == 0)
 				type = FRAME_MSG;
+			else if (n[key] == 5 && memcmp(s.out + off[key], "fetch", 5) == 0)
+				type = FRAME_FETCH;
 			else
 				goto unsure;
 		}
@@ -747,8 +775,8 @@ int frame_parse_fast(const char *buf, size_t len, frame *out)
 	if (s.p != s.end || !(seen & 1u << FAST_TYPE))
 		goto unsure;
 
-	/* The checks of frame__log and frame__msg; a frame they would refuse is
-	 * left to them, so the refusal reads the same. */
+	/* The checks of frame__log, frame__msg and frame__fetch; a frame they
+	 * would refuse is left to them, so the refusal reads the same. */
 	if (type == FRAME_LOG) {
 		if (seen & ~(1u << FAST_TYPE | 1u << FAST_LEVEL | 1u << FAST_MSG) || !(seen & 1u << FAST_MSG) ||
 		    n[FAST_MSG] > FRAME_MAX_LOG_MSG)
@@ -763,6 +791,18 @@ int frame_parse_fast(const char *buf, size_t len, frame *out)
 		}
 		out->u.log.is_error = is_error;
 		out->u.log.msg = s.out + off[FAST_MSG];
+	} else if (type == FRAME_FETCH) {
+		const unsigned need = 1u << FAST_TYPE | 1u << FAST_ID | 1u << FAST_OFFSET | 1u << FAST_LENGTH;
+		if (seen != need || n[FAST_ID] == 0 || n[FAST_ID] > 64 || num[FAST_OFFSET] > INT64_C(1) << 40 ||
+		    num[FAST_LENGTH] < 1 || num[FAST_LENGTH] > 1 << 20)
+			goto unsure;
+		const char *id = s.out + off[FAST_ID];
+		for (size_t i = 0; i < n[FAST_ID]; i++)
+			if (id[i] < 0x20 || id[i] > 0x7e) /* NUL and non-ASCII too */
+				goto unsure;
+		out->u.fetch.id = id;
+		out->u.fetch.offset = num[FAST_OFFSET];
+		out->u.fetch.length = num[FAST_LENGTH];
 	} else {
 		if (seen & ~(1u << FAST_TYPE | 1u << FAST_NAME | 1u << FAST_DATA) || !(seen & 1u << FAST_NAME) ||
 		    n[FAST_NAME] == 0 || n[FAST_NAME] > FRAME_MAX_NAME)

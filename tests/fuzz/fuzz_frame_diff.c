@@ -7,9 +7,10 @@
  *   - what the scanner accepts, jansson must accept with the same fields
  *     ("data" byte for byte as json_dumps writes it); what it does not
  *     accept it must leave empty.
- * Each input is also tried as the value of a msg frame's "data" and as the
- * text of a log line's "msg", so mutations reach the scanner's value and
- * string code without having to keep a frame around them.
+ * Each input is also tried as the value of a msg frame's "data", as the
+ * text of a log line's "msg", as a fetch's "id" and as its "offset", so
+ * mutations reach the scanner's value, string and number code without
+ * having to keep a frame around them.
  * Built by tools/fuzz.sh (clang -fsanitize=fuzzer,address,undefined); its
  * corpus (tests/fuzz/corpus/frame_diff) is replayed in `make check` by
  * tests/unit/test_fuzz_corpus.c. */
@@ -115,7 +116,7 @@ static void diff__one(const char *buf, size_t len)
 	if (fast_ok) {
 		if (rs)
 			diff__fail("the scanner accepted what jansson refuses");
-		if (fast.type != FRAME_LOG && fast.type != FRAME_MSG)
+		if (fast.type != FRAME_LOG && fast.type != FRAME_MSG && fast.type != FRAME_FETCH)
 			diff__fail("the scanner took a frame type it does not know");
 		if (fast.root)
 			diff__fail("the scanner left a jansson tree");
@@ -152,5 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	diff__wrapped("", data, size, "");
 	diff__wrapped("{\"type\":\"msg\",\"name\":\"n\",\"data\":", data, size, "}");
 	diff__wrapped("{\"type\":\"log\",\"msg\":\"", data, size, "\"}");
+	diff__wrapped("{\"type\":\"fetch\",\"offset\":0,\"length\":1,\"id\":\"", data, size, "\"}");
+	diff__wrapped("{\"type\":\"fetch\",\"id\":\"u\",\"length\":1,\"offset\":", data, size, "}");
 	return 0;
 }

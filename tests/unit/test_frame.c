@@ -457,6 +457,11 @@ static int fast_checked(const char *js, size_t len, frame *out, int *rc)
 			ck_assert_int_eq(fast.u.log.is_error, slow.u.log.is_error);
 			same_str(fast.u.log.msg, slow.u.log.msg, "msg", js);
 			same_str(out->u.log.msg, slow.u.log.msg, "msg", js);
+		} else if (fast.type == FRAME_FETCH) {
+			same_str(fast.u.fetch.id, slow.u.fetch.id, "id", js);
+			ck_assert_int_eq(fast.u.fetch.offset, slow.u.fetch.offset);
+			ck_assert_int_eq(fast.u.fetch.length, slow.u.fetch.length);
+			ck_assert_int_eq(out->u.fetch.offset, slow.u.fetch.offset);
 		} else {
 			same_str(fast.u.msg.name, slow.u.msg.name, "name", js);
 			same_str(fast.u.msg.data_json, slow.u.msg.data_json, "data", js);
@@ -546,7 +551,9 @@ static const struct {
 	{ "{\"type\":\"msg\",\"name\":\"n\",\"msg\":\"m\"}", 1 },
 	{ "{\"ty\\u0070e\":\"log\",\"msg\":\"m\"}", 1 },                   /* an escaped key */
 	{ HELLO "}", 1 },
-	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0,\"length\":1}", 1 },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":-0,\"length\":1}", 1 },      /* a sign */
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0,\"length\":1,\"x\":1}", 1 }, /* a key fetch does not read */
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0,\"length\":1,\"msg\":\"m\"}", 1 },
 	{ "{\"type\":\"msg\",\"name\":\"n\",\"data\":0.00000000000000000000000000000000000000000000000000000000000000001}", 1 },
 	/* refused by jansson */
 	{ "{\"type\":\"log\",\"msg\":\"a\",\"msg\":\"b\"}", 0 },
@@ -595,7 +602,50 @@ static const struct {
 	{ "{\"type\":\"log\",\"msg\":\"m\\", 0 },
 	{ "\xef\xbb\xbf{\"type\":\"log\",\"msg\":\"m\"}", 0 },            /* a byte order mark */
 	{ "{\"type\":\"log\",\"msg\":\"m\"}\f", 0 },                       /* not JSON whitespace */
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":1.0,\"length\":1}", 0 },    /* a real */
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":1e3,\"length\":1}", 0 },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":01,\"length\":1}", 0 },     /* not JSON */
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":-1,\"length\":1}", 0 },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":1099511627777,\"length\":1}", 0 }, /* 2^40 + 1 */
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":99999999999999,\"length\":1}", 0 },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0,\"length\":0}", 0 },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0,\"length\":1048577}", 0 },
+	{ "{\"type\":\"fetch\",\"id\":\"\",\"offset\":0,\"length\":1}", 1 },        /* an empty id (taken, but rare) */
+	{ "{\"type\":\"fetch\",\"id\":\"\\u00e9\",\"offset\":0,\"length\":1}", 0 }, /* not printable ASCII */
+	{ "{\"type\":\"fetch\",\"id\":\"a\\u0000\",\"offset\":0,\"length\":1}", 0 },
+	{ "{\"type\":\"fetch\",\"id\":\"\n\",\"offset\":0,\"length\":1}", 0 },
+	{ "{\"type\":\"fetch\",\"id\":null,\"offset\":0,\"length\":1}", 0 },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0,\"length\":1,\"id\":\"v\"}", 0 },
+	{ "{\"type\":\"fetch\",\"id\":\"u\",\"offset\":0}", 0 },
 };
+
+/* Fetches (a downloading device's every chunk) are the scanner's too. */
+static const struct {
+	const char *json, *id;
+	int64_t offset, length;
+} fetch_frames_fast[] = {
+	{ "{\"type\":\"fetch\",\"id\":\"7.1\",\"offset\":0,\"length\":16384}", "7.1", 0, 16384 },
+	{ "{\"length\":1048576,\"offset\":1099511627776,\"id\":\"u\",\"type\":\"fetch\"}", "u",
+	  INT64_C(1) << 40, 1 << 20 },
+	{ " { \"type\" : \"fetch\" , \"id\":\"\\u0041 ~\", \"offset\": 65536 ,\"length\":1 } ", "A ~", 65536, 1 },
+	{ "{\"type\":\"fetch\",\"id\":\"0123456789012345678901234567890123456789012345678901234567890123\","
+	  "\"offset\":9,\"length\":9}", "0123456789012345678901234567890123456789012345678901234567890123", 9, 9 },
+};
+
+START_TEST(fast_takes_fetches)
+{
+	frame f;
+	int rc;
+	const char *js = fetch_frames_fast[_i].json;
+	ck_assert_msg(fast_checked(js, strlen(js), &f, &rc), "not taken: %s", js);
+	ck_assert_int_eq(rc, 0);
+	ck_assert_int_eq(f.type, FRAME_FETCH);
+	ck_assert_str_eq(f.u.fetch.id, fetch_frames_fast[_i].id);
+	ck_assert_int_eq(f.u.fetch.offset, fetch_frames_fast[_i].offset);
+	ck_assert_int_eq(f.u.fetch.length, fetch_frames_fast[_i].length);
+	frame_release(&f);
+}
+END_TEST
 
 START_TEST(fast_leaves_the_rest)
 {
@@ -784,6 +834,7 @@ static Suite *frame_suite(void)
 	tc = tcase_create("fast");
 	tcase_add_loop_test(tc, fast_takes_hot_frames, 0, (int)TN_ARRAY_LEN(hot_frames));
 	tcase_add_loop_test(tc, fast_leaves_the_rest, 0, (int)TN_ARRAY_LEN(left_frames));
+	tcase_add_loop_test(tc, fast_takes_fetches, 0, (int)TN_ARRAY_LEN(fetch_frames_fast));
 	tcase_add_test(tc, fast_limits);
 	tcase_add_test(tc, fast_data_objects);
 	tcase_add_test(tc, fast_nul_bytes);
