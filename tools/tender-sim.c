@@ -1,8 +1,8 @@
 /* tools/tender-sim.c -- simulated devices for tenderd: test driver and load generator.
  * Owns: one lws client context, one struct sim_dev per simulated device (its
  *       connection, out queue, reassembly buffer, pacing and reconnect state,
- *       and its firmware update: the image downloaded so far, kept across
- *       reconnects) and the cron tick that paces frames, fetches, installs,
+ *       and its firmware update: the SHA-256 of the image downloaded so far,
+ *       kept across reconnects) and the cron tick that paces frames, fetches, installs,
  *       reconnects devices and decides when to stop.
  * Threads: one.  main() runs the lws service loop and everything here runs on
  *       it; the signal handler only sets sim_signalled.
@@ -122,6 +122,12 @@ enum sim_upd_mode { SIM_UPD_ACCEPT, SIM_UPD_FAIL_DOWNLOAD, SIM_UPD_FAIL_INSTALL,
  *   NONE, HELD --offer--> FETCH (fetch for offset `have` queued; `have` is kept
  *                               when the offer repeats the id, size and sha256
  *                               of the image held, else the image starts afresh)
+ *
+ * The image is not kept: its bytes are hashed in order as each chunk is
+ * whole and checked (a chunk is gathered in `chunk` first, so a connection
+ * lost in the middle of one hashes none of it), as a device with a small
+ * RAM would write them to flash.  Keeping 1 MiB per device made page faults
+ * a fifth of tender-sim's time in bench/firmware_delivery.sh.
  *   FETCH --chunk, more to get--> FETCH (next fetch queued), or PAUSED with
  *                                 --update-delay (at = now + delay)
  *   PAUSED --cron: at reached--> FETCH
@@ -138,8 +144,9 @@ enum sim_upd_mode { SIM_UPD_ACCEPT, SIM_UPD_FAIL_DOWNLOAD, SIM_UPD_FAIL_INSTALL,
  *
  * Offers are taken only from a WELCOMED connection; offers in INSTALL and
  * REBOOT, and repeats of the current offer in FETCH and PAUSED, change nothing.
- * Invariants: img is non-NULL only in FETCH, PAUSED and HELD, and holds size
- * bytes of which the first `have` are downloaded; asked > 0 only in FETCH,
+ * Invariants: md and chunk are non-NULL only in FETCH, PAUSED and HELD; md
+ * has hashed the first `have` of the image's size bytes; chunk holds
+ * --update-chunk bytes; asked > 0 only in FETCH,
  * while a fetch for [have, have + asked) is queued or answered in part;
  * have + asked <= size; FETCH, PAUSED and INSTALL have a WELCOMED connection
  * (until the process stops).
@@ -154,7 +161,8 @@ struct sim_upd {
 	char id[SIM_UPD_STR + 1], version[SIM_UPD_STR + 1];
 	char running[SIM_UPD_STR + 1];		/* fw after the reboot; d->fw points here */
 	unsigned char sha256[32];
-	unsigned char *img;			/* owned: size bytes */
+	EVP_MD_CTX *md;				/* owned: SHA-256 of the first `have` bytes */
+	unsigned char *chunk;			/* owned: the chunk being received */
 	size_t size, have, asked;
 	size_t chunk_got;			/* bytes of the binary message so far */
 	unsigned char chunk_hdr[SIM_CHUNK_HDR];
@@ -1652,10 +1660,17 @@ static void sim__upd_fetch(const struct sim *sim, struct sim_dev *d)
 }
 
 /* The update is over, completed or failed. */
+static void sim__upd_release(struct sim_upd *u)
+{
+	EVP_MD_CTX_free(u->md);
+	u->md = NULL;
+	free(u->chunk);
+	u->chunk = NULL;
+}
+
 static void sim__upd_end(struct sim *sim, struct sim_upd *u)
 {
-	free(u->img);
-	u->img = NULL;
+	sim__upd_release(u);
 	u->asked = 0;
 	u->state = SIM_UPD_NONE;
 	u->handled = true;
@@ -1678,7 +1693,7 @@ static void sim__upd_begin(const struct sim *sim, struct sim_dev *d)
 {
 	struct sim_upd *u = d->upd;
 
-	assert(u->img && u->have < u->size);
+	assert(u->md && u->chunk && u->have < u->size);
 	u->state = SIM_UPD_FETCH;
 	u->asked = 0;
 	u->reported = false;
@@ -1693,17 +1708,21 @@ static void sim__upd_start(struct sim *sim, struct sim_dev *d, const struct sim_
 	struct sim_upd *u = d->upd;
 	const char *bad = sim__offer_check(o);
 
-	free(u->img);
-	u->img = NULL;
+	sim__upd_release(u);
 	snprintf(u->id, sizeof(u->id), "%s", o->id);
 	snprintf(u->version, sizeof(u->version), "%s", o->version ? o->version : "");
 	if (bad) {
 		sim__upd_fail(sim, d, bad, true);
 		return;
 	}
-	u->img = malloc((size_t)o->size);
-	if (!u->img) {
+	u->md = EVP_MD_CTX_new();
+	u->chunk = malloc((size_t)sim->o.update_chunk);
+	if (!u->md || !u->chunk) {
 		sim__upd_fail(sim, d, "out of memory", true);
+		return;
+	}
+	if (!EVP_DigestInit_ex(u->md, EVP_sha256(), NULL)) {
+		sim__upd_fail(sim, d, "sha256 unavailable", true);
 		return;
 	}
 	u->size = (size_t)o->size;
@@ -1716,7 +1735,7 @@ static void sim__upd_start(struct sim *sim, struct sim_dev *d, const struct sim_
 static bool sim__upd_holds(const struct sim_upd *u, const struct sim_offer *o,
 			   const unsigned char *sha256)
 {
-	return u->img && !strcmp(u->id, o->id) && u->size == (size_t)o->size &&
+	return u->md && !strcmp(u->id, o->id) && u->size == (size_t)o->size &&
 	       !memcmp(u->sha256, sha256, sizeof(u->sha256));
 }
 
@@ -1764,7 +1783,7 @@ static void sim__upd_verify(struct sim *sim, struct sim_dev *d)
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned mdlen = 0;
 
-	if (!EVP_Digest(u->img, u->size, md, &mdlen, EVP_sha256(), NULL)) {
+	if (!EVP_DigestFinal_ex(u->md, md, &mdlen)) {
 		sim__upd_fail(sim, d, "sha256 unavailable", true);
 		return;
 	}
@@ -1772,8 +1791,7 @@ static void sim__upd_verify(struct sim *sim, struct sim_dev *d)
 		sim__upd_fail(sim, d, "sha256 mismatch", true);
 		return;
 	}
-	free(u->img);
-	u->img = NULL;
+	sim__upd_release(u);
 	sim__upd_status(d, "downloaded", -1, NULL);
 	sim__event(sim, "downloaded %s %s", d->id, u->id);
 	sim__upd_status(d, "installing", -1, NULL);
@@ -1839,15 +1857,19 @@ static void sim__upd_chunk_done(struct sim *sim, struct sim_dev *d)
 		sim__upd_fail(sim, d, why, true);
 		return;
 	}
+	if (!EVP_DigestUpdate(u->md, u->chunk, n)) {
+		sim__upd_fail(sim, d, "sha256 unavailable", true);
+		return;
+	}
 	u->have += n;
 	u->asked = 0;
 	sim__upd_progress(sim, d);
 }
 
 /* One piece of a binary message.  A chunk is SIM_CHUNK_HDR bytes of
- * big-endian offset, then the image from there: the bytes go straight into
- * the image (never past what was asked) and count once the message is whole
- * and checked. */
+ * big-endian offset, then the image from there: the bytes are gathered in
+ * u->chunk (never past what was asked) and hashed and counted once the
+ * message is whole and checked. */
 static void sim__on_chunk(struct sim *sim, struct sim_dev *d, const unsigned char *in,
 			  size_t len, bool final)
 {
@@ -1863,7 +1885,7 @@ static void sim__on_chunk(struct sim *sim, struct sim_dev *d, const unsigned cha
 	if (len && u->chunk_got - SIM_CHUNK_HDR < u->asked) {
 		size_t at = u->chunk_got - SIM_CHUNK_HDR, room = u->asked - at;
 
-		memcpy(u->img + u->have + at, in, len < room ? len : room);
+		memcpy(u->chunk + at, in, len < room ? len : room);
 	}
 	u->chunk_got += len;
 	if (final)
@@ -2921,7 +2943,7 @@ static void sim__free(struct sim *sim)
 		free(d->rx);
 		free(d->line);
 		if (d->upd)
-			free(d->upd->img);
+			sim__upd_release(d->upd);
 		free(d->upd);
 	}
 	free(sim->devs);
