@@ -443,6 +443,12 @@ static void device__refuse(struct conn *c, metrics_error_kind kind, const char *
 	}
 }
 
+static void device__grant_drop(struct conn *c)
+{
+	device__grant_unref(c->grant);
+	c->grant = NULL;
+}
+
 /* A fetch answered from the connection's grant, without a trip through the
  * scheduler thread: 1 when answered; 0 when the scheduler must answer (no
  * grant or a revoked one, another update id, an offset past the end, a
@@ -453,8 +459,7 @@ static int device__serve_fetch(struct conn *c, const frame *f)
 	if (!g)
 		return 0;
 	if (atomic_load_explicit(&g->revoked, memory_order_acquire)) {
-		device__grant_unref(g);
-		c->grant = NULL;
+		device__grant_drop(c);
 		return 0;
 	}
 	uint64_t size = fwstore_file_size(g->file), offset = (uint64_t)f->u.fetch.offset;
@@ -475,6 +480,7 @@ static int device__serve_fetch(struct conn *c, const frame *f)
 		p[i] = (unsigned char)(offset >> (56 - 8 * i));
 	if (fwstore_file_read(g->file, offset, p + 8, len)) {
 		free(m);
+		device__grant_drop(c); /* the scheduler answers, and reopens the image */
 		return 0;
 	}
 	metrics_inc(M_FIRMWARE_CHUNKS);
@@ -516,6 +522,9 @@ static void device__on_frame_online(struct conn *c, const frame *f)
 			device__refuse(c, ERR_BAD_FRAME, "no firmware update is in progress for this device");
 			return;
 		}
+		/* Its next step is the scheduler's, which revokes the grant: let go
+		 * of it now, so a device that stays connected holds no image open. */
+		device__grant_drop(c);
 		sched_update_status(d->opt.sched, c->id, c->serial, f->u.update_status.id,
 				    f->u.update_status.state, f->u.update_status.offset, f->u.update_status.error);
 		break;
@@ -984,6 +993,7 @@ static void device__run_commands(device_loop *d)
 		next = cmd->next;
 		struct conn *c = idmap_get(&d->online, cmd->id);
 		if (cmd->kind == CMD_KICK && c) {
+			device__grant_drop(c); /* a deleted device's rows are gone already */
 			c->forgotten = !!cmd->forget;
 			device__close(c, cmd->code, cmd->reason);
 		} else if (cmd->kind == CMD_SEND && c && c->serial == cmd->serial) {

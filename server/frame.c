@@ -1,5 +1,5 @@
 /* server/frame.c -- the device frame parser (see frame.h and docs/protocol.md).
- * Owns: both paths of frame_parse -- the scanner for log and msg frames and
+ * Owns: both paths of frame_parse -- the scanner for log, msg and fetch frames and
  * the jansson path for everything -- and the frame's owned text.
  * Threads: any (pure). */
 #include "frame.h"

@@ -1,7 +1,7 @@
 /* server/frame.h -- the device frame parser: bytes of one text frame in, a
  * typed and validated frame out, or an error kind and a message saying what
  * is wrong.  Bounded: the caller caps the length, this caps the nesting.
- * Two paths with one result: the hot log and msg frames go through a strict
+ * Two paths with one result: the hot log, msg and fetch frames go through a strict
  * scanner (frame_parse_fast) that takes only what it is sure of, everything
  * else through a jansson tree (frame_parse_json).
  * Threads: any (pure). */
@@ -68,9 +68,10 @@ int frame_parse(const char *buf, size_t len, frame *out, metrics_error_kind *kin
 /* The two paths of frame_parse, exposed for tests and the differential fuzzer
  * (tests/fuzz/fuzz_frame_diff.c).  frame_parse_fast returns 1 with *out filled
  * exactly as frame_parse_json fills it for the same bytes, or 0 with *out
- * empty when it is not sure: it takes only flat log and msg frames whose keys
- * are the ones the type reads ("type", "level", "msg"; "type", "name",
- * "data"), valid and within every limit, and refuses nothing itself.
+ * empty when it is not sure: it takes only flat log, msg and fetch frames
+ * whose keys are the ones the type reads ("type", "level", "msg"; "type",
+ * "name", "data"; "type", "id", "offset", "length"), valid and within every
+ * limit, and refuses nothing itself.
  * frame_parse_json is the whole jansson path, errors included. */
 int frame_parse_fast(const char *buf, size_t len, frame *out);
 int frame_parse_json(const char *buf, size_t len, frame *out, metrics_error_kind *kind, tn_error *err);

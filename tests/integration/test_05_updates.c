@@ -559,6 +559,59 @@ START_TEST(downloading_device_is_served_by_the_device_loop_until_its_next_step)
 }
 END_TEST
 
+/* The scheduler's own transitions take the grant back too: a device that
+ * stops fetching in the middle of its download, and stays connected, fails
+ * at the download deadline, and a fetch after that is refused (the device
+ * loop would still answer it from a grant the failure did not revoke). */
+START_TEST(download_deadline_revokes_the_device_loops_grant)
+{
+	th_server s;
+	th_server_start(&s, NULL);
+	const char *id = "30000c2a690c77e2";
+	char *sec = th_register(&s, id, NULL);
+	long long fw = upload(&s, "70.2", "imp003", NEEDS_4K_64K);
+	char hello[300], go[256];
+	snprintf(hello, sizeof hello, "{\"type\":\"hello\",\"id\":\"%s\",\"secret\":\"%s\",\"hw\":\"imp003\","
+		 "\"fw\":\"36.10\",\"flash\":{\"jedec\":\"ef4018\",\"size\":16777216}}", id, sec);
+	snprintf(go, sizeof go, "%s", th_tmp(&s, "go"));
+	const char *out = th_tmp(&s, "node-stall.out");
+	char *const argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"),
+		"connect", s.ws_url, "send", hello, "expect", "welcome", "expect", "update",
+		"fetch", "0", "30000", "expect", "binary", "fetch", "30000", "30000", "expect", "binary",
+		"fetch", "60000", "30000", "expect", "binary", "fetch", "90000", "30000", "expect", "binary",
+		"waitfile", go, "fetch", "120000", "30000", "expect", "error", "wait", "200", "close", NULL };
+	pid_t node = th_spawn(argv, out);
+	ck_assert_int_eq(th_wait_file(out, "\"type\":\"welcome\"", 10000), 0);
+	char body[256];
+	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\"],\"start\":true,\"retry_limit\":0,"
+		 "\"deadlines\":{\"download\":2}}", fw, id);
+	th_resp r;
+	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_int_eq(r.status, 201);
+	th_resp_free(&r);
+	ck_assert_int_eq(th_wait_file(out, "chunk 90000 30000", 10000), 0);
+	ck_assert_int_ge(th_metric(&s, "tender_firmware_chunks_device_loop_total"), 1); /* a grant was out */
+	ck_assert_int_ge(th_wait_event(&s, id, "status",
+				       "firmware update failed: no progress: still downloading after 2 s "
+				       "(attempt 1 of 1; giving up)", 15000), 1);
+	FILE *f = fopen(go, "w");
+	ck_assert_ptr_nonnull(f);
+	fclose(f);
+	int status = -1;
+	for (int waited = 0; waitpid(node, &status, WNOHANG) == 0; waited += 50) {
+		ck_assert_msg(waited < 30000, "the node client never finished");
+		usleep(50 * 1000);
+	}
+	char *text = th_read_file(out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "node client: %s", text);
+	ck_assert_msg(strstr(text, "chunk 120000") == NULL, "a chunk after the failure: %s", text);
+	ck_assert_msg(strstr(text, "no firmware update is in progress for this device") != NULL, "%s", text);
+	free(text);
+	free(sec);
+	th_server_cleanup(&s);
+}
+END_TEST
+
 int main(void)
 {
 	const TTest *tests[] = {
@@ -569,6 +622,7 @@ int main(void)
 		dropped_download_resumes_and_silent_device_times_out,
 		offered_update_runs_its_course_through_pause_and_abort,
 		downloading_device_is_served_by_the_device_loop_until_its_next_step,
+		download_deadline_revokes_the_device_loops_grant,
 	};
 	return th_run_tests("05_updates", 120, tests, sizeof tests / sizeof tests[0], NULL, NULL);
 }
