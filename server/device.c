@@ -579,6 +579,16 @@ static int device__on_text(struct conn *c, const char *buf, size_t len)
 	return 0;
 }
 
+/* The reassembly buffer's size while it holds `used` bytes: the next power
+ * of two above `used` (room for the NUL), at least 256. */
+static size_t device__rx_cap(size_t used)
+{
+	size_t cap = 256;
+	while (cap <= used)
+		cap *= 2;
+	return cap;
+}
+
 static int device__on_receive(struct conn *c, struct lws *wsi, const char *in, size_t len)
 {
 	int first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi) &&
@@ -603,10 +613,16 @@ static int device__on_receive(struct conn *c, struct lws *wsi, const char *in, s
 		c->rx = NULL;
 		return device__close_now(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, "frame too large");
 	}
-	char *grown = realloc(c->rx, c->rx_len + len + 1);
-	if (!grown)
-		return device__close_now(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
-	c->rx = grown;
+	/* Capacity in powers of two (implied by rx_len, so not stored): a large
+	 * frame arrives in many pieces of rx_buffer_size, and growing by each
+	 * piece would copy it over and over. */
+	size_t need = c->rx_len + len + 1;
+	if (!c->rx || need > device__rx_cap(c->rx_len)) {
+		char *grown = realloc(c->rx, device__rx_cap(need - 1));
+		if (!grown)
+			return device__close_now(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, "out of memory");
+		c->rx = grown;
+	}
 	memcpy(c->rx + c->rx_len, in, len);
 	c->rx_len += len;
 	if (!final)
@@ -1076,9 +1092,12 @@ static const struct lws_protocols device__protocols[] = {
 	/* First, so that it serves clients that name no subprotocol. */
 	{ .name = "tender-device", .callback = device__callback,
 	  .per_session_data_size = sizeof(struct conn),
-	  /* lws allocates this per connection: small, since frames are reassembled
-	   * here anyway (bench/README.md: memory per idle device). */
-	  .rx_buffer_size = 512,
+	  /* lws allocates this per connection, and hands frames up in pieces of
+	   * at most this size: small, since an idle device costs mostly lws's
+	   * state and this, and frames over it are reassembled here anyway
+	   * (docs/performance.md, memory per idle device).  Most frames a
+	   * device sends (msg, fetch, short log lines) fit in one piece. */
+	  .rx_buffer_size = 128,
 	  /* lws caps each send at rx_buffer_size unless told: a 16 KiB firmware
 	   * chunk would go out in 16 send() calls (docs/performance.md). */
 	  .tx_packet_size = 65536 + 64 },

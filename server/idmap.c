@@ -56,7 +56,7 @@ static int idmap__grow(idmap *m)
 
 void *idmap_put(idmap *m, uint64_t key, void *val, int *oom)
 {
-	if ((m->count + 1) * 2 > m->cap && idmap__grow(m)) {
+	if ((m->count + 1) * 4 > m->cap * 3 && idmap__grow(m)) {
 		if (oom)
 			*oom = 1;
 		return NULL;

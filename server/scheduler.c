@@ -69,13 +69,15 @@ struct sched_msg {
 	int64_t offset, length;
 };
 
-/* What an online device's hello said (the facts decisions are made on). */
+/* What an online device's hello said (the facts decisions are made on).
+ * One allocation with its strings (there is one per online device). */
 struct live {
 	uint64_t conn;
-	char *hw, *fw, *sfdp;
+	char *hw, *fw, *sfdp;     /* NULL, or into text */
 	int has_jedec;
 	uint32_t jedec;
 	int64_t flash_size;
+	char text[];
 };
 
 struct scheduler {
@@ -512,10 +514,19 @@ static void sched__live_free(struct live *l)
 {
 	if (!l)
 		return;
-	free(l->hw);
-	free(l->fw);
-	free(l->sfdp);
 	free(l);
+}
+
+/* s copied to *at, which moves past it; NULL stays NULL. */
+static char *sched__live_put(char **at, const char *s)
+{
+	if (!s)
+		return NULL;
+	char *out = *at;
+	size_t n = strlen(s) + 1;
+	memcpy(out, s, n);
+	*at += n;
+	return out;
 }
 
 static rollout_facts sched__facts(const struct live *l)
@@ -566,18 +577,20 @@ static void sched__on_online_active(scheduler *s, struct row *r, const struct li
 
 static void sched__on_online(scheduler *s, struct sched_msg *m)
 {
-	struct live *l = calloc(1, sizeof *l);
-	char hex[17];
+	size_t text = (m->hw ? strlen(m->hw) + 1 : 0) + (m->fw ? strlen(m->fw) + 1 : 0) +
+		      (m->sfdp ? strlen(m->sfdp) + 1 : 0);
+	struct live *l = malloc(sizeof *l + text);
+	char hex[17], *at;
 	struct row r;
 	int oom = 0;
 
 	if (!l)
 		return;
+	at = l->text;
 	l->conn = m->conn;
-	l->hw = m->hw;
-	l->fw = m->fw;
-	l->sfdp = m->sfdp;
-	m->hw = m->fw = m->sfdp = NULL;
+	l->hw = sched__live_put(&at, m->hw);
+	l->fw = sched__live_put(&at, m->fw);
+	l->sfdp = sched__live_put(&at, m->sfdp);
 	l->has_jedec = m->has_jedec;
 	l->jedec = m->jedec;
 	l->flash_size = m->flash_size;
