@@ -822,8 +822,7 @@ static void device__on_closed(device_loop *d, struct conn *c)
 		idmap_del(&d->enrolling, c->ticket);
 	free(c->pending);
 	c->pending = NULL;
-	device__grant_unref(c->grant);
-	c->grant = NULL;
+	device__grant_drop(c);
 	free(c->close_reason);
 	c->close_reason = NULL;
 	if (c->state == ONLINE && idmap_get(&d->online, c->id) == c) {
@@ -1018,7 +1017,7 @@ static void device__run_commands(device_loop *d)
 		} else if (cmd->kind == CMD_ENROLLED) {
 			device__on_enrolled(d, cmd);
 		} else if (cmd->kind == CMD_GRANT && c && c->serial == cmd->serial && !c->closing) {
-			device__grant_unref(c->grant);
+			device__grant_drop(c);
 			c->grant = cmd->grant;
 			cmd->grant = NULL;
 		}

@@ -87,6 +87,34 @@ static void wait_rollout_state(th_server *s, long long id, const char *state, in
 	}
 }
 
+/* Creates a rollout (201) from a JSON body; returns its id. */
+static long long rollout_create(th_server *s, const char *body)
+{
+	th_resp r;
+	th_http(s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
+	ck_assert_msg(r.status == 201, "POST /v1/rollouts: %ld %s", r.status, r.body);
+	long long id = json_integer_value(json_object_get(r.json, "id"));
+	th_resp_free(&r);
+	return id;
+}
+
+/* Waits until `n` of the rollout's devices are in `state`. */
+static void wait_rollout_count(th_server *s, long long id, const char *state, json_int_t n, int timeout_ms)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/v1/rollouts/%lld", id);
+	for (int waited = 0;; waited += 50) {
+		json_t *ro = th_get_json(s, path, 200);
+		json_int_t got = json_integer_value(json_object_get(json_object_get(ro, "counts"), state));
+		json_decref(ro);
+		if (got == n)
+			return;
+		ck_assert_msg(waited < timeout_ms, "rollout %lld: %lld devices %s, never %lld", id, (long long)got,
+			      state, (long long)n);
+		usleep(50 * 1000);
+	}
+}
+
 START_TEST(seed_report_story)
 {
 	th_server s;
@@ -429,21 +457,9 @@ START_TEST(offered_update_runs_its_course_through_pause_and_abort)
 	pid_t db = device_ex(&s, idb, secb, "ef4018", "accept", th_tmp(&s, "slow-b.out"), "--update-delay", "300");
 	char body[256], path[64];
 	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\",\"%s\"],\"start\":true}", fw, ida, idb);
+	long long id = rollout_create(&s, body);
 	th_resp r;
-	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
-	ck_assert_int_eq(r.status, 201);
-	long long id = json_integer_value(json_object_get(r.json, "id"));
-	th_resp_free(&r);
-	snprintf(path, sizeof path, "/v1/rollouts/%lld", id);
-	for (int waited = 0;; waited += 50) {
-		json_t *ro = th_get_json(&s, path, 200);
-		json_int_t n = json_integer_value(json_object_get(json_object_get(ro, "counts"), "downloading"));
-		json_decref(ro);
-		if (n == 2)
-			break;
-		ck_assert_msg(waited < 10000, "the two devices never were downloading at once");
-		usleep(50 * 1000);
-	}
+	wait_rollout_count(&s, id, "downloading", 2, 10000); /* the two at once */
 	snprintf(path, sizeof path, "/v1/rollouts/%lld/pause", id);
 	th_http(&s, "POST", path, NULL, "", NULL, &r);
 	ck_assert_int_eq(r.status, 200);
@@ -468,6 +484,37 @@ START_TEST(offered_update_runs_its_course_through_pause_and_abort)
 }
 END_TEST
 
+/* --- a device driven by hand (tests/integration/wsclient.js) --------------- */
+
+/* The hello of a W25Q128FV device running 36.10. */
+static void node_hello(char *buf, size_t n, const char *id, const char *secret)
+{
+	snprintf(buf, n, "{\"type\":\"hello\",\"id\":\"%s\",\"secret\":\"%s\",\"hw\":\"imp003\","
+		 "\"fw\":\"36.10\",\"flash\":{\"jedec\":\"ef4018\",\"size\":16777216}}", id, secret);
+}
+
+/* Lets a client waiting at `waitfile path` go on. */
+static void node_go(const char *path)
+{
+	FILE *f = fopen(path, "w");
+	ck_assert_ptr_nonnull(f);
+	fclose(f);
+}
+
+/* Waits for the client to finish, which it must do with status 0; returns
+ * what it printed (owned). */
+static char *node_finish(pid_t node, const char *out)
+{
+	int status = -1;
+	for (int waited = 0; waitpid(node, &status, WNOHANG) == 0; waited += 50) {
+		ck_assert_msg(waited < 30000, "the node client never finished");
+		usleep(50 * 1000);
+	}
+	char *text = th_read_file(out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "node client: %s", text);
+	return text;
+}
+
 /* Once a device is downloading, the device loop answers its fetches itself
  * (a grant from the scheduler), and the device's next transition takes that
  * back: a fetch after "downloaded" is refused as before, not answered from a
@@ -487,8 +534,7 @@ START_TEST(downloading_device_is_served_by_the_device_loop_until_its_next_step)
 	ck_assert_int_eq(loop0, 0);
 
 	char hello[300], go[256];
-	snprintf(hello, sizeof hello, "{\"type\":\"hello\",\"id\":\"%s\",\"secret\":\"%s\",\"hw\":\"imp003\","
-		 "\"fw\":\"36.10\",\"flash\":{\"jedec\":\"ef4018\",\"size\":16777216}}", id, sec);
+	node_hello(hello, sizeof hello, id, sec);
 	snprintf(go, sizeof go, "%s", th_tmp(&s, "go"));
 	const char *out = th_tmp(&s, "node-fetch.out");
 	/* Ten chunks of 30000 bytes: the whole 300000-byte image. */
@@ -505,35 +551,11 @@ START_TEST(downloading_device_is_served_by_the_device_loop_until_its_next_step)
 		"fetch", "0", "30000", "expect", "error", "wait", "200", "close", NULL };
 	pid_t node = th_spawn(argv, out);
 	ck_assert_int_eq(th_wait_file(out, "\"type\":\"welcome\"", 10000), 0);
-	char body[256], path[64];
+	char body[256];
 	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\"],\"start\":true}", fw, id);
-	th_resp r;
-	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
-	ck_assert_int_eq(r.status, 201);
-	long long rid = json_integer_value(json_object_get(r.json, "id"));
-	th_resp_free(&r);
-	snprintf(path, sizeof path, "/v1/rollouts/%lld", rid);
-	for (int waited = 0;; waited += 50) {
-		json_t *ro = th_get_json(&s, path, 200);
-		json_int_t n = json_integer_value(json_object_get(json_object_get(ro, "counts"), "downloaded"));
-		json_decref(ro);
-		if (n == 1)
-			break;
-		char *text = th_read_file(out);
-		ck_assert_msg(waited < 20000, "the device never was downloaded: %s", text);
-		free(text);
-		usleep(50 * 1000);
-	}
-	FILE *f = fopen(go, "w");
-	ck_assert_ptr_nonnull(f);
-	fclose(f);
-	int status = -1;
-	for (int waited = 0; waitpid(node, &status, WNOHANG) == 0; waited += 50) {
-		ck_assert_msg(waited < 30000, "the node client never finished");
-		usleep(50 * 1000);
-	}
-	char *text = th_read_file(out);
-	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "node client: %s", text);
+	wait_rollout_count(&s, rollout_create(&s, body), "downloaded", 1, 20000);
+	node_go(go);
+	char *text = node_finish(node, out);
 	/* Every chunk as asked, in order, and the three refusals with the
 	 * scheduler's reasons: the last one after the grant was taken back. */
 	const char *p = text;
@@ -571,8 +593,7 @@ START_TEST(download_deadline_revokes_the_device_loops_grant)
 	char *sec = th_register(&s, id, NULL);
 	long long fw = upload(&s, "70.2", "imp003", NEEDS_4K_64K);
 	char hello[300], go[256];
-	snprintf(hello, sizeof hello, "{\"type\":\"hello\",\"id\":\"%s\",\"secret\":\"%s\",\"hw\":\"imp003\","
-		 "\"fw\":\"36.10\",\"flash\":{\"jedec\":\"ef4018\",\"size\":16777216}}", id, sec);
+	node_hello(hello, sizeof hello, id, sec);
 	snprintf(go, sizeof go, "%s", th_tmp(&s, "go"));
 	const char *out = th_tmp(&s, "node-stall.out");
 	char *const argv[] = { "/usr/bin/node", (char *)th_src("tests/integration/wsclient.js"),
@@ -585,25 +606,14 @@ START_TEST(download_deadline_revokes_the_device_loops_grant)
 	char body[256];
 	snprintf(body, sizeof body, "{\"firmware\":%lld,\"devices\":[\"%s\"],\"start\":true,\"retry_limit\":0,"
 		 "\"deadlines\":{\"download\":2}}", fw, id);
-	th_resp r;
-	th_http(&s, "POST", "/v1/rollouts", NULL, body, NULL, &r);
-	ck_assert_int_eq(r.status, 201);
-	th_resp_free(&r);
+	rollout_create(&s, body);
 	ck_assert_int_eq(th_wait_file(out, "chunk 90000 30000", 10000), 0);
 	ck_assert_int_ge(th_metric(&s, "tender_firmware_chunks_device_loop_total"), 1); /* a grant was out */
 	ck_assert_int_ge(th_wait_event(&s, id, "status",
 				       "firmware update failed: no progress: still downloading after 2 s "
 				       "(attempt 1 of 1; giving up)", 15000), 1);
-	FILE *f = fopen(go, "w");
-	ck_assert_ptr_nonnull(f);
-	fclose(f);
-	int status = -1;
-	for (int waited = 0; waitpid(node, &status, WNOHANG) == 0; waited += 50) {
-		ck_assert_msg(waited < 30000, "the node client never finished");
-		usleep(50 * 1000);
-	}
-	char *text = th_read_file(out);
-	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "node client: %s", text);
+	node_go(go);
+	char *text = node_finish(node, out);
 	ck_assert_msg(strstr(text, "chunk 120000") == NULL, "a chunk after the failure: %s", text);
 	ck_assert_msg(strstr(text, "no firmware update is in progress for this device") != NULL, "%s", text);
 	free(text);
