@@ -647,6 +647,18 @@ static void ls__wake(void *arg)
 		ls__handback(r);
 }
 
+/* Copies what is left of src[*off, len) into dst, at most room bytes;
+ * moves *off past it and returns how much. */
+static size_t ls__take(char *dst, size_t room, const char *src, size_t *off, size_t len)
+{
+	size_t n = len - *off;
+	if (n > room)
+		n = room;
+	memcpy(dst, src + *off, n);
+	*off += n;
+	return n;
+}
+
 /* Copies into buf what the reader has to send, up to max bytes; returns
  * how much; 0: it waits for the bus (and may be the waker's already: the
  * caller must not touch r); -1: it has ended and sent everything. */
@@ -661,12 +673,7 @@ static ssize_t ls__fill(struct reader *r, char *buf, size_t max)
 	}
 	while (done < max) {
 		if (r->unsent) {
-			size_t n = r->unsent_len - r->unsent_off;
-			if (n > max - done)
-				n = max - done;
-			memcpy(buf + done, r->unsent + r->unsent_off, n);
-			r->unsent_off += n;
-			done += n;
+			done += ls__take(buf + done, max - done, r->unsent, &r->unsent_off, r->unsent_len);
 			if (r->unsent_off == r->unsent_len) {
 				free(r->unsent);
 				r->unsent = NULL;
@@ -674,12 +681,7 @@ static ssize_t ls__fill(struct reader *r, char *buf, size_t max)
 			continue;
 		}
 		if (r->out && r->out_off < r->out_len) {
-			size_t n = r->out_len - r->out_off;
-			if (n > max - done)
-				n = max - done;
-			memcpy(buf + done, r->out + r->out_off, n);
-			r->out_off += n;
-			done += n;
+			done += ls__take(buf + done, max - done, r->out, &r->out_off, r->out_len);
 			continue;
 		}
 		if (r->ended)
