@@ -370,6 +370,10 @@ static void sup__wake(struct sup_info_wait *w, json_t *info)
 	pthread_mutex_unlock(&w->lock);
 }
 
+/* The headers of the answers the supervisor writes itself (errors, in the
+ * API's JSON form), so that they say what they are. */
+static const char *const sup__json_headers[] = { "Content-Type", "application/json", NULL };
+
 /* An event no agent will run: an HTTP caller gets `status` with this
  * message, a state query its answer (none); the rest are dropped. */
 static void sup__refuse(struct ev *e, int status, const char *code, const char *why)
@@ -377,7 +381,7 @@ static void sup__refuse(struct ev *e, int status, const char *code, const char *
 	if (e->kind == EV_HTTP && e->done) {
 		char body[300];
 		int n = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, why);
-		e->done(e->done_arg, status, NULL, body, (size_t)n);
+		e->done(e->done_arg, status, sup__json_headers, body, (size_t)n);
 		e->done = NULL;
 	} else if (e->wait) {
 		sup__wake(e->wait, NULL);
@@ -914,7 +918,7 @@ static void sup__on_http(struct agent *a, struct ev *e)
 	agent_http_res res = { 0 };
 	if (!sup__ensure_running(a)) {
 		const char *msg = "{\"error\":{\"code\":\"not_found\",\"message\":\"this device's agent is not running\"}}";
-		e->done(e->done_arg, 404, NULL, msg, strlen(msg));
+		e->done(e->done_arg, 404, sup__json_headers, msg, strlen(msg));
 		return;
 	}
 	int rc = agent_rt_http(a->rt, &e->http, &res);
@@ -923,7 +927,7 @@ static void sup__on_http(struct agent *a, struct ev *e)
 		const char *msg = rc != AGENT_OK
 			? "{\"error\":{\"code\":\"agent_error\",\"message\":\"the agent's handler failed: see the device's log\"}}"
 			: "{\"error\":{\"code\":\"not_found\",\"message\":\"the agent has no http.onrequest handler\"}}";
-		e->done(e->done_arg, rc != AGENT_OK ? 500 : 404, NULL, msg, strlen(msg));
+		e->done(e->done_arg, rc != AGENT_OK ? 500 : 404, sup__json_headers, msg, strlen(msg));
 	} else {
 		e->done(e->done_arg, res.status, (const char *const *)res.headers, res.body, res.body_len);
 	}

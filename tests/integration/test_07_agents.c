@@ -469,6 +469,9 @@ START_TEST(agent_management)
 	agent_get(&s, aid2, "/anything", &r);
 	ck_assert_int_eq(r.status, 404);
 	ck_assert_msg(strstr(r.body, "no http.onrequest handler"), "%s", r.body);
+	/* tenderd's own answer, in the API's JSON form, says so (it said
+	 * text/plain: found by tests/fuzz/fuzz_api.c) */
+	ck_assert_msg(strncmp(r.content_type, "application/json", 16) == 0, "Content-Type: %s", r.content_type);
 	th_resp_free(&r);
 	free(aid);
 	free(aid2);
