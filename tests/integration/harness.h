@@ -110,7 +110,8 @@ int th_wait_file(const char *path, const char *needle, int timeout_ms);
 char *th_read_file(const char *path);
 
 /* Runs these tests as one suite (each with this timeout, and a fixture if
- * setup is not NULL); returns the test program's exit status. */
+ * setup is not NULL); returns the test program's exit status.  TN_ONLY=WORD
+ * in the environment keeps only the tests whose name holds WORD. */
 int th_run_tests(const char *suite, int timeout_s, const TTest *const *tests, size_t n,
 		 void (*setup)(void), void (*teardown)(void));
 

@@ -788,17 +788,7 @@ int main(void)
 		agent_limits_are_counted,
 		size_limits_are_refused_clearly,
 	};
-	/* TN_ONLY=WORD runs only the tests whose name holds WORD. */
-	const char *only = getenv("TN_ONLY");
-	const TTest *chosen[sizeof tests / sizeof tests[0]], *chosen_limits[sizeof limits / sizeof limits[0]];
-	size_t n = 0, nl = 0;
-	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
-		if (!only || strstr(tests[i]->name, only))
-			chosen[n++] = tests[i];
-	for (size_t i = 0; i < sizeof limits / sizeof limits[0]; i++)
-		if (!only || strstr(limits[i]->name, only))
-			chosen_limits[nl++] = limits[i];
-	int failed = n ? th_run_tests("03_errors", 90, chosen, n, setup, teardown) : 0;
-	failed |= nl ? th_run_tests("03_limits", 120, chosen_limits, nl, NULL, NULL) : 0;
+	int failed = th_run_tests("03_errors", 90, tests, sizeof tests / sizeof tests[0], setup, teardown);
+	failed |= th_run_tests("03_limits", 120, limits, sizeof limits / sizeof limits[0], NULL, NULL);
 	return failed;
 }
